@@ -1,0 +1,96 @@
+import { access, constants, stat } from "node:fs/promises";
+import path from "node:path";
+import { sql } from "drizzle-orm";
+import { type Settings, loadSettings } from "../config/load.ts";
+import { openDatabase } from "../db/client.ts";
+import { lockOwner } from "../db/data-dir-lock.ts";
+import { errorMessage } from "../errors.ts";
+import { printJson } from "./output.ts";
+
+export interface CheckResult {
+  name: string;
+  ok: boolean;
+  detail: string;
+}
+
+async function nearestExisting(dir: string): Promise<string> {
+  let current = path.resolve(dir);
+  for (;;) {
+    try {
+      await stat(current);
+      return current;
+    } catch {
+      const parent = path.dirname(current);
+      if (parent === current) return current;
+      current = parent;
+    }
+  }
+}
+
+async function checkQueues(settings: Settings): Promise<CheckResult> {
+  const root = settings.queuesDir;
+  const existing = await nearestExisting(root);
+  try {
+    await access(existing, constants.W_OK);
+  } catch {
+    return { name: "queues", ok: false, detail: `${existing} is not writable by this user: fix its owner or set DEPLOYQ_QUEUES_DIR` };
+  }
+  return { name: "queues", ok: true, detail: existing === root ? `${root} is writable` : `${root} will be created (in ${existing}, writable)` };
+}
+
+async function checkDatabase(settings: Settings): Promise<CheckResult> {
+  if (!settings.secrets.databaseUrl) {
+    const owner = lockOwner(path.join(settings.dataDir, "deployq.lock"));
+    if (owner !== undefined && owner !== process.pid) {
+      // PGlite has one owner: ask the running daemon instead of opening it a second time.
+      const url = `http://${settings.host.includes(":") ? `[${settings.host}]` : settings.host}:${settings.port}/healthz`;
+      try {
+        const res = await fetch(url, { signal: AbortSignal.timeout(5000) });
+        const body = (await res.json()) as { checks?: Record<string, string> };
+        const db = body.checks?.database ?? "unknown";
+        return { name: "database", ok: db === "ok", detail: `embedded PGlite, owned by running deployq ${owner}; it reports: ${db}` };
+      } catch (err) {
+        return {
+          name: "database",
+          ok: false,
+          detail: `embedded PGlite is owned by deployq process ${owner} and its ${url} did not answer (${errorMessage(err)}): stop that process to check the database directly`,
+        };
+      }
+    }
+  }
+  try {
+    const database = await openDatabase({ databaseUrl: settings.secrets.databaseUrl, dataDir: settings.dataDir, poolSize: 1 });
+    try {
+      await database.db.execute(sql`select 1`);
+      return { name: "database", ok: true, detail: `${database.describe} answers` };
+    } finally {
+      await database.close();
+    }
+  } catch (err) {
+    return { name: "database", ok: false, detail: `${errorMessage(err)}: check DATABASE_URL (unset, deployq uses PGlite in ${settings.dataDir})` };
+  }
+}
+
+export async function runChecks(settings: Settings): Promise<CheckResult[]> {
+  const results: CheckResult[] = [
+    { name: "config", ok: true, detail: `${settings.configPath}: ${settings.deployments.size} deployment(s)` },
+    settings.secrets.webhookSecrets.length > 0
+      ? { name: "secret", ok: true, detail: `${settings.secrets.webhookSecrets.length} webhook secret(s) from GITHUB_WEBHOOK_SECRET` }
+      : { name: "secret", ok: false, detail: "GITHUB_WEBHOOK_SECRET is not set: the receiver refuses to start without it" },
+  ];
+  results.push(await checkDatabase(settings));
+  results.push(await checkQueues(settings));
+  return results;
+}
+
+export async function runCheck(configPath: string | undefined, json: boolean): Promise<number> {
+  let results: CheckResult[];
+  try {
+    results = await runChecks(loadSettings({ configPath }));
+  } catch (err) {
+    results = [{ name: "config", ok: false, detail: errorMessage(err) }];
+  }
+  if (json) printJson(results);
+  else for (const r of results) process.stdout.write(`${r.ok ? "ok  " : "FAIL"}  ${r.name.padEnd(9)} ${r.detail}\n`);
+  return results.every((r) => r.ok) ? 0 : 1;
+}

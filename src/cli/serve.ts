@@ -1,0 +1,21 @@
+import { loadSettings } from "../config/load.ts";
+import { type Role, startDaemon } from "../daemon.ts";
+import { createLogger } from "../log.ts";
+import { installShutdownLadder } from "../signals.ts";
+
+export async function runDaemon(role: Role, configPath: string | undefined, watch: boolean): Promise<void> {
+  const settings = loadSettings({ configPath });
+  const logger = createLogger();
+  const daemon = await startDaemon({ settings, role, logger, watch });
+  installShutdownLadder(() => daemon.close(), logger);
+  if (daemon.url) {
+    const cfg = process.env.DEPLOYQ_CONFIG || configPath ? ` --config ${settings.configPath}` : "";
+    process.stderr.write(
+      `\ndeployq ${role} listening on ${daemon.url} (webhook: POST ${daemon.url}/github-webhook)\n` +
+        `queues: ${settings.queuesDir}   database: ${daemon.database.describe}\n` +
+        `send it a signed test delivery from another terminal, with the same GITHUB_WEBHOOK_SECRET:\n` +
+        `  npx deployq send-test-delivery${cfg}\n` +
+        `then look at the queues:  npx deployq queue ls${cfg}\n\n`,
+    );
+  }
+}

@@ -1,0 +1,117 @@
+import { readFileSync } from "node:fs";
+import path from "node:path";
+import { parse as parseToml } from "smol-toml";
+import type { z } from "zod";
+import { ConfigError, errorMessage } from "../errors.ts";
+import { Config, type DeploymentConfig } from "./schema.ts";
+
+export const DEFAULT_CONFIG_PATH = "./deployq.toml";
+
+export interface Secrets {
+  /** One or more webhook secrets (comma-separated in the environment, for rotation). */
+  webhookSecrets: string[];
+  databaseUrl: string | undefined;
+  redisUrls: string[];
+  githubToken: string | undefined;
+}
+
+/** The validated configuration with every path made absolute and the secrets from the environment. */
+export interface Settings {
+  configPath: string;
+  host: string;
+  port: number;
+  dataDir: string;
+  queuesDir: string;
+  rescanIntervalMs: number;
+  deployments: Map<string, DeploymentConfig & { name: string }>;
+  secrets: Secrets;
+}
+
+export interface LoadOptions {
+  /** --config on the command line; wins over DEPLOYQ_CONFIG. */
+  configPath?: string | undefined;
+  env?: NodeJS.ProcessEnv;
+}
+
+function list(value: string | undefined): string[] {
+  return (value ?? "")
+    .split(",")
+    .map((s) => s.trim())
+    .filter((s) => s.length > 0);
+}
+
+function describeIssue(issue: z.core.$ZodIssue): string {
+  const key = issue.path.length > 0 ? issue.path.map(String).join(".") : "(top level)";
+  if (issue.code === "unrecognized_keys") {
+    const where = issue.path.length > 0 ? ` in [${issue.path.map(String).join(".")}]` : "";
+    return `unknown key${issue.keys.length > 1 ? "s" : ""} ${issue.keys.map((k) => `"${k}"`).join(", ")}${where}: remove ${issue.keys.length > 1 ? "them" : "it"} or check the spelling (top-level keys go before the first [table])`;
+  }
+  if (issue.code === "invalid_key") return `deployment name "${key}": ${issue.issues[0]?.message ?? issue.message}`;
+  return `${key}: ${issue.message}`;
+}
+
+/**
+ * Reads and validates the TOML configuration. Paths in the file are relative to the
+ * file's own folder, so the daemon behaves the same whatever directory pm2 or systemd
+ * starts it in; DEPLOYQ_QUEUES_DIR (relative to the working directory) overrides queues_dir.
+ */
+export function loadSettings(options: LoadOptions = {}): Settings {
+  const env = options.env ?? process.env;
+  const configPath = path.resolve(options.configPath ?? env.DEPLOYQ_CONFIG ?? DEFAULT_CONFIG_PATH);
+  let text: string;
+  try {
+    text = readFileSync(configPath, "utf8");
+  } catch (err) {
+    throw new ConfigError(
+      `cannot read the configuration ${configPath} (${errorMessage(err)}): ` +
+        "pass --config <file> or set DEPLOYQ_CONFIG, or copy deployq.example.toml to ./deployq.toml",
+      { cause: err },
+    );
+  }
+  let raw: unknown;
+  try {
+    raw = parseToml(text);
+  } catch (err) {
+    throw new ConfigError(`${configPath} is not valid TOML: ${errorMessage(err)}`, { cause: err });
+  }
+  const parsed = Config.safeParse(raw);
+  if (!parsed.success) {
+    const lines = parsed.error.issues.map((i) => `  - ${describeIssue(i)}`);
+    throw new ConfigError(
+      `${configPath} is not a valid deployq configuration:\n${lines.join("\n")}\n` +
+        "Fix these keys (deployq.example.toml shows every key) and start again.",
+    );
+  }
+  const config = parsed.data;
+  const base = path.dirname(configPath);
+  const deployments = new Map<string, DeploymentConfig & { name: string }>();
+  for (const [name, deployment] of Object.entries(config.deployments)) {
+    deployments.set(name, { ...deployment, name, path: path.resolve(base, deployment.path) });
+  }
+  return {
+    configPath,
+    host: config.server.host,
+    port: config.server.port,
+    dataDir: path.resolve(base, config.data_dir),
+    queuesDir: env.DEPLOYQ_QUEUES_DIR ? path.resolve(env.DEPLOYQ_QUEUES_DIR) : path.resolve(base, config.queues_dir),
+    rescanIntervalMs: config.rescan_interval_ms,
+    deployments,
+    secrets: {
+      webhookSecrets: list(env.GITHUB_WEBHOOK_SECRET),
+      databaseUrl: env.DATABASE_URL || undefined,
+      redisUrls: list(env.REDIS_URL),
+      githubToken: env.GITHUB_TOKEN || undefined,
+    },
+  };
+}
+
+/** The receiver refuses to start without a secret: an unsigned receiver would deploy anyone's push. */
+export function requireWebhookSecrets(settings: Settings): string[] {
+  if (settings.secrets.webhookSecrets.length === 0) {
+    throw new ConfigError(
+      "GITHUB_WEBHOOK_SECRET is not set: export the secret you entered in the GitHub webhook settings " +
+        "(several, comma-separated, while you rotate it)",
+    );
+  }
+  return settings.secrets.webhookSecrets;
+}

@@ -1,0 +1,101 @@
+import type { Logger } from "pino";
+import { type Settings, requireWebhookSecrets } from "./config/load.ts";
+import { type Database, openDatabase } from "./db/client.ts";
+import { type RunningServer, createApp, listen } from "./http/server.ts";
+import { queueLayout } from "./queue/layout.ts";
+import type { QueueWorker } from "./queue/watch.ts";
+import { ensureQueueDirs, sweepTmp } from "./queue/write.ts";
+import { createRouter } from "./workers/router.ts";
+
+export type Role = "serve" | "receiver" | "workers";
+
+export interface Daemon {
+  role: Role;
+  /** Where the HTTP server listens (the receiver, or the workers' health endpoint). */
+  url: string | undefined;
+  database: Database;
+  router: QueueWorker | undefined;
+  /** First call drains: stops accepting, lets the current step finish, closes the database. */
+  close(): Promise<void>;
+}
+
+export interface StartOptions {
+  settings: Settings;
+  role: Role;
+  logger: Logger;
+  /** Use the chokidar watcher (default); off, the periodic rescan alone finds entries. */
+  watch?: boolean;
+  /** An already open database (tests); otherwise opened from the settings, and closed on close(). */
+  database?: Database;
+}
+
+/**
+ * The composition root: open the database and migrate, prepare the queue root, start the
+ * HTTP server and the workers this role runs. Every resource started is released by close(),
+ * in reverse order, even when one release fails.
+ */
+export async function startDaemon(options: StartOptions): Promise<Daemon> {
+  const { settings, role, logger } = options;
+  const receives = role !== "workers";
+  const works = role !== "receiver";
+  const secrets = receives ? requireWebhookSecrets(settings) : undefined;
+  const layout = queueLayout(settings.queuesDir);
+  const cleanups: Array<() => Promise<void>> = [];
+  const closeAll = async () => {
+    for (const cleanup of cleanups.reverse()) {
+      try {
+        await cleanup();
+      } catch (err) {
+        logger.error({ err }, "error while shutting down");
+      }
+    }
+  };
+  try {
+    const database = options.database ?? (await openDatabase({ databaseUrl: settings.secrets.databaseUrl, dataDir: settings.dataDir }));
+    if (!options.database) cleanups.push(() => database.close());
+    await database.migrate();
+    await ensureQueueDirs(layout, settings.deployments.keys());
+    const swept = await sweepTmp(layout);
+    if (swept.length > 0) logger.warn({ files: swept }, "removed temporaries left in .tmp/ by a process that died");
+
+    let router: QueueWorker | undefined;
+    if (works) {
+      router = createRouter({ settings, layout, db: database.db, logger, watch: options.watch ?? true });
+      const started = router;
+      cleanups.push(() => started.close());
+      await router.start();
+    }
+    let server: RunningServer | undefined;
+    if (receives) {
+      const app = createApp({
+        db: database.db,
+        layout,
+        logger,
+        secrets,
+        health: router ? [{ name: "router", check: async () => assertHealthy(router) }] : [],
+      });
+      server = await listen(app, settings.host, settings.port);
+      const running = server;
+      cleanups.push(() => running.close());
+    }
+    logger.info({ role, url: server?.url, queues: layout.root, database: database.describe }, "deployq started");
+    let closing: Promise<void> | undefined;
+    return {
+      role,
+      url: server?.url,
+      database,
+      router,
+      close() {
+        closing ??= closeAll();
+        return closing;
+      },
+    };
+  } catch (err) {
+    await closeAll();
+    throw err;
+  }
+}
+
+function assertHealthy(worker: QueueWorker): void {
+  if (!worker.healthy) throw new Error("the last pass over the queue failed; see the log");
+}

@@ -1,0 +1,100 @@
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { PGlite } from "@electric-sql/pglite";
+import type { PgDatabase, PgQueryResultHKT } from "drizzle-orm/pg-core";
+import { drizzle as drizzlePglite } from "drizzle-orm/pglite";
+import { migrate as migratePglite } from "drizzle-orm/pglite/migrator";
+import { drizzle as drizzlePostgres } from "drizzle-orm/postgres-js";
+import { migrate as migratePostgres } from "drizzle-orm/postgres-js/migrator";
+import postgres from "postgres";
+import { acquireDataDirLock } from "./data-dir-lock.ts";
+import * as schema from "./schema.ts";
+
+export type Schema = typeof schema;
+export type Db = PgDatabase<PgQueryResultHKT, Schema>;
+
+export const MIGRATIONS_DIR = fileURLToPath(new URL("../../migrations", import.meta.url));
+
+export interface Database {
+  db: Db;
+  kind: "postgres" | "pglite";
+  /** Where it lives, without credentials: for logs and `deployq check`. */
+  describe: string;
+  migrate(): Promise<void>;
+  close(): Promise<void>;
+}
+
+export interface OpenDatabaseOptions {
+  databaseUrl: string | undefined;
+  /** The data directory for the embedded PGlite; "memory://" keeps it in memory (tests). */
+  dataDir: string;
+  /** Postgres connections in the pool (each in-flight receiver request holds one briefly). */
+  poolSize?: number;
+}
+
+function redact(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = "***";
+    return u.toString();
+  } catch {
+    return "(unparseable DATABASE_URL)";
+  }
+}
+
+export async function openDatabase(options: OpenDatabaseOptions): Promise<Database> {
+  if (options.databaseUrl) return openPostgres(options.databaseUrl, options.poolSize ?? 20);
+  return openPglite(options.dataDir);
+}
+
+function openPostgres(url: string, max: number): Database {
+  const client = postgres(url, { max, onnotice: () => {}, connect_timeout: 10 });
+  const db = drizzlePostgres(client, { schema }) as unknown as Db;
+  let closing: Promise<void> | undefined;
+  return {
+    db,
+    kind: "postgres",
+    describe: redact(url),
+    async migrate() {
+      // Receiver and workers may start together: one migrates, the other waits on the lock.
+      const single = postgres(url, { max: 1, onnotice: () => {}, connect_timeout: 10 });
+      try {
+        await single`select pg_advisory_lock(hashtext('deployq:migrate'))`;
+        await migratePostgres(drizzlePostgres(single), { migrationsFolder: MIGRATIONS_DIR });
+      } finally {
+        await single.end({ timeout: 5 });
+      }
+    },
+    close() {
+      closing ??= client.end({ timeout: 5 });
+      return closing;
+    },
+  };
+}
+
+async function openPglite(dataDir: string): Promise<Database> {
+  const inMemory = dataDir === "memory://";
+  const lock = inMemory ? undefined : acquireDataDirLock(dataDir);
+  let pg: PGlite;
+  try {
+    pg = inMemory ? new PGlite() : new PGlite(path.join(dataDir, "pglite"));
+    await pg.waitReady;
+  } catch (err) {
+    lock?.release();
+    throw err;
+  }
+  const db = drizzlePglite(pg, { schema });
+  let closing: Promise<void> | undefined;
+  return {
+    db: db as unknown as Db,
+    kind: "pglite",
+    describe: inMemory ? "PGlite (in memory)" : `PGlite in ${path.join(dataDir, "pglite")}`,
+    async migrate() {
+      await migratePglite(db, { migrationsFolder: MIGRATIONS_DIR });
+    },
+    close() {
+      closing ??= pg.close().finally(() => lock?.release());
+      return closing;
+    },
+  };
+}

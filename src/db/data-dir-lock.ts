@@ -1,0 +1,74 @@
+import { mkdirSync, readFileSync, unlinkSync, writeFileSync } from "node:fs";
+import path from "node:path";
+import { DeployqError } from "../errors.ts";
+
+/**
+ * PGlite has no locking between processes: two processes that open one data directory
+ * corrupt it silently. The process that opens it holds this lock file (its pid inside)
+ * for its whole life. A lock left by a process that no longer exists is taken over.
+ */
+export interface DataDirLock {
+  path: string;
+  release(): void;
+}
+
+export function lockOwner(lockPath: string): number | undefined {
+  let pid: number;
+  try {
+    pid = Number.parseInt(readFileSync(lockPath, "utf8"), 10);
+  } catch {
+    return undefined;
+  }
+  if (!Number.isInteger(pid) || pid <= 0) return undefined;
+  return isAlive(pid) ? pid : undefined;
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+export function acquireDataDirLock(dataDir: string, what = "the embedded database"): DataDirLock {
+  mkdirSync(dataDir, { recursive: true });
+  const lockPath = path.join(dataDir, "deployq.lock");
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      writeFileSync(lockPath, `${process.pid}\n`, { flag: "wx" });
+      let released = false;
+      return {
+        path: lockPath,
+        release() {
+          if (released) return;
+          released = true;
+          try {
+            if (readFileSync(lockPath, "utf8").trim() === String(process.pid)) unlinkSync(lockPath);
+          } catch {
+            // already gone
+          }
+        },
+      };
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
+      const owner = lockOwner(lockPath);
+      if (owner !== undefined && owner !== process.pid) {
+        throw new DeployqError(
+          "DATA_DIR_LOCKED",
+          `${what} in ${dataDir} is in use by deployq process ${owner}, and PGlite allows one process only: ` +
+            "stop that process first, or use `deployq serve` (one process), or set DATABASE_URL to a Postgres " +
+            "server so that several processes can share it",
+        );
+      }
+      // Stale lock from a process that died: take it over.
+      try {
+        unlinkSync(lockPath);
+      } catch {
+        // someone else removed it; try again
+      }
+    }
+  }
+  throw new DeployqError("DATA_DIR_LOCKED", `could not take the lock ${lockPath}: remove it if no deployq process runs`);
+}

@@ -1,0 +1,68 @@
+import { sql } from "drizzle-orm";
+import type { Db } from "../client.ts";
+import { deliveries, type DeliveryOutcome } from "../schema.ts";
+
+export interface DeliveryRow {
+  hookId: string;
+  deliveryId: string;
+  event: string;
+  repository: string | undefined;
+  ref: string | undefined;
+  afterSha: string | undefined;
+  receivedAt: Date;
+  entry: string | undefined;
+  outcome: DeliveryOutcome;
+  reason?: string | undefined;
+  routedTo?: string[] | undefined;
+}
+
+function values(row: DeliveryRow) {
+  return {
+    hookId: row.hookId,
+    deliveryId: row.deliveryId,
+    event: row.event,
+    repository: row.repository ?? null,
+    ref: row.ref ?? null,
+    afterSha: row.afterSha ?? null,
+    receivedAt: row.receivedAt,
+    entry: row.entry ?? null,
+    outcome: row.outcome,
+    reason: row.reason ?? null,
+    routedTo: row.routedTo ?? null,
+  };
+}
+
+/**
+ * The receiver's dedupe: one INSERT … ON CONFLICT, never check-then-insert. On a repeat
+ * it counts the duplicate instead. A concurrent copy waits on the unique index until the
+ * first insert's transaction ends: if that one rolls back (its file could not be written),
+ * this copy inserts and is queued instead, so a failed first attempt never eats a retry.
+ */
+export async function insertDelivery(db: Db, row: DeliveryRow): Promise<"inserted" | "duplicate"> {
+  const result = await db
+    .insert(deliveries)
+    .values(values(row))
+    .onConflictDoUpdate({
+      target: [deliveries.hookId, deliveries.deliveryId],
+      set: { duplicates: sql`${deliveries.duplicates} + 1`, updatedAt: sql`now()` },
+    })
+    .returning({ inserted: sql<boolean>`(xmax = 0)` });
+  return result[0]?.inserted ? "inserted" : "duplicate";
+}
+
+/** Records what became of a delivery (routed, voided, dead-letter), creating the row for entries that did not come through the receiver. */
+export async function recordOutcome(db: Db, row: DeliveryRow): Promise<void> {
+  await db
+    .insert(deliveries)
+    .values(values(row))
+    .onConflictDoUpdate({
+      target: [deliveries.hookId, deliveries.deliveryId],
+      set: {
+        outcome: row.outcome,
+        reason: row.reason ?? null,
+        routedTo: row.routedTo ?? null,
+        entry: row.entry ?? sql`${deliveries.entry}`,
+        updatedAt: sql`now()`,
+      },
+    });
+}

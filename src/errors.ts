@@ -1,0 +1,49 @@
+/**
+ * The few error classes deployq branches on. Branch on `code`, never on a message.
+ * Every message is written for an operator and says what to do next.
+ */
+export type ErrorCode =
+  | "CONFIG"
+  | "SIGNATURE"
+  | "BAD_REQUEST"
+  | "UNSUPPORTED_MEDIA_TYPE"
+  | "PAYLOAD_TOO_LARGE"
+  | "UNAVAILABLE"
+  | "DATA_DIR_LOCKED"
+  | "ENTRY";
+
+export class DeployqError extends Error {
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+    this.name = "DeployqError";
+  }
+}
+
+export class ConfigError extends DeployqError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("CONFIG", message, options);
+    this.name = "ConfigError";
+  }
+}
+
+/** An HTTP-facing error: carries the status the receiver answers with. */
+export class RequestError extends DeployqError {
+  constructor(
+    code: ErrorCode,
+    readonly status: number,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(code, message, options);
+    this.name = "RequestError";
+  }
+}
+
+export function errorMessage(err: unknown): string {
+  if (err instanceof Error) return err.message;
+  return String(err);
+}

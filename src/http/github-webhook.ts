@@ -1,0 +1,144 @@
+import { isUtf8 } from "node:buffer";
+import type { Request, Response } from "express";
+import type { Logger } from "pino";
+import type { Db } from "../db/client.ts";
+import { insertDelivery } from "../db/queries/record-delivery.ts";
+import { RequestError, errorMessage } from "../errors.ts";
+import { type QueueEntry, summarizePayload } from "../queue/entry.ts";
+import { entryName, isDeliveryId } from "../queue/entry-name.ts";
+import type { QueueLayout } from "../queue/layout.ts";
+import { writeEntryDurably } from "../queue/write.ts";
+import { verifySignature } from "./signature.ts";
+
+export interface WebhookDeps {
+  secrets: readonly string[];
+  db: Db;
+  layout: QueueLayout;
+  logger: Logger;
+}
+
+const EVENT_NAME = /^[a-z_]{1,64}$/;
+const HOOK_ID = /^\d{1,20}$/;
+
+interface Delivery {
+  event: string;
+  deliveryId: string;
+  hookId: string;
+  payload: Record<string, unknown>;
+}
+
+/** Steps 1–2 of the contract: signature (401), then headers and body (400/415). Nothing is written. */
+export function readDelivery(req: Request, secrets: readonly string[]): Delivery {
+  const body: unknown = req.body;
+  if (!Buffer.isBuffer(body)) throw new RequestError("BAD_REQUEST", 400, "no request body");
+  const signature = req.get("x-hub-signature-256");
+  if (!signature) {
+    const hint = req.get("x-hub-signature")
+      ? " (only the SHA-1 X-Hub-Signature was sent, which deployq does not accept)"
+      : "";
+    throw new RequestError("SIGNATURE", 401, `X-Hub-Signature-256 is missing${hint}: set a secret on the GitHub webhook`);
+  }
+  if (!verifySignature(secrets, body, signature)) {
+    throw new RequestError("SIGNATURE", 401, "X-Hub-Signature-256 does not match: the webhook secret differs from GITHUB_WEBHOOK_SECRET");
+  }
+  const event = req.get("x-github-event");
+  if (!event || !EVENT_NAME.test(event)) throw new RequestError("BAD_REQUEST", 400, "X-GitHub-Event is missing or not an event name");
+  const deliveryId = req.get("x-github-delivery");
+  if (!isDeliveryId(deliveryId)) throw new RequestError("BAD_REQUEST", 400, "X-GitHub-Delivery is missing or not a GUID");
+  const hookId = req.get("x-github-hook-id") ?? "";
+  if (hookId !== "" && !HOOK_ID.test(hookId)) throw new RequestError("BAD_REQUEST", 400, "X-GitHub-Hook-ID is not a number");
+  return { event, deliveryId: deliveryId.toLowerCase(), hookId, payload: parsePayload(req, body) };
+}
+
+function parsePayload(req: Request, body: Buffer): Record<string, unknown> {
+  if (!isUtf8(body)) throw new RequestError("BAD_REQUEST", 400, "the body is not valid UTF-8");
+  let text = body.toString("utf8");
+  const type = (req.get("content-type") ?? "application/json").split(";")[0]!.trim().toLowerCase();
+  if (type === "application/x-www-form-urlencoded") {
+    // GitHub's "application/x-www-form-urlencoded" content type: the JSON is in the payload field.
+    const payload = new URLSearchParams(text).get("payload");
+    if (payload === null) throw new RequestError("BAD_REQUEST", 400, "form-encoded delivery without a payload field");
+    text = payload;
+  } else if (type !== "application/json" && !type.endsWith("+json")) {
+    throw new RequestError(
+      "UNSUPPORTED_MEDIA_TYPE",
+      415,
+      `content type ${type} is not supported: set the GitHub webhook's content type to application/json`,
+    );
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (err) {
+    throw new RequestError("BAD_REQUEST", 400, `the body is not JSON: ${errorMessage(err)}`);
+  }
+  if (typeof json !== "object" || json === null || Array.isArray(json)) {
+    throw new RequestError("BAD_REQUEST", 400, "the body is not a JSON object");
+  }
+  return json as Record<string, unknown>;
+}
+
+/**
+ * POST /github-webhook. Answers 2xx only once the entry is durable on disk:
+ * the dedupe row and the file are committed together (the row's transaction stays open
+ * while the file is written and fsync'd), so a delivery whose file could not be written
+ * leaves no row behind, and GitHub's redelivery is queued rather than called a duplicate.
+ */
+export function githubWebhookHandler(deps: WebhookDeps) {
+  const { db, layout, logger } = deps;
+  return async (req: Request, res: Response): Promise<void> => {
+    const delivery = readDelivery(req, deps.secrets);
+    const summary = summarizePayload(delivery.payload);
+    const receivedAt = new Date();
+    const row = {
+      hookId: delivery.hookId,
+      deliveryId: delivery.deliveryId,
+      event: delivery.event,
+      repository: summary.repository,
+      ref: summary.ref,
+      afterSha: summary.after,
+      receivedAt,
+    };
+    const log = { delivery: delivery.deliveryId, hook: delivery.hookId, event: delivery.event, repository: summary.repository, ref: summary.ref };
+    if (delivery.event === "ping") {
+      try {
+        await insertDelivery(db, { ...row, entry: undefined, outcome: "ping" });
+      } catch (err) {
+        throw unavailable("record the ping", err);
+      }
+      logger.info(log, "ping received");
+      res.status(200).json({ ok: true, event: "ping" });
+      return;
+    }
+    const name = entryName(delivery.deliveryId);
+    const entry: QueueEntry = {
+      event: delivery.event,
+      delivery_id: delivery.deliveryId,
+      hook_id: delivery.hookId,
+      received_at: receivedAt.toISOString(),
+      source: "github",
+      payload: delivery.payload,
+    };
+    let outcome: "inserted" | "duplicate";
+    try {
+      outcome = await db.transaction(async (tx) => {
+        const inserted = await insertDelivery(tx as unknown as Db, { ...row, entry: name, outcome: "queued" });
+        if (inserted === "inserted") await writeEntryDurably(layout, layout.router, name, entry);
+        return inserted;
+      });
+    } catch (err) {
+      throw unavailable("queue the delivery", err);
+    }
+    if (outcome === "duplicate") {
+      logger.info(log, "duplicate delivery ignored");
+      res.status(200).json({ duplicate: true });
+      return;
+    }
+    logger.info({ ...log, entry: name }, "delivery queued");
+    res.status(202).json({ queued: name });
+  };
+}
+
+function unavailable(what: string, err: unknown): RequestError {
+  return new RequestError("UNAVAILABLE", 503, `could not ${what}: ${errorMessage(err)}; GitHub may redeliver it`, { cause: err });
+}

@@ -1,0 +1,124 @@
+import { access, constants } from "node:fs/promises";
+import type { AddressInfo } from "node:net";
+import { sql } from "drizzle-orm";
+import express, { type NextFunction, type Request, type Response } from "express";
+import type { Logger } from "pino";
+import type { Db } from "../db/client.ts";
+import { RequestError, errorMessage } from "../errors.ts";
+import type { QueueLayout } from "../queue/layout.ts";
+import { SERVICE_NAME, VERSION } from "../version.ts";
+import { githubWebhookHandler } from "./github-webhook.ts";
+
+/** GitHub caps webhook payloads at 25 MB. */
+export const BODY_LIMIT_BYTES = 25 * 1024 * 1024;
+
+export interface HealthCheck {
+  name: string;
+  check(): Promise<void>;
+}
+
+export interface HttpDeps {
+  db: Db;
+  layout: QueueLayout;
+  logger: Logger;
+  /** Webhook secrets; without them there is no receiver (a workers-only health endpoint). */
+  secrets?: readonly string[];
+  /** Extra health checks (workers report theirs). */
+  health?: HealthCheck[];
+}
+
+export function createApp(deps: HttpDeps): express.Express {
+  const app = express();
+  app.disable("x-powered-by");
+  app.set("etag", false);
+
+  app.get("/", (_req, res) => {
+    res.json({ service: SERVICE_NAME, version: VERSION });
+  });
+
+  const checks: HealthCheck[] = [
+    { name: "database", check: async () => void (await deps.db.execute(sql`select 1`)) },
+    { name: "queues", check: () => access(deps.layout.router, constants.W_OK) },
+    ...(deps.health ?? []),
+  ];
+  app.get("/healthz", async (_req, res) => {
+    const results: Record<string, string> = {};
+    let ok = true;
+    await Promise.all(
+      checks.map(async (c) => {
+        try {
+          await c.check();
+          results[c.name] = "ok";
+        } catch (err) {
+          ok = false;
+          results[c.name] = errorMessage(err);
+        }
+      }),
+    );
+    res.status(ok ? 200 : 503).json({ status: ok ? "ok" : "unhealthy", checks: results });
+  });
+
+  if (deps.secrets) {
+    // The raw body, whatever its content type: the signature is over the exact bytes.
+    app.post(
+      "/github-webhook",
+      express.raw({ type: () => true, limit: BODY_LIMIT_BYTES }),
+      githubWebhookHandler({ secrets: deps.secrets, db: deps.db, layout: deps.layout, logger: deps.logger }),
+    );
+  }
+
+  app.use((_req, res) => {
+    res.status(404).json({ error: "not found" });
+  });
+
+  app.use((err: unknown, req: Request, res: Response, _next: NextFunction) => {
+    const { status, message } = toHttpError(err);
+    if (status >= 500) deps.logger.error({ path: req.path, status, err: errorMessage((err as { cause?: unknown }).cause ?? err) }, message);
+    else deps.logger.warn({ path: req.path, status, delivery: req.get("x-github-delivery")?.slice(0, 64) }, message);
+    if (!res.headersSent) res.status(status).json({ error: message });
+  });
+  return app;
+}
+
+function toHttpError(err: unknown): { status: number; message: string } {
+  if (err instanceof RequestError) return { status: err.status, message: err.message };
+  const e = err as { status?: number; type?: string };
+  if (e.type === "entity.too.large") {
+    return { status: 413, message: `the body is larger than ${BODY_LIMIT_BYTES} bytes (GitHub's own limit)` };
+  }
+  if (typeof e.status === "number" && e.status >= 400 && e.status < 500) return { status: e.status, message: errorMessage(err) };
+  return { status: 500, message: "internal error; see the deployq log" };
+}
+
+export interface RunningServer {
+  url: string;
+  port: number;
+  /** Stops accepting, lets in-flight requests finish, then resolves. Idempotent. */
+  close(): Promise<void>;
+}
+
+export async function listen(app: express.Express, host: string, port: number): Promise<RunningServer> {
+  const server = app.listen(port, host);
+  await new Promise<void>((resolve, reject) => {
+    server.once("listening", resolve);
+    server.once("error", reject);
+  });
+  server.keepAliveTimeout = 5000;
+  const address = server.address() as AddressInfo;
+  const shownHost = address.family === "IPv6" ? `[${address.address}]` : address.address;
+  let closing: Promise<void> | undefined;
+  return {
+    url: `http://${shownHost}:${address.port}`,
+    port: address.port,
+    close() {
+      closing ??= new Promise<void>((resolve, reject) => {
+        server.close((err) => (err ? reject(err) : resolve()));
+        server.closeIdleConnections();
+        // Keep-alive connections that finish their request after this are closed then;
+        // any that still linger after the grace period are cut.
+        setTimeout(() => server.closeAllConnections(), 10_000).unref();
+      });
+      return closing;
+    },
+  };
+}

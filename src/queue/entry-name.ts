@@ -1,0 +1,44 @@
+/**
+ * Entry file names: `<epoch-ns, 19 digits>-<delivery id>.json`, so that `ls` order is
+ * arrival order. The delivery ID is a GUID (GitHub's X-GitHub-Delivery): anything else
+ * is rejected before it can reach a file name.
+ */
+export const DELIVERY_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+export const ENTRY_NAME = /^(\d{19})-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.json$/i;
+
+export function isDeliveryId(value: unknown): value is string {
+  return typeof value === "string" && DELIVERY_ID.test(value);
+}
+
+export function isEntryName(name: string): boolean {
+  return ENTRY_NAME.test(name);
+}
+
+let last = 0n;
+
+/**
+ * Wall-clock nanoseconds that never repeat and never go back within this process:
+ * when the clock steps back (NTP), names keep increasing from the last one issued.
+ */
+export function monotonicEpochNs(now: bigint = wallClockNs()): bigint {
+  last = now > last ? now : last + 1n;
+  return last;
+}
+
+function wallClockNs(): bigint {
+  // performance.timeOrigin + now() gives sub-millisecond resolution on the wall clock.
+  const ms = performance.timeOrigin + performance.now();
+  return BigInt(Math.floor(ms * 1000)) * 1000n;
+}
+
+export function entryName(deliveryId: string, epochNs: bigint = monotonicEpochNs()): string {
+  if (!isDeliveryId(deliveryId)) throw new TypeError(`not a delivery ID (GUID): ${JSON.stringify(deliveryId)}`);
+  return `${epochNs.toString().padStart(19, "0")}-${deliveryId.toLowerCase()}.json`;
+}
+
+/** The epoch (ms) and delivery ID encoded in an entry name, or undefined for other names. */
+export function parseEntryName(name: string): { epochMs: number; deliveryId: string } | undefined {
+  const m = ENTRY_NAME.exec(name);
+  if (!m) return undefined;
+  return { epochMs: Number(BigInt(m[1]!) / 1_000_000n), deliveryId: m[2]!.toLowerCase() };
+}

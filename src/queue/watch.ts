@@ -1,0 +1,132 @@
+import path from "node:path";
+import { type FSWatcher, watch } from "chokidar";
+import type { Logger } from "pino";
+import { errorMessage } from "../errors.ts";
+import { scanQueue } from "./scan.ts";
+
+export interface QueueWorkerOptions {
+  /** For logs: "router" or the deployment name. */
+  name: string;
+  dir: string;
+  /** Called for each entry, in name order, one at a time. Must be idempotent. */
+  handle: (entryName: string) => Promise<void>;
+  rescanIntervalMs: number;
+  /** The chokidar watcher turns arrivals into work at once; off, the rescan alone finds them. */
+  watch: boolean;
+  logger: Logger;
+}
+
+/**
+ * Drives one queue directory: scans it in name order at start, on every watcher event and
+ * every `rescanIntervalMs`. Watcher events are only hints (chokidar can miss or repeat
+ * them, and the kernel drops inotify overflow silently): the directory is the truth.
+ * Entries are handled one at a time; a handler that throws (the database is down, say)
+ * stops the pass, and the next pass retries from the oldest entry, so order is kept.
+ */
+export class QueueWorker {
+  private watcher: FSWatcher | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private draining: Promise<void> | undefined;
+  private again = false;
+  private closed = false;
+  private closing: Promise<void> | undefined;
+  private failing = false;
+  private readonly opts: QueueWorkerOptions;
+
+  constructor(opts: QueueWorkerOptions) {
+    this.opts = opts;
+  }
+
+  async start(): Promise<void> {
+    if (this.opts.watch) {
+      const watcher = watch(this.opts.dir, {
+        ignoreInitial: true,
+        depth: 0,
+        atomic: false,
+        // Only complete entries matter; temporaries never appear here, dot files are admins' own.
+        ignored: (p: string) => path.basename(p).startsWith(".") && p !== this.opts.dir,
+      });
+      this.watcher = watcher;
+      watcher.on("add", () => this.kick());
+      watcher.on("error", (err) => this.opts.logger.warn({ queue: this.opts.name, err: errorMessage(err) }, "queue watcher error; the periodic rescan continues"));
+      await new Promise<void>((resolve) => watcher.once("ready", () => resolve()));
+    }
+    this.timer = setInterval(() => this.kick(), this.opts.rescanIntervalMs);
+    this.timer.unref();
+    await this.kick();
+  }
+
+  /** Asks for a pass over the queue; resolves when a pass that started after this call ends. */
+  kick(): Promise<void> {
+    if (this.closed) return Promise.resolve();
+    if (this.draining) {
+      this.again = true;
+      return this.draining;
+    }
+    this.draining = this.drainLoop().finally(() => {
+      this.draining = undefined;
+    });
+    return this.draining;
+  }
+
+  /** Resolves once the queue is empty or the worker is closed (for tests and `deployq` one-shots). */
+  get idle(): Promise<void> {
+    return this.draining ?? Promise.resolve();
+  }
+
+  private async drainLoop(): Promise<void> {
+    do {
+      this.again = false;
+      await this.drainOnce();
+    } while (this.again && !this.closed);
+  }
+
+  private async drainOnce(): Promise<void> {
+    let names: string[];
+    try {
+      names = await scanQueue(this.opts.dir);
+    } catch (err) {
+      this.reportFailure(err);
+      return;
+    }
+    for (const name of names) {
+      if (this.closed) return;
+      try {
+        await this.opts.handle(name);
+      } catch (err) {
+        this.reportFailure(err, name);
+        return;
+      }
+    }
+    if (this.failing) {
+      this.failing = false;
+      this.opts.logger.info({ queue: this.opts.name }, "queue is being processed again");
+    }
+  }
+
+  /** Logged once per outage, not once per retry. */
+  private reportFailure(err: unknown, entry?: string): void {
+    if (this.failing) return;
+    this.failing = true;
+    this.opts.logger.error(
+      { queue: this.opts.name, entry, err: errorMessage(err) },
+      `cannot process queue ${this.opts.name}; entries stay queued and are retried every ${this.opts.rescanIntervalMs} ms`,
+    );
+  }
+
+  /** Whether the last pass failed (reported by /healthz). */
+  get healthy(): boolean {
+    return !this.failing;
+  }
+
+  /** Stops watching; the entry being handled finishes, later ones stay queued. Idempotent. */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      this.closed = true;
+      if (this.timer) clearInterval(this.timer);
+      await this.watcher?.close();
+      await this.draining;
+    })();
+    return this.closing;
+  }
+}
