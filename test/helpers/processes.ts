@@ -1,0 +1,73 @@
+import { type ChildProcess, spawn } from "node:child_process";
+import { fileURLToPath } from "node:url";
+
+export const REPO_ROOT = fileURLToPath(new URL("../..", import.meta.url));
+export const DEPLOYQ_BIN = fileURLToPath(new URL("../../bin/deployq.js", import.meta.url));
+
+const children = new Set<ChildProcess>();
+
+export interface Spawned {
+  child: ChildProcess;
+  output(): string;
+  /** Resolves with the exit code (or signal) once the process has ended. */
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  /** Resolves when the output contains `text`. */
+  waitFor(text: string | RegExp, timeoutMs?: number): Promise<void>;
+}
+
+/** Spawns `deployq <args>` (an argv array, no shell) and tracks it, so that a test that leaves it running fails. */
+export function spawnDeployq(args: string[], env: NodeJS.ProcessEnv, cwd = REPO_ROOT): Spawned {
+  const child = spawn(process.execPath, [DEPLOYQ_BIN, ...args], { cwd, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+  children.add(child);
+  let out = "";
+  const waiters = new Set<() => void>();
+  const onData = (chunk: Buffer) => {
+    out += chunk.toString();
+    for (const w of waiters) w();
+  };
+  child.stdout!.on("data", onData);
+  child.stderr!.on("data", onData);
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
+    child.once("exit", (code, signal) => {
+      children.delete(child);
+      for (const w of waiters) w();
+      resolve({ code, signal });
+    });
+  });
+  return {
+    child,
+    output: () => out,
+    exited,
+    waitFor(text, timeoutMs = 30_000) {
+      return new Promise<void>((resolve, reject) => {
+        const matches = () => (typeof text === "string" ? out.includes(text) : text.test(out));
+        const timer = setTimeout(() => {
+          waiters.delete(check);
+          reject(new Error(`timed out waiting for ${String(text)}; output so far:\n${out}`));
+        }, timeoutMs);
+        const check = () => {
+          if (matches()) {
+            clearTimeout(timer);
+            waiters.delete(check);
+            resolve();
+          } else if (child.exitCode !== null || child.signalCode !== null) {
+            clearTimeout(timer);
+            waiters.delete(check);
+            reject(new Error(`process ended before ${String(text)}; output:\n${out}`));
+          }
+        };
+        waiters.add(check);
+        check();
+      });
+    },
+  };
+}
+
+/** Kills what is still running (so one failure does not cascade), then fails if anything was. */
+export async function assertNoChildrenRunning(): Promise<void> {
+  const running = [...children];
+  if (running.length === 0) return;
+  for (const c of running) c.kill("SIGKILL");
+  await Promise.all(running.map((c) => new Promise((resolve) => (c.exitCode !== null || c.signalCode !== null ? resolve(null) : c.once("exit", resolve)))));
+  throw new Error(`test left ${running.length} child process(es) running: ${running.map((c) => c.spawnargs.join(" ")).join("; ")}`);
+}
