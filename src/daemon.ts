@@ -1,3 +1,5 @@
+import { mkdir, readFile, unlink, writeFile } from "node:fs/promises";
+import path from "node:path";
 import type { Logger } from "pino";
 import { type Settings, requireWebhookSecrets } from "./config/load.ts";
 import { type Database, openDatabase } from "./db/client.ts";
@@ -77,6 +79,9 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
       server = await listen(app, settings.host, settings.port);
       const running = server;
       cleanups.push(() => running.close());
+      // Where a CLI command finds this daemon (the port may have been chosen by the system).
+      const announced = await announceDaemon(settings.dataDir, { pid: process.pid, role, url: running.url });
+      cleanups.push(announced);
     }
     logger.info({ role, url: server?.url, queues: layout.root, database: database.describe }, "deployq started");
     let closing: Promise<void> | undefined;
@@ -98,4 +103,28 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
 
 function assertHealthy(worker: QueueWorker): void {
   if (!worker.healthy) throw new Error("the last pass over the queue failed; see the log");
+}
+
+export interface DaemonInfo {
+  pid: number;
+  role: Role;
+  url: string;
+}
+
+const daemonFile = (dataDir: string, pid: number) => path.join(dataDir, "run", `${pid}.json`);
+
+async function announceDaemon(dataDir: string, info: DaemonInfo): Promise<() => Promise<void>> {
+  const file = daemonFile(dataDir, info.pid);
+  await mkdir(path.dirname(file), { recursive: true });
+  await writeFile(file, `${JSON.stringify(info)}\n`);
+  return () => unlink(file).catch(() => {});
+}
+
+/** The HTTP address of a running daemon process, if it announced one in the data directory. */
+export async function findDaemon(dataDir: string, pid: number): Promise<DaemonInfo | undefined> {
+  try {
+    return JSON.parse(await readFile(daemonFile(dataDir, pid), "utf8")) as DaemonInfo;
+  } catch {
+    return undefined;
+  }
 }

@@ -43,7 +43,14 @@ export class RequestError extends DeployqError {
   }
 }
 
+/**
+ * The message an operator should read. drizzle wraps driver errors as "Failed query: …"
+ * with the real reason (connection refused, relation missing) in `cause`.
+ */
 export function errorMessage(err: unknown): string {
-  if (err instanceof Error) return err.message;
+  if (err instanceof Error) {
+    if (err.message.startsWith("Failed query:") && err.cause instanceof Error) return errorMessage(err.cause);
+    return err.message;
+  }
   return String(err);
 }

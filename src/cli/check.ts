@@ -4,6 +4,7 @@ import { sql } from "drizzle-orm";
 import { type Settings, loadSettings } from "../config/load.ts";
 import { openDatabase } from "../db/client.ts";
 import { lockOwner } from "../db/data-dir-lock.ts";
+import { findDaemon } from "../daemon.ts";
 import { errorMessage } from "../errors.ts";
 import { printJson } from "./output.ts";
 
@@ -43,7 +44,8 @@ async function checkDatabase(settings: Settings): Promise<CheckResult> {
     const owner = lockOwner(path.join(settings.dataDir, "deployq.lock"));
     if (owner !== undefined && owner !== process.pid) {
       // PGlite has one owner: ask the running daemon instead of opening it a second time.
-      const url = `http://${settings.host.includes(":") ? `[${settings.host}]` : settings.host}:${settings.port}/healthz`;
+      const daemon = await findDaemon(settings.dataDir, owner);
+      const url = `${daemon?.url ?? `http://${settings.host.includes(":") ? `[${settings.host}]` : settings.host}:${settings.port}`}/healthz`;
       try {
         const res = await fetch(url, { signal: AbortSignal.timeout(5000) });
         const body = (await res.json()) as { checks?: Record<string, string> };

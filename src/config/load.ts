@@ -83,6 +83,9 @@ export function loadSettings(options: LoadOptions = {}): Settings {
     );
   }
   const config = parsed.data;
+  if ("router" in config.deployments) {
+    throw new ConfigError(`${configPath}: deployment name "router" is reserved (queues/dead-letter/router/ is the router's): rename it`);
+  }
   const base = path.dirname(configPath);
   const deployments = new Map<string, DeploymentConfig & { name: string }>();
   for (const [name, deployment] of Object.entries(config.deployments)) {

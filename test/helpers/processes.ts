@@ -71,3 +71,26 @@ export async function assertNoChildrenRunning(): Promise<void> {
   await Promise.all(running.map((c) => new Promise((resolve) => (c.exitCode !== null || c.signalCode !== null ? resolve(null) : c.once("exit", resolve)))));
   throw new Error(`test left ${running.length} child process(es) running: ${running.map((c) => c.spawnargs.join(" ")).join("; ")}`);
 }
+
+export interface RunResult {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs `deployq <args>` to completion (tracked like spawnDeployq), optionally feeding stdin. */
+export function runDeployq(args: string[], env: NodeJS.ProcessEnv, input?: string): Promise<RunResult> {
+  const child = spawn(process.execPath, [DEPLOYQ_BIN, ...args], { cwd: REPO_ROOT, env: { ...process.env, ...env }, stdio: ["pipe", "pipe", "pipe"] });
+  children.add(child);
+  let stdout = "";
+  let stderr = "";
+  child.stdout.on("data", (c: Buffer) => (stdout += c.toString()));
+  child.stderr.on("data", (c: Buffer) => (stderr += c.toString()));
+  child.stdin.end(input ?? "");
+  return new Promise((resolve) => {
+    child.once("close", (code) => {
+      children.delete(child);
+      resolve({ code, stdout, stderr });
+    });
+  });
+}

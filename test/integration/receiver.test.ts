@@ -44,4 +44,164 @@ describe.each(["postgres", "pglite"] as const)("receiver on %s", (kind) => {
     const rows = await tdb.database.db.select().from(deliveries).where(eq(deliveries.deliveryId, req.headers["x-github-delivery"]!));
     expect(rows).toMatchObject([{ outcome: "queued", entry: name, afterSha: sha, hookId: "123456" }]);
   });
+
+  async function expectRejected(req: { headers: Record<string, string>; body: string | Buffer }, status: number, message?: RegExp) {
+    const before = await listFiles(ws.queuesDir);
+    const res = await post(url, req);
+    expect(res.status).toBe(status);
+    if (message) expect(String(res.body.error)).toMatch(message);
+    expect(await listFiles(ws.queuesDir)).toEqual(before);
+    return res;
+  }
+
+  it("rejects bad signatures with 401 and writes nothing", async () => {
+    const good = await signedDelivery(pushPayload({ repository: "octo-org/api", after: randomSha() }));
+    const flipped = Buffer.from(good.body);
+    flipped[10] = flipped[10]! ^ 0x01;
+    await expectRejected({ headers: good.headers, body: flipped }, 401, /does not match/);
+    const { "x-hub-signature-256": _sig, ...unsigned } = good.headers;
+    await expectRejected({ headers: unsigned, body: good.body }, 401, /missing/);
+    await expectRejected({ headers: { ...unsigned, "x-hub-signature": "sha1=0123456789abcdef0123456789abcdef01234567" }, body: good.body }, 401, /SHA-1/);
+    await expectRejected({ headers: { ...good.headers, "x-hub-signature-256": good.headers["x-hub-signature-256"]!.slice(0, -2) }, body: good.body }, 401);
+    await expectRejected({ headers: { ...good.headers, "x-hub-signature-256": `${good.headers["x-hub-signature-256"]}00` }, body: good.body }, 401);
+    const other = await signedDelivery(JSON.parse(good.body as string), { secret: "another secret" });
+    await expectRejected(other, 401);
+    const rows = await tdb.database.db.select().from(deliveries).where(eq(deliveries.deliveryId, good.headers["x-github-delivery"]!));
+    expect(rows).toEqual([]);
+  });
+
+  it("rejects missing or invalid event and delivery headers with 400", async () => {
+    const payload = pushPayload({ repository: "octo-org/api", after: randomSha() });
+    const ok = await signedDelivery(payload);
+    const { "x-github-event": _e, ...noEvent } = ok.headers;
+    await expectRejected({ headers: noEvent, body: ok.body }, 400, /X-GitHub-Event/);
+    const { "x-github-delivery": _d, ...noDelivery } = ok.headers;
+    await expectRejected({ headers: noDelivery, body: ok.body }, 400, /X-GitHub-Delivery/);
+    for (const delivery of ["../../etc/passwd", "..%2F..%2Fx", "a".repeat(5000), "12345678-1234-1234-1234-1234567890ab/../x", "not-a-guid"]) {
+      await expectRejected({ headers: { ...ok.headers, "x-github-delivery": delivery }, body: ok.body }, 400, /X-GitHub-Delivery/);
+    }
+    await expectRejected({ headers: { ...ok.headers, "x-github-event": "push; rm -rf /" }, body: ok.body }, 400);
+    await expectRejected({ headers: { ...ok.headers, "x-github-hook-id": "12x" }, body: ok.body }, 400, /Hook-ID/);
+  });
+
+  it("rejects bodies that are not JSON objects, invalid UTF-8, and unknown content types", async () => {
+    await expectRejected(await signedDelivery("this is not json"), 400, /not JSON/);
+    await expectRejected(await signedDelivery("[1,2,3]"), 400, /not a JSON object/);
+    const invalidUtf8 = Buffer.concat([Buffer.from('{"ref":"refs/heads/main","x":"'), Buffer.from([0xc3, 0x28, 0xff]), Buffer.from('"}')]);
+    const signedBad = await signedDelivery("placeholder");
+    const { createHmac } = await import("node:crypto");
+    const { SECRET } = await import("../helpers/workspace.ts");
+    signedBad.headers["x-hub-signature-256"] = `sha256=${createHmac("sha256", SECRET).update(invalidUtf8).digest("hex")}`;
+    await expectRejected({ headers: signedBad.headers, body: invalidUtf8 }, 400, /UTF-8/);
+    const text = await signedDelivery(pushPayload({ repository: "octo-org/api" }));
+    text.headers["content-type"] = "text/plain";
+    await expectRejected(text, 415, /application\/json/);
+  });
+
+  it("accepts form-encoded deliveries (GitHub's other content type)", async () => {
+    const payload = pushPayload({ repository: "octo-org/api", after: randomSha() });
+    const req = await signedDelivery(new URLSearchParams({ payload: JSON.stringify(payload) }).toString());
+    req.headers["content-type"] = "application/x-www-form-urlencoded";
+    const res = await post(url, req);
+    expect(res.status).toBe(202);
+    const entry = JSON.parse(await readFile(path.join(ws.queuesDir, "router", res.body.queued as string), "utf8"));
+    expect(entry.payload.after).toBe(payload.after);
+  });
+
+  it("answers 413 beyond 25 MB and writes nothing", async () => {
+    const big = Buffer.alloc(25 * 1024 * 1024 + 1, 0x20);
+    const req = await signedDelivery("{}");
+    await expectRejected({ headers: req.headers, body: big }, 413, /larger than/);
+  });
+
+  it("answers ping with 200, records it and queues nothing", async () => {
+    const before = await routerFiles();
+    const req = await signedDelivery({ zen: "Design for failure.", hook_id: 123456 }, { event: "ping" });
+    const res = await post(url, req);
+    expect(res.status).toBe(200);
+    expect(res.body).toMatchObject({ ok: true, event: "ping" });
+    expect(await routerFiles()).toEqual(before);
+    const rows = await tdb.database.db.select().from(deliveries).where(eq(deliveries.deliveryId, req.headers["x-github-delivery"]!));
+    expect(rows).toMatchObject([{ outcome: "ping", event: "ping" }]);
+  });
+
+  it("dedupes 100 concurrent copies of one delivery into exactly one entry", async () => {
+    const delivery = randomUUID();
+    const req = await signedDelivery(pushPayload({ repository: "octo-org/api", after: randomSha() }), { delivery });
+    const results = await Promise.all(Array.from({ length: 100 }, () => post(url, req)));
+    const statuses = results.map((r) => r.status).sort();
+    expect(statuses.filter((s) => s === 202)).toHaveLength(1);
+    expect(statuses.filter((s) => s === 200)).toHaveLength(99);
+    for (const r of results.filter((r) => r.status === 200)) expect(r.body).toEqual({ duplicate: true });
+    expect((await routerFiles()).filter((f) => f.includes(delivery))).toHaveLength(1);
+    const rows = await tdb.database.db.select().from(deliveries).where(eq(deliveries.deliveryId, delivery));
+    expect(rows).toMatchObject([{ duplicates: 99 }]);
+
+    // The same delivery ID reaching another hook is another event.
+    const other = await post(url, { ...req, headers: { ...req.headers, "x-github-hook-id": "999" } });
+    expect(other.status).toBe(202);
+    expect((await routerFiles()).filter((f) => f.includes(delivery))).toHaveLength(2);
+  });
+
+  it("answers 503 when the queue cannot be written, and the redelivery is queued, not called a duplicate", async () => {
+    const { rename, writeFile, rm } = await import("node:fs/promises");
+    const router = path.join(ws.queuesDir, "router");
+    const aside = path.join(ws.queuesDir, "router.aside");
+    await rename(router, aside);
+    await writeFile(router, "not a directory");
+    const req = await signedDelivery(pushPayload({ repository: "octo-org/api", after: randomSha() }));
+    try {
+      const res = await post(url, req);
+      expect(res.status).toBe(503);
+      expect(String(res.body.error)).toMatch(/could not queue/);
+    } finally {
+      await rm(router);
+      await rename(aside, router);
+    }
+    const rows = await tdb.database.db.select().from(deliveries).where(eq(deliveries.deliveryId, req.headers["x-github-delivery"]!));
+    expect(rows).toEqual([]);
+    const again = await post(url, req);
+    expect(again.status).toBe(202);
+    expect(await listFiles(path.join(ws.queuesDir, ".tmp"))).toEqual([]);
+  });
+
+  it("reports health, and service name and version on /", async () => {
+    const root = await (await fetch(`${url}/`)).json();
+    expect(root).toMatchObject({ service: "deployq", version: expect.stringMatching(/^\d+\.\d+\.\d+/) });
+    const health = await fetch(`${url}/healthz`);
+    expect(health.status).toBe(200);
+    expect(await health.json()).toMatchObject({ status: "ok", checks: { database: "ok", queues: "ok" } });
+  });
+});
+
+describe("receiver when the database is down", () => {
+  it("answers 503, writes no file, and /healthz says why", async () => {
+    const ws = await createWorkspace();
+    const tdb = await createTestDatabase("postgres");
+    const daemon = await startDaemon({ settings: ws.settings, role: "receiver", logger: silentLogger(), database: tdb.database });
+    try {
+      await tdb.dispose(); // closes the connections and drops the database under the running receiver
+      const res = await post(daemon.url!, await signedDelivery(pushPayload({ repository: "octo-org/api", after: randomSha() })));
+      expect(res.status).toBe(503);
+      expect(await listFiles(path.join(ws.queuesDir, "router"))).toEqual([]);
+      const health = await fetch(`${daemon.url}/healthz`);
+      expect(health.status).toBe(503);
+      expect(((await health.json()) as { checks: Record<string, string> }).checks.database).not.toBe("ok");
+    } finally {
+      await daemon.close();
+      await ws.dispose();
+    }
+  });
+});
+
+describe("receiver start-up", () => {
+  it("refuses to start without a webhook secret", async () => {
+    const ws = await createWorkspace();
+    try {
+      const settings = { ...ws.settings, secrets: { ...ws.settings.secrets, webhookSecrets: [] } };
+      await expect(startDaemon({ settings, role: "receiver", logger: silentLogger() })).rejects.toThrow(/GITHUB_WEBHOOK_SECRET is not set/);
+    } finally {
+      await ws.dispose();
+    }
+  });
 });

@@ -16,18 +16,29 @@ export interface DeliveryRow {
   routedTo?: string[] | undefined;
 }
 
+/**
+ * Payload strings are the sender's: Postgres text cannot hold NUL, and a column is no
+ * place for a megabyte of ref. Such a value is recorded mangled rather than failing the
+ * delivery (which GitHub would then redeliver forever).
+ */
+function text(value: string | undefined): string | null {
+  if (value === undefined) return null;
+  const clean = value.replaceAll("\u0000", "\uFFFD");
+  return clean.length > 1024 ? `${clean.slice(0, 1024)}…` : clean;
+}
+
 function values(row: DeliveryRow) {
   return {
     hookId: row.hookId,
-    deliveryId: row.deliveryId,
-    event: row.event,
-    repository: row.repository ?? null,
-    ref: row.ref ?? null,
-    afterSha: row.afterSha ?? null,
+    deliveryId: text(row.deliveryId)!,
+    event: text(row.event)!,
+    repository: text(row.repository),
+    ref: text(row.ref),
+    afterSha: text(row.afterSha),
     receivedAt: row.receivedAt,
     entry: row.entry ?? null,
     outcome: row.outcome,
-    reason: row.reason ?? null,
+    reason: text(row.reason),
     routedTo: row.routedTo ?? null,
   };
 }
@@ -59,7 +70,7 @@ export async function recordOutcome(db: Db, row: DeliveryRow): Promise<void> {
       target: [deliveries.hookId, deliveries.deliveryId],
       set: {
         outcome: row.outcome,
-        reason: row.reason ?? null,
+        reason: text(row.reason),
         routedTo: row.routedTo ?? null,
         entry: row.entry ?? sql`${deliveries.entry}`,
         updatedAt: sql`now()`,

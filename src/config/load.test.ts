@@ -1,0 +1,83 @@
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ConfigError } from "../errors.ts";
+import { loadSettings, requireWebhookSecrets } from "./load.ts";
+
+let dir: string;
+beforeAll(async () => {
+  dir = await mkdtemp(path.join(tmpdir(), "deployq-config-"));
+});
+afterAll(() => rm(dir, { recursive: true, force: true }));
+
+async function load(toml: string, env: NodeJS.ProcessEnv = {}) {
+  const file = path.join(dir, `c${Math.random().toString(36).slice(2)}.toml`);
+  await writeFile(file, toml);
+  return { file, settings: () => loadSettings({ configPath: file, env }) };
+}
+
+const DEPLOYMENT = `
+[deployments.api]
+repository = "octo-org/api"
+branch = "main"
+remote = "https://github.com/octo-org/api.git"
+path = "apps/api"
+commands = [["npm", "ci"]]
+`;
+
+describe("loadSettings", () => {
+  it("loads the shipped example", () => {
+    const settings = loadSettings({ configPath: new URL("../../deployq.example.toml", import.meta.url).pathname, env: {} });
+    expect(settings.deployments.get("api")).toMatchObject({ repository: "octo-org/api", branch: "main", strategy: "releases" });
+  });
+
+  it("applies defaults, resolves paths against the file's folder, and reads secrets from the environment only", async () => {
+    const { settings } = await load(DEPLOYMENT, { GITHUB_WEBHOOK_SECRET: " new , old ,", DATABASE_URL: "postgres://x@h/db" });
+    const s = settings();
+    expect(s.host).toBe("127.0.0.1");
+    expect(s.port).toBe(3400);
+    expect(s.queuesDir).toBe(path.join(dir, "queues"));
+    expect(s.dataDir).toBe(path.join(dir, "data"));
+    expect(s.deployments.get("api")).toMatchObject({ name: "api", path: path.join(dir, "apps/api"), keep_releases: 5, enabled: true });
+    expect(s.secrets.webhookSecrets).toEqual(["new", "old"]);
+    expect(s.secrets.databaseUrl).toBe("postgres://x@h/db");
+  });
+
+  it("lets DEPLOYQ_QUEUES_DIR override queues_dir", async () => {
+    const { settings } = await load(DEPLOYMENT, { DEPLOYQ_QUEUES_DIR: "/srv/q" });
+    expect(settings().queuesDir).toBe("/srv/q");
+  });
+
+  it.each([
+    ['[server]\nport = "x"', /server\.port/],
+    ['[server]\nhots = "x"', /unknown key "hots" in \[server\]/],
+    [`${DEPLOYMENT}\n[deployments.web]\nrepository = "not a repo"\nbranch = "main"\nremote = "r"\npath = "p"`, /deployments\.web\.repository: must be "owner\/name"/],
+    [DEPLOYMENT.replace('commands = [["npm", "ci"]]', 'commands = ["npm ci"]'), /deployments\.api\.commands\.0/],
+    [DEPLOYMENT.replace('branch = "main"', 'branch = "refs/heads/main"'), /without "refs\/heads\/"/],
+    [DEPLOYMENT.replace("[deployments.api]", "[deployments.\"../etc\"]"), /deployment name/],
+    [DEPLOYMENT.replace("[deployments.api]", "[deployments.router]"), /"router" is reserved/],
+    [DEPLOYMENT.replace('remote = "https://github.com/octo-org/api.git"\n', ""), /deployments\.api\.remote/],
+    ["this is = = not toml", /not valid TOML/],
+  ])("names the file and the key: %#", async (toml, message) => {
+    const { file, settings } = await load(toml);
+    let error: unknown;
+    try {
+      settings();
+    } catch (err) {
+      error = err;
+    }
+    expect(error).toBeInstanceOf(ConfigError);
+    expect((error as Error).message).toContain(file);
+    expect((error as Error).message).toMatch(message);
+  });
+
+  it("says what to do when the file is missing", () => {
+    expect(() => loadSettings({ configPath: path.join(dir, "missing.toml"), env: {} })).toThrow(/pass --config <file> or set DEPLOYQ_CONFIG/);
+  });
+
+  it("refuses to run a receiver without a secret", async () => {
+    const { settings } = await load(DEPLOYMENT, { GITHUB_WEBHOOK_SECRET: " , " });
+    expect(() => requireWebhookSecrets(settings())).toThrow(/GITHUB_WEBHOOK_SECRET is not set/);
+  });
+});

@@ -1,0 +1,80 @@
+import { describe, expect, it } from "vitest";
+import type { DeploymentConfig } from "../config/schema.ts";
+import { branchMatches, isValidBranchName, routeEvent } from "./match.ts";
+
+const SHA = "6113728f27ae82c7b1a177c8d03f9e96e0adf246";
+
+function deployment(name: string, repository: string, branch: string, enabled = true): DeploymentConfig & { name: string } {
+  return { name, repository, branch, remote: "/r.git", path: "/p", strategy: "releases", keep_releases: 5, commands: [], enabled };
+}
+
+const push = (full_name: string, ref: string, extra: Record<string, unknown> = {}) => ({
+  event: "push",
+  payload: { ref, after: SHA, deleted: false, repository: { full_name }, ...extra },
+});
+
+describe("branch patterns", () => {
+  it.each([
+    ["main", "main", true],
+    ["main", "mainline", false],
+    ["deploy-*", "deploy-blue", true],
+    ["deploy-*", "deploy-", true],
+    ["deploy-*", "deploy-a/b", false],
+    ["release/**", "release/1.2/hotfix", true],
+    ["v?", "v1", true],
+    ["v?", "v10", false],
+    ["a.b", "axb", false],
+    ["feat+(x)", "feat+(x)", true],
+  ])("%s matches %s: %s", (pattern, branch, expected) => {
+    expect(branchMatches(pattern, branch)).toBe(expected);
+  });
+});
+
+describe("branch names (git check-ref-format)", () => {
+  it.each(["main", "deploy-blue", "release/1.2", "feature/$(id)", "ünïcode"])("accepts %s", (name) => {
+    expect(isValidBranchName(name)).toBe(true);
+  });
+  it.each(["-x", "--upload-pack=x", "a..b", "a b", "a\u0000b", "a~1", "a^", "a:b", "a?", "a*", "a[b", "a\\b", ".hidden", "x/.y", "a.lock", "a/", "/a", "a//b", "a.", "@", "a@{1}", ""])(
+    "refuses %j",
+    (name) => {
+      expect(isValidBranchName(name)).toBe(false);
+    },
+  );
+});
+
+describe("routeEvent", () => {
+  const deployments = [
+    deployment("api", "Octo-Org/API", "main"),
+    deployment("api-mirror", "octo-org/api", "main"),
+    deployment("staging", "octo-org/api", "deploy-*"),
+    deployment("off", "octo-org/api", "main", false),
+  ];
+
+  it("delivers to every enabled deployment of the repository (case-insensitive) and branch", () => {
+    expect(routeEvent(push("octo-org/api", "refs/heads/main"), deployments)).toEqual({
+      kind: "deliver",
+      deployments: ["api", "api-mirror"],
+      repository: "octo-org/api",
+      ref: "refs/heads/main",
+      after: SHA,
+    });
+    expect(routeEvent(push("OCTO-ORG/Api", "refs/heads/deploy-x"), deployments)).toMatchObject({ kind: "deliver", deployments: ["staging"] });
+  });
+
+  it.each([
+    ["a tag push", push("octo-org/api", "refs/tags/v1"), /tag push/],
+    ["a branch deletion", push("octo-org/api", "refs/heads/main", { deleted: true, after: "0".repeat(40) }), /branch deletion/],
+    ["another event", { event: "issues", payload: {} }, /"issues" events do not deploy/],
+    ["an unfollowed branch", push("octo-org/api", "refs/heads/other"), /no enabled deployment follows octo-org\/api branch other/],
+    ["another repository", push("octo-org/other", "refs/heads/main"), /no enabled deployment/],
+    ["a ref that is not a branch", push("octo-org/api", "refs/pull/1/head"), /not a branch/],
+    ["a hostile ref", push("octo-org/api", "refs/heads/--upload-pack=x"), /not a valid branch name/],
+    ["a bad sha", push("octo-org/api", "refs/heads/main", { after: "$(id)" }), /not a commit sha/],
+    ["no repository", { event: "push", payload: { ref: "refs/heads/main", after: SHA } }, /no repository/],
+    ["a non-object payload", { event: "push", payload: "x" }, /no repository/],
+  ])("voids %s", (_what, entry, reason) => {
+    const decision = routeEvent(entry, deployments);
+    expect(decision.kind).toBe("void");
+    expect(decision.kind === "void" && decision.reason).toMatch(reason);
+  });
+});

@@ -1,0 +1,162 @@
+import { randomUUID } from "node:crypto";
+import { readFile, readdir } from "node:fs/promises";
+import path from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { entryName } from "../../src/queue/entry-name.ts";
+import { queueLayout } from "../../src/queue/layout.ts";
+import { ensureQueueDirs, writeEntryDurably } from "../../src/queue/write.ts";
+import { type TestDatabase, createTestDatabase } from "../helpers/db.ts";
+import { runDeployq, spawnDeployq } from "../helpers/processes.ts";
+import { type Workspace, createWorkspace, pushPayload, randomSha } from "../helpers/workspace.ts";
+
+describe("deployq CLI", () => {
+  let ws: Workspace;
+  let tdb: TestDatabase;
+  let env: NodeJS.ProcessEnv;
+
+  beforeAll(async () => {
+    ws = await createWorkspace();
+    tdb = await createTestDatabase("postgres");
+    env = { ...ws.env, DATABASE_URL: tdb.url, DEPLOYQ_CONFIG: ws.configPath };
+  });
+  afterAll(async () => {
+    await tdb?.dispose();
+    await ws?.dispose();
+  });
+
+  it("--help names every command and the environment", async () => {
+    const { code, stdout } = await runDeployq(["--help"], {});
+    expect(code).toBe(0);
+    for (const command of ["serve", "receiver", "workers", "migrate", "check", "queue", "send-test-delivery", "post-receive"]) {
+      expect(stdout).toMatch(new RegExp(`^  ${command}\\b`, "m"));
+    }
+    expect(stdout).toContain("GITHUB_WEBHOOK_SECRET");
+    const queueHelp = await runDeployq(["queue", "--help"], {});
+    for (const sub of ["ls", "show", "requeue", "flush"]) expect(queueHelp.stdout).toMatch(new RegExp(`^  ${sub}\\b`, "m"));
+  });
+
+  it("check passes on a good setup, and fails naming the key on a bad one", async () => {
+    const good = await runDeployq(["check"], env);
+    expect(good.stderr).toBe("");
+    expect(good.code).toBe(0);
+    expect(good.stdout).toMatch(/^ok +database +postgres:\/\//m);
+    expect(good.stdout).toMatch(/^ok +queues/m);
+
+    const noSecret = await runDeployq(["check", "--json"], { ...env, GITHUB_WEBHOOK_SECRET: "" });
+    expect(noSecret.code).toBe(1);
+    expect(JSON.parse(noSecret.stdout)).toContainEqual({ name: "secret", ok: false, detail: expect.stringMatching(/GITHUB_WEBHOOK_SECRET is not set/) });
+
+    const badDb = await runDeployq(["check"], { ...env, DATABASE_URL: "postgres://postgres@127.0.0.1:1/none" });
+    expect(badDb.code).toBe(1);
+    expect(badDb.stdout).toMatch(/^FAIL +database .*check DATABASE_URL/m);
+
+    const missing = await runDeployq(["--config", path.join(ws.dir, "nope.toml"), "check"], env);
+    expect(missing.code).toBe(1);
+    expect(missing.stdout).toMatch(/cannot read the configuration .*nope\.toml/);
+  });
+
+  it("lists, shows, requeues and flushes queue entries", async () => {
+    const layout = queueLayout(ws.queuesDir);
+    await ensureQueueDirs(layout, ["api"]);
+    const sha = randomSha();
+    const delivery = randomUUID();
+    const name = entryName(delivery);
+    await writeEntryDurably(layout, layout.deadLetter("api"), name, {
+      event: "push",
+      delivery_id: delivery,
+      hook_id: "1",
+      received_at: new Date().toISOString(),
+      payload: pushPayload({ repository: "octo-org/api", branch: "main", after: sha }),
+      attempts: 3,
+      last_error: "npm run build exited with code 1",
+    });
+
+    const summary = await runDeployq(["queue", "ls", "--json"], env);
+    expect(summary.code).toBe(0);
+    expect(JSON.parse(summary.stdout)).toContainEqual(expect.objectContaining({ queue: "dead-letter/api", entries: 1 }));
+
+    const listed = await runDeployq(["queue", "ls", "dead-letter/api"], env);
+    expect(listed.stdout).toMatch(/^ENTRY +AGE +EVENT +REPOSITORY +REF +SHA +ERROR/);
+    expect(listed.stdout).toMatch(new RegExp(`^${name} +\\d+s +push +octo-org/api +main +${sha.slice(0, 7)} +npm run build exited with code 1$`, "m"));
+
+    const shown = await runDeployq(["queue", "show", delivery], env);
+    expect(shown.code).toBe(0);
+    expect(shown.stdout).toContain(`# dead-letter/api: ${path.join(ws.queuesDir, "dead-letter", "api", name)}`);
+    expect(shown.stdout).toContain(`"after": "${sha}"`);
+
+    const unknown = await runDeployq(["queue", "show", "nothing-like-it"], env);
+    expect(unknown.code).toBe(2);
+    expect(unknown.stderr).toMatch(/no entry "nothing-like-it" in any queue/);
+
+    const requeued = await runDeployq(["queue", "requeue", "api"], env);
+    expect(requeued.code).toBe(0);
+    expect(requeued.stdout).toContain(`requeued 1 entry into api:\n  ${name}`);
+    const back = JSON.parse(await readFile(path.join(ws.queuesDir, "deployments", "api", name), "utf8"));
+    expect(back.attempts).toBeUndefined();
+    expect(back.last_error).toBeUndefined();
+
+    const notConfigured = await runDeployq(["queue", "requeue", "ghost"], env);
+    expect(notConfigured.code).toBe(2);
+    expect(notConfigured.stderr).toMatch(/neither router nor a configured deployment/);
+
+    const refused = await runDeployq(["queue", "flush", "api"], env);
+    expect(refused.code).toBe(2);
+    expect(refused.stderr).toMatch(/deletes all 1 entries of api .* add --yes/);
+    expect(await readdir(path.join(ws.queuesDir, "deployments", "api"))).toEqual([name]);
+    const flushed = await runDeployq(["queue", "flush", "api", "--yes"], env);
+    expect(flushed.code).toBe(0);
+    expect(await readdir(path.join(ws.queuesDir, "deployments", "api"))).toEqual([]);
+  });
+
+  it("post-receive queues git's lines from stdin as push events, and refuses garbage", async () => {
+    const before = "a".repeat(40);
+    const after = randomSha();
+    const ok = await runDeployq(["post-receive", "--repository", "octo-org/api"], env, `${before} ${after} refs/heads/main\n`);
+    expect(ok.stderr).toBe("");
+    expect(ok.code).toBe(0);
+    const [name] = ok.stdout.match(/\d{19}-[0-9a-f-]{36}\.json/) ?? [];
+    const entry = JSON.parse(await readFile(path.join(ws.queuesDir, "router", name!), "utf8"));
+    expect(entry).toMatchObject({ event: "push", source: "post-receive", payload: { ref: "refs/heads/main", before, after, repository: { full_name: "octo-org/api" } } });
+
+    const bad = await runDeployq(["post-receive", "--repository", "octo-org/api"], env, "$(id) x refs/heads/main\n");
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(/not a post-receive line/);
+    const badRepo = await runDeployq(["post-receive", "--repository", "../../etc"], env, "");
+    expect(badRepo.code).toBe(2);
+  });
+});
+
+describe("deployq serve on the embedded database", () => {
+  it("starts, accepts a signed test delivery, routes it, refuses a second owner of PGlite, and drains on SIGTERM", async () => {
+    const ws = await createWorkspace({ deployments: `\n[deployments.api]\nrepository = "octo-org/api"\nbranch = "main"\nremote = "/r.git"\npath = "./apps/api"\n` });
+    const env = { ...ws.env, DATABASE_URL: "", DEPLOYQ_CONFIG: ws.configPath, DEPLOYQ_LOG_LEVEL: "info" };
+    const serve = spawnDeployq(["serve"], env);
+    try {
+      await serve.waitFor(/listening on (http:\/\/127\.0\.0\.1:\d+)/);
+      const url = /listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(serve.output())![1]!;
+      const sent = await runDeployq(["send-test-delivery", "--url", `${url}/github-webhook`], env);
+      expect(sent.stdout).toMatch(/→ 202 \{"queued":"\d{19}-[0-9a-f-]{36}\.json"\}/);
+      expect(sent.code).toBe(0);
+      await serve.waitFor('"msg":"event routed"');
+      expect(await readdir(path.join(ws.queuesDir, "deployments", "api"))).toHaveLength(1);
+
+      const second = await runDeployq(["migrate"], env);
+      expect(second.code).toBe(2);
+      expect(second.stderr).toMatch(/in use by deployq process \d+, and PGlite allows one process only/);
+      const check = await runDeployq(["check"], env);
+      expect(check.stdout).toMatch(/^ok +database +embedded PGlite, owned by running deployq \d+; it reports: ok/m);
+
+      serve.child.kill("SIGTERM");
+      const exit = await serve.exited;
+      expect(exit.signal).toBe("SIGTERM");
+      expect(serve.output()).toContain("draining");
+      // The lock is released with the process: the database can be opened again.
+      const after = await runDeployq(["migrate"], env);
+      expect(after.code).toBe(0);
+    } finally {
+      serve.child.kill("SIGKILL");
+      await serve.exited;
+      await ws.dispose();
+    }
+  });
+});
