@@ -84,6 +84,24 @@ describe.each(["postgres", "pglite"] as const)("receiver on %s", (kind) => {
     await expectRejected({ headers: { ...ok.headers, "x-github-hook-id": "12x" }, body: ok.body }, 400, /Hook-ID/);
   });
 
+  it("rejects a delivery ID with a NUL byte (sent raw: HTTP clients refuse to) and writes nothing", async () => {
+    const { connect } = await import("node:net");
+    const before = await listFiles(ws.queuesDir);
+    const req = await signedDelivery(pushPayload({ repository: "octo-org/api", after: randomSha() }));
+    const headers = { ...req.headers, "x-github-delivery": `${randomUUID()}\u0000../../x`, host: "127.0.0.1", "content-length": String(Buffer.byteLength(req.body)), connection: "close" };
+    const raw = `POST /github-webhook HTTP/1.1\r\n${Object.entries(headers).map(([k, v]) => `${k}: ${v}`).join("\r\n")}\r\n\r\n${req.body}`;
+    const { port, hostname } = new URL(url);
+    const response = await new Promise<string>((resolve, reject) => {
+      const socket = connect(Number(port), hostname, () => socket.end(raw));
+      let data = "";
+      socket.on("data", (c) => (data += c.toString()));
+      socket.on("end", () => resolve(data));
+      socket.on("error", reject);
+    });
+    expect(response).toMatch(/^HTTP\/1\.1 400 /);
+    expect(await listFiles(ws.queuesDir)).toEqual(before);
+  });
+
   it("rejects bodies that are not JSON objects, invalid UTF-8, and unknown content types", async () => {
     await expectRejected(await signedDelivery("this is not json"), 400, /not JSON/);
     await expectRejected(await signedDelivery("[1,2,3]"), 400, /not a JSON object/);
