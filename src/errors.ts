@@ -10,7 +10,10 @@ export type ErrorCode =
   | "PAYLOAD_TOO_LARGE"
   | "UNAVAILABLE"
   | "DATA_DIR_LOCKED"
-  | "ENTRY";
+  | "ENTRY"
+  | "EXEC"
+  | "DEPLOY"
+  | "TRANSIENT";
 
 export class DeployqError extends Error {
   constructor(
@@ -27,6 +30,17 @@ export class ConfigError extends DeployqError {
   constructor(message: string, options?: { cause?: unknown }) {
     super("CONFIG", message, options);
     this.name = "ConfigError";
+  }
+}
+
+/**
+ * A failure worth retrying: the remote could not be reached, the lock service is down.
+ * Everything else (a failing build, a bad configuration) is permanent and not retried.
+ */
+export class TransientError extends DeployqError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("TRANSIENT", message, options);
+    this.name = "TransientError";
   }
 }
 
