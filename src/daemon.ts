@@ -7,6 +7,10 @@ import { type RunningServer, createApp, listen } from "./http/server.ts";
 import { queueLayout } from "./queue/layout.ts";
 import type { QueueWorker } from "./queue/watch.ts";
 import { ensureQueueDirs, sweepTmp } from "./queue/write.ts";
+import { createLocalLocks } from "./lock/local-lock.ts";
+import type { LockService } from "./lock/lock.ts";
+import { acquirePidLock } from "./pid-lock.ts";
+import { DeploymentWorker } from "./workers/deployment.ts";
 import { createRouter } from "./workers/router.ts";
 
 export type Role = "serve" | "receiver" | "workers";
@@ -17,6 +21,7 @@ export interface Daemon {
   url: string | undefined;
   database: Database;
   router: QueueWorker | undefined;
+  deployments: Map<string, DeploymentWorker>;
   /** First call drains: stops accepting, lets the current step finish, closes the database. */
   close(): Promise<void>;
 }
@@ -29,6 +34,8 @@ export interface StartOptions {
   watch?: boolean;
   /** An already open database (tests); otherwise opened from the settings, and closed on close(). */
   database?: Database;
+  /** Lock service (tests); otherwise in-process locks. */
+  locks?: LockService;
 }
 
 /**
@@ -61,11 +68,42 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
     if (swept.length > 0) logger.warn({ files: swept }, "removed temporaries left in .tmp/ by a process that died");
 
     let router: QueueWorker | undefined;
+    const deployments = new Map<string, DeploymentWorker>();
     if (works) {
+      const locks = options.locks ?? createLocalLocks();
+      if (!options.locks) {
+        // In-process locks protect nothing across processes: one workers process per queue root.
+        const held = acquirePidLock(
+          path.join(layout.root, ".workers.lock"),
+          (owner) =>
+            `deployq process ${owner} already runs the workers for ${layout.root}: stop it first ` +
+            "(two workers processes with in-process locks could deploy one app twice at once); set REDIS_URL to run several",
+        );
+        cleanups.push(async () => held.release());
+      }
+      cleanups.push(() => locks.close());
       router = createRouter({ settings, layout, db: database.db, logger, watch: options.watch ?? true });
       const started = router;
       cleanups.push(() => started.close());
+      for (const deployment of settings.deployments.values()) {
+        deployments.set(
+          deployment.name,
+          new DeploymentWorker({
+            deployment,
+            dataDir: settings.dataDir,
+            layout,
+            db: database.db,
+            locks,
+            logger,
+            rescanIntervalMs: settings.rescanIntervalMs,
+            shutdownGraceMs: settings.shutdownGraceMs,
+            watch: options.watch ?? true,
+          }),
+        );
+      }
+      cleanups.push(() => Promise.all([...deployments.values()].map((w) => w.close())).then(() => {}));
       await router.start();
+      for (const worker of deployments.values()) await worker.start();
     }
     let server: RunningServer | undefined;
     if (receives) {
@@ -74,7 +112,10 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
         layout,
         logger,
         secrets,
-        health: router ? [{ name: "router", check: async () => assertHealthy(router) }] : [],
+        health: [
+          ...(router ? [{ name: "router", check: async () => assertHealthy(router) }] : []),
+          ...[...deployments.values()].map((w) => ({ name: `deployment:${w.name}`, check: async () => assertHealthy(w) })),
+        ],
       });
       server = await listen(app, settings.host, settings.port);
       const running = server;
@@ -90,6 +131,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
       url: server?.url,
       database,
       router,
+      deployments,
       close() {
         closing ??= closeAll();
         return closing;
@@ -101,7 +143,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
   }
 }
 
-function assertHealthy(worker: QueueWorker): void {
+function assertHealthy(worker: { healthy: boolean }): void {
   if (!worker.healthy) throw new Error("the last pass over the queue failed; see the log");
 }
 

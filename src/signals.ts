@@ -1,4 +1,5 @@
 import type { Logger } from "pino";
+import { killAllCommands } from "./exec/run-command.ts";
 
 /**
  * The shutdown ladder: the first SIGINT/SIGTERM drains (stop accepting, let the current
@@ -13,6 +14,8 @@ export function installShutdownLadder(drain: () => Promise<void>, logger: Logger
     received++;
     if (received > 1) {
       logger.warn({ signal }, "second signal: stopping now; interrupted entries stay in their queues");
+      // Commands run in process groups of their own: they would outlive us.
+      killAllCommands("SIGKILL");
       process.exit(1);
     }
     logger.info({ signal }, "draining: no new work is taken; send the signal again to stop at once");

@@ -3,7 +3,7 @@ import path from "node:path";
 import { sql } from "drizzle-orm";
 import { type Settings, loadSettings } from "../config/load.ts";
 import { openDatabase } from "../db/client.ts";
-import { lockOwner } from "../db/data-dir-lock.ts";
+import { lockOwner } from "../pid-lock.ts";
 import { findDaemon } from "../daemon.ts";
 import { errorMessage } from "../errors.ts";
 import { printJson } from "./output.ts";

@@ -16,6 +16,8 @@ export interface Secrets {
 }
 
 /** The validated configuration with every path made absolute and the secrets from the environment. */
+export type Deployment = DeploymentConfig & { name: string };
+
 export interface Settings {
   configPath: string;
   host: string;
@@ -23,7 +25,8 @@ export interface Settings {
   dataDir: string;
   queuesDir: string;
   rescanIntervalMs: number;
-  deployments: Map<string, DeploymentConfig & { name: string }>;
+  shutdownGraceMs: number;
+  deployments: Map<string, Deployment>;
   secrets: Secrets;
 }
 
@@ -87,7 +90,7 @@ export function loadSettings(options: LoadOptions = {}): Settings {
     throw new ConfigError(`${configPath}: deployment name "router" is reserved (queues/dead-letter/router/ is the router's): rename it`);
   }
   const base = path.dirname(configPath);
-  const deployments = new Map<string, DeploymentConfig & { name: string }>();
+  const deployments = new Map<string, Deployment>();
   for (const [name, deployment] of Object.entries(config.deployments)) {
     deployments.set(name, { ...deployment, name, path: path.resolve(base, deployment.path) });
   }
@@ -98,6 +101,7 @@ export function loadSettings(options: LoadOptions = {}): Settings {
     dataDir: path.resolve(base, config.data_dir),
     queuesDir: env.DEPLOYQ_QUEUES_DIR ? path.resolve(env.DEPLOYQ_QUEUES_DIR) : path.resolve(base, config.queues_dir),
     rescanIntervalMs: config.rescan_interval_ms,
+    shutdownGraceMs: config.shutdown_grace_s * 1000,
     deployments,
     secrets: {
       webhookSecrets: list(env.GITHUB_WEBHOOK_SECRET),

@@ -30,6 +30,26 @@ export const DeploymentConfig = z.strictObject({
   commands: z.array(argv).default([]),
   restart: RestartConfig.optional(),
   enabled: z.boolean().default(true),
+  /**
+   * Paths linked from <path>/shared/ into every release (releases strategy). A trailing
+   * "/" marks a directory (created when missing); a file must exist in shared/.
+   */
+  shared: z
+    .array(
+      z
+        .string()
+        .min(1)
+        .refine((p) => !p.startsWith("/") && !p.split("/").some((part) => part === ".." || part === "."), "must be a relative path inside the release, without . or .."),
+    )
+    .default([]),
+  /** Extra environment for the build commands and the restart script (secrets belong in shared files, not here). */
+  env: z.record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, "not an environment variable name"), z.string()).default({}),
+  /** Each build command and the restart script is killed after this many seconds. */
+  command_timeout_s: z.number().positive().default(900),
+  /** Attempts for transient failures (remote unreachable, lock service down) before the entry is dead-lettered. */
+  max_attempts: z.number().int().min(1).default(5),
+  /** First retry delay; it doubles with each attempt, with jitter. */
+  retry_backoff_s: z.number().positive().default(10),
 });
 export type DeploymentConfig = z.infer<typeof DeploymentConfig>;
 
@@ -46,6 +66,8 @@ export const Config = z.strictObject({
   queues_dir: z.string().min(1).default("./queues"),
   /** Milliseconds between full rescans of each queue directory (the watcher is only a hint). */
   rescan_interval_ms: z.number().int().min(50).default(5000),
+  /** On SIGINT/SIGTERM a running command gets this long to finish before its process group is killed. */
+  shutdown_grace_s: z.number().min(0).default(30),
   deployments: z
     .record(
       z.string().regex(DEPLOYMENT_NAME, "deployment names use letters, digits, - and _ (at most 64)"),

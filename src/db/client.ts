@@ -7,7 +7,7 @@ import { migrate as migratePglite } from "drizzle-orm/pglite/migrator";
 import { drizzle as drizzlePostgres } from "drizzle-orm/postgres-js";
 import { migrate as migratePostgres } from "drizzle-orm/postgres-js/migrator";
 import postgres from "postgres";
-import { acquireDataDirLock } from "./data-dir-lock.ts";
+import { acquireDataDirLock } from "../pid-lock.ts";
 import * as schema from "./schema.ts";
 
 export type Schema = typeof schema;

@@ -37,3 +37,42 @@ export const deliveries = pgTable(
 
 export type Delivery = typeof deliveries.$inferSelect;
 export type DeliveryOutcome = "queued" | "ping" | "routed" | "voided" | "dead-letter";
+
+/**
+ * One row per deploy attempt (and per superseded or already-deployed entry, so that nothing
+ * is dropped silently). `running` rows left by a process that died are found at start.
+ */
+export const deploys = pgTable(
+  "deploys",
+  {
+    id: bigserial("id", { mode: "number" }).primaryKey(),
+    deployment: text("deployment").notNull(),
+    /** The queue entry's file name. */
+    entry: text("entry").notNull(),
+    deliveryId: text("delivery_id"),
+    /** push (webhook, post-receive), deploy (`deployq deploy`), rollback (`deployq rollback`). */
+    event: text("event").notNull(),
+    ref: text("ref"),
+    sha: text("sha"),
+    /** running | succeeded | failed | retrying | superseded | already-deployed | interrupted */
+    status: text("status").notNull(),
+    attempt: integer("attempt").notNull().default(1),
+    host: text("host").notNull(),
+    pid: integer("pid").notNull(),
+    startedAt: timestamp("started_at", { withTimezone: true }).notNull().defaultNow(),
+    finishedAt: timestamp("finished_at", { withTimezone: true }),
+    durationMs: integer("duration_ms"),
+    release: text("release"),
+    previousRelease: text("previous_release"),
+    logPath: text("log_path"),
+    error: text("error"),
+    exitCode: integer("exit_code"),
+    signal: text("signal"),
+    /** For superseded entries: the entry that won. */
+    supersededBy: text("superseded_by"),
+  },
+  (t) => [index("deploys_deployment_started_idx").on(t.deployment, t.startedAt), index("deploys_status_idx").on(t.status)],
+);
+
+export type Deploy = typeof deploys.$inferSelect;
+export type DeployStatus = "running" | "succeeded" | "failed" | "retrying" | "superseded" | "already-deployed" | "interrupted";

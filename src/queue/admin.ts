@@ -146,7 +146,7 @@ export async function requeue(layout: QueueLayout, name: string, only?: string):
       // unparseable: moved back as it is (an admin may have fixed it; the router says if not)
     }
     if (json) {
-      const { attempts: _a, last_error: _e, failed_at: _f, ...fresh } = json;
+      const { attempts: _a, last_error: _e, failed_at: _f, retry_at: _r, ...fresh } = json;
       await rewriteInto(layout, file, to.dir, fresh as QueueEntry);
     } else {
       await moveEntry(file, to.dir);

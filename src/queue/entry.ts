@@ -16,6 +16,8 @@ export const QueueEntry = z.looseObject({
   attempts: z.number().int().optional(),
   last_error: z.string().optional(),
   failed_at: z.string().optional(),
+  /** A transient failure is retried no earlier than this (ISO time). */
+  retry_at: z.string().optional(),
 });
 export type QueueEntry = z.infer<typeof QueueEntry>;
 

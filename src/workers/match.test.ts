@@ -1,11 +1,11 @@
 import { describe, expect, it } from "vitest";
-import type { DeploymentConfig } from "../config/schema.ts";
+import { DeploymentConfig } from "../config/schema.ts";
 import { branchMatches, isValidBranchName, routeEvent } from "./match.ts";
 
 const SHA = "6113728f27ae82c7b1a177c8d03f9e96e0adf246";
 
 function deployment(name: string, repository: string, branch: string, enabled = true): DeploymentConfig & { name: string } {
-  return { name, repository, branch, remote: "/r.git", path: "/p", strategy: "releases", keep_releases: 5, commands: [], enabled };
+  return { name, ...DeploymentConfig.parse({ repository, branch, remote: "/r.git", path: "/p", enabled }) };
 }
 
 const push = (full_name: string, ref: string, extra: Record<string, unknown> = {}) => ({

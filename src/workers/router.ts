@@ -1,4 +1,4 @@
-import { readFile, writeFile } from "node:fs/promises";
+import { readFile } from "node:fs/promises";
 import path from "node:path";
 import type { Logger } from "pino";
 import type { Settings } from "../config/load.ts";
@@ -8,7 +8,8 @@ import { errorMessage } from "../errors.ts";
 import { QueueEntry, summarizePayload } from "../queue/entry.ts";
 import { parseEntryName } from "../queue/entry-name.ts";
 import type { QueueLayout } from "../queue/layout.ts";
-import { linkInto, moveEntry, removeEntry, rewriteInto } from "../queue/move.ts";
+import { deadLetterEntry } from "../queue/dead-letter.ts";
+import { linkInto, removeEntry } from "../queue/move.ts";
 import { QueueWorker } from "../queue/watch.ts";
 import { routeEvent } from "./match.ts";
 
@@ -85,14 +86,7 @@ export function createRouter(deps: RouterDeps): QueueWorker {
       outcome: "dead-letter",
       reason: error,
     });
-    const failedAt = new Date().toISOString();
-    if (json) {
-      await rewriteInto(layout, file, dir, { ...(json as QueueEntry), last_error: error, failed_at: failedAt });
-    } else {
-      // Not JSON at all: keep the bytes as they are and put the error beside them.
-      await writeFile(path.join(dir, `${name}.error`), `${failedAt} ${error}\n`);
-      await moveEntry(file, dir);
-    }
+    await deadLetterEntry(layout, file, "router", json, error);
     logger.error({ entry: name, err: error }, `malformed entry moved to ${path.relative(layout.root, dir)}/; fix it, then \`deployq queue requeue router --entry ${name}\``);
   }
 

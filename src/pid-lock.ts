@@ -1,6 +1,6 @@
 import { mkdirSync, readFileSync, unlinkSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import { DeployqError } from "../errors.ts";
+import { DeployqError } from "./errors.ts";
 
 /**
  * PGlite has no locking between processes: two processes that open one data directory
@@ -32,9 +32,22 @@ function isAlive(pid: number): boolean {
   }
 }
 
-export function acquireDataDirLock(dataDir: string, what = "the embedded database"): DataDirLock {
-  mkdirSync(dataDir, { recursive: true });
-  const lockPath = path.join(dataDir, "deployq.lock");
+export function acquireDataDirLock(dataDir: string): DataDirLock {
+  return acquirePidLock(
+    path.join(dataDir, "deployq.lock"),
+    (owner) =>
+      `the embedded database in ${dataDir} is in use by deployq process ${owner}, and PGlite allows one process only: ` +
+      "stop that process first, or use `deployq serve` (one process), or set DATABASE_URL to a Postgres " +
+      "server so that several processes can share it",
+  );
+}
+
+/**
+ * A lock file holding this process's pid for its whole life; a file left by a process
+ * that no longer exists is taken over. `conflict` says what to do when another live process holds it.
+ */
+export function acquirePidLock(lockPath: string, conflict: (owner: number) => string): DataDirLock {
+  mkdirSync(path.dirname(lockPath), { recursive: true });
   for (let attempt = 0; attempt < 2; attempt++) {
     try {
       writeFileSync(lockPath, `${process.pid}\n`, { flag: "wx" });
@@ -55,12 +68,7 @@ export function acquireDataDirLock(dataDir: string, what = "the embedded databas
       if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
       const owner = lockOwner(lockPath);
       if (owner !== undefined && owner !== process.pid) {
-        throw new DeployqError(
-          "DATA_DIR_LOCKED",
-          `${what} in ${dataDir} is in use by deployq process ${owner}, and PGlite allows one process only: ` +
-            "stop that process first, or use `deployq serve` (one process), or set DATABASE_URL to a Postgres " +
-            "server so that several processes can share it",
-        );
+        throw new DeployqError("DATA_DIR_LOCKED", conflict(owner));
       }
       // Stale lock from a process that died: take it over.
       try {

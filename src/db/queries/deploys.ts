@@ -1,0 +1,89 @@
+import { and, desc, eq, inArray, sql } from "drizzle-orm";
+import type { Db } from "../client.ts";
+import { type Deploy, type DeployStatus, deploys } from "../schema.ts";
+
+export interface NewDeploy {
+  deployment: string;
+  entry: string;
+  deliveryId: string | undefined;
+  event: string;
+  ref: string | undefined;
+  sha: string | undefined;
+  attempt: number;
+  host: string;
+  pid: number;
+}
+
+export async function startDeploy(db: Db, row: NewDeploy): Promise<number> {
+  const [inserted] = await db
+    .insert(deploys)
+    .values({ ...row, deliveryId: row.deliveryId ?? null, ref: row.ref ?? null, sha: row.sha ?? null, status: "running" })
+    .returning({ id: deploys.id });
+  return inserted!.id;
+}
+
+export interface DeployResult {
+  status: Exclude<DeployStatus, "running">;
+  sha?: string | undefined;
+  release?: string | undefined;
+  previousRelease?: string | undefined;
+  logPath?: string | undefined;
+  error?: string | undefined;
+  exitCode?: number | undefined;
+  signal?: string | undefined;
+}
+
+export async function setDeployLog(db: Db, id: number, logPath: string): Promise<void> {
+  await db.update(deploys).set({ logPath }).where(eq(deploys.id, id));
+}
+
+export async function finishDeploy(db: Db, id: number, result: DeployResult): Promise<void> {
+  await db
+    .update(deploys)
+    .set({
+      status: result.status,
+      finishedAt: sql`now()`,
+      durationMs: sql`(extract(epoch from now() - ${deploys.startedAt}) * 1000)::int`,
+      ...(result.sha ? { sha: result.sha } : {}),
+      release: result.release ?? null,
+      previousRelease: result.previousRelease ?? null,
+      error: result.error ?? null,
+      exitCode: result.exitCode ?? null,
+      signal: result.signal ?? null,
+    })
+    .where(eq(deploys.id, id));
+}
+
+/** An entry that never ran: superseded by a newer one. */
+export async function recordSuperseded(db: Db, row: NewDeploy, supersededBy: string): Promise<void> {
+  await db.insert(deploys).values({
+    ...row,
+    deliveryId: row.deliveryId ?? null,
+    ref: row.ref ?? null,
+    sha: row.sha ?? null,
+    status: "superseded",
+    supersededBy,
+    finishedAt: sql`now()`,
+    durationMs: 0,
+  });
+}
+
+/** Deploys left `running` on this host by processes that are gone: the entry is still queued and is redone. */
+export async function markInterrupted(db: Db, deployment: string, host: string, alive: (pid: number) => boolean): Promise<number[]> {
+  const rows = await db
+    .select({ id: deploys.id, pid: deploys.pid })
+    .from(deploys)
+    .where(and(eq(deploys.deployment, deployment), eq(deploys.host, host), eq(deploys.status, "running")));
+  const dead = rows.filter((r) => !alive(r.pid)).map((r) => r.id);
+  if (dead.length > 0) {
+    await db
+      .update(deploys)
+      .set({ status: "interrupted", finishedAt: sql`now()`, error: "the deployq process running it stopped; the entry was redone" })
+      .where(inArray(deploys.id, dead));
+  }
+  return dead;
+}
+
+export async function recentDeploys(db: Db, deployment: string, limit = 20): Promise<Deploy[]> {
+  return db.select().from(deploys).where(eq(deploys.deployment, deployment)).orderBy(desc(deploys.id)).limit(limit);
+}

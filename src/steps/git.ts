@@ -1,0 +1,125 @@
+import { access, rm } from "node:fs/promises";
+import path from "node:path";
+import type { Writable } from "node:stream";
+import { DeployqError, TransientError } from "../errors.ts";
+import { ExecError } from "../exec/exec-error.ts";
+import { runCommand } from "../exec/run-command.ts";
+import { isValidBranchName } from "../workers/match.ts";
+
+export interface GitContext {
+  log?: Writable;
+  signal?: AbortSignal;
+  timeoutMs: number;
+}
+
+export const SHA = /^(?:[0-9a-f]{40}|[0-9a-f]{64})$/;
+/** Fetched branches live here, where they cannot collide with anything else in the mirror. */
+const FETCHED = "refs/deployq/heads";
+
+/**
+ * git never prompts (a deploy has no terminal), never runs the `ext::` transport, and
+ * ignores the user's and system's configuration hooks where they could change what runs.
+ */
+function git(gitDir: string, args: string[], ctx: GitContext, extra: { workTree?: string; env?: Record<string, string>; cwd?: string } = {}) {
+  const argv = ["git", "-c", "protocol.ext.allow=never", "-c", "core.hooksPath=/dev/null", `--git-dir=${gitDir}`];
+  if (extra.workTree) argv.push(`--work-tree=${extra.workTree}`);
+  argv.push(...args);
+  return runCommand(argv, {
+    cwd: extra.cwd ?? path.dirname(gitDir),
+    env: { GIT_TERMINAL_PROMPT: "0", GIT_ASKPASS: "/bin/false", ...extra.env },
+    timeoutMs: ctx.timeoutMs,
+    ...(ctx.log ? { log: ctx.log } : {}),
+    ...(ctx.signal ? { signal: ctx.signal } : {}),
+  });
+}
+
+export async function ensureMirror(gitDir: string, ctx: GitContext): Promise<void> {
+  try {
+    await access(path.join(gitDir, "HEAD"));
+    return;
+  } catch {
+    // not there yet
+  }
+  await runCommand(["git", "init", "--bare", "--quiet", "--", gitDir], { cwd: path.dirname(gitDir), timeoutMs: ctx.timeoutMs, ...(ctx.log ? { log: ctx.log } : {}) });
+}
+
+/**
+ * Fetches every branch of the configured remote into refs/deployq/heads/*, pruning
+ * deleted ones. `--end-of-options` keeps a remote that starts with "-" from being read as a flag.
+ * A failure here is transient (the network, the remote's host): the deploy is retried.
+ */
+export async function fetchMirror(gitDir: string, remote: string, ctx: GitContext): Promise<void> {
+  try {
+    await git(gitDir, ["fetch", "--prune", "--no-tags", "--quiet", "--end-of-options", remote, `+refs/heads/*:${FETCHED}/*`], ctx);
+  } catch (err) {
+    if (err instanceof ExecError && err.reason === "aborted") throw err;
+    throw new TransientError(`git fetch from ${remote} failed: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+  }
+}
+
+export async function hasCommit(gitDir: string, sha: string, ctx: GitContext): Promise<boolean> {
+  if (!SHA.test(sha)) return false;
+  try {
+    await git(gitDir, ["cat-file", "-e", `${sha}^{commit}`], { ...ctx, log: undefined });
+    return true;
+  } catch (err) {
+    if (err instanceof ExecError && err.reason === "exit") return false;
+    throw err;
+  }
+}
+
+/**
+ * Makes sure `sha` is in the mirror: after the branch fetch it normally is; a commit that
+ * is no longer on any branch (force-pushed away) is asked for by id, and when the remote
+ * does not have it either, that is a permanent failure.
+ */
+export async function ensureCommit(gitDir: string, remote: string, sha: string, ctx: GitContext): Promise<void> {
+  if (!SHA.test(sha)) throw new DeployqError("DEPLOY", `not a commit sha: ${JSON.stringify(sha)}`);
+  if (await hasCommit(gitDir, sha, ctx)) return;
+  try {
+    await git(gitDir, ["fetch", "--no-tags", "--quiet", "--end-of-options", remote, sha], ctx);
+  } catch {
+    // reported below
+  }
+  if (!(await hasCommit(gitDir, sha, ctx))) {
+    throw new DeployqError("DEPLOY", `commit ${sha} is not on ${remote} (force-pushed away?): push it again, or deploy another ref`);
+  }
+}
+
+/** The commit a branch name or sha stands for, after a fetch. */
+export async function resolveRef(gitDir: string, remote: string, ref: string, ctx: GitContext): Promise<string> {
+  if (SHA.test(ref)) {
+    await ensureCommit(gitDir, remote, ref, ctx);
+    return ref;
+  }
+  const branch = ref.replace(/^refs\/heads\//, "");
+  if (!isValidBranchName(branch)) throw new DeployqError("DEPLOY", `not a branch name or commit sha: ${JSON.stringify(ref)}`);
+  try {
+    const { stdout } = await git(gitDir, ["rev-parse", "--verify", "--quiet", "--end-of-options", `${FETCHED}/${branch}^{commit}`], { ...ctx, log: undefined });
+    return stdout.trim();
+  } catch (err) {
+    if (err instanceof ExecError && err.reason === "exit") throw new DeployqError("DEPLOY", `${remote} has no branch ${JSON.stringify(branch)}`);
+    throw err;
+  }
+}
+
+/**
+ * Writes the files of exactly `sha` into an empty work tree (releases strategy). A fresh
+ * index of its own means every file is written and the mirror's HEAD is never moved.
+ */
+export async function checkoutRelease(gitDir: string, workTree: string, sha: string, ctx: GitContext): Promise<void> {
+  const index = path.join(path.dirname(gitDir), `.index-${path.basename(workTree)}`);
+  try {
+    await git(gitDir, ["checkout", "-f", sha, "--", "."], ctx, { workTree, env: { GIT_INDEX_FILE: index }, cwd: workTree });
+  } finally {
+    await rm(index, { force: true });
+  }
+}
+
+/**
+ * The classic post-receive checkout (in-place strategy): one work tree, updated to `sha`
+ * with the mirror's own index, so files deleted in the new commit are deleted here too.
+ */
+export async function checkoutInPlace(gitDir: string, workTree: string, sha: string, ctx: GitContext): Promise<void> {
+  await git(gitDir, ["checkout", "-f", "--detach", sha], ctx, { workTree, cwd: workTree });
+}

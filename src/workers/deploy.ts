@@ -1,0 +1,246 @@
+import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import path from "node:path";
+import type { Writable } from "node:stream";
+import type { Deployment } from "../config/load.ts";
+import { DeployqError, errorMessage } from "../errors.ts";
+import { runCommand } from "../exec/run-command.ts";
+import { type GitContext, checkoutInPlace, checkoutRelease, ensureCommit, ensureMirror, fetchMirror, resolveRef } from "../steps/git.ts";
+import {
+  type DeploymentPaths,
+  createReleaseDir,
+  currentRelease,
+  deploymentPaths,
+  linkShared,
+  listReleases,
+  pruneReleases,
+  readReleaseMeta,
+  switchCurrent,
+  writeReleaseMeta,
+} from "../steps/release.ts";
+
+/** What one queue entry asks for. */
+export type DeployRequest =
+  | { kind: "push"; entry: string; ref: string | undefined; sha: string }
+  | { kind: "deploy"; entry: string; ref: string }
+  | { kind: "rollback"; entry: string; to: string | undefined };
+
+export interface DeployContext {
+  deployment: Deployment;
+  dataDir: string;
+  /** The deploy's log file. */
+  log: Writable;
+  /** Aborted on shutdown (after the grace period) or when the lock is lost. */
+  signal: AbortSignal;
+  /** Called as each step starts (progress for logs and the terminal). */
+  onStep?: (step: string) => void;
+}
+
+export type DeployOutcome =
+  | { status: "succeeded"; sha: string; release: string | undefined; previousRelease: string | undefined }
+  | { status: "already-deployed"; sha: string; release: string | undefined };
+
+/** Runs one request to its end. Throws TransientError (retry), ExecError or DeployqError (permanent). */
+export async function performDeploy(request: DeployRequest, ctx: DeployContext): Promise<DeployOutcome> {
+  if (request.kind === "rollback") return rollback(request.to, ctx);
+  if (ctx.deployment.strategy === "in-place") return deployInPlace(request, ctx);
+  return deployRelease(request, ctx);
+}
+
+function step(ctx: DeployContext, name: string): void {
+  ctx.log.write(`\n== ${name} (${new Date().toISOString()})\n`);
+  ctx.onStep?.(name);
+}
+
+function checkAborted(ctx: DeployContext): void {
+  if (ctx.signal.aborted) throw new DeployqError("DEPLOY", "the deploy was cancelled (shutdown or lost lock); the entry stays queued");
+}
+
+function gitContext(ctx: DeployContext): GitContext {
+  return { log: ctx.log, signal: ctx.signal, timeoutMs: ctx.deployment.command_timeout_s * 1000 };
+}
+
+async function fetchCommit(gitDir: string, request: Exclude<DeployRequest, { kind: "rollback" }>, ctx: DeployContext): Promise<string> {
+  const { remote } = ctx.deployment;
+  step(ctx, `fetch ${remote}`);
+  checkAborted(ctx);
+  await ensureMirror(gitDir, gitContext(ctx));
+  await fetchMirror(gitDir, remote, gitContext(ctx));
+  if (request.kind === "push") {
+    await ensureCommit(gitDir, remote, request.sha, gitContext(ctx));
+    return request.sha;
+  }
+  const sha = await resolveRef(gitDir, remote, request.ref, gitContext(ctx));
+  ctx.log.write(`${request.ref} is ${sha}\n`);
+  return sha;
+}
+
+function commandEnv(ctx: DeployContext, sha: string, dir: string, ref: string | undefined): Record<string, string> {
+  return {
+    ...ctx.deployment.env,
+    DEPLOYQ_DEPLOYMENT: ctx.deployment.name,
+    DEPLOYQ_SHA: sha,
+    DEPLOYQ_RELEASE_DIR: dir,
+    ...(ref ? { DEPLOYQ_REF: ref } : {}),
+  };
+}
+
+async function runAll(commands: readonly string[][], dir: string, env: Record<string, string>, ctx: DeployContext, signal: AbortSignal | undefined): Promise<void> {
+  for (const argv of commands) {
+    if (signal) checkAborted(ctx);
+    await runCommand(argv, {
+      cwd: dir,
+      env,
+      timeoutMs: ctx.deployment.command_timeout_s * 1000,
+      log: ctx.log,
+      ...(signal ? { signal } : {}),
+    });
+  }
+}
+
+function restartCommands(ctx: DeployContext): string[][] {
+  const restart = ctx.deployment.restart;
+  if (!restart) return [];
+  if ("script" in restart) return [restart.script];
+  throw new DeployqError("DEPLOY", `deployment ${ctx.deployment.name}: restart.pm2 is not supported by this version yet; use restart = { script = [...] }`);
+}
+
+async function deployRelease(request: Exclude<DeployRequest, { kind: "rollback" }>, ctx: DeployContext): Promise<DeployOutcome> {
+  const paths = deploymentPaths(ctx.deployment.path);
+  await mkdir(paths.root, { recursive: true });
+  const sha = await fetchCommit(paths.mirror, request, ctx);
+  const previous = await currentRelease(paths);
+  const previousMeta = previous ? await readReleaseMeta(path.join(paths.releases, previous)) : undefined;
+  if (previousMeta?.sha === sha) {
+    ctx.log.write(`${sha} is already the current release (${previous}): nothing to do\n`);
+    return { status: "already-deployed", sha, release: previous };
+  }
+  const restart = restartCommands(ctx);
+
+  step(ctx, `check out ${sha}`);
+  checkAborted(ctx);
+  const release = await createReleaseDir(paths, sha);
+  const env = commandEnv(ctx, sha, release.dir, request.ref);
+  try {
+    await checkoutRelease(paths.mirror, release.dir, sha, gitContext(ctx));
+    await linkShared(paths, release.dir, ctx.deployment.shared);
+    if (ctx.deployment.commands.length > 0) step(ctx, "build");
+    await runAll(ctx.deployment.commands, release.dir, env, ctx, ctx.signal);
+    await writeReleaseMeta(release.dir, { sha, ref: request.ref, entry: request.entry, built_at: new Date().toISOString() });
+    checkAborted(ctx);
+  } catch (err) {
+    // Never switched to: the half-made release goes, and `current` was never touched.
+    await rm(release.dir, { recursive: true, force: true });
+    throw err;
+  }
+
+  step(ctx, `switch current → releases/${release.name}`);
+  await switchCurrent(paths, release.name);
+  try {
+    if (restart.length > 0) step(ctx, "restart");
+    await runAll(restart, release.dir, env, ctx, ctx.signal);
+  } catch (err) {
+    await restoreAfterFailedRestart(paths, release.name, previous, err, ctx);
+    throw err;
+  }
+  step(ctx, "prune old releases");
+  const pruned = await pruneReleases(paths, ctx.deployment.keep_releases, [release.name, previous]);
+  if (pruned.length > 0) ctx.log.write(`removed ${pruned.join(", ")}\n`);
+  return { status: "succeeded", sha, release: release.name, previousRelease: previous };
+}
+
+/** The restart of a new release failed: mark it bad, point `current` back, and restart the previous release. */
+async function restoreAfterFailedRestart(paths: DeploymentPaths, failed: string, previous: string | undefined, err: unknown, ctx: DeployContext): Promise<void> {
+  const dir = path.join(paths.releases, failed);
+  const meta = await readReleaseMeta(dir);
+  if (meta) await writeReleaseMeta(dir, { ...meta, bad: { reason: errorMessage(err).slice(0, 2000), at: new Date().toISOString() } });
+  if (!previous) {
+    ctx.log.write(`\n== restart failed and there is no previous release: removing current\n`);
+    await rm(paths.current, { force: true });
+    return;
+  }
+  step(ctx, `restart failed: switch current back → releases/${previous} and restart it`);
+  await switchCurrent(paths, previous);
+  const prevMeta = await readReleaseMeta(path.join(paths.releases, previous));
+  try {
+    // No cancellation signal here: putting the previous release back must finish.
+    await runAll(restartCommands(ctx), path.join(paths.releases, previous), commandEnv(ctx, prevMeta?.sha ?? "", path.join(paths.releases, previous), prevMeta?.ref), ctx, undefined);
+  } catch (restoreErr) {
+    ctx.log.write(`restarting the previous release failed too: ${errorMessage(restoreErr)}\n`);
+  }
+}
+
+async function rollback(to: string | undefined, ctx: DeployContext): Promise<DeployOutcome> {
+  if (ctx.deployment.strategy === "in-place") {
+    throw new DeployqError(
+      "DEPLOY",
+      `${ctx.deployment.name} uses the in-place strategy, which keeps no releases: deploy an older commit with \`deployq deploy ${ctx.deployment.name} --ref <sha>\``,
+    );
+  }
+  const paths = deploymentPaths(ctx.deployment.path);
+  const releases = await listReleases(paths);
+  const currentIndex = releases.findIndex((r) => r.current);
+  const current = releases[currentIndex];
+  let target;
+  if (to !== undefined) {
+    target = releases.find((r) => r.name === to);
+    if (!target || !target.meta) throw new DeployqError("DEPLOY", `no complete release ${JSON.stringify(to)}: \`deployq releases ${ctx.deployment.name}\` lists them`);
+    if (target.meta.bad) throw new DeployqError("DEPLOY", `release ${to} is marked bad (${target.meta.bad.reason.split("\n")[0]}): choose another`);
+  } else {
+    const older = (currentIndex >= 0 ? releases.slice(0, currentIndex) : releases).filter((r) => r.meta && !r.meta.bad && !r.current);
+    target = older[older.length - 1];
+    if (!target) throw new DeployqError("DEPLOY", `no earlier good release of ${ctx.deployment.name} to roll back to`);
+  }
+  if (target.current) {
+    ctx.log.write(`${target.name} is already current\n`);
+    return { status: "already-deployed", sha: target.meta!.sha, release: target.name };
+  }
+  step(ctx, `switch current → releases/${target.name} (rollback)`);
+  checkAborted(ctx);
+  await switchCurrent(paths, target.name);
+  try {
+    const restart = restartCommands(ctx);
+    if (restart.length > 0) step(ctx, "restart");
+    await runAll(restart, target.dir, commandEnv(ctx, target.meta!.sha, target.dir, target.meta!.ref), ctx, ctx.signal);
+  } catch (err) {
+    if (current) await restoreAfterFailedRestart(paths, target.name, current.name, err, ctx);
+    throw err;
+  }
+  return { status: "succeeded", sha: target.meta!.sha, release: target.name, previousRelease: current?.name };
+}
+
+/** The classic post-receive deploy: one work tree, checked out in place, then the commands and the deploy script. */
+async function deployInPlace(request: Exclude<DeployRequest, { kind: "rollback" }>, ctx: DeployContext): Promise<DeployOutcome> {
+  const d = ctx.deployment;
+  const mirrors = path.join(ctx.dataDir, "mirrors");
+  await mkdir(mirrors, { recursive: true });
+  const gitDir = path.join(mirrors, `${d.name}.git`);
+  const stateFile = path.join(mirrors, `${d.name}.deployed`);
+  const sha = await fetchCommit(gitDir, request, ctx);
+  const previous = (await readFile(stateFile, "utf8").catch(() => "")).trim() || undefined;
+  if (previous === sha) {
+    ctx.log.write(`${sha} is already deployed in ${d.path}: nothing to do\n`);
+    return { status: "already-deployed", sha, release: undefined };
+  }
+  step(ctx, `check out ${sha} into ${d.path}`);
+  checkAborted(ctx);
+  await mkdir(d.path, { recursive: true });
+  await checkoutInPlace(gitDir, d.path, sha, gitContext(ctx));
+  const env = commandEnv(ctx, sha, d.path, request.ref);
+  try {
+    if (d.commands.length > 0) step(ctx, "build");
+    await runAll(d.commands, d.path, env, ctx, ctx.signal);
+    const restart = restartCommands(ctx);
+    if (restart.length > 0) step(ctx, "restart");
+    await runAll(restart, d.path, env, ctx, ctx.signal);
+  } catch (err) {
+    if (previous) {
+      step(ctx, `failed: putting the files of ${previous} back`);
+      await checkoutInPlace(gitDir, d.path, previous, { log: ctx.log, timeoutMs: d.command_timeout_s * 1000 }).catch((e: unknown) =>
+        ctx.log.write(`could not check out ${previous} again: ${errorMessage(e)}\n`),
+      );
+    }
+    throw err;
+  }
+  await writeFile(stateFile, `${sha}\n`);
+  return { status: "succeeded", sha, release: undefined, previousRelease: undefined };
+}

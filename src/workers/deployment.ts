@@ -1,0 +1,292 @@
+import { createWriteStream } from "node:fs";
+import { mkdir, readFile } from "node:fs/promises";
+import { hostname } from "node:os";
+import path from "node:path";
+import type { Logger } from "pino";
+import type { Deployment } from "../config/load.ts";
+import type { Db } from "../db/client.ts";
+import { finishDeploy, markInterrupted, recordSuperseded, setDeployLog, startDeploy } from "../db/queries/deploys.ts";
+import { TransientError, errorMessage } from "../errors.ts";
+import { ExecError } from "../exec/exec-error.ts";
+import { type LockService, deploymentLockName } from "../lock/lock.ts";
+import { type QueueEntry, summarizePayload } from "../queue/entry.ts";
+import type { QueueLayout } from "../queue/layout.ts";
+import { deadLetterEntry } from "../queue/dead-letter.ts";
+import { removeEntry, rewriteInto } from "../queue/move.ts";
+import { scanQueue } from "../queue/scan.ts";
+import { QueueWorker } from "../queue/watch.ts";
+import { deploymentPaths, removeIncomplete } from "../steps/release.ts";
+import { type DeployRequest, performDeploy } from "./deploy.ts";
+import { parseEntry } from "./router.ts";
+
+export interface DeploymentWorkerDeps {
+  deployment: Deployment;
+  dataDir: string;
+  layout: QueueLayout;
+  db: Db;
+  locks: LockService;
+  logger: Logger;
+  rescanIntervalMs: number;
+  shutdownGraceMs: number;
+  watch: boolean;
+}
+
+const HOST = hostname();
+
+function pidAlive(pid: number): boolean {
+  if (pid === process.pid) return false; // this process has only just started: not ours
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+/** Where a deploy's log lives: <data_dir>/logs/<deployment>/<deploy id>.log */
+export function deployLogPath(dataDir: string, deployment: string, id: number): string {
+  return path.join(dataDir, "logs", deployment, `${id}.log`);
+}
+
+/** What an entry asks for; undefined with a reason when it cannot be deployed at all. */
+export function toRequest(name: string, entry: QueueEntry): DeployRequest | string {
+  const payload = (typeof entry.payload === "object" && entry.payload !== null ? entry.payload : {}) as Record<string, unknown>;
+  switch (entry.event) {
+    case "push": {
+      const { ref, after } = summarizePayload(entry.payload);
+      if (!after) return "the push has no commit sha (payload.after)";
+      return { kind: "push", entry: name, ref, sha: after };
+    }
+    case "deploy":
+      if (typeof payload.ref !== "string" || payload.ref === "") return "a deploy entry needs payload.ref (a branch or a sha)";
+      return { kind: "deploy", entry: name, ref: payload.ref };
+    case "rollback":
+      if (payload.to !== undefined && typeof payload.to !== "string") return "payload.to must be a release name";
+      return { kind: "rollback", entry: name, to: payload.to };
+    default:
+      return `"${entry.event}" entries cannot be deployed`;
+  }
+}
+
+/**
+ * One worker per deployment: entries are handled one at a time, oldest first, under the
+ * lock deployq:deployment:<name>. The newest entry wins: older ones still waiting are
+ * recorded as superseded and removed. A transient failure is retried with backoff up to
+ * max_attempts; a permanent one, or the last attempt, moves the entry to
+ * dead-letter/<name>/ with its attempts and error. An entry leaves its queue only once
+ * its outcome is recorded, so a crash at any point redoes it.
+ */
+export class DeploymentWorker {
+  readonly name: string;
+  private readonly queue: QueueWorker;
+  private readonly abort = new AbortController();
+  private retryTimer: NodeJS.Timeout | undefined;
+  private retryAt = Infinity;
+  private closing: Promise<void> | undefined;
+  private readonly deps: DeploymentWorkerDeps;
+  /** The step the running deploy is in (for status and logs). */
+  current: { entry: string; step: string } | undefined;
+
+  constructor(deps: DeploymentWorkerDeps) {
+    this.deps = deps;
+    this.name = deps.deployment.name;
+    this.queue = new QueueWorker({
+      name: this.name,
+      dir: deps.layout.deployment(this.name),
+      handle: (entry) => this.handle(entry),
+      rescanIntervalMs: deps.rescanIntervalMs,
+      watch: deps.watch,
+      logger: deps.logger,
+    });
+  }
+
+  get healthy(): boolean {
+    return this.queue.healthy;
+  }
+
+  kick(): Promise<void> {
+    return this.queue.kick();
+  }
+
+  async start(): Promise<void> {
+    await this.recover();
+    await this.queue.start();
+  }
+
+  /** A deploy that was running when a process died: record it, and clear what it left half-made. */
+  private async recover(): Promise<void> {
+    const { db, deployment, locks, logger } = this.deps;
+    await locks.using(deploymentLockName(this.name), async () => {
+      const interrupted = await markInterrupted(db, this.name, HOST, pidAlive);
+      const removed = deployment.strategy === "releases" ? await removeIncomplete(deploymentPaths(deployment.path)) : [];
+      if (interrupted.length > 0 || removed.length > 0) {
+        logger.warn({ deployment: this.name, interrupted, removed }, "cleaned up after a deploy that was interrupted; its entry is redone");
+      }
+    });
+  }
+
+  private async handle(name: string): Promise<void> {
+    const dir = this.deps.layout.deployment(this.name);
+    const names = await scanQueue(dir);
+    if (!names.includes(name)) return; // handled (superseded) earlier in this pass
+    const entries: Array<{ name: string; entry: QueueEntry }> = [];
+    for (const n of names) {
+      let text: string;
+      try {
+        text = await readFile(path.join(dir, n), "utf8");
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === "ENOENT") continue;
+        throw err;
+      }
+      const parsed = parseEntry(text);
+      if (parsed.ok) entries.push({ name: n, entry: parsed.entry });
+      else await this.deadLetter(n, parsed.json as QueueEntry | undefined, parsed.error, 0);
+    }
+    const winner = entries.at(-1);
+    if (!winner) return;
+    for (const older of entries.slice(0, -1)) await this.supersede(older.name, older.entry, winner.name);
+    const retryAt = winner.entry.retry_at ? Date.parse(winner.entry.retry_at) : 0;
+    if (retryAt > Date.now()) {
+      this.scheduleRetry(retryAt);
+      return;
+    }
+    await this.run(winner.name, winner.entry);
+  }
+
+  private async supersede(name: string, entry: QueueEntry, by: string): Promise<void> {
+    const { ref, after } = summarizePayload(entry.payload);
+    await recordSuperseded(
+      this.deps.db,
+      { deployment: this.name, entry: name, deliveryId: entry.delivery_id, event: entry.event, ref, sha: after, attempt: (entry.attempts ?? 0) + 1, host: HOST, pid: process.pid },
+      by,
+    );
+    await removeEntry(path.join(this.deps.layout.deployment(this.name), name));
+    this.deps.logger.info({ deployment: this.name, entry: name, sha: after, supersededBy: by }, "entry superseded by a newer one");
+  }
+
+  private async run(name: string, entry: QueueEntry): Promise<void> {
+    const { db, deployment, logger } = this.deps;
+    const file = path.join(this.deps.layout.deployment(this.name), name);
+    const request = toRequest(name, entry);
+    const attempt = (entry.attempts ?? 0) + 1;
+    if (typeof request === "string") {
+      await this.deadLetter(name, entry, request, attempt);
+      return;
+    }
+    const { ref } = summarizePayload(entry.payload);
+    const sha = request.kind === "push" ? request.sha : undefined;
+    try {
+      await this.deps.locks.using(deploymentLockName(this.name), async (lockSignal) => {
+        if (this.abort.signal.aborted) return;
+        const id = await startDeploy(db, { deployment: this.name, entry: name, deliveryId: entry.delivery_id, event: entry.event, ref: request.kind === "deploy" ? request.ref : ref, sha, attempt, host: HOST, pid: process.pid });
+        const logPath = deployLogPath(this.deps.dataDir, this.name, id);
+        await mkdir(path.dirname(logPath), { recursive: true });
+        await setDeployLog(db, id, logPath);
+        const log = createWriteStream(logPath, { flags: "a" });
+        log.write(`deploy ${id} of ${this.name}: entry ${name}, attempt ${attempt}, ${entry.event} ${request.kind === "rollback" ? (request.to ?? "to the previous release") : request.kind === "deploy" ? request.ref : `${ref ?? ""} ${sha}`}\n`);
+        const signal = AbortSignal.any([this.abort.signal, lockSignal]);
+        const child = logger.child({ deployment: this.name, deploy: id, entry: name });
+        child.info({ event: entry.event, sha, attempt, log: logPath }, "deploy started");
+        try {
+          const outcome = await performDeploy(request, {
+            deployment,
+            dataDir: this.deps.dataDir,
+            log,
+            signal,
+            onStep: (step) => {
+              this.current = { entry: name, step };
+              child.info({ step }, "deploy step");
+            },
+          });
+          log.write(`\n== ${outcome.status}: ${outcome.sha}${outcome.release ? ` (releases/${outcome.release})` : ""}\n`);
+          await finishDeploy(db, id, { ...outcome, logPath });
+          await removeEntry(file);
+          child.info({ status: outcome.status, sha: outcome.sha, release: outcome.release }, outcome.status === "succeeded" ? "deploy succeeded" : "already deployed");
+        } catch (err) {
+          log.write(`\n== failed: ${errorMessage(err)}\n`);
+          await this.fail(id, name, entry, attempt, err, child);
+        } finally {
+          this.current = undefined;
+          await new Promise<void>((resolve) => log.end(resolve));
+        }
+      });
+    } catch (err) {
+      // The lock could not be taken (issue: lock service down): the entry waits, with backoff.
+      if (!(err instanceof TransientError)) throw err;
+      await this.retryLater(name, entry, attempt, err);
+    }
+  }
+
+  private async fail(id: number, name: string, entry: QueueEntry, attempt: number, err: unknown, logger: Logger): Promise<void> {
+    const exec = err instanceof ExecError ? err : undefined;
+    const base = { error: errorMessage(err).slice(0, 8000), exitCode: exec?.exitCode, signal: exec?.signal };
+    if (this.abort.signal.aborted) {
+      await finishDeploy(this.deps.db, id, { status: "interrupted", ...base });
+      logger.warn("deploy interrupted by shutdown; the entry stays queued and is redone at the next start");
+      return;
+    }
+    if (err instanceof TransientError && attempt < this.deps.deployment.max_attempts) {
+      await finishDeploy(this.deps.db, id, { status: "retrying", ...base });
+      await this.retryLater(name, entry, attempt, err);
+      return;
+    }
+    await finishDeploy(this.deps.db, id, { status: "failed", ...base });
+    await this.deadLetter(name, entry, errorMessage(err), attempt);
+  }
+
+  private async retryLater(name: string, entry: QueueEntry, attempt: number, err: unknown): Promise<void> {
+    if (attempt >= this.deps.deployment.max_attempts) {
+      await this.deadLetter(name, entry, errorMessage(err), attempt);
+      return;
+    }
+    const base = this.deps.deployment.retry_backoff_s * 1000 * 2 ** (attempt - 1);
+    const delay = Math.round(base / 2 + Math.random() * base); // jitter: 0.5x–1.5x
+    const at = Date.now() + delay;
+    const file = path.join(this.deps.layout.deployment(this.name), name);
+    await rewriteInto(this.deps.layout, file, path.dirname(file), { ...entry, attempts: attempt, last_error: errorMessage(err).slice(0, 8000), retry_at: new Date(at).toISOString() });
+    this.deps.logger.warn({ deployment: this.name, entry: name, attempt, retryInMs: delay, err: errorMessage(err) }, "transient failure; will retry");
+    this.scheduleRetry(at);
+  }
+
+  private scheduleRetry(at: number): void {
+    if (at >= this.retryAt && this.retryTimer) return;
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.retryAt = at;
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = undefined;
+      this.retryAt = Infinity;
+      void this.queue.kick();
+    }, Math.max(0, at - Date.now()));
+    this.retryTimer.unref();
+  }
+
+  private async deadLetter(name: string, entry: QueueEntry | undefined, error: string, attempts: number): Promise<void> {
+    await deadLetterEntry(this.deps.layout, path.join(this.deps.layout.deployment(this.name), name), this.name, entry, error, attempts);
+    this.deps.logger.error(
+      { deployment: this.name, entry: name, attempts, err: error },
+      `deploy failed for good; entry moved to dead-letter/${this.name}/: fix the cause, then \`deployq queue requeue ${this.name}\``,
+    );
+  }
+
+  /**
+   * Stops taking entries. A running deploy gets `shutdownGraceMs` to finish; then its
+   * command's process group is killed and the entry stays queued. Idempotent.
+   */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      if (this.retryTimer) clearTimeout(this.retryTimer);
+      const grace = setTimeout(() => this.abort.abort(), this.deps.shutdownGraceMs);
+      try {
+        await this.queue.close();
+      } finally {
+        clearTimeout(grace);
+      }
+    })();
+    return this.closing;
+  }
+
+  /** Cancels a running deploy now (a second signal). */
+  cancel(): void {
+    this.abort.abort();
+  }
+}
