@@ -1,4 +1,5 @@
-import { lstat, readFile, readdir, readlink, writeFile, mkdir } from "node:fs/promises";
+import { lstat, mkdir, mkdtemp, readFile, readdir, readlink, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import path from "node:path";
 import { eq } from "drizzle-orm";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -27,8 +28,6 @@ describe("deployment worker, releases strategy", () => {
   let appDir: string;
 
   beforeAll(async () => {
-    const { mkdtemp } = await import("node:fs/promises");
-    const { tmpdir } = await import("node:os");
     const reposDir = await mkdtemp(path.join(tmpdir(), "deployq-repos-"));
     repo = await createRepo(reposDir);
     ws = await createWorkspace({
@@ -40,7 +39,7 @@ remote = "${repo.bare}"
 path = "./apps/app"
 keep_releases = 3
 shared = ["config/.env", "uploads/"]
-commands = [["sh", "-c", "echo built $DEPLOYQ_SHA > BUILD; cat config/.env >> BUILD"]]
+commands = [["sh", "-c", "echo built $DEPLOYQ_SHA > BUILD; cat config/.env >> BUILD; if grep -q GOOD=0 config/.env; then echo 'config says GOOD=0' >&2; exit 3; fi"]]
 restart = { script = ["sh", "-c", "echo restarted >> $DEPLOYQ_RELEASE_DIR/RESTARTS"] }
 `,
     });
@@ -61,6 +60,12 @@ restart = { script = ["sh", "-c", "echo restarted >> $DEPLOYQ_RELEASE_DIR/RESTAR
     expect(res.status).toBe(202);
     return res.body.queued as string;
   }
+  /** Done when the row is final, not merely when `current` has switched (prune and the record come after). */
+  const deployed = (sha: string) =>
+    until(`the deploy of ${sha}`, async () => {
+      const rows = await tdb.database.db.select().from(deploys).where(eq(deploys.sha, sha));
+      return rows.some((r) => r.status === "succeeded");
+    });
   const currentSha = async () => {
     try {
       const meta = JSON.parse(await readFile(path.join(appDir, "current", ".deployq-release.json"), "utf8"));
@@ -73,7 +78,7 @@ restart = { script = ["sh", "-c", "echo restarted >> $DEPLOYQ_RELEASE_DIR/RESTAR
   it("deploys a pushed commit: current points at a release with exactly that commit's files", async () => {
     const sha = await repo.commit({ "index.html": "v1\n", "src/app.js": "console.log(1)\n", "config/.env": "FROM_REPO=1\n" });
     await push(sha);
-    await until("the release", async () => (await currentSha()) === sha);
+    await deployed(sha);
     const link = await readlink(path.join(appDir, "current"));
     expect(link).toMatch(/^releases\/\d{8}T\d{6}\.\d{3}Z-[0-9a-f]{7}$/);
     expect(link.endsWith(sha.slice(0, 7))).toBe(true);
@@ -90,5 +95,156 @@ restart = { script = ["sh", "-c", "echo restarted >> $DEPLOYQ_RELEASE_DIR/RESTAR
     expect(row).toMatchObject({ deployment: "app", status: "succeeded", attempt: 1, release: path.basename(link) });
     expect(await readFile(row!.logPath!, "utf8")).toMatch(/\$ sh -c .*\n→ exit 0/);
     expect(await readdir(path.join(ws.queuesDir, "deployments", "app"))).toEqual([]);
+  });
+
+  it("keeps the previous release serving when a build fails, dead-letters the entry, and deploys it once requeued after the fix", async () => {
+    const before = await currentSha();
+    const link = await readlink(path.join(appDir, "current"));
+    await writeFile(path.join(appDir, "shared", "config", ".env"), "GOOD=0\n");
+    const sha = await repo.commit({ "index.html": "v2\n" });
+    const name = await push(sha);
+    const dead = path.join(ws.queuesDir, "dead-letter", "app", name);
+    await until("the dead letter", async () => (await readdir(path.dirname(dead)).catch(() => [])).includes(name));
+    expect(await currentSha()).toBe(before);
+    expect(await readlink(path.join(appDir, "current"))).toBe(link);
+    const entry = JSON.parse(await readFile(dead, "utf8"));
+    expect(entry.attempts).toBe(1);
+    expect(entry.last_error).toMatch(/exited with code 3:\nconfig says GOOD=0/);
+    const rows = await tdb.database.db.select().from(deploys).where(eq(deploys.sha, sha));
+    expect(rows).toMatchObject([{ status: "failed", exitCode: 3, error: expect.stringMatching(/config says GOOD=0/) }]);
+    expect(await readFile(rows[0]!.logPath!, "utf8")).toMatch(/config says GOOD=0\n→ exited with code 3/);
+    // No half-made release is left behind.
+    const releases = await readdir(path.join(appDir, "releases"));
+    for (const r of releases) expect(await readFile(path.join(appDir, "releases", r, ".deployq-release.json"), "utf8")).toContain('"sha"');
+
+    await writeFile(path.join(appDir, "shared", "config", ".env"), "GOOD=2\n");
+    const { requeue } = await import("../../src/queue/admin.ts");
+    const { queueLayout } = await import("../../src/queue/layout.ts");
+    expect(await requeue(queueLayout(ws.queuesDir), "app")).toEqual([name]);
+    await deployed(sha);
+    expect(await readFile(path.join(appDir, "current", "BUILD"), "utf8")).toBe(`built ${sha}\nGOOD=2\n`);
+  });
+
+  it("marks an entry whose sha is already current as already-deployed", async () => {
+    const sha = (await currentSha())!;
+    const name = await push(sha);
+    const row = await until("the outcome", async () => {
+      const [r] = await tdb.database.db.select().from(deploys).where(eq(deploys.entry, name));
+      return r && r.status !== "running" ? r : undefined;
+    });
+    expect(row.status).toBe("already-deployed");
+  });
+
+  it("keeps keep_releases releases and never the half-made ones", async () => {
+    for (let i = 0; i < 4; i++) {
+      const sha = await repo.commit({ "index.html": `v-prune-${i}\n` });
+      await push(sha);
+      await deployed(sha);
+    }
+    const releases = await readdir(path.join(appDir, "releases"));
+    expect(releases).toHaveLength(3);
+    expect(releases.sort().at(-1)).toBe(path.basename(await readlink(path.join(appDir, "current"))));
+  });
+});
+
+describe("newest commit wins", () => {
+  it("deploys the newest of a burst that arrives during a slow deploy, supersedes the rest, and never overlaps runs", async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), "deployq-burst-"));
+    const repo = await createRepo(dir);
+    const gate = path.join(dir, "gate");
+    const started = path.join(dir, "started");
+    await mkdir(started);
+    const ws = await createWorkspace({
+      deployments: `
+[deployments.slow]
+repository = "octo-org/slow"
+branch = "main"
+remote = "${repo.bare}"
+path = "./apps/slow"
+commands = [["sh", "-c", "touch ${started}/$DEPLOYQ_SHA; while [ ! -e ${gate} ]; do sleep 0.02; done"]]
+`,
+    });
+    const tdb = await createTestDatabase("pglite");
+    const daemon = await startDaemon({ settings: ws.settings, role: "serve", logger: silentLogger(), database: tdb.database });
+    try {
+      const send = async (sha: string) => {
+        const res = await post(daemon.url!, await signedDelivery(pushPayload({ repository: "octo-org/slow", branch: "main", after: sha })));
+        expect(res.status).toBe(202);
+      };
+      const first = await repo.commit({ "v": "1" });
+      await send(first);
+      await until("the first deploy to be building", async () => (await readdir(started)).includes(first));
+      const burst = [];
+      for (let i = 2; i <= 4; i++) {
+        const sha = await repo.commit({ "v": String(i) });
+        burst.push(sha);
+        await send(sha);
+      }
+      await until("the burst to be queued", async () => (await readdir(path.join(ws.queuesDir, "deployments", "slow"))).length === 3);
+      await writeFile(gate, "");
+      const appDir = path.join(ws.dir, "apps", "slow");
+      await until("the newest release", async () => {
+        const meta = await readFile(path.join(appDir, "current", ".deployq-release.json"), "utf8").catch(() => "");
+        return meta.includes(burst[2]!);
+      });
+      await until("the queue to empty", async () => (await readdir(path.join(ws.queuesDir, "deployments", "slow"))).length === 0);
+      const rows = await tdb.database.db.select().from(deploys).where(eq(deploys.deployment, "slow"));
+      const bySha = new Map(rows.map((r) => [r.sha, r]));
+      expect(bySha.get(first)?.status).toBe("succeeded");
+      expect(bySha.get(burst[0])?.status).toBe("superseded");
+      expect(bySha.get(burst[1])?.status).toBe("superseded");
+      expect(bySha.get(burst[1])?.supersededBy).toMatch(/\.json$/);
+      expect(bySha.get(burst[2])?.status).toBe("succeeded");
+      expect(rows).toHaveLength(4);
+      // Runs never overlap.
+      const runs = rows.filter((r) => r.status !== "superseded").sort((a, b) => a.startedAt.getTime() - b.startedAt.getTime());
+      for (let i = 1; i < runs.length; i++) expect(runs[i]!.startedAt.getTime()).toBeGreaterThanOrEqual(runs[i - 1]!.finishedAt!.getTime());
+      // The burst's older shas were never built.
+      expect((await readdir(started)).sort()).toEqual([first, burst[2]!].sort());
+    } finally {
+      await writeFile(gate, "");
+      await daemon.close();
+      await tdb.dispose();
+      await ws.dispose();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("transient failures", () => {
+  it("retries an unreachable remote with backoff, then dead-letters it with the last error", async () => {
+    const ws = await createWorkspace({
+      deployments: `
+[deployments.offline]
+repository = "octo-org/offline"
+branch = "main"
+remote = "/nonexistent/offline.git"
+path = "./apps/offline"
+max_attempts = 3
+retry_backoff_s = 0.05
+`,
+    });
+    const tdb = await createTestDatabase("pglite");
+    const daemon = await startDaemon({ settings: ws.settings, role: "serve", logger: silentLogger(), database: tdb.database });
+    try {
+      const sha = "1".repeat(40);
+      const res = await post(daemon.url!, await signedDelivery(pushPayload({ repository: "octo-org/offline", branch: "main", after: sha })));
+      const name = res.body.queued as string;
+      const dead = path.join(ws.queuesDir, "dead-letter", "offline", name);
+      await until("the dead letter", async () => (await readdir(path.dirname(dead)).catch(() => [])).includes(name));
+      const entry = JSON.parse(await readFile(dead, "utf8"));
+      expect(entry).toMatchObject({ attempts: 3, last_error: expect.stringMatching(/git fetch from \/nonexistent\/offline\.git failed/) });
+      expect(entry.retry_at).toBeUndefined();
+      const rows = await tdb.database.db.select().from(deploys).where(eq(deploys.entry, name));
+      expect(rows.map((r) => [r.attempt, r.status])).toEqual([
+        [1, "retrying"],
+        [2, "retrying"],
+        [3, "failed"],
+      ]);
+    } finally {
+      await daemon.close();
+      await tdb.dispose();
+      await ws.dispose();
+    }
   });
 });
