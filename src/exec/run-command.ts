@@ -1,3 +1,4 @@
+import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import type { Writable } from "node:stream";
 import { execa } from "execa";
 import { ExecError } from "./exec-error.ts";
@@ -20,6 +21,11 @@ export interface RunOptions {
   log?: Writable;
   /** Standard input; none by default (a command that prompts gets EOF, not a hang). */
   input?: string;
+  /**
+   * Holds the command's pid (= its process group) while it runs, so that after a crash
+   * of deployq the next start can kill what the dead process left running.
+   */
+  pidFile?: string;
 }
 
 export interface RunResult {
@@ -84,7 +90,10 @@ export async function runCommand(argv: readonly string[], options: RunOptions): 
   });
   if (options.input !== undefined) child.stdin?.end(options.input);
   const pid = child.pid;
-  if (pid !== undefined) running.add(pid);
+  if (pid !== undefined) {
+    running.add(pid);
+    if (options.pidFile) writeFileSync(options.pidFile, `${pid}\n`);
+  }
 
   let stdout = "";
   let stderrTail = "";
@@ -117,6 +126,7 @@ export async function runCommand(argv: readonly string[], options: RunOptions): 
     // Whatever the command left behind in its group goes with it.
     killGroup(pid, "SIGKILL");
     running.delete(pid);
+    if (options.pidFile) rmSync(options.pidFile, { force: true });
   }
   const durationMs = Math.round(performance.now() - started);
   const exitCode = result.exitCode;
@@ -141,4 +151,22 @@ export async function runCommand(argv: readonly string[], options: RunOptions): 
   }
   options.log?.write(`→ exit 0 (${durationMs} ms)\n`);
   return { stdout, durationMs };
+}
+
+/** Kills the process group recorded in a pid file by a process that died, if it still runs. */
+export function killLeftover(pidFile: string): number | undefined {
+  let pid: number;
+  try {
+    pid = Number.parseInt(readFileSync(pidFile, "utf8"), 10);
+  } catch {
+    return undefined;
+  }
+  rmSync(pidFile, { force: true });
+  if (!Number.isInteger(pid) || pid <= 1 || running.has(pid)) return undefined;
+  try {
+    process.kill(-pid, "SIGKILL");
+    return pid;
+  } catch {
+    return undefined;
+  }
 }

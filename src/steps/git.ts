@@ -10,6 +10,7 @@ export interface GitContext {
   log?: Writable;
   signal?: AbortSignal;
   timeoutMs: number;
+  pidFile?: string;
 }
 
 export const SHA = /^(?:[0-9a-f]{40}|[0-9a-f]{64})$/;
@@ -30,6 +31,7 @@ function git(gitDir: string, args: string[], ctx: GitContext, extra: { workTree?
     timeoutMs: ctx.timeoutMs,
     ...(ctx.log ? { log: ctx.log } : {}),
     ...(ctx.signal ? { signal: ctx.signal } : {}),
+    ...(ctx.pidFile ? { pidFile: ctx.pidFile } : {}),
   });
 }
 

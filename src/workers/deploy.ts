@@ -33,6 +33,8 @@ export interface DeployContext {
   signal: AbortSignal;
   /** Called as each step starts (progress for logs and the terminal). */
   onStep?: (step: string) => void;
+  /** Where the running command's pid is kept (killed at the next start if deployq dies). */
+  pidFile?: string;
 }
 
 export type DeployOutcome =
@@ -56,7 +58,7 @@ function checkAborted(ctx: DeployContext): void {
 }
 
 function gitContext(ctx: DeployContext): GitContext {
-  return { log: ctx.log, signal: ctx.signal, timeoutMs: ctx.deployment.command_timeout_s * 1000 };
+  return { log: ctx.log, signal: ctx.signal, timeoutMs: ctx.deployment.command_timeout_s * 1000, ...(ctx.pidFile ? { pidFile: ctx.pidFile } : {}) };
 }
 
 async function fetchCommit(gitDir: string, request: Exclude<DeployRequest, { kind: "rollback" }>, ctx: DeployContext): Promise<string> {
@@ -93,6 +95,7 @@ async function runAll(commands: readonly string[][], dir: string, env: Record<st
       timeoutMs: ctx.deployment.command_timeout_s * 1000,
       log: ctx.log,
       ...(signal ? { signal } : {}),
+      ...(ctx.pidFile ? { pidFile: ctx.pidFile } : {}),
     });
   }
 }

@@ -8,6 +8,7 @@ import type { Db } from "../db/client.ts";
 import { finishDeploy, markInterrupted, recordSuperseded, setDeployLog, startDeploy } from "../db/queries/deploys.ts";
 import { TransientError, errorMessage } from "../errors.ts";
 import { ExecError } from "../exec/exec-error.ts";
+import { killLeftover } from "../exec/run-command.ts";
 import { type LockService, deploymentLockName } from "../lock/lock.ts";
 import { type QueueEntry, summarizePayload } from "../queue/entry.ts";
 import type { QueueLayout } from "../queue/layout.ts";
@@ -84,6 +85,10 @@ export class DeploymentWorker {
   private retryAt = Infinity;
   private closing: Promise<void> | undefined;
   private readonly deps: DeploymentWorkerDeps;
+  private get pidFile(): string {
+    return path.join(this.deps.dataDir, "run", `${this.name}.command.pid`);
+  }
+
   /** The step the running deploy is in (for status and logs). */
   current: { entry: string; step: string } | undefined;
 
@@ -117,6 +122,9 @@ export class DeploymentWorker {
   private async recover(): Promise<void> {
     const { db, deployment, locks, logger } = this.deps;
     await locks.using(deploymentLockName(this.name), async () => {
+      await mkdir(path.dirname(this.pidFile), { recursive: true });
+      const killed = killLeftover(this.pidFile);
+      if (killed !== undefined) logger.warn({ deployment: this.name, pid: killed }, "killed a command left running by a deployq process that died");
       const interrupted = await markInterrupted(db, this.name, HOST, pidAlive);
       const removed = deployment.strategy === "releases" ? await removeIncomplete(deploymentPaths(deployment.path)) : [];
       if (interrupted.length > 0 || removed.length > 0) {
@@ -193,6 +201,7 @@ export class DeploymentWorker {
             dataDir: this.deps.dataDir,
             log,
             signal,
+            pidFile: this.pidFile,
             onStep: (step) => {
               this.current = { entry: name, step };
               child.info({ step }, "deploy step");

@@ -104,7 +104,7 @@ restart = { script = ["sh", "-c", "echo restarted >> $DEPLOYQ_RELEASE_DIR/RESTAR
     const sha = await repo.commit({ "index.html": "v2\n" });
     const name = await push(sha);
     const dead = path.join(ws.queuesDir, "dead-letter", "app", name);
-    await until("the dead letter", async () => (await readdir(path.dirname(dead)).catch(() => [])).includes(name));
+    await until("the dead letter", async () => (await readdir(path.dirname(dead)).catch(() => [] as string[])).includes(name));
     expect(await currentSha()).toBe(before);
     expect(await readlink(path.join(appDir, "current"))).toBe(link);
     const entry = JSON.parse(await readFile(dead, "utf8"));
@@ -115,7 +115,7 @@ restart = { script = ["sh", "-c", "echo restarted >> $DEPLOYQ_RELEASE_DIR/RESTAR
     expect(await readFile(rows[0]!.logPath!, "utf8")).toMatch(/config says GOOD=0\n→ exited with code 3/);
     // No half-made release is left behind.
     const releases = await readdir(path.join(appDir, "releases"));
-    for (const r of releases) expect(await readFile(path.join(appDir, "releases", r, ".deployq-release.json"), "utf8")).toContain('"sha"');
+    for (const r of releases) expect(JSON.parse(await readFile(path.join(appDir, "releases", r, ".deployq-release.json"), "utf8"))).toHaveProperty("sha");
 
     await writeFile(path.join(appDir, "shared", "config", ".env"), "GOOD=2\n");
     const { requeue } = await import("../../src/queue/admin.ts");
@@ -174,7 +174,7 @@ commands = [["sh", "-c", "touch ${started}/$DEPLOYQ_SHA; while [ ! -e ${gate} ];
       const first = await repo.commit({ "v": "1" });
       await send(first);
       await until("the first deploy to be building", async () => (await readdir(started)).includes(first));
-      const burst = [];
+      const burst: string[] = [];
       for (let i = 2; i <= 4; i++) {
         const sha = await repo.commit({ "v": String(i) });
         burst.push(sha);
@@ -189,12 +189,12 @@ commands = [["sh", "-c", "touch ${started}/$DEPLOYQ_SHA; while [ ! -e ${gate} ];
       });
       await until("the queue to empty", async () => (await readdir(path.join(ws.queuesDir, "deployments", "slow"))).length === 0);
       const rows = await tdb.database.db.select().from(deploys).where(eq(deploys.deployment, "slow"));
-      const bySha = new Map(rows.map((r) => [r.sha, r]));
+      const bySha = new Map(rows.map((r) => [r.sha ?? "", r]));
       expect(bySha.get(first)?.status).toBe("succeeded");
-      expect(bySha.get(burst[0])?.status).toBe("superseded");
-      expect(bySha.get(burst[1])?.status).toBe("superseded");
-      expect(bySha.get(burst[1])?.supersededBy).toMatch(/\.json$/);
-      expect(bySha.get(burst[2])?.status).toBe("succeeded");
+      expect(bySha.get(burst[0]!)?.status).toBe("superseded");
+      expect(bySha.get(burst[1]!)?.status).toBe("superseded");
+      expect(bySha.get(burst[1]!)?.supersededBy).toMatch(/\.json$/);
+      expect(bySha.get(burst[2]!)?.status).toBe("succeeded");
       expect(rows).toHaveLength(4);
       // Runs never overlap.
       const runs = rows.filter((r) => r.status !== "superseded").sort((a, b) => a.startedAt.getTime() - b.startedAt.getTime());
@@ -231,7 +231,7 @@ retry_backoff_s = 0.05
       const res = await post(daemon.url!, await signedDelivery(pushPayload({ repository: "octo-org/offline", branch: "main", after: sha })));
       const name = res.body.queued as string;
       const dead = path.join(ws.queuesDir, "dead-letter", "offline", name);
-      await until("the dead letter", async () => (await readdir(path.dirname(dead)).catch(() => [])).includes(name));
+      await until("the dead letter", async () => (await readdir(path.dirname(dead)).catch(() => [] as string[])).includes(name));
       const entry = JSON.parse(await readFile(dead, "utf8"));
       expect(entry).toMatchObject({ attempts: 3, last_error: expect.stringMatching(/git fetch from \/nonexistent\/offline\.git failed/) });
       expect(entry.retry_at).toBeUndefined();

@@ -1,0 +1,119 @@
+import { randomUUID } from "node:crypto";
+import { mkdir, mkdtemp, readFile, readdir, readlink, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { eq } from "drizzle-orm";
+import { describe, expect, it } from "vitest";
+import { deploys } from "../../src/db/schema.ts";
+import { entryName } from "../../src/queue/entry-name.ts";
+import { queueLayout } from "../../src/queue/layout.ts";
+import { ensureQueueDirs, writeEntryDurably } from "../../src/queue/write.ts";
+import { createTestDatabase } from "../helpers/db.ts";
+import { createRepo } from "../helpers/git.ts";
+import { spawnDeployq } from "../helpers/processes.ts";
+import { createWorkspace, pushPayload } from "../helpers/workspace.ts";
+
+async function until<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 30_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await fn();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+async function alive(pid: number): Promise<boolean> {
+  try {
+    const stat = await readFile(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2)[0] !== "Z";
+  } catch {
+    return false;
+  }
+}
+
+describe("a workers process killed with SIGKILL in the middle of a build", () => {
+  it("redoes the deploy at the next start, kills the orphaned build, and ends in the right release", async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), "deployq-kill-"));
+    const repo = await createRepo(dir);
+    const gate = path.join(dir, "gate");
+    const started = path.join(dir, "started");
+    await mkdir(started);
+    const ws = await createWorkspace({
+      deployments: `
+[deployments.app]
+repository = "octo-org/app"
+branch = "main"
+remote = "${repo.bare}"
+path = "./apps/app"
+commands = [["sh", "-c", "echo $$ > ${started}/$DEPLOYQ_SHA; while [ ! -e ${gate} ]; do sleep 0.02; done; echo built > BUILT"]]
+`,
+    });
+    const tdb = await createTestDatabase("postgres");
+    const env = { ...ws.env, DATABASE_URL: tdb.url, DEPLOYQ_CONFIG: ws.configPath, DEPLOYQ_LOG_LEVEL: "info" };
+    const layout = queueLayout(ws.queuesDir);
+    await ensureQueueDirs(layout, ["app"]);
+    const appDir = path.join(ws.dir, "apps", "app");
+    const enqueue = async (sha: string) => {
+      const id = randomUUID();
+      await writeEntryDurably(layout, layout.deployment("app"), entryName(id), {
+        event: "push",
+        delivery_id: id,
+        hook_id: "",
+        received_at: new Date().toISOString(),
+        payload: pushPayload({ repository: "octo-org/app", branch: "main", after: sha }),
+      });
+    };
+    const statuses = async (sha: string) => (await tdb.database.db.select().from(deploys).where(eq(deploys.sha, sha))).map((r) => r.status).sort();
+    let workers = spawnDeployq(["workers"], env);
+    try {
+      await workers.waitFor("deployq started");
+      const v1 = await repo.commit({ "index.html": "v1" });
+      await writeFile(gate, "");
+      await enqueue(v1);
+      await until("v1", async () => (await statuses(v1)).includes("succeeded"));
+      const v1Release = await readlink(path.join(appDir, "current"));
+
+      await rm(gate);
+      const v2 = await repo.commit({ "index.html": "v2" });
+      await enqueue(v2);
+      await until("the v2 build to run", async () => (await readdir(started)).includes(v2));
+      const orphan = Number(await readFile(path.join(started, v2), "utf8"));
+      workers.child.kill("SIGKILL");
+      await workers.exited;
+
+      // Killed mid-build: current still on v1, the entry still queued, the build orphaned.
+      expect(await readlink(path.join(appDir, "current"))).toBe(v1Release);
+      expect(await readdir(path.join(ws.queuesDir, "deployments", "app"))).toHaveLength(1);
+      expect(await alive(orphan)).toBe(true);
+      expect(await statuses(v2)).toEqual(["running"]);
+
+      workers = spawnDeployq(["workers"], env);
+      await workers.waitFor("killed a command left running");
+      expect(await alive(orphan)).toBe(false);
+      await until("the redone build to run", async () => Number(await readFile(path.join(started, v2), "utf8").catch(() => "0")) !== orphan);
+      await writeFile(gate, "");
+      await until("v2", async () => (await statuses(v2)).includes("succeeded"));
+      expect(await statuses(v2)).toEqual(["interrupted", "succeeded"]);
+      const current = await readlink(path.join(appDir, "current"));
+      expect(current).not.toBe(v1Release);
+      expect(await readFile(path.join(appDir, current, "index.html"), "utf8")).toBe("v2");
+      expect(await readFile(path.join(appDir, current, "BUILT"), "utf8")).toBe("built\n");
+      // Nothing half-made or half-switched is left: every release is complete, no temporary links.
+      const releases = await readdir(path.join(appDir, "releases"));
+      expect(releases).toHaveLength(2);
+      for (const r of releases) expect(JSON.parse(await readFile(path.join(appDir, "releases", r, ".deployq-release.json"), "utf8"))).toHaveProperty("sha");
+      expect((await readdir(appDir)).filter((n) => n.startsWith("current.tmp") || n.startsWith(".index-"))).toEqual([]);
+
+      workers.child.kill("SIGTERM");
+      expect((await workers.exited).signal).toBe("SIGTERM");
+    } finally {
+      await writeFile(gate, "");
+      workers.child.kill("SIGKILL");
+      await workers.exited;
+      await tdb.dispose();
+      await ws.dispose();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
