@@ -10,6 +10,7 @@ import { ensureQueueDirs, sweepTmp } from "./queue/write.ts";
 import { createLocalLocks } from "./lock/local-lock.ts";
 import type { LockService } from "./lock/lock.ts";
 import { acquirePidLock } from "./pid-lock.ts";
+import { collectStatus } from "./status.ts";
 import { DeploymentWorker } from "./workers/deployment.ts";
 import { createRouter } from "./workers/router.ts";
 
@@ -112,6 +113,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
         layout,
         logger,
         secrets,
+        status: (only) => collectStatus(settings, database.db, only),
         health: [
           ...(router ? [{ name: "router", check: async () => assertHealthy(router) }] : []),
           ...[...deployments.values()].map((w) => ({ name: `deployment:${w.name}`, check: async () => assertHealthy(w) })),

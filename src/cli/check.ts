@@ -2,9 +2,7 @@ import { access, constants, stat } from "node:fs/promises";
 import path from "node:path";
 import { sql } from "drizzle-orm";
 import { type Settings, loadSettings } from "../config/load.ts";
-import { openDatabase } from "../db/client.ts";
-import { lockOwner } from "../pid-lock.ts";
-import { findDaemon } from "../daemon.ts";
+import { getJson, withDatabase } from "./database-access.ts";
 import { errorMessage } from "../errors.ts";
 import { printJson } from "./output.ts";
 
@@ -40,34 +38,22 @@ async function checkQueues(settings: Settings): Promise<CheckResult> {
 }
 
 async function checkDatabase(settings: Settings): Promise<CheckResult> {
-  if (!settings.secrets.databaseUrl) {
-    const owner = lockOwner(path.join(settings.dataDir, "deployq.lock"));
-    if (owner !== undefined && owner !== process.pid) {
-      // PGlite has one owner: ask the running daemon instead of opening it a second time.
-      const daemon = await findDaemon(settings.dataDir, owner);
-      const url = `${daemon?.url ?? `http://${settings.host.includes(":") ? `[${settings.host}]` : settings.host}:${settings.port}`}/healthz`;
-      try {
-        const res = await fetch(url, { signal: AbortSignal.timeout(5000) });
-        const body = (await res.json()) as { checks?: Record<string, string> };
-        const db = body.checks?.database ?? "unknown";
-        return { name: "database", ok: db === "ok", detail: `embedded PGlite, owned by running deployq ${owner}; it reports: ${db}` };
-      } catch (err) {
-        return {
-          name: "database",
-          ok: false,
-          detail: `embedded PGlite is owned by deployq process ${owner} and its ${url} did not answer (${errorMessage(err)}): stop that process to check the database directly`,
-        };
-      }
-    }
-  }
   try {
-    const database = await openDatabase({ databaseUrl: settings.secrets.databaseUrl, dataDir: settings.dataDir, poolSize: 1 });
-    try {
-      await database.db.execute(sql`select 1`);
-      return { name: "database", ok: true, detail: `${database.describe} answers` };
-    } finally {
-      await database.close();
-    }
+    const detail = await withDatabase(
+      settings,
+      async (db) => {
+        await db.execute(sql`select 1`);
+        return settings.secrets.databaseUrl ? "Postgres answers" : `PGlite in ${settings.dataDir} opens`;
+      },
+      async (base) => {
+        // PGlite has one owner: ask the running daemon instead of opening it a second time.
+        const health = await getJson<{ checks?: Record<string, string> }>(`${base}/healthz`).catch(() => ({ checks: undefined }));
+        const db = health.checks?.database ?? "no answer from /healthz";
+        if (db !== "ok") throw new Error(`embedded PGlite is owned by the running deployq at ${base}, which reports: ${db}`);
+        return `embedded PGlite, owned by the running deployq at ${base}; it reports: ok`;
+      },
+    );
+    return { name: "database", ok: true, detail };
   } catch (err) {
     return { name: "database", ok: false, detail: `${errorMessage(err)}: check DATABASE_URL (unset, deployq uses PGlite in ${settings.dataDir})` };
   }

@@ -3,6 +3,8 @@ import { loadSettings } from "../config/load.ts";
 import { DeployqError, errorMessage } from "../errors.ts";
 import { VERSION } from "../version.ts";
 import { runCheck } from "./check.ts";
+import { deployCommand, rollbackCommand } from "./deploy.ts";
+import { releasesCommand, statusCommand } from "./releases.ts";
 import { runMigrate } from "./migrate.ts";
 import { postReceive } from "./post-receive.ts";
 import { queueFlush, queueLs, queueRequeue, queueShow } from "./queue.ts";
@@ -41,7 +43,7 @@ program
   .action(() => runDaemon("receiver", configPath(), true));
 program
   .command("workers")
-  .description("run only the workers: router and deployment queues (pm2 app deployq-workers)")
+  .description("run only the workers: the router and one worker per deployment (pm2 app deployq-workers)")
   .addOption(noWatch)
   .action((o: { watch: boolean }) => runDaemon("workers", configPath(), o.watch));
 program
@@ -81,6 +83,33 @@ queue
   .action(async (spec: string, o: { yes?: boolean; json?: boolean }) => {
     process.exitCode = await queueFlush(settings(), spec, o.yes ?? false, o.json ?? false);
   });
+
+program
+  .command("deploy <deployment>")
+  .description("deploy a branch or commit of the configured remote (default: the configured branch), through the deployment's queue")
+  .option("--ref <branch|sha>", "what to deploy")
+  .option("--no-wait", "queue it and return, without following its progress")
+  .action(async (name: string, o: { ref?: string; wait: boolean }) => {
+    process.exitCode = await deployCommand(settings(), name, o.ref, { wait: o.wait });
+  });
+program
+  .command("rollback <deployment>")
+  .description("switch current back to the previous good release (or --to one) and run restart")
+  .option("--to <release>", "a release name from `deployq releases`")
+  .option("--no-wait", "queue it and return, without following its progress")
+  .action(async (name: string, o: { to?: string; wait: boolean }) => {
+    process.exitCode = await rollbackCommand(settings(), name, o.to, { wait: o.wait });
+  });
+program
+  .command("releases <deployment>")
+  .description("list a deployment's releases (* marks current)")
+  .option("--json", "machine-readable output")
+  .action((name: string, o: { json?: boolean }) => releasesCommand(settings(), name, o.json ?? false));
+program
+  .command("status [deployment]")
+  .description("current release and sha, last deploy with outcome and duration, queue depth, dead letters")
+  .option("--json", "machine-readable output")
+  .action((name: string | undefined, o: { json?: boolean }) => statusCommand(settings(), name, o.json ?? false));
 
 program
   .command("send-test-delivery")

@@ -25,6 +25,8 @@ export interface HttpDeps {
   secrets?: readonly string[];
   /** Extra health checks (workers report theirs). */
   health?: HealthCheck[];
+  /** GET /status[?deployment=name]: what `deployq status` shows (asked for while this process owns PGlite). */
+  status?: (deployment: string | undefined) => Promise<unknown>;
 }
 
 export function createApp(deps: HttpDeps): express.Express {
@@ -57,6 +59,14 @@ export function createApp(deps: HttpDeps): express.Express {
     );
     res.status(ok ? 200 : 503).json({ status: ok ? "ok" : "unhealthy", checks: results });
   });
+
+  const status = deps.status;
+  if (status) {
+    app.get("/status", async (req, res) => {
+      const only = typeof req.query.deployment === "string" ? req.query.deployment : undefined;
+      res.json(await status(only));
+    });
+  }
 
   if (deps.secrets) {
     // The raw body, whatever its content type: the signature is over the exact bytes.

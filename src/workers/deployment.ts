@@ -191,6 +191,9 @@ export class DeploymentWorker {
         await mkdir(path.dirname(logPath), { recursive: true });
         await setDeployLog(db, id, logPath);
         const log = createWriteStream(logPath, { flags: "a" });
+        let ended: Promise<void> | undefined;
+        // The log is complete on disk before the entry leaves its queue (`deployq deploy` reads it).
+        const endLog = () => (ended ??= new Promise<void>((resolve) => log.end(resolve)));
         log.write(`deploy ${id} of ${this.name}: entry ${name}, attempt ${attempt}, ${entry.event} ${request.kind === "rollback" ? (request.to ?? "to the previous release") : request.kind === "deploy" ? request.ref : `${ref ?? ""} ${sha}`}\n`);
         const signal = AbortSignal.any([this.abort.signal, lockSignal]);
         const child = logger.child({ deployment: this.name, deploy: id, entry: name });
@@ -208,15 +211,17 @@ export class DeploymentWorker {
             },
           });
           log.write(`\n== ${outcome.status}: ${outcome.sha}${outcome.release ? ` (releases/${outcome.release})` : ""}\n`);
+          await endLog();
           await finishDeploy(db, id, { ...outcome, logPath });
           await removeEntry(file);
           child.info({ status: outcome.status, sha: outcome.sha, release: outcome.release }, outcome.status === "succeeded" ? "deploy succeeded" : "already deployed");
         } catch (err) {
           log.write(`\n== failed: ${errorMessage(err)}\n`);
+          await endLog();
           await this.fail(id, name, entry, attempt, err, child);
         } finally {
           this.current = undefined;
-          await new Promise<void>((resolve) => log.end(resolve));
+          await endLog();
         }
       });
     } catch (err) {

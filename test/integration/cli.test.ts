@@ -39,7 +39,7 @@ describe("deployq CLI", () => {
     const good = await runDeployq(["check"], env);
     expect(good.stderr).toBe("");
     expect(good.code).toBe(0);
-    expect(good.stdout).toMatch(/^ok +database +postgres:\/\//m);
+    expect(good.stdout).toMatch(/^ok +database +Postgres answers/m);
     expect(good.stdout).toMatch(/^ok +queues/m);
 
     const noSecret = await runDeployq(["check", "--json"], { ...env, GITHUB_WEBHOOK_SECRET: "" });
@@ -144,7 +144,7 @@ describe("deployq serve on the embedded database", () => {
       expect(second.code).toBe(2);
       expect(second.stderr).toMatch(/in use by deployq process \d+, and PGlite allows one process only/);
       const check = await runDeployq(["check"], env);
-      expect(check.stdout).toMatch(/^ok +database +embedded PGlite, owned by running deployq \d+; it reports: ok/m);
+      expect(check.stdout).toMatch(/^ok +database +embedded PGlite, owned by the running deployq at http:\/\/127\.0\.0\.1:\d+; it reports: ok/m);
 
       serve.child.kill("SIGTERM");
       const exit = await serve.exited;

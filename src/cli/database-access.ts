@@ -1,0 +1,44 @@
+import path from "node:path";
+import type { Settings } from "../config/load.ts";
+import { findDaemon } from "../daemon.ts";
+import { type Db, openDatabase } from "../db/client.ts";
+import { DeployqError, errorMessage } from "../errors.ts";
+import { lockOwner } from "../pid-lock.ts";
+
+/**
+ * The embedded database has one owner. A CLI command that needs it while a daemon owns it
+ * asks that daemon over its local HTTP endpoint (`viaDaemon`, with the daemon's base URL);
+ * otherwise (Postgres, or no daemon running) it opens the database itself.
+ */
+export async function withDatabase<T>(settings: Settings, direct: (db: Db) => Promise<T>, viaDaemon: (baseUrl: string) => Promise<T>): Promise<T> {
+  if (!settings.secrets.databaseUrl) {
+    const owner = lockOwner(path.join(settings.dataDir, "deployq.lock"));
+    if (owner !== undefined && owner !== process.pid) {
+      const daemon = await findDaemon(settings.dataDir, owner);
+      if (!daemon) {
+        throw new DeployqError(
+          "DATA_DIR_LOCKED",
+          `the embedded database is owned by deployq process ${owner}, which has no HTTP endpoint to ask: stop it, or set DATABASE_URL`,
+        );
+      }
+      return viaDaemon(daemon.url);
+    }
+  }
+  const database = await openDatabase({ databaseUrl: settings.secrets.databaseUrl, dataDir: settings.dataDir, poolSize: 2 });
+  try {
+    return await direct(database.db);
+  } finally {
+    await database.close();
+  }
+}
+
+export async function getJson<T>(url: string): Promise<T> {
+  let res: Response;
+  try {
+    res = await fetch(url, { signal: AbortSignal.timeout(10_000) });
+  } catch (err) {
+    throw new DeployqError("UNAVAILABLE", `the running deployq at ${url} did not answer (${errorMessage(err)})`);
+  }
+  if (!res.ok) throw new DeployqError("UNAVAILABLE", `the running deployq answered ${res.status} for ${url}`);
+  return (await res.json()) as T;
+}
