@@ -6,8 +6,10 @@ import { installShutdownLadder } from "../signals.ts";
 export async function runDaemon(role: Role, configPath: string | undefined, watch: boolean): Promise<void> {
   const settings = loadSettings({ configPath });
   const logger = createLogger();
-  const daemon = await startDaemon({ settings, role, logger, watch });
-  installShutdownLadder(() => daemon.close(), logger);
+  const starting = startDaemon({ settings, role, logger, watch });
+  // Signals are handled from the start: one that arrives while starting drains once started.
+  installShutdownLadder(() => starting.then((d) => d.close()), logger);
+  const daemon = await starting;
   if (daemon.url) {
     const cfg = process.env.DEPLOYQ_CONFIG || configPath ? ` --config ${settings.configPath}` : "";
     process.stderr.write(

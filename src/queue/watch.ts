@@ -53,7 +53,8 @@ export class QueueWorker {
     }
     this.timer = setInterval(() => this.kick(), this.opts.rescanIntervalMs);
     this.timer.unref();
-    await this.kick();
+    // The first pass starts now; start() does not wait for it (a deploy can take minutes).
+    void this.kick();
   }
 
   /** Asks for a pass over the queue; resolves when a pass that started after this call ends. */

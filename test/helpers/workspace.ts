@@ -38,12 +38,12 @@ path = "./apps/web"
 `;
 
 /** A temporary folder with a deployq.toml, its queue root and data dir inside. */
-export async function createWorkspace(options: { deployments?: string; port?: number; env?: NodeJS.ProcessEnv } = {}): Promise<Workspace> {
+export async function createWorkspace(options: { deployments?: string; port?: number; env?: NodeJS.ProcessEnv; topLevel?: string } = {}): Promise<Workspace> {
   const dir = await mkdtemp(path.join(tmpdir(), "deployq-test-"));
   const configPath = path.join(dir, "deployq.toml");
   await writeFile(
     configPath,
-    `data_dir = "./data"\nqueues_dir = "./queues"\nrescan_interval_ms = 100\n\n[server]\nhost = "127.0.0.1"\nport = ${options.port ?? 0}\n${options.deployments ?? DEFAULT_DEPLOYMENTS}`,
+    `data_dir = "./data"\nqueues_dir = "./queues"\nrescan_interval_ms = 100\n${options.topLevel ?? ""}\n\n[server]\nhost = "127.0.0.1"\nport = ${options.port ?? 0}\n${options.deployments ?? DEFAULT_DEPLOYMENTS}`,
   );
   const env: NodeJS.ProcessEnv = { GITHUB_WEBHOOK_SECRET: SECRET, DEPLOYQ_LOG_LEVEL: "warn", ...options.env };
   const settings = loadSettings({ configPath, env: { ...env, DEPLOYQ_CONFIG: undefined, DEPLOYQ_QUEUES_DIR: undefined } });

@@ -112,7 +112,7 @@ max_attempts = 1
     const row = await finished("flag", sha);
     expect(row.status).toBe("failed");
     expect(row.error).toMatch(/git fetch from --upload-pack=touch .* failed/);
-    expect(await readdir(path.join(ws.queuesDir, "dead-letter", "flag"))).toContain(name);
+    await until("the dead letter", async () => (await readdir(path.join(ws.queuesDir, "dead-letter", "flag")).catch(() => [] as string[])).includes(name));
     expect(await readdir(dir)).not.toContain("pwned");
   });
 

@@ -1,0 +1,134 @@
+import { randomUUID } from "node:crypto";
+import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { eq } from "drizzle-orm";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { deploys } from "../../src/db/schema.ts";
+import { entryName } from "../../src/queue/entry-name.ts";
+import { queueLayout } from "../../src/queue/layout.ts";
+import { ensureQueueDirs, writeEntryDurably } from "../../src/queue/write.ts";
+import { type TestDatabase, createTestDatabase } from "../helpers/db.ts";
+import { type TestRepo, createRepo } from "../helpers/git.ts";
+import { spawnDeployq } from "../helpers/processes.ts";
+import { createWorkspace, pushPayload } from "../helpers/workspace.ts";
+
+async function until<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 30_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await fn();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+async function alive(pid: number): Promise<boolean> {
+  try {
+    const stat = await readFile(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2)[0] !== "Z";
+  } catch {
+    return false;
+  }
+}
+
+describe("shutdown of a workers process during a deploy", () => {
+  let dir: string;
+  let repo: TestRepo;
+  let tdb: TestDatabase;
+
+  beforeAll(async () => {
+    dir = await mkdtemp(path.join(tmpdir(), "deployq-shutdown-"));
+    repo = await createRepo(dir);
+    tdb = await createTestDatabase("postgres");
+  });
+  afterAll(async () => {
+    await tdb?.dispose();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  /** A workers process whose build waits for a gate file; returns handles to drive it. */
+  async function setup(graceSeconds: number) {
+    const run = path.join(dir, randomUUID());
+    const gate = path.join(run, "gate");
+    await mkdir(run);
+    const ws = await createWorkspace({
+      topLevel: `shutdown_grace_s = ${graceSeconds}`,
+      deployments: `
+[deployments.app]
+repository = "octo-org/app"
+branch = "main"
+remote = "${repo.bare}"
+path = "./apps/app"
+commands = [["sh", "-c", "echo $$ > ${run}/pid; while [ ! -e ${gate} ]; do sleep 0.02; done"]]
+`,
+    });
+    const env = { ...ws.env, DATABASE_URL: tdb.url, DEPLOYQ_CONFIG: ws.configPath, DEPLOYQ_LOG_LEVEL: "info" };
+    const layout = queueLayout(ws.queuesDir);
+    await ensureQueueDirs(layout, ["app"]);
+    const sha = await repo.commit({ "v": randomUUID() });
+    const id = randomUUID();
+    const name = entryName(id);
+    await writeEntryDurably(layout, layout.deployment("app"), name, {
+      event: "push",
+      delivery_id: id,
+      hook_id: "",
+      received_at: new Date().toISOString(),
+      payload: pushPayload({ repository: "octo-org/app", branch: "main", after: sha }),
+    });
+    const workers = spawnDeployq(["workers"], env);
+    const pidFile = path.join(run, "pid");
+    await until("the build to start", async () => (await readFile(pidFile, "utf8").catch(() => "")).trim() !== "");
+    const commandPid = Number(await readFile(pidFile, "utf8"));
+    const statuses = async () => (await tdb.database.db.select().from(deploys).where(eq(deploys.entry, name))).map((r) => r.status);
+    const queued = async () => (await readdir(layout.deployment("app"))).includes(name);
+    return { ws, gate, workers, commandPid, statuses, queued, cleanup: async () => {
+      await writeFile(gate, "");
+      workers.child.kill("SIGKILL");
+      await workers.exited;
+      await ws.dispose();
+    } };
+  }
+
+  it("lets a running command finish within the grace period, then exits", async () => {
+    const t = await setup(30);
+    try {
+      t.workers.child.kill("SIGTERM");
+      await t.workers.waitFor("draining");
+      expect(await alive(t.commandPid)).toBe(true);
+      await writeFile(t.gate, "");
+      expect((await t.workers.exited).signal).toBe("SIGTERM");
+      expect(await t.statuses()).toEqual(["succeeded"]);
+      expect(await t.queued()).toBe(false);
+    } finally {
+      await t.cleanup();
+    }
+  });
+
+  it("kills the command's process group after the grace period and leaves the entry queued", async () => {
+    const t = await setup(0.3);
+    try {
+      t.workers.child.kill("SIGTERM");
+      expect((await t.workers.exited).signal).toBe("SIGTERM");
+      expect(await alive(t.commandPid)).toBe(false);
+      expect(await t.statuses()).toEqual(["interrupted"]);
+      expect(await t.queued()).toBe(true);
+    } finally {
+      await t.cleanup();
+    }
+  });
+
+  it("stops at once on a second signal, taking the command with it, and leaves the entry queued", async () => {
+    const t = await setup(30);
+    try {
+      t.workers.child.kill("SIGTERM");
+      await t.workers.waitFor("draining");
+      t.workers.child.kill("SIGTERM");
+      expect((await t.workers.exited).code).toBe(1);
+      expect(await alive(t.commandPid)).toBe(false);
+      expect(await t.queued()).toBe(true);
+    } finally {
+      await t.cleanup();
+    }
+  });
+});
