@@ -28,8 +28,10 @@ commands = [["npm", "ci"]]
 
 describe("loadSettings", () => {
   it("loads the shipped example", () => {
-    const settings = loadSettings({ configPath: new URL("../../deployq.example.toml", import.meta.url).pathname, env: {} });
-    expect(settings.deployments.get("api")).toMatchObject({ repository: "octo-org/api", branch: "main", strategy: "releases" });
+    const file = new URL("../../deployq.example.toml", import.meta.url).pathname;
+    const settings = loadSettings({ configPath: file, env: {} });
+    // Its remote "." is this checkout, resolved against the file's folder.
+    expect(settings.deployments.get("example")).toMatchObject({ branch: "main", strategy: "releases", remote: path.dirname(file) });
   });
 
   it("applies defaults, resolves paths against the file's folder, and reads secrets from the environment only", async () => {

@@ -92,7 +92,9 @@ export function loadSettings(options: LoadOptions = {}): Settings {
   const base = path.dirname(configPath);
   const deployments = new Map<string, Deployment>();
   for (const [name, deployment] of Object.entries(config.deployments)) {
-    deployments.set(name, { ...deployment, name, path: path.resolve(base, deployment.path) });
+    // A local remote written as a relative path ("." or "./x", "../x") is relative to this file too.
+    const remote = /^\.\.?(\/|$)/.test(deployment.remote) ? path.resolve(base, deployment.remote) : deployment.remote;
+    deployments.set(name, { ...deployment, name, remote, path: path.resolve(base, deployment.path) });
   }
   return {
     configPath,
