@@ -3,6 +3,7 @@ import path from "node:path";
 import type { Logger } from "pino";
 import { type Settings, requireWebhookSecrets } from "./config/load.ts";
 import { type Database, openDatabase } from "./db/client.ts";
+import { recordOrphanedEntries } from "./http/github-webhook.ts";
 import { type RunningServer, createApp, listen } from "./http/server.ts";
 import { queueLayout } from "./queue/layout.ts";
 import type { QueueWorker } from "./queue/watch.ts";
@@ -31,7 +32,7 @@ export interface StartOptions {
   settings: Settings;
   role: Role;
   logger: Logger;
-  /** Use the chokidar watcher (default); off, the periodic rescan alone finds entries. */
+  /** Watch the queue directories (default); off, the periodic rescan alone finds entries. */
   watch?: boolean;
   /** An already open database (tests); otherwise opened from the settings, and closed on close(). */
   database?: Database;
@@ -108,6 +109,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
     }
     let server: RunningServer | undefined;
     if (receives) {
+      await recordOrphanedEntries(database.db, layout, logger);
       const app = createApp({
         db: database.db,
         layout,

@@ -1,13 +1,17 @@
 import { isUtf8 } from "node:buffer";
+import { readFile } from "node:fs/promises";
+import path from "node:path";
 import type { Request, Response } from "express";
 import type { Logger } from "pino";
 import type { Db } from "../db/client.ts";
-import { insertDelivery } from "../db/queries/record-delivery.ts";
+import { insertDelivery, recordIfMissing } from "../db/queries/record-delivery.ts";
 import { RequestError, errorMessage } from "../errors.ts";
 import { type QueueEntry, summarizePayload } from "../queue/entry.ts";
 import { entryName, isDeliveryId } from "../queue/entry-name.ts";
 import type { QueueLayout } from "../queue/layout.ts";
+import { scanQueue } from "../queue/scan.ts";
 import { writeEntryDurably } from "../queue/write.ts";
+import { parseEntry } from "../workers/router.ts";
 import { verifySignature } from "./signature.ts";
 
 export interface WebhookDeps {
@@ -141,4 +145,41 @@ export function githubWebhookHandler(deps: WebhookDeps) {
 
 function unavailable(what: string, err: unknown): RequestError {
   return new RequestError("UNAVAILABLE", 503, `could not ${what}: ${errorMessage(err)}; GitHub may redeliver it`, { cause: err });
+}
+
+/**
+ * The receiver's file is durable before its dedupe row commits, so a receiver killed in
+ * between leaves an entry in router/ with no row: GitHub, never having had an answer,
+ * redelivers, and without a row the redelivery would be queued a second time. At start,
+ * before accepting anything, every entry still in router/ gets its row.
+ */
+export async function recordOrphanedEntries(db: Db, layout: QueueLayout, logger: Logger): Promise<number> {
+  let adopted = 0;
+  for (const name of await scanQueue(layout.router)) {
+    let text: string;
+    try {
+      text = await readFile(path.join(layout.router, name), "utf8");
+    } catch {
+      continue; // routed meanwhile
+    }
+    const parsed = parseEntry(text);
+    if (!parsed.ok) continue; // the router dead-letters it
+    const { entry } = parsed;
+    const summary = summarizePayload(entry.payload);
+    const receivedAt = new Date(entry.received_at);
+    const added = await recordIfMissing(db, {
+      hookId: entry.hook_id,
+      deliveryId: entry.delivery_id,
+      event: entry.event,
+      repository: summary.repository,
+      ref: summary.ref,
+      afterSha: summary.after,
+      receivedAt: Number.isNaN(receivedAt.getTime()) ? new Date() : receivedAt,
+      entry: name,
+      outcome: "queued",
+    });
+    if (added) adopted++;
+  }
+  if (adopted > 0) logger.warn({ entries: adopted }, "recorded entries a previous receiver wrote but did not commit; their redeliveries are duplicates");
+  return adopted;
 }

@@ -77,3 +77,9 @@ export async function recordOutcome(db: Db, row: DeliveryRow): Promise<void> {
       },
     });
 }
+
+/** Records a delivery only if it has no row yet (an entry whose receiver died before its commit). */
+export async function recordIfMissing(db: Db, row: DeliveryRow): Promise<boolean> {
+  const inserted = await db.insert(deliveries).values(values(row)).onConflictDoNothing().returning({ id: deliveries.id });
+  return inserted.length > 0;
+}
