@@ -10,6 +10,8 @@ export async function runDaemon(role: Role, configPath: string | undefined, watc
   // Signals are handled from the start: one that arrives while starting drains once started.
   installShutdownLadder(() => starting.then((d) => d.close()), logger);
   const daemon = await starting;
+  // pm2 (wait_ready in ecosystem.config.cjs): started. The receiver listens, the workers have scanned their queues.
+  if (process.send) process.send("ready");
   if (daemon.url) {
     const cfg = process.env.DEPLOYQ_CONFIG || configPath ? ` --config ${settings.configPath}` : "";
     process.stderr.write(

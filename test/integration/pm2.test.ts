@@ -1,0 +1,389 @@
+import { execFile } from "node:child_process";
+import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { promisify } from "node:util";
+import { eq } from "drizzle-orm";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { deliveries, deploys } from "../../src/db/schema.ts";
+import { type TestDatabase, createTestDatabase } from "../helpers/db.ts";
+import { type TestRepo, createRepo } from "../helpers/git.ts";
+import { type Outcome, allNames, entryNames, freePort, tryPost, waitForHttp, waitUntil } from "../helpers/load.ts";
+import { REPO_ROOT } from "../helpers/processes.ts";
+import { SECRET, type Workspace, createWorkspace, pushPayload, signedDelivery } from "../helpers/workspace.ts";
+
+const run = promisify(execFile);
+
+const PM2 = path.join(REPO_ROOT, "node_modules", ".bin", "pm2");
+const ECOSYSTEM = path.join(REPO_ROOT, "ecosystem.config.cjs");
+const APPS = ["deployq-receiver", "deployq-workers"] as const;
+/** Commits in the repository; delivery i pushes commit i mod COMMITS. */
+const COMMITS = 12;
+/** One delivery is sent every SEND_EVERY_MS, whether or not earlier ones were answered. */
+const SEND_EVERY_MS = 20;
+/** Acknowledged deliveries before the reload starts, and again after it has finished. */
+const ACKS_BEFORE = 30;
+const ACKS_AFTER = 30;
+/** Bounds the sender whatever happens. */
+const MAX_DELIVERIES = 3_000;
+/** Final outcomes of a push entry in the deploys table. */
+const FINAL = ["succeeded", "superseded", "already-deployed"];
+
+interface Pm2Process {
+  name: string;
+  pid: number;
+  pm2_env: { status: string; restart_time: number };
+}
+
+/** Processes whose environment or command line names this PM2_HOME (the daemon and its apps). */
+async function processesUsing(pm2Home: string): Promise<Array<{ pid: number; cmdline: string }>> {
+  const found: Array<{ pid: number; cmdline: string }> = [];
+  for (const name of await readdir("/proc")) {
+    if (!/^\d+$/.test(name) || Number(name) === process.pid) continue;
+    try {
+      const [environ, cmdline] = await Promise.all([readFile(`/proc/${name}/environ`, "utf8"), readFile(`/proc/${name}/cmdline`, "utf8")]);
+      const stat = await readFile(`/proc/${name}/stat`, "utf8");
+      if (stat.slice(stat.lastIndexOf(")") + 2)[0] === "Z") continue; // already dead, awaiting its parent
+      if (environ.split("\0").includes(`PM2_HOME=${pm2Home}`) || cmdline.includes(pm2Home)) {
+        found.push({ pid: Number(name), cmdline: cmdline.replaceAll("\0", " ").trim() });
+      }
+    } catch {
+      // gone meanwhile, or not ours to read
+    }
+  }
+  return found;
+}
+
+describe("pm2: ecosystem.config.cjs in a private PM2_HOME", () => {
+  let dir: string;
+  let pm2Home: string;
+  let logDir: string;
+  let repo: TestRepo;
+  let shas: string[];
+  let ws: Workspace;
+  let tdb: TestDatabase;
+  let port: number;
+  let env: NodeJS.ProcessEnv;
+  let daemonStarted = false;
+
+  /** Runs the pm2 CLI against the private PM2_HOME; throws with its output when it fails. */
+  async function pm2(args: string[], extraEnv: NodeJS.ProcessEnv = {}): Promise<string> {
+    daemonStarted = true; // any pm2 command may spawn the daemon
+    try {
+      const { stdout } = await run(PM2, args, { cwd: REPO_ROOT, env: { ...env, ...extraEnv }, timeout: 120_000, maxBuffer: 16 * 1024 * 1024 });
+      return stdout;
+    } catch (err) {
+      const e = err as Error & { stdout?: string; stderr?: string };
+      throw new Error(`pm2 ${args.join(" ")} failed: ${e.message}\n${e.stdout ?? ""}\n${e.stderr ?? ""}\n${await logs()}`);
+    }
+  }
+
+  async function jlist(): Promise<Pm2Process[]> {
+    const out = await pm2(["jlist"]);
+    // pm2 may print a notice before the JSON array.
+    return JSON.parse(out.slice(out.indexOf("["))) as Pm2Process[];
+  }
+
+  async function appsOnline(): Promise<Map<string, Pm2Process> | false> {
+    const list = await jlist();
+    const byName = new Map(list.map((p) => [p.name, p]));
+    return APPS.every((a) => byName.get(a)?.pm2_env.status === "online" && byName.get(a)!.pid > 0) ? byName : false;
+  }
+
+  /** The tail of every log file pm2 wrote for the apps, for failure messages. */
+  async function logs(): Promise<string> {
+    let out = "";
+    for (const file of await allNames(logDir)) {
+      const text = await readFile(path.join(logDir, file), "utf8").catch(() => "");
+      out += `--- ${file}\n${text.split("\n").slice(-40).join("\n")}\n`;
+    }
+    return out;
+  }
+
+  beforeAll(async () => {
+    dir = await mkdtemp(path.join(tmpdir(), "deployq-pm2-"));
+    pm2Home = path.join(dir, "pm2");
+    logDir = path.join(dir, "logs");
+    repo = await createRepo(dir);
+    shas = [];
+    for (let i = 0; i < COMMITS; i++) shas.push(await repo.commit({ "index.html": `v${i}\n` }));
+    port = await freePort();
+    ws = await createWorkspace({
+      port,
+      deployments: `
+[deployments.app]
+repository = "octo-org/app"
+branch = "main"
+remote = "${repo.bare}"
+path = "./apps/app"
+keep_releases = 3
+commands = [["sh", "-c", "echo $DEPLOYQ_SHA > BUILD"]]
+`,
+    });
+    tdb = await createTestDatabase("postgres");
+    const inherited = { ...process.env };
+    // Nothing of this machine's own setup leaks in: the private daemon, the test's queues and locks only.
+    for (const key of ["PM2_HOME", "DEPLOYQ_QUEUES_DIR", "REDIS_URL", "DEPLOYQ_PM2_KILL_TIMEOUT_MS", "NODE_ENV"]) delete inherited[key];
+    env = {
+      ...inherited,
+      PM2_HOME: pm2Home,
+      DEPLOYQ_CONFIG: ws.configPath,
+      DEPLOYQ_PM2_LOG_DIR: logDir,
+      DEPLOYQ_LOG_LEVEL: "warn",
+      GITHUB_WEBHOOK_SECRET: SECRET,
+      DATABASE_URL: tdb.url,
+    };
+  });
+
+  afterAll(async () => {
+    let left: Array<{ pid: number; cmdline: string }> = [];
+    if (daemonStarted) {
+      // Stops the apps (SIGINT, drain) and the daemon, whatever the test left running.
+      await run(PM2, ["kill"], { cwd: REPO_ROOT, env, timeout: 120_000 }).catch(() => {});
+      await waitUntil(async () => (await processesUsing(pm2Home)).length === 0, { what: "every process of the private PM2_HOME has ended", timeoutMs: 60_000 }).catch(
+        () => {},
+      );
+      left = await processesUsing(pm2Home);
+      // Our own processes only (they carry our private PM2_HOME): do not leave them behind.
+      for (const p of left) {
+        try {
+          process.kill(p.pid, "SIGKILL");
+        } catch {
+          // already gone
+        }
+      }
+    }
+    await tdb?.dispose();
+    await ws?.dispose();
+    if (dir) await rm(dir, { recursive: true, force: true });
+    expect(left, "processes of the private PM2_HOME left after pm2 kill").toEqual([]);
+  });
+
+  it(
+    "start, reload while deliveries arrive, stop, delete: every acknowledged delivery is deployed or superseded exactly once",
+    async () => {
+      const url = `http://127.0.0.1:${port}`;
+      const router = path.join(ws.queuesDir, "router");
+      const appQueue = path.join(ws.queuesDir, "deployments", "app");
+      const appDir = path.join(ws.dir, "apps", "app");
+
+      const startedAt = Date.now();
+      await pm2(["start", ECOSYSTEM]);
+      // wait_ready: `pm2 start` returns once both apps sent "ready" (or listen_timeout passed).
+      const before = await waitUntil(appsOnline, { what: "both apps are online", timeoutMs: 60_000, describe: logs });
+      await waitForHttp(url);
+      const startMs = Date.now() - startedAt;
+
+      // Deliveries: one every SEND_EVERY_MS, each pushing a real commit of the repository.
+      interface Sent {
+        index: number;
+        sha: string;
+        deliveryId: string;
+        sentAt: number;
+        outcome?: Outcome;
+        /** The entry named by the 202 answer. */
+        queued?: string;
+      }
+      const sent: Sent[] = [];
+      const inFlight: Array<Promise<void>> = [];
+      let acked = 0;
+      let stop = false;
+      const sender = (async () => {
+        const deadline = Date.now() + 120_000;
+        while (!stop && sent.length < MAX_DELIVERIES && Date.now() < deadline) {
+          const index = sent.length;
+          const sha = shas[index % COMMITS]!;
+          const request = await signedDelivery(pushPayload({ repository: "octo-org/app", branch: "main", after: sha }));
+          const record: Sent = { index, sha, deliveryId: request.headers["x-github-delivery"]!, sentAt: Date.now() };
+          sent.push(record);
+          inFlight.push(
+            tryPost(url, request, 30_000).then((outcome) => {
+              record.outcome = outcome;
+              if (outcome.kind === "status" && outcome.status === 202) {
+                record.queued = outcome.body.queued as string;
+                acked++;
+              }
+            }),
+          );
+          await new Promise((resolve) => setTimeout(resolve, SEND_EVERY_MS)); // the sending rate, not a synchronisation
+        }
+      })();
+
+      try {
+        await waitUntil(() => acked >= ACKS_BEFORE, { what: `${ACKS_BEFORE} deliveries acknowledged before the reload`, timeoutMs: 30_000 });
+        const reloadStart = Date.now();
+        await pm2(["reload", ECOSYSTEM]);
+        const reloadEnd = Date.now();
+        const ackedAtReload = acked;
+        await waitUntil(() => acked >= ackedAtReload + ACKS_AFTER, {
+          what: `${ACKS_AFTER} more deliveries acknowledged after the reload`,
+          timeoutMs: 60_000,
+          describe: logs,
+        });
+        stop = true;
+        await sender;
+        await Promise.all(inFlight);
+
+        // pm2 replaced both processes, each once, and both are online again.
+        const after = await waitUntil(appsOnline, { what: "both apps are online after the reload", timeoutMs: 30_000, describe: logs });
+        for (const app of APPS) {
+          expect(after.get(app)!.pid, `${app} has a new process`).not.toBe(before.get(app)!.pid);
+          expect(after.get(app)!.pm2_env.restart_time, app).toBe(1);
+        }
+
+        // Answers: 202, or no answer at all (the receiver's port is closed between the old
+        // process and the new one); never an error status, never a 2xx without an entry.
+        const statuses = new Map<string, number>();
+        for (const s of sent) {
+          const key = s.outcome!.kind === "status" ? String(s.outcome!.status) : s.outcome!.error;
+          statuses.set(key, (statuses.get(key) ?? 0) + 1);
+        }
+        const answered = sent.filter((s) => s.outcome!.kind === "status");
+        for (const s of answered) expect(s.outcome, `delivery ${s.index}`).toMatchObject({ kind: "status", status: 202 });
+        const sentDuringReload = sent.filter((s) => s.sentAt >= reloadStart && s.sentAt <= reloadEnd);
+        expect(sentDuringReload.length, "deliveries sent while pm2 reloaded").toBeGreaterThan(0);
+        const ack = sent.filter((s) => s.queued !== undefined);
+        const entryOf = (s: Sent) => s.queued!;
+        const names = ack.map(entryOf);
+        expect(new Set(names).size, "one entry per acknowledged delivery").toBe(ack.length);
+
+        // Every acknowledged delivery ends with exactly one final outcome in the deploys table,
+        // and both queues drain.
+        const finalRows = async () =>
+          (await tdb.database.db.select().from(deploys).where(eq(deploys.deployment, "app"))).filter((r) => FINAL.includes(r.status));
+        const missing = async () => {
+          const done = new Set((await finalRows()).map((r) => r.entry));
+          return names.filter((n) => !done.has(n));
+        };
+        await waitUntil(async () => (await entryNames(router)).length === 0 && (await entryNames(appQueue)).length === 0 && (await missing()).length === 0, {
+          what: "router/ and deployments/app/ are empty and every acknowledged entry has its outcome",
+          timeoutMs: 90_000,
+          describe: async () =>
+            `router: ${(await entryNames(router)).length}, app queue: ${(await entryNames(appQueue)).length}, ` +
+            `without an outcome: ${(await missing()).length}\n${await logs()}`,
+        });
+
+        const rows = await tdb.database.db.select().from(deploys).where(eq(deploys.deployment, "app"));
+        const byEntry = new Map<string, typeof rows>();
+        for (const r of rows) byEntry.set(r.entry, [...(byEntry.get(r.entry) ?? []), r]);
+        for (const s of ack) {
+          const mine = byEntry.get(entryOf(s)) ?? [];
+          const final = mine.filter((r) => FINAL.includes(r.status));
+          expect(final, `delivery ${s.index} (${entryOf(s)}): ${JSON.stringify(mine.map((r) => r.status))}`).toHaveLength(1);
+          expect(final[0]).toMatchObject({ deliveryId: s.deliveryId, sha: s.sha, event: "push" });
+          // Besides its outcome, an entry may only have been interrupted by the reload (and redone).
+          for (const r of mine) expect(["interrupted", ...FINAL], `delivery ${s.index}`).toContain(r.status);
+        }
+        // Nothing else was deployed, except (possibly) a delivery whose connection was cut
+        // mid-request: the receiver may have queued it without its answer getting through
+        // (GitHub's redelivery of it is then a duplicate). A refused connection queues nothing.
+        const cut = new Set(sent.filter((s) => s.outcome!.kind === "error" && s.outcome!.error !== "ECONNREFUSED").map((s) => s.deliveryId));
+        const acknowledged = new Set(names);
+        expect(rows.filter((r) => !acknowledged.has(r.entry) && !cut.has(r.deliveryId ?? ""))).toEqual([]);
+        expect(rows.filter((r) => r.status === "running" || r.status === "failed" || r.status === "retrying")).toEqual([]);
+
+        // The router recorded each one as routed to app.
+        const routed = await tdb.database.db.select().from(deliveries);
+        const routedByEntry = new Map(routed.map((r) => [r.entry, r]));
+        for (const n of names) expect(routedByEntry.get(n), n).toMatchObject({ outcome: "routed", routedTo: ["app"] });
+
+        // `current` is the commit of the newest acknowledged push (entry names sort by arrival).
+        const newest = ack.reduce((a, b) => (entryOf(b) > entryOf(a) ? b : a));
+        const release = JSON.parse(await readFile(path.join(appDir, "current", ".deployq-release.json"), "utf8")) as { sha: string };
+        expect(release.sha).toBe(newest.sha);
+        expect((await readFile(path.join(appDir, "current", "BUILD"), "utf8")).trim()).toBe(newest.sha);
+        expect(await allNames(router)).toEqual([]);
+        expect(await allNames(path.join(ws.queuesDir, ".tmp"))).toEqual([]);
+        expect(await entryNames(path.join(ws.queuesDir, "dead-letter", "app"))).toEqual([]);
+
+        // Stop: both apps drain and end; delete removes them from pm2.
+        await pm2(["stop", ECOSYSTEM]);
+        const stopped = await jlist();
+        for (const app of APPS) expect(stopped.find((p) => p.name === app)?.pm2_env.status, app).toBe("stopped");
+        await expect(fetch(`${url}/`)).rejects.toThrow();
+        await pm2(["delete", ECOSYSTEM]);
+        expect((await jlist()).filter((p) => (APPS as readonly string[]).includes(p.name))).toEqual([]);
+
+        const counts = [...statuses].map(([k, v]) => `${k}: ${v}`).join(", ");
+        const statusCounts = new Map<string, number>();
+        for (const r of rows) statusCounts.set(r.status, (statusCounts.get(r.status) ?? 0) + 1);
+        const ackedDuringReload = sentDuringReload.filter((s) => s.queued !== undefined).length;
+        console.info(
+          `pm2: start ${startMs} ms, reload ${reloadEnd - reloadStart} ms; ${sent.length} deliveries (${counts}); ` +
+            `${sentDuringReload.length} sent during the reload, ${ackedDuringReload} of them acknowledged; deploys: ${[...statusCounts].map(([k, v]) => `${k} ${v}`).join(", ")}`,
+        );
+      } finally {
+        stop = true;
+        await sender;
+        await Promise.all(inFlight);
+      }
+    },
+    240_000,
+  );
+
+  it(
+    "a build running when pm2 reloads the workers finishes within the grace period: pm2 signals deployq, not its commands",
+    async () => {
+      const buildDir = path.join(dir, "slow-build");
+      const gate = path.join(buildDir, "gate");
+      const signals = path.join(buildDir, "signals");
+      await mkdir(buildDir, { recursive: true });
+      const slow = await createWorkspace({
+        port: await freePort(),
+        topLevel: "shutdown_grace_s = 30",
+        deployments: `
+[deployments.slow]
+repository = "octo-org/app"
+branch = "main"
+remote = "${repo.bare}"
+path = "./apps/slow"
+commands = [["sh", "-c", "trap 'echo INT >> ${signals}; exit 130' INT; trap 'echo TERM >> ${signals}; exit 143' TERM; echo $$ > ${buildDir}/pid; while [ ! -e ${gate} ]; do sleep 0.02; done"]]
+`,
+      });
+      const slowEnv = { DEPLOYQ_CONFIG: slow.configPath, DEPLOYQ_LOG_LEVEL: "info" };
+      const workersLog = path.join(logDir, "deployq-workers.out.log");
+      try {
+        await pm2(["start", ECOSYSTEM], slowEnv);
+        const before = await waitUntil(appsOnline, { what: "both apps are online", timeoutMs: 60_000, describe: logs });
+        const url = `http://127.0.0.1:${slow.settings.port}`;
+        const sha = shas.at(-1)!;
+        const answer = await tryPost(url, await signedDelivery(pushPayload({ repository: "octo-org/app", branch: "main", after: sha })));
+        expect(answer).toMatchObject({ kind: "status", status: 202 });
+        const entry = answer.kind === "status" ? (answer.body.queued as string) : "";
+        await waitUntil(async () => (await readFile(path.join(buildDir, "pid"), "utf8").catch(() => "")).trim() !== "", {
+          what: "the build has started",
+          timeoutMs: 30_000,
+          describe: logs,
+        });
+        const logBefore = (await readFile(workersLog, "utf8").catch(() => "")).length;
+
+        // Reload while the build runs: the old workers process drains (its build goes on), then
+        // the new one starts; `pm2 reload` returns once it is ready.
+        const reload = pm2(["reload", ECOSYSTEM], slowEnv);
+        await waitUntil(async () => (await readFile(workersLog, "utf8").catch(() => "")).slice(logBefore).includes("draining"), {
+          what: "the old workers process is draining",
+          timeoutMs: 30_000,
+          describe: logs,
+        });
+        await writeFile(gate, "");
+        await reload;
+        const after = await waitUntil(appsOnline, { what: "both apps are online after the reload", timeoutMs: 30_000, describe: logs });
+        expect(after.get("deployq-workers")!.pid).not.toBe(before.get("deployq-workers")!.pid);
+
+        // The build was never signalled, its deploy succeeded once, before the old process ended.
+        expect(await readFile(signals, "utf8").catch(() => "")).toBe("");
+        const rows = await tdb.database.db.select().from(deploys).where(eq(deploys.entry, entry));
+        expect(rows.map((r) => ({ status: r.status, sha: r.sha, pid: r.pid }))).toEqual([{ status: "succeeded", sha, pid: before.get("deployq-workers")!.pid }]);
+        const release = JSON.parse(await readFile(path.join(slow.dir, "apps", "slow", "current", ".deployq-release.json"), "utf8")) as { sha: string };
+        expect(release.sha).toBe(sha);
+        expect(await entryNames(path.join(slow.queuesDir, "deployments", "slow"))).toEqual([]);
+
+        await pm2(["delete", ECOSYSTEM], slowEnv);
+      } finally {
+        await writeFile(gate, "").catch(() => {});
+        await slow.dispose();
+      }
+    },
+    180_000,
+  );
+});
