@@ -5,9 +5,13 @@
  *    Postgres database, loaded by wrk (C, its own process) with a signed 7-8 KB push
  *    payload and a different X-GitHub-Delivery per request; against the same load on a
  *    bare Express 5 app (bench/bare-express.ts) that reads the body and answers 204.
+ *    Besides requests/s and latency, the CPU time each side spends per served request,
+ *    read from /proc (the receiver's event loop, its other threads, its Postgres backends):
+ *    unlike throughput, that figure barely moves when something else loads the machine.
  * 2. Router pickup latency: from the rename of an entry into queues/router/ to the
- *    moment the queue worker (chokidar watcher + scan, src/queue/watch.ts) hands it to
+ *    moment the queue worker (directory watcher + scans, src/queue/watch.ts) hands it to
  *    its handler, in process.
+ * 3. Where a request's time goes: each step of the webhook handler alone (bench/steps.ts).
  *
  * Options (npm run bench -- --duration 5 ...): see `usage` below.
  * Every child process is stopped and the temporary database dropped, also on error or Ctrl-C.
@@ -32,6 +36,7 @@ import { removeEntry } from "../src/queue/move.ts";
 import { QueueWorker } from "../src/queue/watch.ts";
 import { ensureQueueDirs } from "../src/queue/write.ts";
 import { parseEntry } from "../src/workers/router.ts";
+import { type StepFigure, runSteps } from "./steps.ts";
 
 const REPO_ROOT = fileURLToPath(new URL("..", import.meta.url));
 const DEPLOYQ_BIN = path.join(REPO_ROOT, "bin/deployq.js");
@@ -45,12 +50,13 @@ const TARGET_PICKUP_P99_MS = 10;
 
 const usage = `usage: npm run bench -- [options]
   --duration <s>      measured seconds per HTTP target (default 10)
+  --rounds <n>        split them into n runs, taken in turns with the other target (default 2)
   --warmup <s>        unmeasured seconds before each HTTP run (default 2)
   --connections <n>   concurrent connections (default 32)
   --threads <n>       wrk threads (default 2)
   --entries <n>       router entries for the pickup latency (default 500)
   --spacing <ms>      pause between two router entries (default 5)
-  --only <list>       comma-separated subset of: receiver,bare,router (default all)
+  --only <list>       comma-separated subset of: receiver,bare,router,steps (default all)
 profiling variants of the receiver (not the default figures):
   --pglite            the embedded PGlite (on disk) instead of Postgres
   --async-commit      Postgres synchronous_commit = off for the bench database (no WAL flush wait)
@@ -62,12 +68,13 @@ profiling variants of the receiver (not the default figures):
 const { values: opts } = parseArgs({
   options: {
     duration: { type: "string", default: "10" },
+    rounds: { type: "string", default: "2" },
     warmup: { type: "string", default: "2" },
     connections: { type: "string", default: "32" },
     threads: { type: "string", default: "2" },
     entries: { type: "string", default: "500" },
     spacing: { type: "string", default: "5" },
-    only: { type: "string", default: "receiver,bare,router" },
+    only: { type: "string", default: "receiver,bare,router,steps" },
     pglite: { type: "boolean", default: false },
     "async-commit": { type: "boolean", default: false },
     "no-file-fsync": { type: "boolean", default: false },
@@ -82,6 +89,7 @@ if (opts.help) {
   process.exit(0);
 }
 const DURATION_S = positive("duration");
+const ROUNDS = Math.round(positive("rounds"));
 const WARMUP_S = Number(opts.warmup);
 const CONNECTIONS = positive("connections");
 const THREADS = Math.min(positive("threads"), CONNECTIONS);
@@ -118,8 +126,10 @@ function cleanupAll(): Promise<void> {
   return cleaning;
 }
 
+let interrupted = false;
 for (const signal of ["SIGINT", "SIGTERM"] as const) {
   process.once(signal, () => {
+    interrupted = true;
     console.error(`\n${signal}: stopping children and dropping the database…`);
     void cleanupAll().finally(() => process.exit(130));
   });
@@ -219,8 +229,10 @@ interface WrkResult {
   requests: number;
   bytes: number;
   errors: { connect: number; read: number; write: number; status: number; timeout: number };
-  latency_us: { min: number; mean: number; max: number; p50: number; p90: number; p99: number; p999: number };
+  latency_us: { min: number; max: number; mean: number };
   statuses: Record<string, number>;
+  /** 1000 latency quantiles, 0.1 % apart (wrk does not hand its histogram to Lua). */
+  quantiles_us: number[];
 }
 
 interface Payload {
@@ -249,58 +261,172 @@ function findEatMyData(): string {
 }
 
 async function runWrk(url: string, payload: Payload, seconds: number): Promise<WrkResult> {
+  // A fresh nonce per run: delivery GUIDs never repeat, across runs and warm-ups included.
   const nonce = randomBytes(4).toString("hex");
-  const args = [
-    `-t${THREADS}`,
-    `-c${CONNECTIONS}`,
-    `-d${seconds}s`,
-    "--timeout",
-    "10s",
-    "-s",
-    WRK_SCRIPT,
-    url,
-    "--",
-    payload.file,
-    payload.signature,
-    nonce,
-  ];
+  const args = [`-t${THREADS}`, `-c${CONNECTIONS}`, `-d${seconds}s`, "--timeout", "10s", "-s", WRK_SCRIPT, url, "--", payload.file, payload.signature, nonce];
   const wrk = startChild("wrk", findWrk(), args, process.env);
   const [, json] = await wrk.waitFor(/WRK_RESULT (\{.*\})\n/, (seconds + 30) * 1000);
   await wrk.stop();
   return JSON.parse(json!) as WrkResult;
 }
 
+interface HttpTarget {
+  name: string;
+  url: string;
+  /** The status that counts as served: 202 (queued) for deployq, 204 for the baseline. */
+  expected: number;
+  runs: WrkResult[];
+  /** Load average (1 min) after each measured run: how busy the machine was. */
+  load: number[];
+  /** What CPU time is charged to this target, by group (resolved after the warm-up). */
+  processes(): Promise<Record<string, CpuReader>>;
+  /** CPU milliseconds spent by each group during the measured runs. */
+  cpu: Record<string, { user: number; sys: number }>;
+}
+
+const CLOCK_TICKS = (() => {
+  try {
+    return Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim()) || 100;
+  } catch {
+    return 100;
+  }
+})();
+
+type CpuTime = { user: number; sys: number };
+/** Reads the CPU time of something (a process, a thread, a set of them). */
+type CpuReader = () => CpuTime;
+
+/** User and system CPU milliseconds from a /proc stat file (a process: all its threads; a task: one thread). */
+function readStat(file: string): CpuTime {
+  try {
+    const stat = readFileSync(file, "utf8");
+    // After "pid (comm) ": field 3 (state) is index 0, utime (14) index 11, stime (15) index 12.
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return { user: (Number(fields[11]) * 1000) / CLOCK_TICKS, sys: (Number(fields[12]) * 1000) / CLOCK_TICKS };
+  } catch {
+    return { user: 0, sys: 0 };
+  }
+}
+
+const cpu = {
+  processes: (pids: number[]): CpuReader => () => {
+    const total = { user: 0, sys: 0 };
+    for (const pid of pids) {
+      const t = readStat(`/proc/${pid}/stat`);
+      total.user += t.user;
+      total.sys += t.sys;
+    }
+    return total;
+  },
+  /** A Node process's main thread: its event loop, where all JavaScript runs. */
+  mainThread: (pid: number): CpuReader => () => readStat(`/proc/${pid}/task/${pid}/stat`),
+  /** The rest of a Node process: the libuv pool (every fs call), V8's GC and compiler threads. */
+  otherThreads: (pid: number): CpuReader => () => {
+    const all = readStat(`/proc/${pid}/stat`);
+    const main = readStat(`/proc/${pid}/task/${pid}/stat`);
+    return { user: all.user - main.user, sys: all.sys - main.sys };
+  },
+};
+
+function cpuSnapshot(readers: Record<string, CpuReader>): Record<string, CpuTime> {
+  return Object.fromEntries(Object.entries(readers).map(([group, read]) => [group, read()]));
+}
+
 interface HttpFigures {
   name: string;
   expected: number;
-  result: WrkResult;
-  /** Responses with the expected status, per second. */
+  seconds: number;
   okPerSec: number;
+  ok: number;
   other: Record<string, number>;
+  p50Ms: number;
+  p90Ms: number;
+  p99Ms: number;
+  maxMs: number;
+  perRun: number[];
+  load: number[];
+  /** CPU milliseconds per served request, by process group. */
+  cpuPerOk: Record<string, { user: number; sys: number }>;
 }
 
-function figures(name: string, expected: number, result: WrkResult): HttpFigures {
-  const ok = result.statuses[String(expected)] ?? 0;
-  const other = Object.fromEntries(Object.entries(result.statuses).filter(([code]) => code !== String(expected)));
-  const e = result.errors;
-  const socketErrors = e.connect + e.read + e.write + e.timeout;
-  if (socketErrors > 0) other.socket_errors = socketErrors;
-  return { name, expected, result, okPerSec: ok / (result.duration_us / 1e6), other };
-}
-
-async function benchHttp(name: string, url: string, expected: number, payload: Payload): Promise<HttpFigures> {
-  if (WARMUP_S > 0) {
-    process.stderr.write(`  ${name}: warm-up ${WARMUP_S} s…\n`);
-    await runWrk(url, payload, WARMUP_S);
+/** Merges the runs of one target: counts add up; latency quantiles are pooled, weighted by each run's requests. */
+function merge(target: HttpTarget): HttpFigures {
+  const statuses: Record<string, number> = {};
+  let durationUs = 0;
+  let socketErrors = 0;
+  const pooled: Array<[number, number]> = [];
+  for (const run of target.runs) {
+    durationUs += run.duration_us;
+    for (const [code, n] of Object.entries(run.statuses)) statuses[code] = (statuses[code] ?? 0) + n;
+    socketErrors += run.errors.connect + run.errors.read + run.errors.write + run.errors.timeout;
+    const weight = run.requests / run.quantiles_us.length;
+    for (const q of run.quantiles_us) pooled.push([q, weight]);
   }
-  process.stderr.write(`  ${name}: measuring ${DURATION_S} s, ${CONNECTIONS} connections…\n`);
-  return figures(name, expected, await runWrk(url, payload, DURATION_S));
+  pooled.sort((x, y) => x[0] - y[0]);
+  const totalWeight = pooled.reduce((sum, [, w]) => sum + w, 0);
+  const quantile = (p: number): number => {
+    let acc = 0;
+    for (const [value, weight] of pooled) {
+      acc += weight;
+      if (acc >= (p / 100) * totalWeight - 1e-9) return value / 1000;
+    }
+    return NaN;
+  };
+  const ok = statuses[String(target.expected)] ?? 0;
+  const other = Object.fromEntries(Object.entries(statuses).filter(([code]) => code !== String(target.expected)));
+  if (socketErrors > 0) other["socket errors"] = socketErrors;
+  return {
+    name: target.name,
+    expected: target.expected,
+    seconds: durationUs / 1e6,
+    ok,
+    okPerSec: ok / (durationUs / 1e6),
+    other,
+    p50Ms: quantile(50),
+    p90Ms: quantile(90),
+    p99Ms: quantile(99),
+    maxMs: Math.max(...target.runs.map((r) => r.latency_us.max)) / 1000,
+    perRun: target.runs.map((r) => (r.statuses[String(target.expected)] ?? 0) / (r.duration_us / 1e6)),
+    load: target.load,
+    cpuPerOk: Object.fromEntries(Object.entries(target.cpu).map(([g, c]) => [g, { user: c.user / ok, sys: c.sys / ok }])),
+  };
+}
+
+/**
+ * Warms each target up, then measures them in turns (A B A B …): the measured time per
+ * target is split into ROUNDS runs, so that load from elsewhere on the machine falls on
+ * both alike rather than on whichever happened to run at the wrong moment.
+ */
+async function measureHttp(targets: HttpTarget[], payload: Payload): Promise<void> {
+  if (WARMUP_S > 0) {
+    for (const t of targets) {
+      process.stderr.write(`  ${t.name}: warm-up ${WARMUP_S} s…\n`);
+      await runWrk(t.url, payload, WARMUP_S);
+    }
+  }
+  const seconds = Math.max(1, Math.round(DURATION_S / ROUNDS));
+  const groups = await Promise.all(targets.map((t) => t.processes()));
+  for (let round = 1; round <= ROUNDS; round++) {
+    for (const [i, t] of targets.entries()) {
+      process.stderr.write(`  ${t.name}: round ${round}/${ROUNDS}, ${seconds} s, ${CONNECTIONS} connections…\n`);
+      const before = cpuSnapshot(groups[i]!);
+      t.runs.push(await runWrk(t.url, payload, seconds));
+      const after = cpuSnapshot(groups[i]!);
+      for (const [group, a] of Object.entries(after)) {
+        const b = before[group]!;
+        const acc = (t.cpu[group] ??= { user: 0, sys: 0 });
+        acc.user += a.user - b.user;
+        acc.sys += a.sys - b.sys;
+      }
+      t.load.push(os.loadavg()[0]!);
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------------------
 // 1a. The deployq receiver
 
-async function createDatabase(): Promise<string> {
+async function createDatabase(): Promise<{ url: string; name: string }> {
   const name = `deployq_bench_${randomBytes(6).toString("hex")}`;
   const admin = postgres(ADMIN_DATABASE_URL, { max: 1, onnotice: () => {}, connect_timeout: 10 });
   try {
@@ -323,10 +449,32 @@ async function createDatabase(): Promise<string> {
   });
   const url = new URL(ADMIN_DATABASE_URL);
   url.pathname = `/${name}`;
-  return url.toString();
+  return { url: url.toString(), name };
 }
 
-async function benchReceiver(workDir: string, payload: Payload): Promise<{ http: HttpFigures; database: string; queued: number }> {
+/** The server processes of the connections to a database (on this machine only: their CPU time is read from /proc). */
+async function backendPids(database: string): Promise<number[]> {
+  const admin = postgres(ADMIN_DATABASE_URL, { max: 1, onnotice: () => {}, connect_timeout: 10 });
+  try {
+    const rows = await admin<{ pid: number }[]>`select pid from pg_stat_activity where datname = ${database}`;
+    return rows.map((r) => r.pid).filter((pid) => existsSync(`/proc/${pid}`));
+  } finally {
+    await admin.end({ timeout: 5 });
+  }
+}
+
+interface StartedReceiver {
+  url: string;
+  pid: number;
+  /** The Postgres database it uses (none on PGlite). */
+  database: string | undefined;
+  stop(): Promise<void>;
+  /** Complete entries in its queues/router/ (it runs no router: every 202 leaves one). */
+  queued(): Promise<number>;
+  describe: string;
+}
+
+async function startReceiver(workDir: string): Promise<StartedReceiver> {
   const dir = path.join(workDir, "receiver");
   await mkdir(dir, { recursive: true });
   const configPath = path.join(dir, "deployq.toml");
@@ -346,7 +494,8 @@ remote = "/nonexistent/api.git"
 path = "./apps/api"
 `,
   );
-  const databaseUrl = opts.pglite ? undefined : await createDatabase();
+  const database = opts.pglite ? undefined : await createDatabase();
+  const databaseUrl = database?.url;
   const env = childEnv({
     GITHUB_WEBHOOK_SECRET: SECRET,
     DEPLOYQ_LOG_LEVEL: "warn",
@@ -357,22 +506,19 @@ path = "./apps/api"
   if (opts["no-file-fsync"]) env.LD_PRELOAD = findEatMyData();
   const nodeArgs: string[] = [];
   if (opts["cpu-prof"]) {
-    const dir = path.join(REPO_ROOT, "bench", "profiles");
-    await mkdir(dir, { recursive: true });
-    nodeArgs.push("--cpu-prof", "--cpu-prof-dir", dir);
+    const profiles = path.join(REPO_ROOT, "bench", "profiles");
+    await mkdir(profiles, { recursive: true });
+    nodeArgs.push("--cpu-prof", "--cpu-prof-dir", profiles);
   }
-  // The real CLI, unless a variant needs the bench's own entry (pool size, exit that writes the profile).
+  // The real CLI, unless a variant needs the bench's own entry (pool size, an exit that writes the profile).
   const entry =
     opts.pool || opts["cpu-prof"]
       ? ["--import", "tsx", RECEIVER_ENTRY, configPath, ...(opts.pool ? [opts.pool] : [])]
       : [DEPLOYQ_BIN, "receiver", "--config", configPath];
   const receiver = startChild("deployq receiver", process.execPath, [...nodeArgs, ...entry], env);
   const [, url] = await receiver.waitFor(/listening on (http:\/\/\S+)/, 60_000);
-  const http = await benchHttp("deployq receiver", url!, 202, payload);
-  await receiver.stop();
-  // Cross-check: every 202 (warm-up included) left exactly one durable entry in router/.
-  const queued = (await readdir(path.join(dir, "queues", "router"))).filter((n) => n.endsWith(".json")).length;
-  const variant = [
+  const describe = [
+    entry[0] === DEPLOYQ_BIN ? "node bin/deployq.js receiver" : "bench/receiver-entry.ts",
     databaseUrl ? "Postgres (fresh database)" : "PGlite (embedded, on disk)",
     opts["async-commit"] ? "synchronous_commit = off" : "",
     opts["no-file-fsync"] ? "file fsync disabled (eatmydata)" : "",
@@ -380,18 +526,22 @@ path = "./apps/api"
     opts.pool ? `pool ${opts.pool}` : "",
     opts["cpu-prof"] ? "CPU profile in bench/profiles/" : "",
   ].filter(Boolean);
-  return { http, database: variant.join(", "), queued };
+  return {
+    url: url!,
+    pid: receiver.child.pid!,
+    database: database?.name,
+    stop: () => receiver.stop(),
+    queued: async () => (await readdir(path.join(dir, "queues", "router"))).filter((n) => n.endsWith(".json")).length,
+    describe: describe.join(", "),
+  };
 }
 
 // 1b. The baseline
 
-async function benchBare(payload: Payload): Promise<HttpFigures> {
-  const env = childEnv({});
-  const bare = startChild("bare express", process.execPath, ["--import", "tsx", BARE_EXPRESS], env);
+async function startBare(): Promise<{ url: string; pid: number; stop(): Promise<void> }> {
+  const bare = startChild("bare express", process.execPath, ["--import", "tsx", BARE_EXPRESS], childEnv({}));
   const [, url] = await bare.waitFor(/listening on (http:\/\/\S+)/, 60_000);
-  const http = await benchHttp("bare Express 5", url!, 204, payload);
-  await bare.stop();
-  return http;
+  return { url: url!, pid: bare.child.pid!, stop: () => bare.stop() };
 }
 
 // ---------------------------------------------------------------------------------------
@@ -444,19 +594,31 @@ async function benchRouterPickup(workDir: string): Promise<PickupFigures> {
     rescanIntervalMs: 5000, // the configuration's default: pickups faster than this come from the watcher
     watch: true,
     logger: silentLogger(),
-    handle: async (name) => {
-      const pickedAt = performance.now();
-      if (!seen.has(name)) {
-        seen.add(name);
-        const t0 = renamedAt.get(name);
-        if (t0 === undefined) throw new Error(`picked up ${name} before its rename was timed`);
-        latencies.push(pickedAt - t0);
-        if (seen.size === ENTRIES + warmup) allSeen();
+    // One name per call (older QueueWorker) or the whole pass in name order (newer): both work.
+    handle: async (pass: string | readonly string[], stopping?: () => boolean) => {
+      for (const name of typeof pass === "string" ? [pass] : pass) {
+        if (stopping?.()) return;
+        // Picked up: the moment the worker turns to this entry.
+        const pickedAt = performance.now();
+        if (!seen.has(name)) {
+          seen.add(name);
+          const t0 = renamedAt.get(name);
+          if (t0 === undefined) throw new Error(`picked up ${name} before its rename was timed`);
+          latencies.push(pickedAt - t0);
+          if (seen.size === ENTRIES + warmup) allSeen();
+        }
+        const file = path.join(layout.router, name);
+        let text: string;
+        try {
+          text = await readFile(file, "utf8");
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code === "ENOENT") continue; // a pass that raced this one took it
+          throw err;
+        }
+        const parsed = parseEntry(text);
+        if (!parsed.ok) throw new Error(parsed.error);
+        await removeEntry(file);
       }
-      const file = path.join(layout.router, name);
-      const parsed = parseEntry(await readFile(file, "utf8"));
-      if (!parsed.ok) throw new Error(parsed.error);
-      await removeEntry(file);
     },
   });
   await worker.start();
@@ -483,6 +645,7 @@ async function benchRouterPickup(workDir: string): Promise<PickupFigures> {
   await worker.close();
   if (seen.size < ENTRIES + warmup) throw new Error(`router pickup: only ${seen.size} of ${ENTRIES + warmup} entries were picked up within 15 s`);
   const measured = latencies.slice(warmup).sort((a, b) => a - b);
+  if (measured.length < ENTRIES) throw new Error(`router pickup: ${ENTRIES - measured.length} entries were picked up without a pickup time`);
   return {
     entries: measured.length,
     p50: percentile(measured, 50),
@@ -516,8 +679,6 @@ function table(rows: string[][]): string {
   const sep = `|${widths.map((w, i) => (i === 0 ? "-".repeat(w + 2) : `${"-".repeat(w + 1)}:`)).join("|")}|`;
   return [line(rows[0]!), sep, ...rows.slice(1).map(line)].join("\n");
 }
-
-const ms = (us: number) => (us / 1000).toFixed(2);
 
 function machine(): Record<string, string> {
   const cpuinfo = existsSync("/proc/cpuinfo") ? readFileSync("/proc/cpuinfo", "utf8") : "";
@@ -556,6 +717,7 @@ async function main(): Promise<void> {
   console.log(`deployq benchmark — ${info.date}`);
   console.log(`node ${info.node}, ${info.nproc} CPU (${info.cpu}), ${info.kernel}, ${info.wrk || "wrk: not found"}`);
   console.log(info.memory);
+  console.log(`load average at the start: ${os.loadavg().map((l) => l.toFixed(2)).join(" ")}`);
   console.log(
     `settings: ${CONNECTIONS} connections, ${THREADS} wrk threads, ${WARMUP_S} s warm-up + ${DURATION_S} s measured per target; ` +
       `router: ${ENTRIES} entries ${SPACING_MS} ms apart\n`,
@@ -568,34 +730,114 @@ async function main(): Promise<void> {
   const payload: Payload = { file: path.join(workDir, "push.json"), signature: await sign(SECRET, body), bytes: Buffer.byteLength(body) };
   await writeFile(payload.file, body);
 
-  let receiver: Awaited<ReturnType<typeof benchReceiver>> | undefined;
+  let receiver: HttpFigures | undefined;
   let bare: HttpFigures | undefined;
+  let receiverInfo: { describe: string; queued: number } | undefined;
   let pickup: PickupFigures | undefined;
-  if (ONLY.has("receiver") || ONLY.has("bare")) console.error(`HTTP: signed push payload of ${payload.bytes} bytes, a fresh delivery GUID per request`);
-  if (ONLY.has("receiver")) receiver = await benchReceiver(workDir, payload);
-  if (ONLY.has("bare")) bare = await benchBare(payload);
+  if (ONLY.has("receiver") || ONLY.has("bare")) {
+    console.error(`HTTP: signed push payload of ${payload.bytes} bytes, a fresh delivery GUID per request`);
+    const targets: HttpTarget[] = [];
+    const started = ONLY.has("receiver") ? await startReceiver(workDir) : undefined;
+    if (started) {
+      targets.push({
+        name: "deployq receiver",
+        url: started.url,
+        expected: 202,
+        runs: [],
+        load: [],
+        cpu: {},
+        processes: async () => ({
+          "event loop": cpu.mainThread(started.pid),
+          "other threads": cpu.otherThreads(started.pid),
+          ...(started.database ? { "Postgres backends": cpu.processes(await backendPids(started.database)) } : {}),
+        }),
+      });
+    }
+    const baseline = ONLY.has("bare") ? await startBare() : undefined;
+    if (baseline) {
+      targets.push({
+        name: "bare Express 5",
+        url: baseline.url,
+        expected: 204,
+        runs: [],
+        load: [],
+        cpu: {},
+        processes: async () => ({ "event loop": cpu.mainThread(baseline.pid), "other threads": cpu.otherThreads(baseline.pid) }),
+      });
+    }
+    await measureHttp(targets, payload);
+    await baseline?.stop();
+    if (started) {
+      await started.stop();
+      receiverInfo = { describe: started.describe, queued: await started.queued() };
+    }
+    for (const t of targets) {
+      if (t.expected === 202) receiver = merge(t);
+      else bare = merge(t);
+    }
+  }
   if (ONLY.has("router")) pickup = await benchRouterPickup(workDir);
+  let steps: StepFigure[] | undefined;
+  if (ONLY.has("steps")) {
+    process.stderr.write(`  request steps: serial costs, then ${CONNECTIONS} in flight for 3 s each…\n`);
+    const database = await createDatabase();
+    steps = await runSteps({
+      databaseUrl: database.url,
+      // The pool connects lazily: look the backends up at each reading (one born in between counts whole).
+      databaseCpuMs: async () => {
+        const t = cpu.processes(await backendPids(database.name))();
+        return t.user + t.sys;
+      },
+      workDir,
+      body,
+      secret: SECRET,
+      concurrency: CONNECTIONS,
+      seconds: 3,
+      poolSize: opts.pool ? Number(opts.pool) : undefined,
+    });
+  }
 
   console.log("");
   if (receiver || bare) {
-    const rows = [["target", "expected", "ok req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "other responses"]];
-    for (const f of [receiver?.http, bare].filter((x): x is HttpFigures => x !== undefined)) {
-      const l = f.result.latency_us;
+    const rows = [["target", "status", "ok req/s", "per run", "p50 ms", "p90 ms", "p99 ms", "max ms", "other responses", "load"]];
+    for (const f of [receiver, bare].filter((x): x is HttpFigures => x !== undefined)) {
       const other = Object.entries(f.other)
         .map(([k, v]) => `${k}: ${v}`)
         .join(", ");
-      rows.push([f.name, String(f.expected), f.okPerSec.toFixed(0), ms(l.p50), ms(l.p90), ms(l.p99), ms(l.max), other || "none"]);
+      rows.push([
+        f.name,
+        String(f.expected),
+        f.okPerSec.toFixed(0),
+        f.perRun.map((r) => r.toFixed(0)).join(" / "),
+        f.p50Ms.toFixed(2),
+        f.p90Ms.toFixed(2),
+        f.p99Ms.toFixed(2),
+        f.maxMs.toFixed(2),
+        other || "none",
+        f.load.map((l) => l.toFixed(1)).join(" / "),
+      ]);
     }
-    console.log(`HTTP, ${payload.bytes}-byte signed push, ${CONNECTIONS} connections, ${DURATION_S} s (wrk)`);
+    console.log(`HTTP: ${payload.bytes}-byte signed push, ${CONNECTIONS} connections, ${DURATION_S} s per target in ${ROUNDS} turns (wrk, ${THREADS} threads)`);
     console.log(table(rows));
-    if (receiver) {
-      console.log(`receiver: ${receiver.database}; entries left in queues/router/: ${receiver.queued} (warm-up included)`);
+    console.log("ok req/s counts only the expected status (202 queued / 204); load = 1-min load average after each run");
+    const cpuRows = [["CPU ms per served request", "user", "sys", "total"]];
+    for (const f of [receiver, bare].filter((x): x is HttpFigures => x !== undefined)) {
+      let total = 0;
+      for (const [group, c] of Object.entries(f.cpuPerOk)) {
+        cpuRows.push([`${f.name}: ${group}`, c.user.toFixed(3), c.sys.toFixed(3), (c.user + c.sys).toFixed(3)]);
+        total += c.user + c.sys;
+      }
+      cpuRows.push([`${f.name}: all of the above`, "", "", total.toFixed(3)]);
+    }
+    console.log(table(cpuRows));
+    console.log(`(from /proc/<pid>/task; ${os.availableParallelism()} CPUs = ${(os.availableParallelism() * 1000).toFixed(0)} CPU ms per second, shared with wrk, the kernel and anything else running)`);
+    if (receiverInfo) {
+      const accepted = (receiver?.ok ?? 0);
+      console.log(`receiver: ${receiverInfo.describe}; entries in queues/router/: ${receiverInfo.queued} (${accepted} measured 202s + warm-up)`);
     }
     if (receiver && bare) {
-      const ratio = receiver.http.okPerSec / bare.okPerSec;
-      console.log(
-        `ratio deployq/bare: ${ratio.toFixed(3)}x  (target >= ${TARGET_RATIO}x: ${ratio >= TARGET_RATIO ? "met" : "NOT met"})`,
-      );
+      const ratio = receiver.okPerSec / bare.okPerSec;
+      console.log(`ratio deployq/bare: ${ratio.toFixed(3)}x  (target >= ${TARGET_RATIO}x: ${ratio >= TARGET_RATIO ? "met" : "NOT met"})`);
     }
     console.log("");
   }
@@ -608,13 +850,26 @@ async function main(): Promise<void> {
       ]),
     );
     console.log(`target p99 < ${TARGET_PICKUP_P99_MS} ms: ${pickup.p99 < TARGET_PICKUP_P99_MS ? "met" : "NOT met"}`);
+    console.log("");
   }
+  if (steps) {
+    const n = (x: number | undefined, digits: number) => (x === undefined ? "" : x.toFixed(digits));
+    console.log(`where a receiver request's time goes: each step alone, in process (bench/steps.ts)`);
+    console.log(
+      table([
+        ["step", "serial µs/call", "calls/s", "p50 ms", "p99 ms", "CPU µs/call", "Postgres CPU µs/call"],
+        ...steps.map((f) => [f.step, n(f.serialUs, 1), n(f.perSec, 0), n(f.p50Ms, 2), n(f.p99Ms, 2), n(f.cpuUs, 0), n(f.dbCpuUs, 0)]),
+      ]),
+    );
+  }
+  console.log(`\nload average at the end: ${os.loadavg().map((l) => l.toFixed(2)).join(" ")} (other work on the machine skews every figure)`);
 }
 
 try {
   await main();
 } catch (err) {
-  console.error(`bench failed: ${(err as Error).stack ?? String(err)}`);
+  // After Ctrl-C the children end first, and whatever waited on them fails: not news.
+  if (!interrupted) console.error(`bench failed: ${(err as Error).stack ?? String(err)}`);
   process.exitCode = 1;
 } finally {
   await cleanupAll();

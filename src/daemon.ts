@@ -9,6 +9,7 @@ import { queueLayout } from "./queue/layout.ts";
 import type { QueueWorker } from "./queue/watch.ts";
 import { ensureQueueDirs, sweepTmp } from "./queue/write.ts";
 import { createLocalLocks } from "./lock/local-lock.ts";
+import { createRedlockLocks } from "./lock/redlock.ts";
 import type { LockService } from "./lock/lock.ts";
 import { acquirePidLock } from "./pid-lock.ts";
 import { collectStatus } from "./status.ts";
@@ -70,21 +71,26 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
     if (swept.length > 0) logger.warn({ files: swept }, "removed temporaries left in .tmp/ by a process that died");
 
     let router: QueueWorker | undefined;
+    let lockService: LockService | undefined;
     const deployments = new Map<string, DeploymentWorker>();
     if (works) {
-      const locks = options.locks ?? createLocalLocks();
-      if (!options.locks) {
+      const redisUrls = settings.secrets.redisUrls;
+      const locks =
+        options.locks ?? (redisUrls.length > 0 ? createRedlockLocks({ urls: redisUrls, ttlMs: settings.lockTtlMs, logger }) : createLocalLocks());
+      if (!options.locks && redisUrls.length === 0) {
         // In-process locks protect nothing across processes: one workers process per queue root.
         const held = acquirePidLock(
           path.join(layout.root, ".workers.lock"),
           (owner) =>
             `deployq process ${owner} already runs the workers for ${layout.root}: stop it first ` +
-            "(two workers processes with in-process locks could deploy one app twice at once); set REDIS_URL to run several",
+            "(two workers processes with in-process locks could deploy one app twice at once), or set REDIS_URL " +
+            "to a Dragonfly/Redis (several, comma-separated, for a quorum) so that several can share the work",
         );
         cleanups.push(async () => held.release());
       }
+      lockService = locks;
       cleanups.push(() => locks.close());
-      router = createRouter({ settings, layout, db: database.db, logger, watch: options.watch ?? true });
+      router = createRouter({ settings, layout, db: database.db, locks, logger, watch: options.watch ?? true });
       const started = router;
       cleanups.push(() => started.close());
       for (const deployment of settings.deployments.values()) {
@@ -118,6 +124,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
         status: (only) => collectStatus(settings, database.db, only),
         health: [
           ...(router ? [{ name: "router", check: async () => assertHealthy(router) }] : []),
+          ...(lockService ? [{ name: "locks", check: async () => assertLocks(lockService!) }] : []),
           ...[...deployments.values()].map((w) => ({ name: `deployment:${w.name}`, check: async () => assertHealthy(w) })),
         ],
       });
@@ -128,7 +135,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
       const announced = await announceDaemon(settings.dataDir, { pid: process.pid, role, url: running.url });
       cleanups.push(announced);
     }
-    logger.info({ role, url: server?.url, queues: layout.root, database: database.describe }, "deployq started");
+    logger.info({ role, url: server?.url, queues: layout.root, database: database.describe, locks: lockService?.kind }, "deployq started");
     let closing: Promise<void> | undefined;
     return {
       role,
@@ -145,6 +152,11 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
     await closeAll();
     throw err;
   }
+}
+
+function assertLocks(locks: LockService): void {
+  const health = locks.health();
+  if (!health.ok) throw new Error(`${locks.kind}: ${health.error}`);
 }
 
 function assertHealthy(worker: { healthy: boolean }): void {

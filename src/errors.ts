@@ -13,7 +13,9 @@ export type ErrorCode =
   | "ENTRY"
   | "EXEC"
   | "DEPLOY"
-  | "TRANSIENT";
+  | "TRANSIENT"
+  | "LOCK_BUSY"
+  | "LOCK_LOST";
 
 export class DeployqError extends Error {
   constructor(

@@ -26,6 +26,7 @@ export interface Settings {
   queuesDir: string;
   rescanIntervalMs: number;
   shutdownGraceMs: number;
+  lockTtlMs: number;
   deployments: Map<string, Deployment>;
   secrets: Secrets;
 }
@@ -104,6 +105,7 @@ export function loadSettings(options: LoadOptions = {}): Settings {
     queuesDir: env.DEPLOYQ_QUEUES_DIR ? path.resolve(env.DEPLOYQ_QUEUES_DIR) : path.resolve(base, config.queues_dir),
     rescanIntervalMs: config.rescan_interval_ms,
     shutdownGraceMs: config.shutdown_grace_s * 1000,
+    lockTtlMs: config.lock_ttl_ms,
     deployments,
     secrets: {
       webhookSecrets: list(env.GITHUB_WEBHOOK_SECRET),

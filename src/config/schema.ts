@@ -68,6 +68,8 @@ export const Config = z.strictObject({
   rescan_interval_ms: z.number().int().min(50).default(5000),
   /** On SIGINT/SIGTERM a running command gets this long to finish before its process group is killed. */
   shutdown_grace_s: z.number().min(0).default(30),
+  /** Lifetime of a distributed lock (REDIS_URL); it is extended at half its life while held. */
+  lock_ttl_ms: z.number().int().min(500).default(30_000),
   deployments: z
     .record(
       z.string().regex(DEPLOYMENT_NAME, "deployment names use letters, digits, - and _ (at most 64)"),

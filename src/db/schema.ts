@@ -1,4 +1,4 @@
-import { bigserial, index, integer, jsonb, pgTable, text, timestamp, uniqueIndex } from "drizzle-orm/pg-core";
+import { bigint, bigserial, index, integer, jsonb, pgSequence, pgTable, text, timestamp, uniqueIndex } from "drizzle-orm/pg-core";
 
 /**
  * Every delivery the receiver accepted (or a post-receive hook / admin enqueued), and what
@@ -70,9 +70,16 @@ export const deploys = pgTable(
     signal: text("signal"),
     /** For superseded entries: the entry that won. */
     supersededBy: text("superseded_by"),
+    /**
+     * From deploy_fencing_seq, taken once per lock acquisition. A worker whose lock
+     * expired (paused, partitioned) finds a newer token here and does not switch `current`.
+     */
+    fencingToken: bigint("fencing_token", { mode: "number" }),
   },
   (t) => [index("deploys_deployment_started_idx").on(t.deployment, t.startedAt), index("deploys_status_idx").on(t.status)],
 );
+
+export const deployFencingSeq = pgSequence("deploy_fencing_seq");
 
 export type Deploy = typeof deploys.$inferSelect;
 export type DeployStatus = "running" | "succeeded" | "failed" | "retrying" | "superseded" | "already-deployed" | "interrupted";

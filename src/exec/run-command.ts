@@ -1,4 +1,5 @@
 import { readFileSync, rmSync, writeFileSync } from "node:fs";
+import { readdir } from "node:fs/promises";
 import type { Writable } from "node:stream";
 import { execa } from "execa";
 import { ExecError } from "./exec-error.ts";
@@ -153,20 +154,41 @@ export async function runCommand(argv: readonly string[], options: RunOptions): 
   return { stdout, durationMs };
 }
 
-/** Kills the process group recorded in a pid file by a process that died, if it still runs. */
-export function killLeftover(pidFile: string): number | undefined {
-  let pid: number;
-  try {
-    pid = Number.parseInt(readFileSync(pidFile, "utf8"), 10);
-  } catch {
-    return undefined;
+/**
+ * Kills the process groups recorded by `<name>.<owner pid>.command.pid` files in `dir`
+ * whose owner (a deployq process) no longer runs. Returns the pids it killed.
+ */
+export async function killLeftoverCommands(dir: string, name: string): Promise<number[]> {
+  const killed: number[] = [];
+  // Deployment names are letters, digits, - and _: nothing to escape.
+  const pattern = new RegExp(`^${name}\\.(\\d+)\\.command\\.pid$`);
+  for (const file of await readdir(dir).catch(() => [] as string[])) {
+    const owner = Number(pattern.exec(file)?.[1]);
+    if (!owner || (owner !== process.pid && pidAlive(owner))) continue;
+    const full = `${dir}/${file}`;
+    let pid: number;
+    try {
+      pid = Number.parseInt(readFileSync(full, "utf8"), 10);
+    } catch {
+      continue;
+    }
+    rmSync(full, { force: true });
+    if (!Number.isInteger(pid) || pid <= 1 || running.has(pid)) continue;
+    try {
+      process.kill(-pid, "SIGKILL");
+      killed.push(pid);
+    } catch {
+      // already gone
+    }
   }
-  rmSync(pidFile, { force: true });
-  if (!Number.isInteger(pid) || pid <= 1 || running.has(pid)) return undefined;
+  return killed;
+}
+
+function pidAlive(pid: number): boolean {
   try {
-    process.kill(-pid, "SIGKILL");
-    return pid;
-  } catch {
-    return undefined;
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "EPERM";
   }
 }

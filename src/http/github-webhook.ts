@@ -144,13 +144,13 @@ export function githubWebhookHandler(deps: WebhookDeps) {
 }
 
 function unavailable(what: string, err: unknown): RequestError {
-  return new RequestError("UNAVAILABLE", 503, `could not ${what}: ${errorMessage(err)}; GitHub may redeliver it`, { cause: err });
+  return new RequestError("UNAVAILABLE", 503, `could not ${what}: ${errorMessage(err)}; nothing was queued: redeliver it (GitHub does not retry by itself: Recent Deliveries → Redeliver, or the API)`, { cause: err });
 }
 
 /**
  * The receiver's file is durable before its dedupe row commits, so a receiver killed in
  * between leaves an entry in router/ with no row: GitHub, never having had an answer,
- * redelivers, and without a row the redelivery would be queued a second time. At start,
+ * may be asked to redeliver, and without a row the redelivery would be queued a second time. At start,
  * before accepting anything, every entry still in router/ gets its row.
  */
 export async function recordOrphanedEntries(db: Db, layout: QueueLayout, logger: Logger): Promise<number> {

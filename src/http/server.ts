@@ -1,4 +1,5 @@
 import { access, constants } from "node:fs/promises";
+import type { IncomingMessage, ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { sql } from "drizzle-orm";
 import express, { type NextFunction, type Request, type Response } from "express";
@@ -114,6 +115,12 @@ export async function listen(app: express.Express, host: string, port: number): 
     server.once("error", reject);
   });
   server.keepAliveTimeout = 5000;
+  let stopping = false;
+  // Once draining, every answer closes its connection, so that keep-alive clients move on
+  // (to the next process) instead of sending more work here until the connection is cut.
+  server.on("request", (_req: IncomingMessage, res: ServerResponse) => {
+    if (stopping) res.setHeader("connection", "close");
+  });
   const address = server.address() as AddressInfo;
   const shownHost = address.family === "IPv6" ? `[${address.address}]` : address.address;
   let closing: Promise<void> | undefined;
@@ -121,6 +128,7 @@ export async function listen(app: express.Express, host: string, port: number): 
     url: `http://${shownHost}:${address.port}`,
     port: address.port,
     close() {
+      stopping = true;
       closing ??= new Promise<void>((resolve, reject) => {
         server.close((err) => (err ? reject(err) : resolve()));
         server.closeIdleConnections();

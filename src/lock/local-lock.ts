@@ -22,6 +22,7 @@ export function createLocalLocks(): LockService {
         if (tails.get(name) === tail) tails.delete(name);
       }
     },
+    health: () => ({ ok: true }),
     async close() {},
   };
 }

@@ -11,24 +11,33 @@ import { writeEntryDurably } from "./write.ts";
  * between two hand-overs repeats one at worst and never loses one. Entries are never
  * modified in place (always rewritten through .tmp/), so sharing an inode is safe.
  */
-export async function linkInto(src: string, dir: string): Promise<void> {
+export async function linkAllInto(sources: readonly string[], dir: string): Promise<void> {
   await mkdir(dir, { recursive: true, mode: 0o750 });
-  try {
-    await link(src, path.join(dir, path.basename(src)));
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
+  for (const src of sources) {
+    try {
+      await link(src, path.join(dir, path.basename(src)));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
+    }
   }
+  // One fsync makes the whole batch durable.
   await fsyncDir(dir);
 }
 
-/** Removes an entry from its queue, durably. Removing one that is already gone is fine. */
-export async function removeEntry(file: string): Promise<void> {
-  try {
-    await unlink(file);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
+/** Removes entries from their queues, durably (one fsync per directory). Removing one that is already gone is fine. */
+export async function removeEntries(files: readonly string[]): Promise<void> {
+  for (const file of files) {
+    try {
+      await unlink(file);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
+    }
   }
-  await fsyncDir(path.dirname(file));
+  for (const dir of new Set(files.map((f) => path.dirname(f)))) await fsyncDir(dir);
+}
+
+export function removeEntry(file: string): Promise<void> {
+  return removeEntries([file]);
 }
 
 /** Moves an entry, unchanged, to another queue (rename: atomic). */

@@ -8,7 +8,7 @@ import type { QueueEntry } from "./entry.ts";
 import { entryName } from "./entry-name.ts";
 import { fsyncDir } from "./fsync.ts";
 import { type QueueLayout, queueLayout } from "./layout.ts";
-import { linkInto, removeEntry } from "./move.ts";
+import { linkAllInto, removeEntry } from "./move.ts";
 import { scanQueue } from "./scan.ts";
 import { ensureQueueDirs, sweepTmp, writeEntryDurably } from "./write.ts";
 
@@ -50,8 +50,8 @@ describe("the filesystem queue", () => {
   it("hands over by hard link, idempotently", async () => {
     const e = entry();
     const file = await writeEntryDurably(layout, layout.router, entryName(e.delivery_id), e);
-    await linkInto(file, layout.deployment("api"));
-    await linkInto(file, layout.deployment("api")); // a repeat after a crash is harmless
+    await linkAllInto([file], layout.deployment("api"));
+    await linkAllInto([file], layout.deployment("api")); // a repeat after a crash is harmless
     await removeEntry(file);
     await removeEntry(file);
     expect(await scanQueue(layout.router)).toEqual([]);

@@ -8,8 +8,12 @@ export interface QueueWorkerOptions {
   /** For logs: "router" or the deployment name. */
   name: string;
   dir: string;
-  /** Called for each entry, in name order, one at a time. Must be idempotent. */
-  handle: (entryName: string) => Promise<void>;
+  /**
+   * Called once per pass with the queue's entries in name order (never twice at once).
+   * It may stop early when `stopping()` turns true; what it leaves is handled next pass.
+   * Must be idempotent: a pass can repeat work a crash interrupted.
+   */
+  handle: (entryNames: string[], stopping: () => boolean) => Promise<void>;
   rescanIntervalMs: number;
   /** The directory watcher turns arrivals into work at once; off, the rescan alone finds them. */
   watch: boolean;
@@ -20,8 +24,8 @@ export interface QueueWorkerOptions {
  * Drives one queue directory: scans it in name order at start, on every watcher event and
  * every `rescanIntervalMs`. Watcher events are only hints (they can be missed, repeated or
  * coalesced, and the kernel drops inotify overflow silently): the directory is the truth.
- * Entries are handled one at a time; a handler that throws (the database is down, say)
- * stops the pass, and the next pass retries from the oldest entry, so order is kept.
+ * Passes never overlap; a handler that throws (the database is down, say) ends the pass,
+ * and the next pass starts again from the oldest entry, so order is kept.
  */
 export class QueueWorker {
   private watcher: FSWatcher | undefined;
@@ -87,15 +91,18 @@ export class QueueWorker {
       this.reportFailure(err);
       return;
     }
-    for (const name of names) {
-      if (this.closed) return;
-      try {
-        await this.opts.handle(name);
-      } catch (err) {
-        this.reportFailure(err, name);
-        return;
-      }
+    if (this.closed) return;
+    if (names.length === 0) return this.recovered();
+    try {
+      await this.opts.handle(names, () => this.closed);
+    } catch (err) {
+      this.reportFailure(err);
+      return;
     }
+    this.recovered();
+  }
+
+  private recovered(): void {
     if (this.failing) {
       this.failing = false;
       this.opts.logger.info({ queue: this.opts.name }, "queue is being processed again");
@@ -103,11 +110,11 @@ export class QueueWorker {
   }
 
   /** Logged once per outage, not once per retry. */
-  private reportFailure(err: unknown, entry?: string): void {
+  private reportFailure(err: unknown): void {
     if (this.failing) return;
     this.failing = true;
     this.opts.logger.error(
-      { queue: this.opts.name, entry, err: errorMessage(err) },
+      { queue: this.opts.name, err: errorMessage(err) },
       `cannot process queue ${this.opts.name}; entries stay queued and are retried every ${this.opts.rescanIntervalMs} ms`,
     );
   }

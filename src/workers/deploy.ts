@@ -35,6 +35,8 @@ export interface DeployContext {
   onStep?: (step: string) => void;
   /** Where the running command's pid is kept (killed at the next start if deployq dies). */
   pidFile?: string;
+  /** Called right before `current` (or the in-place work tree) changes: throws if this worker may no longer act. */
+  fence?: () => Promise<void>;
 }
 
 export type DeployOutcome =
@@ -130,6 +132,7 @@ async function deployRelease(request: Exclude<DeployRequest, { kind: "rollback" 
     await runAll(ctx.deployment.commands, release.dir, env, ctx, ctx.signal);
     await writeReleaseMeta(release.dir, { sha, ref: request.ref, entry: request.entry, built_at: new Date().toISOString() });
     checkAborted(ctx);
+    await ctx.fence?.();
   } catch (err) {
     // Never switched to: the half-made release goes, and `current` was never touched.
     await rm(release.dir, { recursive: true, force: true });
@@ -199,6 +202,7 @@ async function rollback(to: string | undefined, ctx: DeployContext): Promise<Dep
   }
   step(ctx, `switch current → releases/${target.name} (rollback)`);
   checkAborted(ctx);
+  await ctx.fence?.();
   await switchCurrent(paths, target.name);
   try {
     const restart = restartCommands(ctx);
@@ -226,6 +230,7 @@ async function deployInPlace(request: Exclude<DeployRequest, { kind: "rollback" 
   }
   step(ctx, `check out ${sha} into ${d.path}`);
   checkAborted(ctx);
+  await ctx.fence?.();
   await mkdir(d.path, { recursive: true });
   await checkoutInPlace(gitDir, d.path, sha, gitContext(ctx));
   const env = commandEnv(ctx, sha, d.path, request.ref);

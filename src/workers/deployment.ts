@@ -5,11 +5,11 @@ import path from "node:path";
 import type { Logger } from "pino";
 import type { Deployment } from "../config/load.ts";
 import type { Db } from "../db/client.ts";
-import { finishDeploy, markInterrupted, recordSuperseded, setDeployLog, startDeploy } from "../db/queries/deploys.ts";
-import { TransientError, errorMessage } from "../errors.ts";
+import { finishDeploy, markInterrupted, newerFencingToken, nextFencingToken, recordSuperseded, setDeployLog, startDeploy } from "../db/queries/deploys.ts";
+import { DeployqError, TransientError, errorMessage } from "../errors.ts";
 import { ExecError } from "../exec/exec-error.ts";
-import { killLeftover } from "../exec/run-command.ts";
-import { type LockService, deploymentLockName } from "../lock/lock.ts";
+import { killLeftoverCommands } from "../exec/run-command.ts";
+import { LockBusyError, type LockService, LockUnavailableError, deploymentLockName } from "../lock/lock.ts";
 import { type QueueEntry, summarizePayload } from "../queue/entry.ts";
 import type { QueueLayout } from "../queue/layout.ts";
 import { deadLetterEntry } from "../queue/dead-letter.ts";
@@ -33,6 +33,14 @@ export interface DeploymentWorkerDeps {
 }
 
 const HOST = hostname();
+
+/** The deployment lock was lost mid-deploy (expired while paused, or a newer fencing token exists). */
+export class LockLostError extends DeployqError {
+  constructor(message: string) {
+    super("LOCK_LOST", message);
+    this.name = "LockLostError";
+  }
+}
 
 function pidAlive(pid: number): boolean {
   if (pid === process.pid) return false; // this process has only just started: not ours
@@ -85,8 +93,9 @@ export class DeploymentWorker {
   private retryAt = Infinity;
   private closing: Promise<void> | undefined;
   private readonly deps: DeploymentWorkerDeps;
+  /** Per process: several workers processes on one host share the data directory. */
   private get pidFile(): string {
-    return path.join(this.deps.dataDir, "run", `${this.name}.command.pid`);
+    return path.join(this.deps.dataDir, "run", `${this.name}.${process.pid}.command.pid`);
   }
 
   /** The step the running deploy is in (for status and logs). */
@@ -98,7 +107,7 @@ export class DeploymentWorker {
     this.queue = new QueueWorker({
       name: this.name,
       dir: deps.layout.deployment(this.name),
-      handle: (entry) => this.handle(entry),
+      handle: (names) => this.handle(names[0]!),
       rescanIntervalMs: deps.rescanIntervalMs,
       watch: deps.watch,
       logger: deps.logger,
@@ -121,10 +130,10 @@ export class DeploymentWorker {
   /** A deploy that was running when a process died: record it, and clear what it left half-made. */
   private async recover(): Promise<void> {
     const { db, deployment, locks, logger } = this.deps;
+    await mkdir(path.dirname(this.pidFile), { recursive: true });
     await locks.using(deploymentLockName(this.name), async () => {
-      await mkdir(path.dirname(this.pidFile), { recursive: true });
-      const killed = killLeftover(this.pidFile);
-      if (killed !== undefined) logger.warn({ deployment: this.name, pid: killed }, "killed a command left running by a deployq process that died");
+      const killed = await killLeftoverCommands(path.dirname(this.pidFile), this.name);
+      if (killed.length > 0) logger.warn({ deployment: this.name, pids: killed }, "killed a command left running by a deployq process that died");
       const interrupted = await markInterrupted(db, this.name, HOST, pidAlive);
       const removed = deployment.strategy === "releases" ? await removeIncomplete(deploymentPaths(deployment.path)) : [];
       if (interrupted.length > 0 || removed.length > 0) {
@@ -133,46 +142,76 @@ export class DeploymentWorker {
     });
   }
 
+  /**
+   * One turn of the queue, entirely under the deployment's lock (so that two workers
+   * processes never act on the same entries): read what is queued, supersede all but the
+   * newest, deploy the newest. Lock trouble leaves everything queued and tries again later.
+   */
   private async handle(name: string): Promise<void> {
     const dir = this.deps.layout.deployment(this.name);
-    const names = await scanQueue(dir);
-    if (!names.includes(name)) return; // handled (superseded) earlier in this pass
-    const entries: Array<{ name: string; entry: QueueEntry }> = [];
-    for (const n of names) {
-      let text: string;
-      try {
-        text = await readFile(path.join(dir, n), "utf8");
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code === "ENOENT") continue;
-        throw err;
+    try {
+      await this.deps.locks.using(deploymentLockName(this.name), async (lockSignal) => {
+        if (this.abort.signal.aborted) return;
+        // The queue as it is now, under the lock: another process may have moved on.
+        const names = await scanQueue(dir);
+        if (!names.includes(name)) return;
+        const token = await nextFencingToken(this.deps.db);
+        const entries: Array<{ name: string; entry: QueueEntry }> = [];
+        for (const n of names) {
+          let text: string;
+          try {
+            text = await readFile(path.join(dir, n), "utf8");
+          } catch (err) {
+            if ((err as NodeJS.ErrnoException).code === "ENOENT") continue;
+            throw err;
+          }
+          const parsed = parseEntry(text);
+          if (parsed.ok) entries.push({ name: n, entry: parsed.entry });
+          else await this.deadLetter(n, parsed.json as QueueEntry | undefined, parsed.error, 0);
+        }
+        const winner = entries.at(-1);
+        if (!winner) return;
+        for (const older of entries.slice(0, -1)) await this.supersede(older.name, older.entry, winner.name, token);
+        const retryAt = winner.entry.retry_at ? Date.parse(winner.entry.retry_at) : 0;
+        if (retryAt > Date.now()) {
+          this.scheduleRetry(retryAt);
+          return;
+        }
+        await this.run(winner.name, winner.entry, token, lockSignal);
+      });
+      this.lockDelay = 0;
+    } catch (err) {
+      if (err instanceof LockBusyError) {
+        // Another process deploys this app right now: look again shortly.
+        this.scheduleRetry(Date.now() + 500 + Math.random() * 500);
+        return;
       }
-      const parsed = parseEntry(text);
-      if (parsed.ok) entries.push({ name: n, entry: parsed.entry });
-      else await this.deadLetter(n, parsed.json as QueueEntry | undefined, parsed.error, 0);
+      if (err instanceof LockUnavailableError) {
+        // Not the entry's fault: no attempt is counted, nothing is rewritten; back off and retry.
+        this.lockDelay = Math.min(Math.max(this.lockDelay * 2, 500), 30_000);
+        this.scheduleRetry(Date.now() + this.lockDelay / 2 + Math.random() * this.lockDelay);
+        return;
+      }
+      throw err;
     }
-    const winner = entries.at(-1);
-    if (!winner) return;
-    for (const older of entries.slice(0, -1)) await this.supersede(older.name, older.entry, winner.name);
-    const retryAt = winner.entry.retry_at ? Date.parse(winner.entry.retry_at) : 0;
-    if (retryAt > Date.now()) {
-      this.scheduleRetry(retryAt);
-      return;
-    }
-    await this.run(winner.name, winner.entry);
   }
 
-  private async supersede(name: string, entry: QueueEntry, by: string): Promise<void> {
+  private lockDelay = 0;
+  private draining = false;
+
+  private async supersede(name: string, entry: QueueEntry, by: string, token: number): Promise<void> {
     const { ref, after } = summarizePayload(entry.payload);
     await recordSuperseded(
       this.deps.db,
-      { deployment: this.name, entry: name, deliveryId: entry.delivery_id, event: entry.event, ref, sha: after, attempt: (entry.attempts ?? 0) + 1, host: HOST, pid: process.pid },
+      { deployment: this.name, entry: name, deliveryId: entry.delivery_id, event: entry.event, ref, sha: after, attempt: (entry.attempts ?? 0) + 1, host: HOST, pid: process.pid, fencingToken: token },
       by,
     );
     await removeEntry(path.join(this.deps.layout.deployment(this.name), name));
     this.deps.logger.info({ deployment: this.name, entry: name, sha: after, supersededBy: by }, "entry superseded by a newer one");
   }
 
-  private async run(name: string, entry: QueueEntry): Promise<void> {
+  /** Deploys one entry; the caller holds the lock (`lockSignal` aborts when it is lost). */
+  private async run(name: string, entry: QueueEntry, token: number, lockSignal: AbortSignal): Promise<void> {
     const { db, deployment, logger } = this.deps;
     const file = path.join(this.deps.layout.deployment(this.name), name);
     const request = toRequest(name, entry);
@@ -183,58 +222,74 @@ export class DeploymentWorker {
     }
     const { ref } = summarizePayload(entry.payload);
     const sha = request.kind === "push" ? request.sha : undefined;
+    const id = await startDeploy(db, {
+      deployment: this.name,
+      entry: name,
+      deliveryId: entry.delivery_id,
+      event: entry.event,
+      ref: request.kind === "deploy" ? request.ref : ref,
+      sha,
+      attempt,
+      host: HOST,
+      pid: process.pid,
+      fencingToken: token,
+    });
+    const logPath = deployLogPath(this.deps.dataDir, this.name, id);
+    await mkdir(path.dirname(logPath), { recursive: true });
+    await setDeployLog(db, id, logPath);
+    const log = createWriteStream(logPath, { flags: "a" });
+    let ended: Promise<void> | undefined;
+    // The log is complete on disk before the entry leaves its queue (`deployq deploy` reads it).
+    const endLog = () => (ended ??= new Promise<void>((resolve) => log.end(resolve)));
+    const what = request.kind === "rollback" ? (request.to ?? "to the previous release") : request.kind === "deploy" ? request.ref : `${ref ?? ""} ${sha}`;
+    log.write(`deploy ${id} of ${this.name}: entry ${name}, attempt ${attempt}, ${entry.event} ${what}, lock ${this.deps.locks.kind} token ${token}\n`);
+    const signal = AbortSignal.any([this.abort.signal, lockSignal]);
+    const child = logger.child({ deployment: this.name, deploy: id, entry: name });
+    child.info({ event: entry.event, sha, attempt, log: logPath, fencingToken: token }, "deploy started");
     try {
-      await this.deps.locks.using(deploymentLockName(this.name), async (lockSignal) => {
-        if (this.abort.signal.aborted) return;
-        const id = await startDeploy(db, { deployment: this.name, entry: name, deliveryId: entry.delivery_id, event: entry.event, ref: request.kind === "deploy" ? request.ref : ref, sha, attempt, host: HOST, pid: process.pid });
-        const logPath = deployLogPath(this.deps.dataDir, this.name, id);
-        await mkdir(path.dirname(logPath), { recursive: true });
-        await setDeployLog(db, id, logPath);
-        const log = createWriteStream(logPath, { flags: "a" });
-        let ended: Promise<void> | undefined;
-        // The log is complete on disk before the entry leaves its queue (`deployq deploy` reads it).
-        const endLog = () => (ended ??= new Promise<void>((resolve) => log.end(resolve)));
-        log.write(`deploy ${id} of ${this.name}: entry ${name}, attempt ${attempt}, ${entry.event} ${request.kind === "rollback" ? (request.to ?? "to the previous release") : request.kind === "deploy" ? request.ref : `${ref ?? ""} ${sha}`}\n`);
-        const signal = AbortSignal.any([this.abort.signal, lockSignal]);
-        const child = logger.child({ deployment: this.name, deploy: id, entry: name });
-        child.info({ event: entry.event, sha, attempt, log: logPath }, "deploy started");
-        try {
-          const outcome = await performDeploy(request, {
-            deployment,
-            dataDir: this.deps.dataDir,
-            log,
-            signal,
-            pidFile: this.pidFile,
-            onStep: (step) => {
-              this.current = { entry: name, step };
-              child.info({ step }, "deploy step");
-            },
-          });
-          log.write(`\n== ${outcome.status}: ${outcome.sha}${outcome.release ? ` (releases/${outcome.release})` : ""}\n`);
-          await endLog();
-          await finishDeploy(db, id, { ...outcome, logPath });
-          await removeEntry(file);
-          child.info({ status: outcome.status, sha: outcome.sha, release: outcome.release }, outcome.status === "succeeded" ? "deploy succeeded" : "already deployed");
-        } catch (err) {
-          log.write(`\n== failed: ${errorMessage(err)}\n`);
-          await endLog();
-          await this.fail(id, name, entry, attempt, err, child);
-        } finally {
-          this.current = undefined;
-          await endLog();
-        }
+      const outcome = await performDeploy(request, {
+        deployment,
+        dataDir: this.deps.dataDir,
+        log,
+        signal,
+        pidFile: this.pidFile,
+        onStep: (step) => {
+          this.current = { entry: name, step };
+          child.info({ step }, "deploy step");
+        },
+        fence: async () => {
+          if (lockSignal.aborted) throw new LockLostError("the deployment lock was lost (it could not be extended)");
+          const newer = await newerFencingToken(db, this.name, token);
+          if (newer !== undefined) throw new LockLostError(`a newer deploy holds the lock (fencing token ${newer} > ${token})`);
+        },
       });
+      log.write(`\n== ${outcome.status}: ${outcome.sha}${outcome.release ? ` (releases/${outcome.release})` : ""}\n`);
+      await endLog();
+      await finishDeploy(db, id, { ...outcome, logPath });
+      await removeEntry(file);
+      child.info({ status: outcome.status, sha: outcome.sha, release: outcome.release }, outcome.status === "succeeded" ? "deploy succeeded" : "already deployed");
     } catch (err) {
-      // The lock could not be taken (issue: lock service down): the entry waits, with backoff.
-      if (!(err instanceof TransientError)) throw err;
-      await this.retryLater(name, entry, attempt, err);
+      log.write(`\n== failed: ${errorMessage(err)}\n`);
+      await endLog();
+      await this.fail(id, name, entry, attempt, err, child, lockSignal);
+    } finally {
+      this.current = undefined;
+      await endLog();
     }
   }
 
-  private async fail(id: number, name: string, entry: QueueEntry, attempt: number, err: unknown, logger: Logger): Promise<void> {
+  private async fail(id: number, name: string, entry: QueueEntry, attempt: number, err: unknown, logger: Logger, lockSignal: AbortSignal): Promise<void> {
     const exec = err instanceof ExecError ? err : undefined;
     const base = { error: errorMessage(err).slice(0, 8000), exitCode: exec?.exitCode, signal: exec?.signal };
-    if (this.abort.signal.aborted) {
+    if (err instanceof LockLostError || lockSignal.aborted) {
+      // Someone else may own this deployment now: touch neither `current` nor the queue.
+      await finishDeploy(this.deps.db, id, { status: "interrupted", ...base });
+      logger.warn({ err: base.error }, "deploy stopped: the lock was lost; whoever holds it now handles the queue");
+      return;
+    }
+    // While draining, a command that died of a signal was most likely stopped with us (a
+    // process manager signalling the whole group): that is an interruption, not a failure.
+    if (this.abort.signal.aborted || (this.draining && exec?.signal !== undefined)) {
       await finishDeploy(this.deps.db, id, { status: "interrupted", ...base });
       logger.warn("deploy interrupted by shutdown; the entry stays queued and is redone at the next start");
       return;
@@ -288,6 +343,7 @@ export class DeploymentWorker {
    */
   close(): Promise<void> {
     this.closing ??= (async () => {
+      this.draining = true;
       if (this.retryTimer) clearTimeout(this.retryTimer);
       const grace = setTimeout(() => this.abort.abort(), this.deps.shutdownGraceMs);
       try {

@@ -3,91 +3,115 @@ import path from "node:path";
 import type { Logger } from "pino";
 import type { Settings } from "../config/load.ts";
 import type { Db } from "../db/client.ts";
-import { recordOutcome } from "../db/queries/record-delivery.ts";
+import { type DeliveryRow, recordOutcomes } from "../db/queries/record-delivery.ts";
 import { errorMessage } from "../errors.ts";
 import { QueueEntry, summarizePayload } from "../queue/entry.ts";
 import { parseEntryName } from "../queue/entry-name.ts";
 import type { QueueLayout } from "../queue/layout.ts";
 import { deadLetterEntry } from "../queue/dead-letter.ts";
-import { linkInto, removeEntry } from "../queue/move.ts";
+import { linkAllInto, removeEntries } from "../queue/move.ts";
 import { QueueWorker } from "../queue/watch.ts";
-import { routeEvent } from "./match.ts";
+import { type LockService, ROUTER_LOCK } from "../lock/lock.ts";
+import { type RouteDecision, routeEvent } from "./match.ts";
 
 export interface RouterDeps {
   settings: Pick<Settings, "deployments" | "rescanIntervalMs">;
   layout: QueueLayout;
   db: Db;
+  /** Several workers processes (with REDIS_URL) route one entry at a time between them. */
+  locks: LockService;
   logger: Logger;
   watch: boolean;
 }
 
+/** Entries routed together: one database statement, one fsync per directory. */
+const BATCH = 200;
+
 /**
- * Takes each entry in router/, oldest first: hands it to every deployment that follows
- * its repository and branch (or voids it, with the reason), records that, then removes it.
+ * Takes the entries of router/, oldest first, in batches: decides for each which
+ * deployments follow its repository and branch (or voids it, with the reason), records
+ * the outcomes, hands the entries over by hard link, then removes them from router/.
  * Each step is idempotent, so a crash anywhere repeats work and never loses an event.
  */
 export function createRouter(deps: RouterDeps): QueueWorker {
   const { layout, db, logger } = deps;
   const deployments = [...deps.settings.deployments.values()];
 
-  async function handle(name: string): Promise<void> {
-    const file = path.join(layout.router, name);
-    let text: string;
-    try {
-      text = await readFile(file, "utf8");
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === "ENOENT") return; // handled by a pass that raced this one
-      throw err;
+  async function handle(names: string[], stopping: () => boolean): Promise<void> {
+    for (let i = 0; i < names.length && !stopping(); i += BATCH) {
+      // Under the router lock, and re-read inside it: another process may have routed an
+      // entry meanwhile, and handing it over a second time would deploy it twice.
+      await deps.locks.using(ROUTER_LOCK, () => routeBatch(names.slice(i, i + BATCH)));
     }
-    const parsed = parseEntry(text);
-    if (!parsed.ok) {
-      await deadLetter(file, name, parsed.error, parsed.json);
-      return;
+  }
+
+  async function routeBatch(names: string[]): Promise<void> {
+    const routed: Array<{ name: string; file: string; row: DeliveryRow; decision: RouteDecision }> = [];
+    for (const name of names) {
+      const file = path.join(layout.router, name);
+      let text: string;
+      try {
+        text = await readFile(file, "utf8");
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === "ENOENT") continue; // routed by another pass or process
+        throw err;
+      }
+      const parsed = parseEntry(text);
+      if (!parsed.ok) {
+        await deadLetter(file, name, parsed.error, parsed.json);
+        continue;
+      }
+      const { entry } = parsed;
+      const summary = summarizePayload(entry.payload);
+      const decision = routeEvent(entry, deployments);
+      const row: DeliveryRow = {
+        hookId: entry.hook_id,
+        deliveryId: entry.delivery_id,
+        event: entry.event,
+        repository: summary.repository,
+        ref: summary.ref,
+        afterSha: summary.after,
+        receivedAt: validDate(entry.received_at),
+        entry: name,
+        ...(decision.kind === "void" ? { outcome: "voided", reason: decision.reason } : { outcome: "routed", routedTo: decision.deployments }),
+      };
+      routed.push({ name, file, row, decision });
     }
-    const entry = parsed.entry;
-    const summary = summarizePayload(entry.payload);
-    const decision = routeEvent(entry, deployments);
-    const base = {
-      hookId: entry.hook_id,
-      deliveryId: entry.delivery_id,
-      event: entry.event,
-      repository: summary.repository,
-      ref: summary.ref,
-      afterSha: summary.after,
-      receivedAt: validDate(entry.received_at),
-      entry: name,
-    };
+    if (routed.length === 0) return;
     // Record first: if the database is down nothing has moved yet, and the pass is retried.
-    if (decision.kind === "void") {
-      await recordOutcome(db, { ...base, outcome: "voided", reason: decision.reason });
-      await removeEntry(file);
-      logger.info({ entry: name, event: entry.event, repository: summary.repository, ref: summary.ref, reason: decision.reason }, "event voided");
-      return;
+    await recordOutcomes(db, routed.map((r) => r.row));
+    const byDeployment = new Map<string, string[]>();
+    for (const r of routed) {
+      if (r.decision.kind !== "deliver") continue;
+      for (const d of r.decision.deployments) byDeployment.set(d, [...(byDeployment.get(d) ?? []), r.file]);
     }
-    await recordOutcome(db, { ...base, outcome: "routed", routedTo: decision.deployments });
-    for (const deployment of decision.deployments) await linkInto(file, layout.deployment(deployment));
-    await removeEntry(file);
-    logger.info({ entry: name, repository: decision.repository, ref: decision.ref, sha: decision.after, deployments: decision.deployments }, "event routed");
+    for (const [deployment, files] of byDeployment) await linkAllInto(files, layout.deployment(deployment));
+    await removeEntries(routed.map((r) => r.file));
+    for (const { name, row, decision } of routed) {
+      if (decision.kind === "void") logger.info({ entry: name, event: row.event, repository: row.repository, ref: row.ref, reason: decision.reason }, "event voided");
+      else logger.info({ entry: name, repository: decision.repository, ref: decision.ref, sha: decision.after, deployments: decision.deployments }, "event routed");
+    }
   }
 
   /** A malformed entry is moved aside with its error, never deleted: an admin can fix and requeue it. */
   async function deadLetter(file: string, name: string, error: string, json: Record<string, unknown> | undefined): Promise<void> {
-    const dir = layout.deadLetter("router");
     const deliveryId = parseEntryName(name)?.deliveryId ?? name;
-    await recordOutcome(db, {
-      hookId: typeof json?.hook_id === "string" ? json.hook_id : "",
-      deliveryId: typeof json?.delivery_id === "string" ? json.delivery_id : deliveryId,
-      event: typeof json?.event === "string" ? json.event : "(malformed)",
-      repository: undefined,
-      ref: undefined,
-      afterSha: undefined,
-      receivedAt: new Date(),
-      entry: name,
-      outcome: "dead-letter",
-      reason: error,
-    });
+    await recordOutcomes(db, [
+      {
+        hookId: typeof json?.hook_id === "string" ? json.hook_id : "",
+        deliveryId: typeof json?.delivery_id === "string" ? json.delivery_id : deliveryId,
+        event: typeof json?.event === "string" ? json.event : "(malformed)",
+        repository: undefined,
+        ref: undefined,
+        afterSha: undefined,
+        receivedAt: new Date(),
+        entry: name,
+        outcome: "dead-letter",
+        reason: error,
+      },
+    ]);
     await deadLetterEntry(layout, file, "router", json, error);
-    logger.error({ entry: name, err: error }, `malformed entry moved to ${path.relative(layout.root, dir)}/; fix it, then \`deployq queue requeue router --entry ${name}\``);
+    logger.error({ entry: name, err: error }, `malformed entry moved to dead-letter/router/; fix it, then \`deployq queue requeue router --entry ${name}\``);
   }
 
   return new QueueWorker({

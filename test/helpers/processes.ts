@@ -38,7 +38,7 @@ export function spawnDeployq(args: string[], env: NodeJS.ProcessEnv, cwd = REPO_
     child,
     output: () => out,
     exited,
-    waitFor(text, timeoutMs = 30_000) {
+    waitFor(text, timeoutMs = 90_000) {
       return new Promise<void>((resolve, reject) => {
         const matches = () => (typeof text === "string" ? out.includes(text) : text.test(out));
         const timer = setTimeout(() => {

@@ -7,7 +7,7 @@ import { runDeployq, spawnDeployq } from "../helpers/processes.ts";
 import { createWorkspace } from "../helpers/workspace.ts";
 
 describe("deployq deploy, rollback, releases and status against a running daemon on PGlite", () => {
-  it("deploys any ref of the remote with progress, rolls back, and reports", async () => {
+  it("deploys any ref of the remote with progress, rolls back, and reports", { timeout: 240_000 }, async () => {
     const dir = await mkdtemp(path.join(tmpdir(), "deployq-cli-deploy-"));
     const repo = await createRepo(dir);
     const ws = await createWorkspace({

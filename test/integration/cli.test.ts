@@ -127,7 +127,7 @@ describe("deployq CLI", () => {
 });
 
 describe("deployq serve on the embedded database", () => {
-  it("starts, accepts a signed test delivery, routes it, refuses a second owner of PGlite, and drains on SIGTERM", async () => {
+  it("starts, accepts a signed test delivery, routes it, refuses a second owner of PGlite, and drains on SIGTERM", { timeout: 180_000 }, async () => {
     const ws = await createWorkspace({ deployments: `\n[deployments.api]\nrepository = "octo-org/api"\nbranch = "main"\nremote = "/r.git"\npath = "./apps/api"\n` });
     const env = { ...ws.env, DATABASE_URL: "", DEPLOYQ_CONFIG: ws.configPath, DEPLOYQ_LOG_LEVEL: "info" };
     const serve = spawnDeployq(["serve"], env);

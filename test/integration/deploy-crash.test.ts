@@ -13,7 +13,7 @@ import { createRepo } from "../helpers/git.ts";
 import { spawnDeployq } from "../helpers/processes.ts";
 import { createWorkspace, pushPayload } from "../helpers/workspace.ts";
 
-async function until<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 30_000): Promise<T> {
+async function until<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 60_000): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const value = await fn();

@@ -11,7 +11,7 @@ import { type TestDatabase, createTestDatabase } from "../helpers/db.ts";
 import { type TestRepo, createRepo, git } from "../helpers/git.ts";
 import { type Workspace, createWorkspace, listFiles, post, pushPayload, signedDelivery } from "../helpers/workspace.ts";
 
-async function until<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 20_000): Promise<T> {
+async function until<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 60_000): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const value = await fn();

@@ -10,7 +10,7 @@ import { type TestDatabase, createTestDatabase } from "../helpers/db.ts";
 import { type TestRepo, createRepo, git } from "../helpers/git.ts";
 import { type Workspace, createWorkspace, listFiles, post, pushPayload, signedDelivery } from "../helpers/workspace.ts";
 
-async function until<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 20_000): Promise<T> {
+async function until<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 60_000): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const value = await fn();
@@ -164,7 +164,7 @@ path = "./apps/slow"
 commands = [["sh", "-c", "touch ${started}/$DEPLOYQ_SHA; while [ ! -e ${gate} ]; do sleep 0.02; done"]]
 `,
     });
-    const tdb = await createTestDatabase("pglite");
+    const tdb = await createTestDatabase("postgres");
     const daemon = await startDaemon({ settings: ws.settings, role: "serve", logger: silentLogger(), database: tdb.database });
     try {
       const send = async (sha: string) => {
@@ -224,7 +224,7 @@ max_attempts = 3
 retry_backoff_s = 0.05
 `,
     });
-    const tdb = await createTestDatabase("pglite");
+    const tdb = await createTestDatabase("postgres");
     const daemon = await startDaemon({ settings: ws.settings, role: "serve", logger: silentLogger(), database: tdb.database });
     try {
       const sha = "1".repeat(40);

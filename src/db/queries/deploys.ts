@@ -2,6 +2,22 @@ import { and, desc, eq, inArray, sql } from "drizzle-orm";
 import type { Db } from "../client.ts";
 import { type Deploy, type DeployStatus, deploys } from "../schema.ts";
 
+/** A new fencing token: every lock acquisition takes one. */
+export async function nextFencingToken(db: Db): Promise<number> {
+  const [row] = await db.select({ token: sql<string>`nextval('deploy_fencing_seq')` }).from(sql`(select 1) as one`);
+  return Number(row!.token);
+}
+
+/** The newest token recorded for a deployment by any worker, if newer than `token`. */
+export async function newerFencingToken(db: Db, deployment: string, token: number): Promise<number | undefined> {
+  const [row] = await db
+    .select({ token: sql<string | null>`max(${deploys.fencingToken})` })
+    .from(deploys)
+    .where(eq(deploys.deployment, deployment));
+  const newest = row?.token == null ? undefined : Number(row.token);
+  return newest !== undefined && newest > token ? newest : undefined;
+}
+
 export interface NewDeploy {
   deployment: string;
   entry: string;
@@ -12,6 +28,7 @@ export interface NewDeploy {
   attempt: number;
   host: string;
   pid: number;
+  fencingToken?: number;
 }
 
 export async function startDeploy(db: Db, row: NewDeploy): Promise<number> {

@@ -19,7 +19,7 @@ export interface DeliveryRow {
 /**
  * Payload strings are the sender's: Postgres text cannot hold NUL, and a column is no
  * place for a megabyte of ref. Such a value is recorded mangled rather than failing the
- * delivery (which GitHub would then redeliver forever).
+ * delivery (and every redelivery of it).
  */
 function text(value: string | undefined): string | null {
   if (value === undefined) return null;
@@ -61,18 +61,24 @@ export async function insertDelivery(db: Db, row: DeliveryRow): Promise<"inserte
   return result[0]?.inserted ? "inserted" : "duplicate";
 }
 
-/** Records what became of a delivery (routed, voided, dead-letter), creating the row for entries that did not come through the receiver. */
-export async function recordOutcome(db: Db, row: DeliveryRow): Promise<void> {
+/**
+ * Records what became of deliveries (routed, voided, dead-letter) in one statement,
+ * creating the rows of entries that did not come through the receiver.
+ */
+export async function recordOutcomes(db: Db, rows: readonly DeliveryRow[]): Promise<void> {
+  // One statement cannot touch a row twice: the last word on a delivery wins.
+  const unique = new Map(rows.map((r) => [`${r.hookId}\u0000${r.deliveryId}`, r]));
+  if (unique.size === 0) return;
   await db
     .insert(deliveries)
-    .values(values(row))
+    .values([...unique.values()].map(values))
     .onConflictDoUpdate({
       target: [deliveries.hookId, deliveries.deliveryId],
       set: {
-        outcome: row.outcome,
-        reason: text(row.reason),
-        routedTo: row.routedTo ?? null,
-        entry: row.entry ?? sql`${deliveries.entry}`,
+        outcome: sql`excluded.outcome`,
+        reason: sql`excluded.reason`,
+        routedTo: sql`excluded.routed_to`,
+        entry: sql`coalesce(excluded.entry, ${deliveries.entry})`,
         updatedAt: sql`now()`,
       },
     });

@@ -1,0 +1,116 @@
+import { Redis } from "ioredis";
+import type { Logger } from "pino";
+import Redlock, { ExecutionError, ResourceLockedError } from "redlock";
+import { errorMessage } from "../errors.ts";
+import { LockBusyError, type LockService, LockUnavailableError } from "./lock.ts";
+
+export interface RedlockOptions {
+  /** One URL per independent node: a lock needs a majority of them (Redlock's quorum). */
+  urls: string[];
+  /** How long a lock lives without extension; `using()` extends it at half its life. */
+  ttlMs: number;
+  logger: Logger;
+  /** How long one acquisition waits for a lock held elsewhere before giving up (LockBusyError). */
+  acquireTimeoutMs?: number;
+}
+
+/**
+ * Distributed locks on Dragonfly/Redis with redlock's `using()`, which extends a lock
+ * while its routine runs and aborts the routine's signal when an extension fails (the
+ * lock may then be taken by someone else: every step checks the signal before a side
+ * effect). An outage of the lock service is logged once, reported by `health`, and ends
+ * by itself when the service comes back.
+ */
+export function createRedlockLocks(options: RedlockOptions): LockService {
+  const { logger, ttlMs } = options;
+  const clients = options.urls.map((url) => {
+    const client = new Redis(url, {
+      // Fail at once while disconnected instead of queueing: the caller retries with backoff.
+      enableOfflineQueue: false,
+      maxRetriesPerRequest: 1,
+      connectTimeout: 2000,
+      retryStrategy: (times) => Math.min(times * 200, 2000),
+    });
+    client.on("error", () => {}); // reported through the outage state, once
+    return client;
+  });
+  const retryDelay = 200;
+  const redlock = new Redlock(clients, {
+    retryCount: Math.max(1, Math.ceil((options.acquireTimeoutMs ?? 5000) / retryDelay)),
+    retryDelay,
+    retryJitter: 100,
+    automaticExtensionThreshold: Math.floor(ttlMs / 2),
+  });
+  let outage: string | undefined;
+  redlock.on("error", (err: unknown) => {
+    // Failed extensions and acquisitions also arrive here; a held lock is not an error.
+    if (!(err instanceof ResourceLockedError)) reportOutage(errorMessage(err));
+  });
+
+  function reportOutage(message: string): void {
+    if (outage !== undefined) return;
+    outage = message;
+    logger.error({ urls: options.urls.map(redact), err: message }, "the lock service is unreachable: deploys wait in their queues and resume when it is back");
+  }
+  function reportUp(): void {
+    if (outage === undefined) return;
+    outage = undefined;
+    logger.info({ urls: options.urls.map(redact) }, "the lock service is reachable again: deploys resume");
+  }
+
+  async function classify(err: unknown): Promise<Error> {
+    if (!(err instanceof ExecutionError)) return new LockUnavailableError(`lock service error: ${errorMessage(err)}`, { cause: err });
+    const stats = await Promise.all(err.attempts).catch(() => []);
+    const reasons = stats.flatMap((s) => [...s.votesAgainst.values()]);
+    if (reasons.length > 0 && reasons.every((r) => r instanceof ResourceLockedError)) return new LockBusyError();
+    const first = reasons.find((r) => !(r instanceof ResourceLockedError));
+    return new LockUnavailableError(`the lock service did not answer: ${first ? errorMessage(first) : errorMessage(err)}`, { cause: err });
+  }
+
+  let closing: Promise<void> | undefined;
+  return {
+    kind: `redlock (${clients.length} node${clients.length === 1 ? "" : "s"})`,
+    async using(name, fn) {
+      let outcome: { ok: true; value: unknown } | { ok: false; error: unknown } | undefined;
+      try {
+        await redlock.using([name], ttlMs, {}, async (signal) => {
+          reportUp();
+          try {
+            outcome = { ok: true, value: await fn(signal) };
+          } catch (error) {
+            outcome = { ok: false, error };
+          }
+        });
+      } catch (err) {
+        if (outcome === undefined) {
+          const classified = await classify(err);
+          if (classified instanceof LockUnavailableError) reportOutage(classified.message);
+          throw classified;
+        }
+        // The routine ran; only the release failed. The lock expires by itself.
+        logger.warn({ lock: name, err: errorMessage(err) }, "could not release a lock; it expires by itself");
+      }
+      if (!outcome!.ok) throw outcome!.error;
+      return outcome!.value as never;
+    },
+    health() {
+      return outage === undefined ? { ok: true } : { ok: false, error: outage };
+    },
+    close() {
+      closing ??= redlock.quit().catch(() => {
+        for (const c of clients) c.disconnect();
+      });
+      return closing;
+    },
+  };
+}
+
+function redact(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = "***";
+    return u.toString();
+  } catch {
+    return "(unparseable REDIS_URL)";
+  }
+}
