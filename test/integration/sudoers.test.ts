@@ -103,8 +103,8 @@ describe("sudoers/deployq: exactly three root commands", () => {
     expect(defaults.join("\n")).not.toMatch(/setenv|env_keep|!env_reset|exempt_group|!secure_path/);
   });
 
-  it("says the same through sudo's own parser (cvtsudoers)", async (ctx) => {
-    if (!has("cvtsudoers")) ctx.skip();
+  it("says the same through sudo's own parser (cvtsudoers)", async () => {
+    expect(has("cvtsudoers"), "cvtsudoers comes with Debian's sudo package: apt-get install sudo (.ci/run does)").toBe(true);
     const r = await run("cvtsudoers", ["-f", "json", SUDOERS]);
     expect(r.code).toBe(0);
     interface Spec {
@@ -234,9 +234,9 @@ describe("sudoers/deployq-certbot: only --cert-name <site> -d <domain>... reache
     expect(r.stdout).toBe("");
   });
 
-  it("runs certbot with exactly the fixed argv and a clean environment", async (ctx) => {
+  it("runs certbot with exactly the fixed argv and a clean environment", async () => {
     // The webroot is created (root-owned) at the first run; without root it must exist.
-    if (process.getuid?.() !== 0 && !existsSync(WEBROOT)) ctx.skip();
+    expect(process.getuid?.() === 0 || existsSync(WEBROOT), `run the tests as root, or create ${WEBROOT} root-owned`).toBe(true);
     const r = await wrapper(["--cert-name", "api", "-d", "example.com", "-d", "www.example.com"]);
     expect(r.stderr).toBe("");
     expect(r.code).toBe(0);
@@ -257,8 +257,8 @@ describe("sudoers/deployq-certbot: only --cert-name <site> -d <domain>... reache
     expect(certbotEnv).toMatchObject({ HOME: "/root", PATH: env.PATH, PWD: "/" });
   });
 
-  it("takes up to 100 domains", async (ctx) => {
-    if (process.getuid?.() !== 0 && !existsSync(WEBROOT)) ctx.skip();
+  it("takes up to 100 domains", async () => {
+    expect(process.getuid?.() === 0 || existsSync(WEBROOT), `run the tests as root, or create ${WEBROOT} root-owned`).toBe(true);
     const domains = Array.from({ length: 100 }, (_, i) => `d${i}.example.com`);
     const ok = await wrapper(["--cert-name", "many", ...domains.flatMap((d) => ["-d", d])]);
     expect(ok.code).toBe(0);
@@ -320,10 +320,11 @@ function canUseNamespaces(): boolean {
   return spawnSync("unshare", ["-m", "sh", "-c", "mount -t tmpfs tmpfs /mnt && umount /mnt"], { stdio: "ignore" }).status === 0;
 }
 
-describe.skipIf(!canUseNamespaces())("through sudo, as the deployq user (private mount namespace; needs root and unshare)", () => {
+describe("through sudo, as the deployq user (private mount namespace; needs root and unshare)", () => {
   let scratch: string;
 
   beforeAll(async () => {
+    expect(canUseNamespaces(), "these tests need root and unshare (util-linux), as in CI").toBe(true);
     scratch = await mkdtemp(path.join(tmpdir(), "deployq-sudo-"));
     await chmod(scratch, 0o755);
   });
@@ -496,9 +497,10 @@ describe("systemd units", () => {
     expect(s.get("StateDirectory")).toEqual(["dragonfly"]);
   });
 
-  describe.skipIf(!has("systemd-analyze"))("systemd/verify.sh (systemd-analyze verify)", () => {
+  describe("systemd/verify.sh (systemd-analyze verify)", () => {
     let dir: string;
     beforeAll(async () => {
+      expect(has("systemd-analyze"), "systemd-analyze comes with Debian's systemd package (.ci/run installs it)").toBe(true);
       dir = await mkdtemp(path.join(tmpdir(), "deployq-units-"));
     });
     afterAll(async () => {
