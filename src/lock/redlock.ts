@@ -67,11 +67,32 @@ export function createRedlockLocks(options: RedlockOptions): LockService {
     return new LockUnavailableError(`the lock service did not answer: ${first ? errorMessage(first) : errorMessage(err)}`, { cause: err });
   }
 
+  /** A client still connecting (at start, or reconnecting) gets a moment before its command would fail. */
+  async function connected(): Promise<void> {
+    await Promise.all(
+      clients
+        .filter((c) => c.status !== "ready")
+        .map(
+          (c) =>
+            new Promise<void>((resolve) => {
+              const timer = setTimeout(done, 2000);
+              function done() {
+                clearTimeout(timer);
+                c.off("ready", done);
+                resolve();
+              }
+              c.once("ready", done);
+            }),
+        ),
+    );
+  }
+
   let closing: Promise<void> | undefined;
   return {
     kind: `redlock (${clients.length} node${clients.length === 1 ? "" : "s"})`,
     async using(name, fn) {
       let outcome: { ok: true; value: unknown } | { ok: false; error: unknown } | undefined;
+      await connected();
       try {
         await redlock.using([name], ttlMs, {}, async (signal) => {
           reportUp();

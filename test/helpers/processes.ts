@@ -17,7 +17,12 @@ export interface Spawned {
 
 /** Spawns `deployq <args>` (an argv array, no shell) and tracks it, so that a test that leaves it running fails. */
 export function spawnDeployq(args: string[], env: NodeJS.ProcessEnv, cwd = REPO_ROOT): Spawned {
-  const child = spawn(process.execPath, [DEPLOYQ_BIN, ...args], { cwd, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+  return spawnTracked(process.execPath, [DEPLOYQ_BIN, ...args], env, cwd);
+}
+
+/** Spawns any program, tracked like spawnDeployq. */
+export function spawnTracked(file: string, args: string[], env: NodeJS.ProcessEnv = {}, cwd = REPO_ROOT): Spawned {
+  const child = spawn(file, args, { cwd, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
   children.add(child);
   let out = "";
   const waiters = new Set<() => void>();
@@ -28,7 +33,7 @@ export function spawnDeployq(args: string[], env: NodeJS.ProcessEnv, cwd = REPO_
   child.stdout!.on("data", onData);
   child.stderr!.on("data", onData);
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
-    child.once("exit", (code, signal) => {
+    child.once("close", (code, signal) => {
       children.delete(child);
       for (const w of waiters) w();
       resolve({ code, signal });

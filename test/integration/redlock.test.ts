@@ -1,0 +1,97 @@
+import { Writable } from "node:stream";
+import { pino } from "pino";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { LockBusyError, type LockService, LockUnavailableError } from "../../src/lock/lock.ts";
+import { createRedlockLocks } from "../../src/lock/redlock.ts";
+import { type PrivateRedis, privateRedis } from "../helpers/redis.ts";
+
+function capturingLogger() {
+  const lines: Array<{ msg: string; level: number }> = [];
+  const stream = new Writable({
+    write(chunk: Buffer, _enc, done) {
+      for (const line of chunk.toString().split("\n").filter(Boolean)) lines.push(JSON.parse(line) as { msg: string; level: number });
+      done();
+    },
+  });
+  return { logger: pino({ level: "info" }, stream), lines };
+}
+
+describe("redlock locks", () => {
+  let redis: PrivateRedis;
+  const services: LockService[] = [];
+  const make = (ttlMs: number, acquireTimeoutMs?: number) => {
+    const captured = capturingLogger();
+    const locks = createRedlockLocks({ urls: [redis.url], ttlMs, logger: captured.logger, ...(acquireTimeoutMs ? { acquireTimeoutMs } : {}) });
+    services.push(locks);
+    return { locks, lines: captured.lines };
+  };
+
+  beforeAll(async () => {
+    redis = await privateRedis();
+    await redis.start();
+  });
+  afterAll(async () => {
+    await Promise.all(services.map((s) => s.close()));
+    await redis?.stop();
+  });
+
+  it("keeps a lock past its TTL while the routine runs, and a second holder waits instead of overlapping", async () => {
+    const a = make(1000);
+    const b = make(1000, 8000);
+    const events: string[] = [];
+    let aborted: boolean | undefined;
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    const first = a.locks.using("deployq:deployment:extend", async (signal) => {
+      events.push("a:start");
+      await held;
+      aborted = signal.aborted;
+      events.push("a:end");
+    });
+    // b asks while a holds it; a keeps it for three TTLs, extended at half its life.
+    const second = b.locks.using("deployq:deployment:extend", async () => {
+      events.push("b:start");
+    });
+    await new Promise((r) => setTimeout(r, 3000)); // a's hold outlives the TTL three times: that is the point of the test
+    release();
+    await Promise.all([first, second]);
+    expect(aborted).toBe(false);
+    expect(events).toEqual(["a:start", "a:end", "b:start"]);
+  });
+
+  it("says busy when another holds the lock past the acquisition window", async () => {
+    const a = make(2000);
+    const b = make(2000, 300);
+    let release!: () => void;
+    const holding = a.locks.using("deployq:deployment:busy", () => new Promise<void>((r) => (release = r)));
+    await expect(b.locks.using("deployq:deployment:busy", async () => "ran")).rejects.toBeInstanceOf(LockBusyError);
+    release();
+    await holding;
+    await expect(b.locks.using("deployq:deployment:busy", async () => "ran")).resolves.toBe("ran");
+  });
+
+  it("reports an outage of the lock service once, and recovers by itself", async () => {
+    const { locks, lines } = make(1000, 300);
+    await locks.using("deployq:deployment:outage", async () => {});
+    await redis.stop();
+    for (let i = 0; i < 3; i++) {
+      await expect(locks.using("deployq:deployment:outage", async () => {})).rejects.toBeInstanceOf(LockUnavailableError);
+    }
+    const health = locks.health();
+    expect(health.ok).toBe(false);
+    expect(lines.filter((l) => l.msg.startsWith("the lock service is unreachable")), JSON.stringify(lines)).toHaveLength(1);
+    await redis.start();
+    const deadline = Date.now() + 20_000;
+    for (;;) {
+      try {
+        await locks.using("deployq:deployment:outage", async () => {});
+        break;
+      } catch (err) {
+        if (!(err instanceof LockUnavailableError) || Date.now() > deadline) throw err;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
+    expect(locks.health()).toEqual({ ok: true });
+    expect(lines.filter((l) => l.msg.startsWith("the lock service is reachable again"))).toHaveLength(1);
+  });
+});
