@@ -74,7 +74,7 @@ export async function runCommand(argv: readonly string[], options: RunOptions): 
   const shown = formatArgv(argv);
   options.log?.write(`$ ${shown}   (in ${options.cwd})\n`);
   if (options.signal?.aborted) {
-    throw new ExecError(argv, undefined, undefined, "", "aborted", `${shown} was not started: the deploy was cancelled`);
+    throw new ExecError(argv, undefined, undefined, "", "aborted", `${shown} was not started: the deploy was cancelled (shutdown, or the deployment lock was lost)`);
   }
   const child = execa(file, args, {
     cwd: options.cwd,
@@ -142,7 +142,7 @@ export async function runCommand(argv: readonly string[], options: RunOptions): 
       reason === "timeout"
         ? `timed out after ${options.timeoutMs} ms and was killed`
         : reason === "aborted"
-          ? "was cancelled (shutdown) and killed"
+          ? "was cancelled (shutdown, or the deployment lock was lost) and killed"
           : signal
             ? `was killed by ${signal}`
             : `exited with code ${exitCode}`;

@@ -189,7 +189,9 @@ export class DeploymentWorker {
       if (err instanceof LockUnavailableError) {
         // Not the entry's fault: no attempt is counted, nothing is rewritten; back off and retry.
         this.lockDelay = Math.min(Math.max(this.lockDelay * 2, 500), 30_000);
-        this.scheduleRetry(Date.now() + this.lockDelay / 2 + Math.random() * this.lockDelay);
+        const delay = this.lockDelay / 2 + Math.random() * this.lockDelay;
+        this.deps.logger.debug({ deployment: this.name, retryInMs: Math.round(delay) }, "lock service unreachable; the queue waits");
+        this.scheduleRetry(Date.now() + delay);
         return;
       }
       throw err;

@@ -1,0 +1,107 @@
+import { randomUUID } from "node:crypto";
+import { mkdtemp, readFile, readdir, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { eq } from "drizzle-orm";
+import { describe, expect, it } from "vitest";
+import { startDaemon } from "../../src/daemon.ts";
+import { deploys } from "../../src/db/schema.ts";
+import { entryName } from "../../src/queue/entry-name.ts";
+import { queueLayout } from "../../src/queue/layout.ts";
+import { writeEntryDurably } from "../../src/queue/write.ts";
+import { createTestDatabase } from "../helpers/db.ts";
+import { createRepo } from "../helpers/git.ts";
+import { privateRedis } from "../helpers/redis.ts";
+import { createWorkspace, post, pushPayload, signedDelivery } from "../helpers/workspace.ts";
+
+async function until<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 60_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await fn();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+describe("the lock service goes down in the middle of a run", () => {
+  it("keeps every entry queued, says so in /healthz, and resumes by itself when it is back", { timeout: 180_000 }, async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), "deployq-outage-"));
+    const repo = await createRepo(dir);
+    const redis = await privateRedis();
+    await redis.start();
+    const ws = await createWorkspace({
+      env: { REDIS_URL: redis.url },
+      deployments: `
+[deployments.app]
+repository = "octo-org/app"
+branch = "main"
+remote = "${repo.bare}"
+path = "./apps/app"
+max_attempts = 2
+retry_backoff_s = 0.05
+commands = [["sh", "-c", "echo $DEPLOYQ_SHA > BUILT"]]
+`,
+    });
+    const tdb = await createTestDatabase("postgres");
+    const logFile = path.join(dir, "deployq.log");
+    const { pino } = await import("pino");
+    const logger = pino({ level: "debug" }, pino.destination({ dest: logFile, sync: true }));
+    const daemon = await startDaemon({ settings: ws.settings, role: "serve", logger, database: tdb.database });
+    try {
+      const send = async (sha: string) => {
+        const res = await post(daemon.url!, await signedDelivery(pushPayload({ repository: "octo-org/app", branch: "main", after: sha })));
+        expect(res.status).toBe(202);
+        return res.body.queued as string;
+      };
+      const v1 = await repo.commit({ v: "1" });
+      const first = await send(v1);
+      await until("v1", async () => (await tdb.database.db.select().from(deploys).where(eq(deploys.entry, first))).some((r) => r.status === "succeeded"));
+
+      await redis.stop();
+      const v2 = await repo.commit({ v: "2" });
+      const v3 = await repo.commit({ v: "3" });
+      await send(v2);
+      // One push already in the deployment's queue (routed before the outage, say), one arriving now.
+      const id = randomUUID();
+      const waiting = entryName(id);
+      const layout = queueLayout(ws.queuesDir);
+      await writeEntryDurably(layout, layout.deployment("app"), waiting, {
+        event: "push",
+        delivery_id: id,
+        hook_id: "",
+        received_at: new Date().toISOString(),
+        payload: pushPayload({ repository: "octo-org/app", branch: "main", after: v2 }),
+      });
+      const last = await send(v3);
+      const health = await until("/healthz to report the outage", async () => {
+        const res = await fetch(`${daemon.url}/healthz`);
+        const body = (await res.json()) as { checks: Record<string, string> };
+        return res.status === 503 && body.checks.locks !== "ok" ? body : undefined;
+      });
+      expect(health.checks.locks).toMatch(/redlock/);
+      // Several retries later (max_attempts is 2: they are not counted as attempts): still queued, nothing failed or dead-lettered.
+      await until("three lock retries", async () => (await readFile(logFile, "utf8")).split("\n").filter((l) => l.includes("lock service unreachable; the queue waits")).length >= 3);
+      expect(await readdir(path.join(ws.queuesDir, "deployments", "app"))).toContain(waiting);
+      const queued = [...(await readdir(path.join(ws.queuesDir, "router"))), ...(await readdir(path.join(ws.queuesDir, "deployments", "app")))];
+      expect(queued).toContain(last);
+      expect(await readdir(path.join(ws.queuesDir, "dead-letter", "app"))).toEqual([]);
+      expect((await tdb.database.db.select().from(deploys)).filter((r) => r.status === "failed" || r.status === "retrying")).toEqual([]);
+      const log = await readFile(logFile, "utf8");
+      expect(log.split("\n").filter((l) => l.includes("the lock service is unreachable"))).toHaveLength(1);
+
+      await redis.start();
+      await until("v3 deployed after the outage", async () => (await tdb.database.db.select().from(deploys).where(eq(deploys.entry, last))).some((r) => r.status === "succeeded"));
+      const current = await readFile(path.join(ws.dir, "apps", "app", "current", "BUILT"), "utf8");
+      expect(current).toBe(`${v3}\n`);
+      expect((await fetch(`${daemon.url}/healthz`)).status).toBe(200);
+      expect(await readFile(logFile, "utf8")).toContain("the lock service is reachable again");
+    } finally {
+      await daemon.close();
+      await redis.stop();
+      await tdb.dispose();
+      await ws.dispose();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
