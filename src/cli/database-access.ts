@@ -27,6 +27,12 @@ export async function withDatabase<T>(settings: Settings, direct: (db: Db) => Pr
   const database = await openDatabase({ databaseUrl: settings.secrets.databaseUrl, dataDir: settings.dataDir, poolSize: 2 });
   try {
     return await direct(database.db);
+  } catch (err) {
+    const cause = (err as { cause?: { code?: string } }).cause;
+    if (cause?.code === "42P01") {
+      throw new DeployqError("CONFIG", `${database.describe} has no deployq tables yet: run \`deployq migrate\` (the daemon also migrates at start)`);
+    }
+    throw err;
   } finally {
     await database.close();
   }

@@ -134,6 +134,7 @@ program
 
 program.parseAsync().catch((err: unknown) => {
   const known = err instanceof DeployqError;
-  process.stderr.write(`deployq: ${known ? err.message : (err as Error).stack ?? errorMessage(err)}\n`);
+  const debug = process.env.DEPLOYQ_LOG_LEVEL === "debug" || process.env.DEPLOYQ_LOG_LEVEL === "trace";
+  process.stderr.write(`deployq: ${known || !debug ? errorMessage(err) : ((err as Error).stack ?? errorMessage(err))}\n`);
   process.exit(known ? 2 : 1);
 });
