@@ -11,7 +11,7 @@ import { sign } from "@octokit/webhooks-methods";
 import postgres from "postgres";
 import { type Database, openDatabase } from "../src/db/client.ts";
 import type { Db } from "../src/db/client.ts";
-import { insertDelivery } from "../src/db/queries/record-delivery.ts";
+import { insertDeliveries } from "../src/db/queries/record-delivery.ts";
 import { verifySignature } from "../src/http/signature.ts";
 import { type QueueEntry, serializeEntry, summarizePayload } from "../src/queue/entry.ts";
 import { entryName } from "../src/queue/entry-name.ts";
@@ -140,15 +140,15 @@ export async function runSteps(options: StepsOptions): Promise<StepFigure[]> {
     const transaction = () =>
       db.transaction(async (tx) => {
         const id = randomUUID();
-        return insertDelivery(tx as unknown as Db, { ...row(id), entry: entryName(id), outcome: "queued" });
+        return insertDeliveries(tx as unknown as Db, [{ ...row(id), entry: entryName(id), outcome: "queued" }], [0]);
       });
     // The handler's whole durable step: the file is written while the row's transaction is open.
     const both = () =>
       db.transaction(async (tx) => {
         const id = randomUUID();
         const name = entryName(id);
-        const inserted = await insertDelivery(tx as unknown as Db, { ...row(id), entry: name, outcome: "queued" });
-        if (inserted === "inserted") await writeEntryDurably(layout, layout.router, name, makeEntry(id));
+        const inserted = await insertDeliveries(tx as unknown as Db, [{ ...row(id), entry: name, outcome: "queued" }], [0]);
+        if (inserted.size > 0) await writeEntryDurably(layout, layout.router, name, makeEntry(id));
         return inserted;
       });
     figures.push({ step: "Postgres: BEGIN, INSERT … ON CONFLICT, COMMIT", serialUs: await timeSerialAsync(200, transaction) });

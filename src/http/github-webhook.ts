@@ -4,13 +4,13 @@ import path from "node:path";
 import type { Request, Response } from "express";
 import type { Logger } from "pino";
 import type { Db } from "../db/client.ts";
-import { insertDelivery, recordIfMissing } from "../db/queries/record-delivery.ts";
+import { insertDeliveries, recordIfMissing } from "../db/queries/record-delivery.ts";
 import { RequestError, errorMessage } from "../errors.ts";
 import { type QueueEntry, summarizePayload } from "../queue/entry.ts";
 import { entryName, isDeliveryId } from "../queue/entry-name.ts";
 import type { QueueLayout } from "../queue/layout.ts";
 import { scanQueue } from "../queue/scan.ts";
-import { writeEntryDurably } from "../queue/write.ts";
+import { createEnqueueBatcher } from "./enqueue-batch.ts";
 import { parseEntry } from "../workers/router.ts";
 import { verifySignature } from "./signature.ts";
 
@@ -85,11 +85,13 @@ function parsePayload(req: Request, body: Buffer): Record<string, unknown> {
 /**
  * POST /github-webhook. Answers 2xx only once the entry is durable on disk:
  * the dedupe row and the file are committed together (the row's transaction stays open
- * while the file is written and fsync'd), so a delivery whose file could not be written
- * leaves no row behind, and GitHub's redelivery is queued rather than called a duplicate.
+ * while the file is written and fsync'd; concurrent deliveries share one, see
+ * enqueue-batch.ts), so a delivery whose file could not be written leaves no row behind,
+ * and its redelivery is queued rather than called a duplicate.
  */
 export function githubWebhookHandler(deps: WebhookDeps) {
   const { db, layout, logger } = deps;
+  const batcher = createEnqueueBatcher(db, layout);
   return async (req: Request, res: Response): Promise<void> => {
     const delivery = readDelivery(req, deps.secrets);
     const summary = summarizePayload(delivery.payload);
@@ -106,7 +108,7 @@ export function githubWebhookHandler(deps: WebhookDeps) {
     const log = { delivery: delivery.deliveryId, hook: delivery.hookId, event: delivery.event, repository: summary.repository, ref: summary.ref };
     if (delivery.event === "ping") {
       try {
-        await insertDelivery(db, { ...row, entry: undefined, outcome: "ping" });
+        await insertDeliveries(db, [{ ...row, entry: undefined, outcome: "ping" }], [0]);
       } catch (err) {
         throw unavailable("record the ping", err);
       }
@@ -125,11 +127,7 @@ export function githubWebhookHandler(deps: WebhookDeps) {
     };
     let outcome: "inserted" | "duplicate";
     try {
-      outcome = await db.transaction(async (tx) => {
-        const inserted = await insertDelivery(tx as unknown as Db, { ...row, entry: name, outcome: "queued" });
-        if (inserted === "inserted") await writeEntryDurably(layout, layout.router, name, entry);
-        return inserted;
-      });
+      outcome = await batcher.enqueue({ ...row, entry: name, outcome: "queued" }, name, entry);
     } catch (err) {
       throw unavailable("queue the delivery", err);
     }

@@ -16,6 +16,16 @@ function tmpName(name: string): string {
  * When this resolves, the entry is durable.
  */
 export async function writeEntryDurably(layout: QueueLayout, dir: string, name: string, entry: QueueEntry): Promise<string> {
+  const target = await writeEntryFile(layout, dir, name, entry);
+  await fsyncDir(dir);
+  return target;
+}
+
+/**
+ * The first half of writeEntryDurably: the entry is whole in `dir`, but durable only once
+ * the caller has fsync'd `dir` (one fsync can then serve many entries).
+ */
+export async function writeEntryFile(layout: QueueLayout, dir: string, name: string, entry: QueueEntry): Promise<string> {
   const tmp = path.join(layout.tmp, tmpName(name));
   const target = path.join(dir, name);
   const fh = await open(tmp, "wx", 0o640);
@@ -35,7 +45,6 @@ export async function writeEntryDurably(layout: QueueLayout, dir: string, name: 
     await unlink(tmp).catch(() => {});
     throw err;
   }
-  await fsyncDir(dir);
   return target;
 }
 

@@ -44,22 +44,23 @@ function values(row: DeliveryRow) {
 }
 
 /**
- * The receiver's dedupe: one INSERT … ON CONFLICT, never check-then-insert. On a repeat
- * it counts the duplicate instead. A concurrent copy waits on the unique index until the
- * first insert's transaction ends: if that one rolls back (its file could not be written),
- * this copy inserts and is queued instead, so a failed first attempt never eats a retry.
+ * The receiver's dedupe for a batch of deliveries: one INSERT … ON CONFLICT for all of
+ * them (keys must be distinct). `copies[i]` more copies of row i arrived in the same batch
+ * and count as its duplicates. Returns the keys (hookId, deliveryId) that were new.
  */
-export async function insertDelivery(db: Db, row: DeliveryRow): Promise<"inserted" | "duplicate"> {
+export async function insertDeliveries(db: Db, rows: readonly DeliveryRow[], copies: readonly number[]): Promise<Set<string>> {
   const result = await db
     .insert(deliveries)
-    .values(values(row))
+    .values(rows.map((r, i) => ({ ...values(r), duplicates: copies[i] ?? 0 })))
     .onConflictDoUpdate({
       target: [deliveries.hookId, deliveries.deliveryId],
-      set: { duplicates: sql`${deliveries.duplicates} + 1`, updatedAt: sql`now()` },
+      set: { duplicates: sql`${deliveries.duplicates} + 1 + excluded.duplicates`, updatedAt: sql`now()` },
     })
-    .returning({ inserted: sql<boolean>`(xmax = 0)` });
-  return result[0]?.inserted ? "inserted" : "duplicate";
+    .returning({ hookId: deliveries.hookId, deliveryId: deliveries.deliveryId, inserted: sql<boolean>`(xmax = 0)` });
+  return new Set(result.filter((r) => r.inserted).map((r) => deliveryKey(r.hookId, r.deliveryId)));
 }
+
+export const deliveryKey = (hookId: string, deliveryId: string) => `${hookId}\u0000${deliveryId}`;
 
 /**
  * Records what became of deliveries (routed, voided, dead-letter) in one statement,

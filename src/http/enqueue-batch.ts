@@ -1,0 +1,78 @@
+import type { Db } from "../db/client.ts";
+import { type DeliveryRow, deliveryKey, insertDeliveries } from "../db/queries/record-delivery.ts";
+import type { QueueEntry } from "../queue/entry.ts";
+import { fsyncDir } from "../queue/fsync.ts";
+import type { QueueLayout } from "../queue/layout.ts";
+import { writeEntryFile } from "../queue/write.ts";
+
+interface Pending {
+  row: DeliveryRow;
+  name: string;
+  entry: QueueEntry;
+  resolve: (outcome: "inserted" | "duplicate") => void;
+  reject: (err: unknown) => void;
+}
+
+/**
+ * Group commit for the receiver. Deliveries that arrive while a batch is being made
+ * durable wait and form the next batch, which then costs one transaction, one multi-row
+ * INSERT … ON CONFLICT, one fsync per file and one fsync of router/ for all of them. Each
+ * request is still answered only after its own entry is durable and its row committed;
+ * nothing is acknowledged early. As for a single delivery, the transaction stays open
+ * until the files are durable, so a batch whose files cannot be written leaves no rows
+ * behind (every request in it gets 503), and its redeliveries are queued.
+ */
+export function createEnqueueBatcher(db: Db, layout: QueueLayout, maxBatch = 128) {
+  let waiting: Pending[] = [];
+  let running = false;
+
+  async function drain(): Promise<void> {
+    running = true;
+    try {
+      while (waiting.length > 0) {
+        const batch = waiting.slice(0, maxBatch);
+        waiting = waiting.slice(maxBatch);
+        await commit(batch);
+      }
+    } finally {
+      running = false;
+    }
+  }
+
+  async function commit(batch: Pending[]): Promise<void> {
+    // Copies of one delivery in the same batch: the first one speaks for all of them.
+    const groups = new Map<string, Pending[]>();
+    for (const p of batch) {
+      const key = deliveryKey(p.row.hookId, p.row.deliveryId);
+      groups.set(key, [...(groups.get(key) ?? []), p]);
+    }
+    const leaders = [...groups.values()].map((g) => g[0]!);
+    let inserted: Set<string>;
+    try {
+      inserted = await db.transaction(async (tx) => {
+        const fresh = await insertDeliveries(tx as unknown as Db, leaders.map((l) => l.row), leaders.map((l) => groups.get(deliveryKey(l.row.hookId, l.row.deliveryId))!.length - 1));
+        const toWrite = leaders.filter((l) => fresh.has(deliveryKey(l.row.hookId, l.row.deliveryId)));
+        await Promise.all(toWrite.map((l) => writeEntryFile(layout, layout.router, l.name, l.entry)));
+        if (toWrite.length > 0) await fsyncDir(layout.router);
+        return fresh;
+      });
+    } catch (err) {
+      for (const p of batch) p.reject(err);
+      return;
+    }
+    for (const [key, group] of groups) {
+      group[0]!.resolve(inserted.has(key) ? "inserted" : "duplicate");
+      for (const copy of group.slice(1)) copy.resolve("duplicate");
+    }
+  }
+
+  return {
+    /** Resolves once the delivery is durable and recorded ("inserted"), or known ("duplicate"). */
+    enqueue(row: DeliveryRow, name: string, entry: QueueEntry): Promise<"inserted" | "duplicate"> {
+      return new Promise((resolve, reject) => {
+        waiting.push({ row, name, entry, resolve, reject });
+        if (!running) void drain();
+      });
+    },
+  };
+}
