@@ -70,3 +70,14 @@ export function errorMessage(err: unknown): string {
   }
   return String(err);
 }
+
+/** A connection URL fit for logs: the password replaced. */
+export function redactUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = "***";
+    return u.toString();
+  } catch {
+    return "(unparseable URL)";
+  }
+}

@@ -20,10 +20,11 @@ export function lockOwner(lockPath: string): number | undefined {
     return undefined;
   }
   if (!Number.isInteger(pid) || pid <= 0) return undefined;
-  return isAlive(pid) ? pid : undefined;
+  return isProcessAlive(pid) ? pid : undefined;
 }
 
-function isAlive(pid: number): boolean {
+/** Whether a process with this pid exists (EPERM: it does, as another user). */
+export function isProcessAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;

@@ -9,6 +9,7 @@ import { migrate as migratePostgres } from "drizzle-orm/postgres-js/migrator";
 import postgres from "postgres";
 import { acquireDataDirLock } from "../pid-lock.ts";
 import * as schema from "./schema.ts";
+import { redactUrl } from "../errors.ts";
 
 export type Schema = typeof schema;
 export type Db = PgDatabase<PgQueryResultHKT, Schema>;
@@ -32,15 +33,6 @@ export interface OpenDatabaseOptions {
   poolSize?: number;
 }
 
-function redact(url: string): string {
-  try {
-    const u = new URL(url);
-    if (u.password) u.password = "***";
-    return u.toString();
-  } catch {
-    return "(unparseable DATABASE_URL)";
-  }
-}
 
 export async function openDatabase(options: OpenDatabaseOptions): Promise<Database> {
   if (options.databaseUrl) return openPostgres(options.databaseUrl, options.poolSize ?? 20);
@@ -54,7 +46,7 @@ function openPostgres(url: string, max: number): Database {
   return {
     db,
     kind: "postgres",
-    describe: redact(url),
+    describe: redactUrl(url),
     async migrate() {
       // Receiver and workers may start together: one migrates, the other waits on the lock.
       const single = postgres(url, { max: 1, onnotice: () => {}, connect_timeout: 10 });

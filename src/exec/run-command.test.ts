@@ -3,6 +3,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { PassThrough } from "node:stream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { isRunning } from "../../test/helpers/wait.ts";
 import { ExecError } from "./exec-error.ts";
 import { formatArgv, runCommand } from "./run-command.ts";
 
@@ -19,15 +20,6 @@ function collect() {
   return { log, text: () => text };
 }
 
-/** Running, and not a zombie waiting to be reaped (killed processes become those under some init systems). */
-async function isAlive(pid: number): Promise<boolean> {
-  try {
-    const stat = await readFile(`/proc/${pid}/stat`, "utf8");
-    return stat.slice(stat.lastIndexOf(")") + 2)[0] !== "Z";
-  } catch {
-    return false;
-  }
-}
 
 async function failure(p: Promise<unknown>): Promise<ExecError> {
   const err = await p.then(
@@ -66,7 +58,7 @@ describe("runCommand", () => {
     expect(err.reason).toBe("timeout");
     expect(err.message).toMatch(/timed out after 300 ms/);
     const grandchild = Number(await readFile(pidFile, "utf8"));
-    expect(await isAlive(grandchild)).toBe(false);
+    expect(await isRunning(grandchild)).toBe(false);
   });
 
   it("stops on abort, and refuses to start once aborted", async () => {

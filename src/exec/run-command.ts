@@ -3,6 +3,7 @@ import { readdir } from "node:fs/promises";
 import type { Writable } from "node:stream";
 import { execa } from "execa";
 import { ExecError } from "./exec-error.ts";
+import { isProcessAlive } from "../pid-lock.ts";
 
 /**
  * The one way deployq runs a program: an argv array (never a shell), a clean environment
@@ -164,7 +165,7 @@ export async function killLeftoverCommands(dir: string, name: string): Promise<n
   const pattern = new RegExp(`^${name}\\.(\\d+)\\.command\\.pid$`);
   for (const file of await readdir(dir).catch(() => [] as string[])) {
     const owner = Number(pattern.exec(file)?.[1]);
-    if (!owner || (owner !== process.pid && pidAlive(owner))) continue;
+    if (!owner || (owner !== process.pid && isProcessAlive(owner))) continue;
     const full = `${dir}/${file}`;
     let pid: number;
     try {
@@ -184,11 +185,3 @@ export async function killLeftoverCommands(dir: string, name: string): Promise<n
   return killed;
 }
 
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === "EPERM";
-  }
-}

@@ -1,7 +1,7 @@
 import { Redis } from "ioredis";
 import type { Logger } from "pino";
 import Redlock, { ExecutionError, ResourceLockedError } from "redlock";
-import { errorMessage } from "../errors.ts";
+import { errorMessage, redactUrl } from "../errors.ts";
 import { LockBusyError, type LockService, LockUnavailableError } from "./lock.ts";
 
 export interface RedlockOptions {
@@ -50,12 +50,12 @@ export function createRedlockLocks(options: RedlockOptions): LockService {
   function reportOutage(message: string): void {
     if (outage !== undefined) return;
     outage = message;
-    logger.error({ urls: options.urls.map(redact), err: message }, "the lock service is unreachable: deploys wait in their queues and resume when it is back");
+    logger.error({ urls: options.urls.map(redactUrl), err: message }, "the lock service is unreachable: deploys wait in their queues and resume when it is back");
   }
   function reportUp(): void {
     if (outage === undefined) return;
     outage = undefined;
-    logger.info({ urls: options.urls.map(redact) }, "the lock service is reachable again: deploys resume");
+    logger.info({ urls: options.urls.map(redactUrl) }, "the lock service is reachable again: deploys resume");
   }
 
   async function classify(err: unknown): Promise<Error> {
@@ -75,7 +75,7 @@ export function createRedlockLocks(options: RedlockOptions): LockService {
         .map(
           (c) =>
             new Promise<void>((resolve) => {
-              const timer = setTimeout(done, 2000);
+              const timer = setTimeout(done, 5000);
               function done() {
                 clearTimeout(timer);
                 c.off("ready", done);
@@ -126,12 +126,3 @@ export function createRedlockLocks(options: RedlockOptions): LockService {
   };
 }
 
-function redact(url: string): string {
-  try {
-    const u = new URL(url);
-    if (u.password) u.password = "***";
-    return u.toString();
-  } catch {
-    return "(unparseable REDIS_URL)";
-  }
-}

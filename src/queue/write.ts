@@ -4,6 +4,7 @@ import path from "node:path";
 import { type QueueEntry, serializeEntry } from "./entry.ts";
 import { fsyncDir } from "./fsync.ts";
 import type { QueueLayout } from "./layout.ts";
+import { isProcessAlive } from "../pid-lock.ts";
 
 /** Temporary names carry the writer's pid, so a sweep removes only what a dead process left. */
 function tmpName(name: string): string {
@@ -54,14 +55,6 @@ export async function ensureQueueDirs(layout: QueueLayout, deployments: Iterable
   for (const dir of dirs) await mkdir(dir, { recursive: true, mode: 0o750 });
 }
 
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === "EPERM";
-  }
-}
 
 /** Removes temporaries left in .tmp/ by processes that no longer run. Returns what it removed. */
 export async function sweepTmp(layout: QueueLayout): Promise<string[]> {
@@ -75,7 +68,7 @@ export async function sweepTmp(layout: QueueLayout): Promise<string[]> {
   const removed: string[] = [];
   for (const name of names) {
     const pid = Number(/\.(\d+)\.[0-9a-f]+\.tmp$/.exec(name)?.[1]);
-    if (Number.isInteger(pid) && pid !== process.pid && pidAlive(pid)) continue;
+    if (Number.isInteger(pid) && pid !== process.pid && isProcessAlive(pid)) continue;
     if (pid === process.pid) continue;
     await unlink(path.join(layout.tmp, name)).catch(() => {});
     removed.push(name);

@@ -16,6 +16,7 @@ import { deadLetterEntry } from "../queue/dead-letter.ts";
 import { removeEntry, rewriteInto } from "../queue/move.ts";
 import { scanQueue } from "../queue/scan.ts";
 import { QueueWorker } from "../queue/watch.ts";
+import { isProcessAlive } from "../pid-lock.ts";
 import { deploymentPaths, removeIncomplete } from "../steps/release.ts";
 import { type DeployRequest, performDeploy } from "./deploy.ts";
 import { parseEntry } from "./router.ts";
@@ -42,15 +43,8 @@ export class LockLostError extends DeployqError {
   }
 }
 
-function pidAlive(pid: number): boolean {
-  if (pid === process.pid) return false; // this process has only just started: not ours
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === "EPERM";
-  }
-}
+/** A deploy row's process still runs (this process has only just started: its rows are not ours). */
+const pidAlive = (pid: number) => pid !== process.pid && isProcessAlive(pid);
 
 /** Where a deploy's log lives: <data_dir>/logs/<deployment>/<deploy id>.log */
 export function deployLogPath(dataDir: string, deployment: string, id: number): string {

@@ -21,28 +21,36 @@ export interface PrivateRedis {
 }
 
 export async function privateRedis(): Promise<PrivateRedis> {
-  const port = await freePort();
+  let port = await freePort();
   let proc: Spawned | undefined;
-  return {
+  const self: PrivateRedis = {
     url: `redis://127.0.0.1:${port}`,
     port,
     async start() {
-      proc = spawnTracked("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--loglevel", "warning"]);
       const { Redis } = await import("ioredis");
-      const deadline = Date.now() + 15_000;
-      for (;;) {
-        const client = new Redis(port, "127.0.0.1", { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
-        client.on("error", () => {});
-        try {
-          await client.connect();
-          await client.ping();
-          client.disconnect();
-          return;
-        } catch {
-          client.disconnect();
-          if (Date.now() > deadline) throw new Error(`redis-server on ${port} did not start: ${proc.output()}`);
-          await new Promise((r) => setTimeout(r, 50));
+      for (let tries = 0; ; tries++) {
+        proc = spawnTracked("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--loglevel", "warning"]);
+        const deadline = Date.now() + 15_000;
+        let owner: number | undefined;
+        while (owner === undefined && proc.child.exitCode === null && Date.now() < deadline) {
+          const client = new Redis(port, "127.0.0.1", { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+          client.on("error", () => {});
+          try {
+            await client.connect();
+            owner = Number(/process_id:(\d+)/.exec(await client.info("server"))?.[1]);
+          } catch {
+            await new Promise((r) => setTimeout(r, 50));
+          } finally {
+            client.disconnect();
+          }
         }
+        // Test files run in parallel: make sure the server answering is ours, not another file's on the same port.
+        if (owner === proc.child.pid) return;
+        await self.stop();
+        if (tries >= 5) throw new Error(`could not start a private redis-server (last port ${port})`);
+        port = await freePort();
+        self.port = port;
+        self.url = `redis://127.0.0.1:${port}`;
       }
     },
     async stop() {
@@ -52,4 +60,5 @@ export async function privateRedis(): Promise<PrivateRedis> {
       proc = undefined;
     },
   };
+  return self;
 }

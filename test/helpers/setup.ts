@@ -7,8 +7,9 @@ import { assertNoChildrenRunning } from "./processes.ts";
  */
 afterAll(async () => {
   await assertNoChildrenRunning();
-  // Give handles closed in the last hook a turn of the event loop to go away.
-  await new Promise((resolve) => setImmediate(resolve));
-  const leaked = process.getActiveResourcesInfo().filter((r) => r === "TCPServerWrap" || r === "FSEventWrap" || r === "ProcessWrap");
+  // Handles closed in the last hook may take a few turns of the event loop to go away.
+  const running = () => process.getActiveResourcesInfo().filter((r) => r === "TCPServerWrap" || r === "FSEventWrap" || r === "ProcessWrap");
+  for (let turn = 0; turn < 100 && running().length > 0; turn++) await new Promise((resolve) => setTimeout(resolve, 20));
+  const leaked = running();
   if (leaked.length > 0) throw new Error(`test file left running: ${leaked.join(", ")} (close every server, watcher and child process)`);
 });

@@ -5,6 +5,9 @@ import path from "node:path";
 import { sign } from "@octokit/webhooks-methods";
 import { type Settings, loadSettings } from "../../src/config/load.ts";
 import { pushPayload } from "../../src/push-payload.ts";
+import { entryName } from "../../src/queue/entry-name.ts";
+import { queueLayout } from "../../src/queue/layout.ts";
+import { ensureQueueDirs, writeEntryDurably } from "../../src/queue/write.ts";
 
 export const SECRET = "test-secret-It's a Secret to Everybody";
 
@@ -102,6 +105,23 @@ export async function post(url: string, request: SignedRequest): Promise<{ statu
     body = { raw: text };
   }
   return { status: res.status, body };
+}
+
+/** Writes a push entry straight into a queue directory (as the router, or a planted file, would). Returns its name. */
+export async function queuePush(queuesDir: string, dir: "router" | { deployment: string }, repository: string, sha: string, branch = "main"): Promise<string> {
+  const layout = queueLayout(queuesDir);
+  const target = dir === "router" ? layout.router : layout.deployment(dir.deployment);
+  await ensureQueueDirs(layout, dir === "router" ? [] : [dir.deployment]);
+  const id = randomUUID();
+  const name = entryName(id);
+  await writeEntryDurably(layout, target, name, {
+    event: "push",
+    delivery_id: id,
+    hook_id: "",
+    received_at: new Date().toISOString(),
+    payload: pushPayload({ repository, branch, after: sha }),
+  });
+  return name;
 }
 
 export { pushPayload };

@@ -1,36 +1,18 @@
-import { randomUUID } from "node:crypto";
+
 import { mkdir, mkdtemp, readFile, readdir, readlink, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { eq } from "drizzle-orm";
 import { describe, expect, it } from "vitest";
 import { deploys } from "../../src/db/schema.ts";
-import { entryName } from "../../src/queue/entry-name.ts";
+
 import { queueLayout } from "../../src/queue/layout.ts";
-import { ensureQueueDirs, writeEntryDurably } from "../../src/queue/write.ts";
+import { ensureQueueDirs } from "../../src/queue/write.ts";
 import { createTestDatabase } from "../helpers/db.ts";
 import { createRepo } from "../helpers/git.ts";
 import { spawnDeployq } from "../helpers/processes.ts";
-import { createWorkspace, pushPayload } from "../helpers/workspace.ts";
-
-async function until<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 60_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await fn();
-    if (value) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
-
-async function alive(pid: number): Promise<boolean> {
-  try {
-    const stat = await readFile(`/proc/${pid}/stat`, "utf8");
-    return stat.slice(stat.lastIndexOf(")") + 2)[0] !== "Z";
-  } catch {
-    return false;
-  }
-}
+import { createWorkspace, queuePush } from "../helpers/workspace.ts";
+import { isRunning, until } from "../helpers/wait.ts";
 
 describe("a workers process killed with SIGKILL in the middle of a build", () => {
   it("redoes the deploy at the next start, kills the orphaned build, and ends in the right release", async () => {
@@ -54,16 +36,7 @@ commands = [["sh", "-c", "echo $$ > ${started}/$DEPLOYQ_SHA; while [ ! -e ${gate
     const layout = queueLayout(ws.queuesDir);
     await ensureQueueDirs(layout, ["app"]);
     const appDir = path.join(ws.dir, "apps", "app");
-    const enqueue = async (sha: string) => {
-      const id = randomUUID();
-      await writeEntryDurably(layout, layout.deployment("app"), entryName(id), {
-        event: "push",
-        delivery_id: id,
-        hook_id: "",
-        received_at: new Date().toISOString(),
-        payload: pushPayload({ repository: "octo-org/app", branch: "main", after: sha }),
-      });
-    };
+    const enqueue = (sha: string) => queuePush(ws.queuesDir, { deployment: "app" }, "octo-org/app", sha);
     const statuses = async (sha: string) => (await tdb.database.db.select().from(deploys).where(eq(deploys.sha, sha))).map((r) => r.status).sort();
     let workers = spawnDeployq(["workers"], env);
     try {
@@ -85,12 +58,12 @@ commands = [["sh", "-c", "echo $$ > ${started}/$DEPLOYQ_SHA; while [ ! -e ${gate
       // Killed mid-build: current still on v1, the entry still queued, the build orphaned.
       expect(await readlink(path.join(appDir, "current"))).toBe(v1Release);
       expect(await readdir(path.join(ws.queuesDir, "deployments", "app"))).toHaveLength(1);
-      expect(await alive(orphan)).toBe(true);
+      expect(await isRunning(orphan)).toBe(true);
       expect(await statuses(v2)).toEqual(["running"]);
 
       workers = spawnDeployq(["workers"], env);
       await workers.waitFor("killed a command left running");
-      expect(await alive(orphan)).toBe(false);
+      expect(await isRunning(orphan)).toBe(false);
       await until("the redone build to run", async () => Number(await readFile(path.join(started, v2), "utf8").catch(() => "0")) !== orphan);
       await writeFile(gate, "");
       await until("v2", async () => (await statuses(v2)).includes("succeeded"));

@@ -9,16 +9,7 @@ import { silentLogger } from "../../src/log.ts";
 import { type TestDatabase, createTestDatabase } from "../helpers/db.ts";
 import { type TestRepo, createRepo, git } from "../helpers/git.ts";
 import { type Workspace, createWorkspace, listFiles, post, pushPayload, signedDelivery } from "../helpers/workspace.ts";
-
-async function until<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 60_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await fn();
-    if (value) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
+import { until } from "../helpers/wait.ts";
 
 describe("deployment worker, releases strategy", () => {
   let ws: Workspace;

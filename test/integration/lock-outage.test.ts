@@ -1,4 +1,4 @@
-import { randomUUID } from "node:crypto";
+
 import { mkdtemp, readFile, readdir, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -6,23 +6,12 @@ import { eq } from "drizzle-orm";
 import { describe, expect, it } from "vitest";
 import { startDaemon } from "../../src/daemon.ts";
 import { deploys } from "../../src/db/schema.ts";
-import { entryName } from "../../src/queue/entry-name.ts";
-import { queueLayout } from "../../src/queue/layout.ts";
-import { writeEntryDurably } from "../../src/queue/write.ts";
+
 import { createTestDatabase } from "../helpers/db.ts";
 import { createRepo } from "../helpers/git.ts";
 import { privateRedis } from "../helpers/redis.ts";
-import { createWorkspace, post, pushPayload, signedDelivery } from "../helpers/workspace.ts";
-
-async function until<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 60_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await fn();
-    if (value) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
+import { createWorkspace, post, pushPayload, signedDelivery, queuePush } from "../helpers/workspace.ts";
+import { until } from "../helpers/wait.ts";
 
 describe("the lock service goes down in the middle of a run", () => {
   it("keeps every entry queued, says so in /healthz, and resumes by itself when it is back", { timeout: 180_000 }, async () => {
@@ -63,16 +52,7 @@ commands = [["sh", "-c", "echo $DEPLOYQ_SHA > BUILT"]]
       const v3 = await repo.commit({ v: "3" });
       await send(v2);
       // One push already in the deployment's queue (routed before the outage, say), one arriving now.
-      const id = randomUUID();
-      const waiting = entryName(id);
-      const layout = queueLayout(ws.queuesDir);
-      await writeEntryDurably(layout, layout.deployment("app"), waiting, {
-        event: "push",
-        delivery_id: id,
-        hook_id: "",
-        received_at: new Date().toISOString(),
-        payload: pushPayload({ repository: "octo-org/app", branch: "main", after: v2 }),
-      });
+      const waiting = await queuePush(ws.queuesDir, { deployment: "app" }, "octo-org/app", v2);
       const last = await send(v3);
       const health = await until("/healthz to report the outage", async () => {
         const res = await fetch(`${daemon.url}/healthz`);

@@ -42,13 +42,17 @@ describe("redlock locks", () => {
     let aborted: boolean | undefined;
     let release!: () => void;
     const held = new Promise<void>((r) => (release = r));
+    let holds!: () => void;
+    const aHolds = new Promise<void>((r) => (holds = r));
     const first = a.locks.using("deployq:deployment:extend", async (signal) => {
       events.push("a:start");
+      holds();
       await held;
       aborted = signal.aborted;
       events.push("a:end");
     });
     // b asks while a holds it; a keeps it for three TTLs, extended at half its life.
+    await aHolds;
     const second = b.locks.using("deployq:deployment:extend", async () => {
       events.push("b:start");
     });
@@ -63,7 +67,13 @@ describe("redlock locks", () => {
     const a = make(2000);
     const b = make(2000, 300);
     let release!: () => void;
-    const holding = a.locks.using("deployq:deployment:busy", () => new Promise<void>((r) => (release = r)));
+    let holds!: () => void;
+    const aHolds = new Promise<void>((r) => (holds = r));
+    const holding = a.locks.using("deployq:deployment:busy", () => {
+      holds();
+      return new Promise<void>((r) => (release = r));
+    });
+    await aHolds;
     await expect(b.locks.using("deployq:deployment:busy", async () => "ran")).rejects.toBeInstanceOf(LockBusyError);
     release();
     await holding;

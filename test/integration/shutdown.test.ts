@@ -5,32 +5,14 @@ import path from "node:path";
 import { eq } from "drizzle-orm";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { deploys } from "../../src/db/schema.ts";
-import { entryName } from "../../src/queue/entry-name.ts";
+
 import { queueLayout } from "../../src/queue/layout.ts";
-import { ensureQueueDirs, writeEntryDurably } from "../../src/queue/write.ts";
+import { ensureQueueDirs } from "../../src/queue/write.ts";
 import { type TestDatabase, createTestDatabase } from "../helpers/db.ts";
 import { type TestRepo, createRepo } from "../helpers/git.ts";
 import { spawnDeployq } from "../helpers/processes.ts";
-import { createWorkspace, pushPayload } from "../helpers/workspace.ts";
-
-async function until<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 60_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await fn();
-    if (value) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
-
-async function alive(pid: number): Promise<boolean> {
-  try {
-    const stat = await readFile(`/proc/${pid}/stat`, "utf8");
-    return stat.slice(stat.lastIndexOf(")") + 2)[0] !== "Z";
-  } catch {
-    return false;
-  }
-}
+import { createWorkspace, queuePush } from "../helpers/workspace.ts";
+import { isRunning, until } from "../helpers/wait.ts";
 
 describe("shutdown of a workers process during a deploy", () => {
   let dir: string;
@@ -67,15 +49,7 @@ commands = [["sh", "-c", "echo $$ > ${run}/pid; while [ ! -e ${gate} ]; do sleep
     const layout = queueLayout(ws.queuesDir);
     await ensureQueueDirs(layout, ["app"]);
     const sha = await repo.commit({ "v": randomUUID() });
-    const id = randomUUID();
-    const name = entryName(id);
-    await writeEntryDurably(layout, layout.deployment("app"), name, {
-      event: "push",
-      delivery_id: id,
-      hook_id: "",
-      received_at: new Date().toISOString(),
-      payload: pushPayload({ repository: "octo-org/app", branch: "main", after: sha }),
-    });
+    const name = await queuePush(ws.queuesDir, { deployment: "app" }, "octo-org/app", sha);
     const workers = spawnDeployq(["workers"], env);
     const pidFile = path.join(run, "pid");
     await until("the build to start", async () => (await readFile(pidFile, "utf8").catch(() => "")).trim() !== "");
@@ -95,7 +69,7 @@ commands = [["sh", "-c", "echo $$ > ${run}/pid; while [ ! -e ${gate} ]; do sleep
     try {
       t.workers.child.kill("SIGTERM");
       await t.workers.waitFor("draining");
-      expect(await alive(t.commandPid)).toBe(true);
+      expect(await isRunning(t.commandPid)).toBe(true);
       await writeFile(t.gate, "");
       expect((await t.workers.exited).signal).toBe("SIGTERM");
       expect(await t.statuses()).toEqual(["succeeded"]);
@@ -110,7 +84,7 @@ commands = [["sh", "-c", "echo $$ > ${run}/pid; while [ ! -e ${gate} ]; do sleep
     try {
       t.workers.child.kill("SIGTERM");
       expect((await t.workers.exited).signal).toBe("SIGTERM");
-      expect(await alive(t.commandPid)).toBe(false);
+      expect(await isRunning(t.commandPid)).toBe(false);
       expect(await t.statuses()).toEqual(["interrupted"]);
       expect(await t.queued()).toBe(true);
     } finally {
@@ -125,7 +99,7 @@ commands = [["sh", "-c", "echo $$ > ${run}/pid; while [ ! -e ${gate} ]; do sleep
       await t.workers.waitFor("draining");
       t.workers.child.kill("SIGTERM");
       expect((await t.workers.exited).code).toBe(1);
-      expect(await alive(t.commandPid)).toBe(false);
+      expect(await isRunning(t.commandPid)).toBe(false);
       expect(await t.queued()).toBe(true);
     } finally {
       await t.cleanup();
