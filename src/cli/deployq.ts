@@ -21,6 +21,7 @@ const program = new Command("deployq")
 Environment:
   GITHUB_WEBHOOK_SECRET  webhook secret(s), comma-separated during a rotation (required by the receiver)
   DATABASE_URL           Postgres URL; unset: embedded PGlite in the data directory (one process only)
+  REDIS_URL              Dragonfly/Redis for redlock (comma-separated for a quorum); unset: in-process locks
   DEPLOYQ_CONFIG         configuration file, if --config is not given
   DEPLOYQ_QUEUES_DIR     queue root, overriding queues_dir from the configuration
   DEPLOYQ_LOG_LEVEL      trace, debug, info (default), warn, error
