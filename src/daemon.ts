@@ -9,6 +9,7 @@ import { queueLayout } from "./queue/layout.ts";
 import type { QueueWorker } from "./queue/watch.ts";
 import { ensureQueueDirs, sweepTmp } from "./queue/write.ts";
 import { createLocalLocks } from "./lock/local-lock.ts";
+import { pingLockService } from "./lock/ping.ts";
 import { createRedlockLocks } from "./lock/redlock.ts";
 import type { LockService } from "./lock/lock.ts";
 import { acquirePidLock } from "./pid-lock.ts";
@@ -124,7 +125,12 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
         status: (only) => collectStatus(settings, database.db, only),
         health: [
           ...(router ? [{ name: "router", check: async () => assertHealthy(router) }] : []),
-          ...(lockService ? [{ name: "locks", check: async () => assertLocks(lockService!) }] : []),
+          ...(lockService
+            ? [{ name: "locks", check: async () => assertLocks(lockService!) }]
+            : settings.secrets.redisUrls.length > 0
+              ? // The receiver alone: the workers' lock service, as reachable from here.
+                [{ name: "locks", check: () => assertReachable(settings.secrets.redisUrls) }]
+              : []),
           ...[...deployments.values()].map((w) => ({ name: `deployment:${w.name}`, check: async () => assertHealthy(w) })),
         ],
       });
@@ -152,6 +158,11 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
     await closeAll();
     throw err;
   }
+}
+
+async function assertReachable(urls: string[]): Promise<void> {
+  const ping = await pingLockService(urls);
+  if (!ping.ok) throw new Error(`lock service unreachable: ${ping.detail}`);
 }
 
 function assertLocks(locks: LockService): void {

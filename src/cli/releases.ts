@@ -2,6 +2,7 @@ import type { Settings } from "../config/load.ts";
 import { DeployqError } from "../errors.ts";
 import { deploymentPaths, listReleases } from "../steps/release.ts";
 import { type DeploymentStatus, collectStatus } from "../status.ts";
+import { pingLockService } from "../lock/ping.ts";
 import { getJson, withDatabase } from "./database-access.ts";
 import { formatAge, printJson, table } from "./output.ts";
 
@@ -37,7 +38,10 @@ export async function statusCommand(settings: Settings, name: string | undefined
     (base) => getJson<DeploymentStatus[]>(`${base}/status${name ? `?deployment=${encodeURIComponent(name)}` : ""}`),
   );
   if (json) return printJson(status);
-  if (settings.secrets.redisUrls.length > 0) process.stdout.write(`lock service: ${await pingLockService(settings.secrets.redisUrls)}\n\n`);
+  if (settings.secrets.redisUrls.length > 0) {
+    const ping = await pingLockService(settings.secrets.redisUrls);
+    process.stdout.write(`lock service: ${ping.ok ? ping.detail : `UNREACHABLE: deploys wait in their queues until it is back (${ping.detail})`}\n\n`);
+  }
   for (const s of status) {
     const last = s.last;
     const ago = (t: Date | string | null | undefined) => (t ? `${formatAge(Math.round((Date.now() - new Date(t).getTime()) / 1000))} ago` : "");
@@ -53,28 +57,4 @@ export async function statusCommand(settings: Settings, name: string | undefined
       ].join("\n"),
     );
   }
-}
-
-/** Whether a majority of the REDIS_URL nodes answer (what redlock needs to take a lock). */
-async function pingLockService(urls: string[]): Promise<string> {
-  const { Redis } = await import("ioredis");
-  const answers = await Promise.all(
-    urls.map(async (url) => {
-      const client = new Redis(url, { lazyConnect: true, connectTimeout: 2000, maxRetriesPerRequest: 0, retryStrategy: () => null });
-      client.on("error", () => {});
-      try {
-        await client.connect();
-        await client.ping();
-        return undefined;
-      } catch (err) {
-        return `${new URL(url).host}: ${err instanceof Error ? err.message : String(err)}`;
-      } finally {
-        client.disconnect();
-      }
-    }),
-  );
-  const down = answers.filter((a) => a !== undefined);
-  const quorum = Math.floor(urls.length / 2) + 1;
-  if (urls.length - down.length >= quorum) return down.length === 0 ? `ok (${urls.length} node${urls.length > 1 ? "s" : ""})` : `ok, but ${down.join("; ")}`;
-  return `UNREACHABLE: deploys wait in their queues until it is back (${down.join("; ")})`;
 }

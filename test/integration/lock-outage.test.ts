@@ -84,4 +84,29 @@ commands = [["sh", "-c", "echo $DEPLOYQ_SHA > BUILT"]]
       await rm(dir, { recursive: true, force: true });
     }
   });
+
+  it("is reported by a receiver running on its own, which pings the workers' lock service", { timeout: 60_000 }, async () => {
+    const redis = await privateRedis();
+    await redis.start();
+    const ws = await createWorkspace({ env: { REDIS_URL: redis.url } });
+    const tdb = await createTestDatabase("postgres");
+    const { silentLogger } = await import("../../src/log.ts");
+    const daemon = await startDaemon({ settings: ws.settings, role: "receiver", logger: silentLogger(), database: tdb.database });
+    try {
+      const health = async () => {
+        const res = await fetch(`${daemon.url}/healthz`);
+        return { status: res.status, body: (await res.json()) as { checks: Record<string, string> } };
+      };
+      expect(await health()).toMatchObject({ status: 200, body: { checks: { locks: "ok" } } });
+      await redis.stop();
+      const down = await health();
+      expect(down.status).toBe(503);
+      expect(down.body.checks.locks).toMatch(/lock service unreachable/);
+    } finally {
+      await daemon.close();
+      await redis.stop();
+      await tdb.dispose();
+      await ws.dispose();
+    }
+  });
 });
