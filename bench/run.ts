@@ -12,6 +12,9 @@
  *    moment the queue worker (directory watcher + scans, src/queue/watch.ts) hands it to
  *    its handler, in process.
  * 3. Where a request's time goes: each step of the webhook handler alone (bench/steps.ts).
+ * 4. Deploys (bench/deploy.ts): a real `deployq serve` child, webhook -> `current` switched for
+ *    a deploy with no commands, against a shell script doing a classic hook's fetch + checkout
+ *    for the same push; and a burst of pushes to one deployment (how many deploys ran).
  *
  * Options (npm run bench -- --duration 5 ...): see `usage` below.
  * Every child process is stopped and the temporary database dropped, also on error or Ctrl-C.
@@ -36,6 +39,7 @@ import { removeEntry } from "../src/queue/move.ts";
 import { QueueWorker } from "../src/queue/watch.ts";
 import { ensureQueueDirs } from "../src/queue/write.ts";
 import { parseEntry } from "../src/workers/router.ts";
+import { type DeployFigures, deployReport, runDeployBench } from "./deploy.ts";
 import { type StepFigure, runSteps } from "./steps.ts";
 
 const REPO_ROOT = fileURLToPath(new URL("..", import.meta.url));
@@ -56,14 +60,18 @@ const usage = `usage: npm run bench -- [options]
   --threads <n>       wrk threads (default 2)
   --entries <n>       router entries for the pickup latency (default 500)
   --spacing <ms>      pause between two router entries (default 5)
-  --only <list>       comma-separated subset of: receiver,bare,router,steps (default all)
+  --only <list>       comma-separated subset of: receiver,bare,router,steps,deploy (default all)
+  --deploy-pushes <n> measured pushes, each deployed by deployq and the baseline script (default 30)
+  --deploy-warmup <n> unmeasured pushes before them (default 3)
+  --burst <n>         pushes in the burst to one deployment (default 100)
+  --repo-files <n>    files in the deploy bench's generated repository (default 300)
 profiling variants of the receiver (not the default figures):
   --pglite            the embedded PGlite (on disk) instead of Postgres
   --async-commit      Postgres synchronous_commit = off for the bench database (no WAL flush wait)
   --no-file-fsync     the receiver under Debian's libeatmydata (LD_PRELOAD): its fsync calls do nothing
   --uv-threads <n>    UV_THREADPOOL_SIZE for the receiver (Node's default is 4)
   --pool <n>          Postgres pool size (deployq's default is 20), through bench/receiver-entry.ts
-  --cpu-prof          write a V8 CPU profile of the receiver into bench/profiles/`;
+  --cpu-prof          write a V8 CPU profile of the receiver (and of deployq serve in the deploy part) into bench/profiles/`;
 
 const { values: opts } = parseArgs({
   options: {
@@ -74,7 +82,11 @@ const { values: opts } = parseArgs({
     threads: { type: "string", default: "2" },
     entries: { type: "string", default: "500" },
     spacing: { type: "string", default: "5" },
-    only: { type: "string", default: "receiver,bare,router,steps" },
+    only: { type: "string", default: "receiver,bare,router,steps,deploy" },
+    "deploy-pushes": { type: "string", default: "30" },
+    "deploy-warmup": { type: "string", default: "3" },
+    burst: { type: "string", default: "100" },
+    "repo-files": { type: "string", default: "300" },
     pglite: { type: "boolean", default: false },
     "async-commit": { type: "boolean", default: false },
     "no-file-fsync": { type: "boolean", default: false },
@@ -797,6 +809,26 @@ async function main(): Promise<void> {
     });
   }
 
+  let deploy: DeployFigures | undefined;
+  if (ONLY.has("deploy")) {
+    const profiles = path.join(REPO_ROOT, "bench", "profiles");
+    if (opts["cpu-prof"]) await mkdir(profiles, { recursive: true });
+    deploy = await runDeployBench({
+      workDir,
+      repoRoot: REPO_ROOT,
+      secret: SECRET,
+      pushes: Math.round(positive("deploy-pushes")),
+      warmup: Math.max(1, Math.round(Number(opts["deploy-warmup"])) || 1),
+      burst: Math.round(positive("burst")),
+      files: Math.round(positive("repo-files")),
+      cpuProfileDir: opts["cpu-prof"] ? profiles : undefined,
+      createDatabase,
+      startChild,
+      childEnv,
+      addCleanup: (what, run) => void cleanups.push({ what, run }),
+      progress: (line) => process.stderr.write(`${line}\n`),
+    });
+  }
   console.log("");
   if (receiver || bare) {
     const rows = [["target", "status", "ok req/s", "per run", "p50 ms", "p90 ms", "p99 ms", "max ms", "other responses", "load"]];
@@ -861,6 +893,10 @@ async function main(): Promise<void> {
         ...steps.map((f) => [f.step, n(f.serialUs, 1), n(f.perSec, 0), n(f.p50Ms, 2), n(f.p99Ms, 2), n(f.cpuUs, 0), n(f.dbCpuUs, 0)]),
       ]),
     );
+  }
+  if (deploy) {
+    console.log("");
+    console.log(deployReport(deploy, table));
   }
   console.log(`\nload average at the end: ${os.loadavg().map((l) => l.toFixed(2)).join(" ")} (other work on the machine skews every figure)`);
 }
