@@ -50,6 +50,12 @@ export const DeploymentConfig = z.strictObject({
   max_attempts: z.number().int().min(1).default(5),
   /** First retry delay; it doubles with each attempt, with jitter. */
   retry_backoff_s: z.number().positive().default(10),
+  /**
+   * When several pushes are waiting, deploy once the queue has been quiet this long (for at
+   * most ten times this), so a burst costs one deploy of its newest commit. 0: never wait.
+   * A single waiting push is deployed at once.
+   */
+  coalesce_ms: z.number().int().min(0).default(300),
 });
 export type DeploymentConfig = z.infer<typeof DeploymentConfig>;
 

@@ -13,6 +13,7 @@ import { LockBusyError, type LockService, LockUnavailableError, deploymentLockNa
 import { type QueueEntry, summarizePayload } from "../queue/entry.ts";
 import type { QueueLayout } from "../queue/layout.ts";
 import { deadLetterEntry } from "../queue/dead-letter.ts";
+import { parseEntryName } from "../queue/entry-name.ts";
 import { removeEntry, rewriteInto } from "../queue/move.ts";
 import { scanQueue } from "../queue/scan.ts";
 import { QueueWorker } from "../queue/watch.ts";
@@ -143,6 +144,7 @@ export class DeploymentWorker {
    */
   private async handle(name: string): Promise<void> {
     const dir = this.deps.layout.deployment(this.name);
+    await this.waitForBurstToSettle(dir);
     try {
       await this.deps.locks.using(deploymentLockName(this.name), async (lockSignal) => {
         if (this.abort.signal.aborted) return;
@@ -193,6 +195,29 @@ export class DeploymentWorker {
   }
 
   private lockDelay = 0;
+
+  /**
+   * Pushes that come in a burst (a rebase pushed branch by branch, a merge train) should
+   * cost one deploy, not one each. A single waiting entry is deployed at once; when
+   * several are waiting, the worker first lets the queue go quiet for `coalesce_ms`
+   * (newest arrival, from its entry name), for at most ten times that, so that the
+   * deploy it then starts is of the newest commit of the burst.
+   */
+  private async waitForBurstToSettle(dir: string): Promise<void> {
+    const quietMs = this.deps.deployment.coalesce_ms;
+    if (quietMs <= 0) return;
+    const started = Date.now();
+    for (;;) {
+      if (this.abort.signal.aborted || this.draining) return;
+      const names = await scanQueue(dir);
+      if (names.length < 2) return;
+      const newest = parseEntryName(names.at(-1)!)?.epochMs ?? 0;
+      const quietFor = Date.now() - newest;
+      const waited = Date.now() - started;
+      if (quietFor >= quietMs || waited >= quietMs * 10) return;
+      await new Promise((r) => setTimeout(r, Math.min(quietMs - quietFor, quietMs * 10 - waited)));
+    }
+  }
   private draining = false;
 
   private async supersede(name: string, entry: QueueEntry, by: string, token: number): Promise<void> {

@@ -202,6 +202,48 @@ commands = [["sh", "-c", "touch ${started}/$DEPLOYQ_SHA; while [ ! -e ${gate} ];
   });
 });
 
+describe("a burst of pushes", () => {
+  it("costs one or two deploys of its newest commit, not one per push", async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), "deployq-coalesce-"));
+    const repo = await createRepo(dir);
+    const ws = await createWorkspace({
+      deployments: `
+[deployments.busy]
+repository = "octo-org/busy"
+branch = "main"
+remote = "${repo.bare}"
+path = "./apps/busy"
+`,
+    });
+    const tdb = await createTestDatabase("postgres");
+    const daemon = await startDaemon({ settings: ws.settings, role: "serve", logger: silentLogger(), database: tdb.database });
+    try {
+      const shas: string[] = [];
+      for (let i = 0; i < 20; i++) shas.push(await repo.commit({ v: String(i) }));
+      for (const sha of shas) {
+        const res = await post(daemon.url!, await signedDelivery(pushPayload({ repository: "octo-org/busy", branch: "main", after: sha })));
+        expect(res.status).toBe(202);
+        await new Promise((r) => setTimeout(r, 20)); // pushes arriving one after another, as from a script
+      }
+      const newest = shas.at(-1)!;
+      const rows = await until("the newest commit to be deployed", async () => {
+        const all = await tdb.database.db.select().from(deploys).where(eq(deploys.deployment, "busy"));
+        return all.length === 20 && all.some((r) => r.sha === newest && r.status === "succeeded") ? all : undefined;
+      });
+      const ran = rows.filter((r) => r.status !== "superseded");
+      expect(ran.length).toBeLessThanOrEqual(2);
+      expect(rows.filter((r) => r.status === "superseded")).toHaveLength(20 - ran.length);
+      const meta = JSON.parse(await readFile(path.join(ws.dir, "apps", "busy", "current", ".deployq-release.json"), "utf8"));
+      expect(meta.sha).toBe(newest);
+    } finally {
+      await daemon.close();
+      await tdb.dispose();
+      await ws.dispose();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe("transient failures", () => {
   it("retries an unreachable remote with backoff, then dead-letters it with the last error", async () => {
     const ws = await createWorkspace({
