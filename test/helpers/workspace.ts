@@ -40,6 +40,21 @@ remote = "/nonexistent/web.git"
 path = "./apps/web"
 `;
 
+/**
+ * The TOML of a deployment named `name` that follows branch main of "octo-org/<name>",
+ * fetched from `remote`, living in ./apps/<name>, plus any `extra` keys.
+ */
+export function followingDeployment(name: string, remote: string, extra = ""): string {
+  return `
+[deployments.${name}]
+repository = "octo-org/${name}"
+branch = "main"
+remote = "${remote}"
+path = "./apps/${name}"
+${extra.trim()}
+`;
+}
+
 /** A temporary folder with a deployq.toml, its queue root and data dir inside. */
 export async function createWorkspace(options: { deployments?: string; port?: number; env?: NodeJS.ProcessEnv; topLevel?: string } = {}): Promise<Workspace> {
   const dir = await mkdtemp(path.join(tmpdir(), "deployq-test-"));

@@ -4,22 +4,17 @@ import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { createRepo } from "../helpers/git.ts";
 import { runDeployq, spawnDeployq } from "../helpers/processes.ts";
-import { createWorkspace } from "../helpers/workspace.ts";
+import { createWorkspace, followingDeployment } from "../helpers/workspace.ts";
 
 describe("deployq deploy, rollback, releases and status against a running daemon on PGlite", () => {
   it("deploys any ref of the remote with progress, rolls back, and reports", { timeout: 240_000 }, async () => {
     const dir = await mkdtemp(path.join(tmpdir(), "deployq-cli-deploy-"));
     const repo = await createRepo(dir);
     const ws = await createWorkspace({
-      deployments: `
-[deployments.app]
-repository = "octo-org/app"
-branch = "main"
-remote = "${repo.bare}"
-path = "./apps/app"
+      deployments: followingDeployment("app", repo.bare, `
 commands = [["sh", "-c", "echo building $DEPLOYQ_SHA"]]
 restart = { script = ["sh", "-c", "echo restarted > RESTARTED"] }
-`,
+`),
     });
     const env = { ...ws.env, DATABASE_URL: "", DEPLOYQ_CONFIG: ws.configPath };
     const serve = spawnDeployq(["serve"], env);

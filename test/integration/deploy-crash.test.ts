@@ -11,7 +11,7 @@ import { ensureQueueDirs } from "../../src/queue/write.ts";
 import { createTestDatabase } from "../helpers/db.ts";
 import { createRepo } from "../helpers/git.ts";
 import { spawnDeployq } from "../helpers/processes.ts";
-import { createWorkspace, queuePush } from "../helpers/workspace.ts";
+import { createWorkspace, queuePush, followingDeployment } from "../helpers/workspace.ts";
 import { isRunning, until } from "../helpers/wait.ts";
 
 describe("a workers process killed with SIGKILL in the middle of a build", () => {
@@ -22,14 +22,9 @@ describe("a workers process killed with SIGKILL in the middle of a build", () =>
     const started = path.join(dir, "started");
     await mkdir(started);
     const ws = await createWorkspace({
-      deployments: `
-[deployments.app]
-repository = "octo-org/app"
-branch = "main"
-remote = "${repo.bare}"
-path = "./apps/app"
+      deployments: followingDeployment("app", repo.bare, `
 commands = [["sh", "-c", "echo $$ > ${started}/$DEPLOYQ_SHA; while [ ! -e ${gate} ]; do sleep 0.02; done; echo built > BUILT"]]
-`,
+`),
     });
     const tdb = await createTestDatabase("postgres");
     const env = { ...ws.env, DATABASE_URL: tdb.url, DEPLOYQ_CONFIG: ws.configPath, DEPLOYQ_LOG_LEVEL: "info" };

@@ -8,7 +8,7 @@ import { deploys } from "../../src/db/schema.ts";
 import { silentLogger } from "../../src/log.ts";
 import { type TestDatabase, createTestDatabase } from "../helpers/db.ts";
 import { type TestRepo, createRepo, git } from "../helpers/git.ts";
-import { type Workspace, createWorkspace, listFiles, post, pushPayload, signedDelivery } from "../helpers/workspace.ts";
+import { type Workspace, createWorkspace, listFiles, post, pushPayload, signedDelivery, followingDeployment } from "../helpers/workspace.ts";
 import { until } from "../helpers/wait.ts";
 
 describe("deployment worker, releases strategy", () => {
@@ -22,17 +22,12 @@ describe("deployment worker, releases strategy", () => {
     const reposDir = await mkdtemp(path.join(tmpdir(), "deployq-repos-"));
     repo = await createRepo(reposDir);
     ws = await createWorkspace({
-      deployments: `
-[deployments.app]
-repository = "octo-org/app"
-branch = "main"
-remote = "${repo.bare}"
-path = "./apps/app"
+      deployments: followingDeployment("app", repo.bare, `
 keep_releases = 3
 shared = ["config/.env", "uploads/"]
 commands = [["sh", "-c", "echo built $DEPLOYQ_SHA > BUILD; cat config/.env >> BUILD; if grep -q GOOD=0 config/.env; then echo 'config says GOOD=0' >&2; exit 3; fi"]]
 restart = { script = ["sh", "-c", "echo restarted >> $DEPLOYQ_RELEASE_DIR/RESTARTS"] }
-`,
+`),
     });
     appDir = path.join(ws.dir, "apps", "app");
     await mkdir(path.join(appDir, "shared", "config"), { recursive: true });
@@ -146,14 +141,9 @@ describe("newest commit wins", () => {
     const started = path.join(dir, "started");
     await mkdir(started);
     const ws = await createWorkspace({
-      deployments: `
-[deployments.slow]
-repository = "octo-org/slow"
-branch = "main"
-remote = "${repo.bare}"
-path = "./apps/slow"
+      deployments: followingDeployment("slow", repo.bare, `
 commands = [["sh", "-c", "touch ${started}/$DEPLOYQ_SHA; while [ ! -e ${gate} ]; do sleep 0.02; done"]]
-`,
+`),
     });
     const tdb = await createTestDatabase("postgres");
     const daemon = await startDaemon({ settings: ws.settings, role: "serve", logger: silentLogger(), database: tdb.database });
@@ -207,13 +197,7 @@ describe("a burst of pushes", () => {
     const dir = await mkdtemp(path.join(tmpdir(), "deployq-coalesce-"));
     const repo = await createRepo(dir);
     const ws = await createWorkspace({
-      deployments: `
-[deployments.busy]
-repository = "octo-org/busy"
-branch = "main"
-remote = "${repo.bare}"
-path = "./apps/busy"
-`,
+      deployments: followingDeployment("busy", repo.bare),
     });
     const tdb = await createTestDatabase("postgres");
     const daemon = await startDaemon({ settings: ws.settings, role: "serve", logger: silentLogger(), database: tdb.database });

@@ -10,7 +10,7 @@ import { deploys } from "../../src/db/schema.ts";
 import { createTestDatabase } from "../helpers/db.ts";
 import { createRepo } from "../helpers/git.ts";
 import { privateRedis } from "../helpers/redis.ts";
-import { createWorkspace, post, pushPayload, signedDelivery, queuePush } from "../helpers/workspace.ts";
+import { createWorkspace, post, pushPayload, signedDelivery, queuePush, followingDeployment } from "../helpers/workspace.ts";
 import { until } from "../helpers/wait.ts";
 
 describe("the lock service goes down in the middle of a run", () => {
@@ -21,16 +21,11 @@ describe("the lock service goes down in the middle of a run", () => {
     await redis.start();
     const ws = await createWorkspace({
       env: { REDIS_URL: redis.url },
-      deployments: `
-[deployments.app]
-repository = "octo-org/app"
-branch = "main"
-remote = "${repo.bare}"
-path = "./apps/app"
+      deployments: followingDeployment("app", repo.bare, `
 max_attempts = 2
 retry_backoff_s = 0.05
 commands = [["sh", "-c", "echo $DEPLOYQ_SHA > BUILT"]]
-`,
+`),
     });
     const tdb = await createTestDatabase("postgres");
     const logFile = path.join(dir, "deployq.log");

@@ -12,7 +12,7 @@ import { type TestDatabase, createTestDatabase } from "../helpers/db.ts";
 import { type TestRepo, createRepo } from "../helpers/git.ts";
 import { type Spawned, spawnDeployq } from "../helpers/processes.ts";
 import { type PrivateRedis, privateRedis } from "../helpers/redis.ts";
-import { type Workspace, createWorkspace, queuePush } from "../helpers/workspace.ts";
+import { type Workspace, createWorkspace, queuePush, followingDeployment } from "../helpers/workspace.ts";
 import { until } from "../helpers/wait.ts";
 
 const FINAL = new Set(["succeeded", "already-deployed", "superseded"]);
@@ -126,14 +126,9 @@ commands = [["sh", "-c", "echo $DEPLOYQ_SHA > BUILT"]]
     const repo = await createRepo(dir, "paused");
     const fenced = await createWorkspace({
       topLevel: "lock_ttl_ms = 1000",
-      deployments: `
-[deployments.paused]
-repository = "octo-org/paused"
-branch = "main"
-remote = "${repo.bare}"
-path = "./apps/paused"
+      deployments: followingDeployment("paused", repo.bare, `
 commands = [["sh", "-c", "touch ${marks}/$PPID-$$; while [ ! -e ${gate} ]; do sleep 0.02; done"]]
-`,
+`),
     });
     const fenv = { ...env, DEPLOYQ_CONFIG: fenced.configPath };
     const workers = [spawnDeployq(["workers"], fenv), spawnDeployq(["workers"], fenv)];

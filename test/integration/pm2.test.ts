@@ -10,7 +10,7 @@ import { type TestDatabase, createTestDatabase } from "../helpers/db.ts";
 import { type TestRepo, createRepo } from "../helpers/git.ts";
 import { type Outcome, allNames, entryNames, freePort, tryPost, waitForHttp, waitUntil } from "../helpers/load.ts";
 import { REPO_ROOT } from "../helpers/processes.ts";
-import { SECRET, type Workspace, createWorkspace, pushPayload, signedDelivery } from "../helpers/workspace.ts";
+import { SECRET, type Workspace, createWorkspace, pushPayload, signedDelivery, followingDeployment } from "../helpers/workspace.ts";
 
 const run = promisify(execFile);
 
@@ -110,15 +110,10 @@ describe("pm2: ecosystem.config.cjs in a private PM2_HOME", () => {
     port = await freePort();
     ws = await createWorkspace({
       port,
-      deployments: `
-[deployments.app]
-repository = "octo-org/app"
-branch = "main"
-remote = "${repo.bare}"
-path = "./apps/app"
+      deployments: followingDeployment("app", repo.bare, `
 keep_releases = 3
 commands = [["sh", "-c", "echo $DEPLOYQ_SHA > BUILD"]]
-`,
+`),
     });
     tdb = await createTestDatabase("postgres");
     const inherited = { ...process.env };

@@ -11,7 +11,7 @@ import { ensureQueueDirs } from "../../src/queue/write.ts";
 import { type TestDatabase, createTestDatabase } from "../helpers/db.ts";
 import { type TestRepo, createRepo } from "../helpers/git.ts";
 import { spawnDeployq } from "../helpers/processes.ts";
-import { createWorkspace, queuePush } from "../helpers/workspace.ts";
+import { createWorkspace, queuePush, followingDeployment } from "../helpers/workspace.ts";
 import { isRunning, until } from "../helpers/wait.ts";
 
 describe("shutdown of a workers process during a deploy", () => {
@@ -36,14 +36,9 @@ describe("shutdown of a workers process during a deploy", () => {
     await mkdir(run);
     const ws = await createWorkspace({
       topLevel: `shutdown_grace_s = ${graceSeconds}`,
-      deployments: `
-[deployments.app]
-repository = "octo-org/app"
-branch = "main"
-remote = "${repo.bare}"
-path = "./apps/app"
+      deployments: followingDeployment("app", repo.bare, `
 commands = [["sh", "-c", "echo $$ > ${run}/pid; while [ ! -e ${gate} ]; do sleep 0.02; done"]]
-`,
+`),
     });
     const env = { ...ws.env, DATABASE_URL: tdb.url, DEPLOYQ_CONFIG: ws.configPath, DEPLOYQ_LOG_LEVEL: "info" };
     const layout = queueLayout(ws.queuesDir);
