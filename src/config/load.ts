@@ -1,9 +1,10 @@
 import { readFileSync } from "node:fs";
+import { homedir } from "node:os";
 import path from "node:path";
 import { parse as parseToml } from "smol-toml";
 import type { z } from "zod";
 import { ConfigError, errorMessage } from "../errors.ts";
-import { Config, type DeploymentConfig } from "./schema.ts";
+import { type CertbotHost, Config, type DeploymentConfig, type NginxHost } from "./schema.ts";
 
 export const DEFAULT_CONFIG_PATH = "./deployq.toml";
 
@@ -27,6 +28,11 @@ export interface Settings {
   rescanIntervalMs: number;
   shutdownGraceMs: number;
   lockTtlMs: number;
+  /** pm2's home for deployments restarted with pm2 (and for the daemon under pm2). */
+  pm2Home: string;
+  nginx: NginxHost;
+  /** Absent: no certificates are requested. */
+  certbot: CertbotHost | undefined;
   deployments: Map<string, Deployment>;
   secrets: Secrets;
 }
@@ -93,6 +99,7 @@ export function loadSettings(options: LoadOptions = {}): Settings {
   const base = path.dirname(configPath);
   const deployments = new Map<string, Deployment>();
   for (const [name, deployment] of Object.entries(config.deployments)) {
+
     // A local remote written as a relative path ("." or "./x", "../x") is relative to this file too.
     const remote = /^\.\.?(\/|$)/.test(deployment.remote) ? path.resolve(base, deployment.remote) : deployment.remote;
     deployments.set(name, { ...deployment, name, remote, path: path.resolve(base, deployment.path) });
@@ -106,6 +113,9 @@ export function loadSettings(options: LoadOptions = {}): Settings {
     rescanIntervalMs: config.rescan_interval_ms,
     shutdownGraceMs: config.shutdown_grace_s * 1000,
     lockTtlMs: config.lock_ttl_ms,
+    pm2Home: path.resolve(base, config.pm2_home ?? env.PM2_HOME ?? path.join(homedir(), ".pm2")),
+    nginx: config.nginx,
+    certbot: config.certbot,
     deployments,
     secrets: {
       webhookSecrets: list(env.GITHUB_WEBHOOK_SECRET),

@@ -9,11 +9,55 @@ const argv = z
   .array(z.string().min(1, "an argument may not be empty"))
   .min(1, "a command needs at least the program name");
 
-export const RestartConfig = z.union([
-  z.strictObject({ pm2: z.string().min(1) }),
-  z.strictObject({ script: argv }),
-]);
+/** A path inside the release: relative, without . or .. components. */
+const releasePath = z
+  .string()
+  .min(1)
+  .refine((p) => !p.startsWith("/") && !p.split("/").some((part) => part === ".." || part === "."), "must be a relative path inside the release, without . or ..");
+
+const envTable = z.record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, "not an environment variable name"), z.string());
+
+/** pm2 app names: what pm2 accepts on its command line without surprises (no commas: --only takes a list). */
+export const PM2_APP_NAME = /^[A-Za-z0-9][A-Za-z0-9._:@-]{0,99}$/;
+
+export const Pm2Restart = z.strictObject({
+  /** The ecosystem file, inside the release (loaded through `current`). */
+  pm2: releasePath,
+  /** Only these apps of the ecosystem file (default: all of them). */
+  only: z.array(z.string().regex(PM2_APP_NAME, "not a pm2 app name (letters, digits, . _ : @ -)")).min(1).optional(),
+  /** Environment for the apps, on top of the ecosystem file's own `env`. */
+  env: envTable.default({}),
+});
+export type Pm2Restart = z.infer<typeof Pm2Restart>;
+
+export const RestartConfig = z.union([Pm2Restart, z.strictObject({ script: argv })]);
 export type RestartConfig = z.infer<typeof RestartConfig>;
+
+export const HealthConfig = z.strictObject({
+  /** Polled after the restart until it answers 2xx. */
+  url: z.url({ protocol: /^https?$/, error: "must be an http:// or https:// URL" }),
+  /** Give up (and roll back) after this many seconds. */
+  timeout_s: z.number().positive().default(30),
+});
+export type HealthConfig = z.infer<typeof HealthConfig>;
+
+/** A site is `<site>.conf`: the name is also the certificate name, so keep it to one tame path component. */
+export const SITE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
+
+export const NginxSites = z.strictObject({
+  /** Folder in the release holding `<site>.conf` files. */
+  sites_dir: releasePath.default("nginx/sites"),
+  /** Where nginx includes them from (absolute; deployq writes only `<site>.conf` files here). */
+  conf_dir: z.string().refine((p) => p.startsWith("/"), "must be an absolute path"),
+  /** Glob patterns on site names (without .conf): a site is deployed if it matches include and not exclude. */
+  include: z.array(z.string().min(1)).default(["*"]),
+  exclude: z.array(z.string().min(1)).default([]),
+  /** Per site, a URL that must answer (any status below 500) once nginx has reloaded. */
+  verify: z.record(z.string().regex(SITE_NAME, "not a site name"), z.url({ protocol: /^https?$/ })).default({}),
+  /** Request certificates for the sites' server names (needs a top-level [certbot] table). */
+  certificates: z.boolean().default(true),
+});
+export type NginxSites = z.infer<typeof NginxSites>;
 
 export const DeploymentConfig = z.strictObject({
   repository: z
@@ -29,21 +73,18 @@ export const DeploymentConfig = z.strictObject({
   keep_releases: z.number().int().min(2).default(5),
   commands: z.array(argv).default([]),
   restart: RestartConfig.optional(),
+  /** After the restart: poll this URL; no 2xx within the timeout rolls the deploy back. */
+  health: HealthConfig.optional(),
+  /** nginx site files from the release, deployed (with their certificates) after the app is healthy. */
+  nginx: NginxSites.optional(),
   enabled: z.boolean().default(true),
   /**
    * Paths linked from <path>/shared/ into every release (releases strategy). A trailing
    * "/" marks a directory (created when missing); a file must exist in shared/.
    */
-  shared: z
-    .array(
-      z
-        .string()
-        .min(1)
-        .refine((p) => !p.startsWith("/") && !p.split("/").some((part) => part === ".." || part === "."), "must be a relative path inside the release, without . or .."),
-    )
-    .default([]),
+  shared: z.array(releasePath).default([]),
   /** Extra environment for the build commands and the restart script (secrets belong in shared files, not here). */
-  env: z.record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, "not an environment variable name"), z.string()).default({}),
+  env: envTable.default({}),
   /** Each build command and the restart script is killed after this many seconds. */
   command_timeout_s: z.number().positive().default(900),
   /** Attempts for transient failures (remote unreachable, lock service down) before the entry is dead-lettered. */
@@ -64,6 +105,35 @@ export const ServerConfig = z.strictObject({
   port: z.number().int().min(0).max(65535).default(3400),
 });
 
+const DEFAULT_NGINX = {
+  test_command: ["sudo", "-n", "nginx", "-t"],
+  reload_command: ["sudo", "-n", "systemctl", "reload", "nginx"],
+  pid_file: "/run/nginx.pid",
+  verify_timeout_s: 10,
+};
+
+/** How this host's nginx is tested and reloaded (the sites come from each deployment's [deployments.x.nginx]). */
+export const NginxHost = z.strictObject({
+  test_command: argv.default(DEFAULT_NGINX.test_command),
+  reload_command: argv.default(DEFAULT_NGINX.reload_command),
+  /** The nginx master's pid file: a reload took effect when the master runs new workers. */
+  pid_file: z.string().refine((p) => p.startsWith("/"), "must be an absolute path").default(DEFAULT_NGINX.pid_file),
+  /** How long to wait for the reload to take effect (new workers, verify URLs). */
+  verify_timeout_s: z.number().positive().default(DEFAULT_NGINX.verify_timeout_s),
+});
+export type NginxHost = z.infer<typeof NginxHost>;
+
+/** certbot, for the sites of deployments with nginx (absent: no certificates are requested). */
+export const CertbotHost = z.strictObject({
+  /** Called with `--cert-name <site> [--email <addr>] -d <domain>...` (the sudoers wrapper's interface). */
+  command: argv.default(["sudo", "-n", "/usr/local/sbin/deployq-certbot"]),
+  /** The ACME account email. */
+  email: z.email().optional(),
+  /** Where certbot writes HTTP-01 challenges; nginx must serve it at /.well-known/acme-challenge/ for every site. */
+  webroot: z.string().refine((p) => p.startsWith("/"), "must be an absolute path").default("/var/www/letsencrypt"),
+});
+export type CertbotHost = z.infer<typeof CertbotHost>;
+
 export const Config = z.strictObject({
   server: ServerConfig.default({ host: "127.0.0.1", port: 3400 }),
   /** Where the embedded database, lock files and deploy logs live. */
@@ -76,6 +146,10 @@ export const Config = z.strictObject({
   shutdown_grace_s: z.number().min(0).default(30),
   /** Lifetime of a distributed lock (REDIS_URL); it is extended at half its life while held. */
   lock_ttl_ms: z.number().int().min(500).default(30_000),
+  /** pm2's home for `restart = { pm2 = ... }`: the apps run under the pm2 daemon there. Default: PM2_HOME, else ~/.pm2. */
+  pm2_home: z.string().min(1).optional(),
+  nginx: NginxHost.default(DEFAULT_NGINX),
+  certbot: CertbotHost.optional(),
   deployments: z
     .record(
       z.string().regex(DEPLOYMENT_NAME, "deployment names use letters, digits, - and _ (at most 64)"),
