@@ -103,6 +103,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
             layout,
             db: database.db,
             locks,
+            host: { pm2Home: settings.pm2Home, nginx: settings.nginx, certbot: settings.certbot },
             logger,
             rescanIntervalMs: settings.rescanIntervalMs,
             shutdownGraceMs: settings.shutdownGraceMs,

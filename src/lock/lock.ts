@@ -34,3 +34,35 @@ export const deploymentLockName = (deployment: string) => `deployq:deployment:${
 export const ROUTER_LOCK = "deployq:router";
 /** Taken by the nginx and certbot steps: one nginx configuration change at a time, fleet-wide. */
 export const NGINX_LOCK = "deployq:nginx";
+
+/**
+ * `locks.using(name, fn)`, waiting while another process holds the lock (a busy lock is
+ * retried with jittered backoff up to `maxDelayMs`) until `signal` aborts. An unreachable
+ * lock service is not waited for: its LockUnavailableError is transient, and the caller
+ * retries the whole deploy.
+ */
+export async function usingWhenFree<T>(
+  locks: LockService,
+  name: string,
+  signal: AbortSignal,
+  fn: (lockSignal: AbortSignal) => Promise<T>,
+  maxDelayMs = 2_000,
+): Promise<T> {
+  for (let delay = 50; ; delay = Math.min(delay * 2, maxDelayMs)) {
+    if (signal.aborted) throw new DeployqError("DEPLOY", `cancelled while waiting for the lock ${name} (shutdown or lost lock)`);
+    try {
+      return await locks.using(name, fn);
+    } catch (err) {
+      if (!(err instanceof LockBusyError)) throw err;
+    }
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(done, delay / 2 + Math.random() * delay);
+      signal.addEventListener("abort", done, { once: true });
+      function done() {
+        clearTimeout(timer);
+        signal.removeEventListener("abort", done);
+        resolve();
+      }
+    });
+  }
+}

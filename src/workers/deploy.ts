@@ -2,8 +2,14 @@ import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import type { Writable } from "node:stream";
 import type { Deployment } from "../config/load.ts";
+import type { CertbotHost, NginxHost } from "../config/schema.ts";
 import { DeployqError, errorMessage } from "../errors.ts";
 import { runCommand } from "../exec/run-command.ts";
+import { ensureCertificate, serverNames } from "../steps/certbot.ts";
+import type { CommandContext } from "../steps/command-context.ts";
+import { waitHealthy } from "../steps/health.ts";
+import { deploySites } from "../steps/nginx.ts";
+import { pm2Restart } from "../steps/pm2.ts";
 import { type GitContext, checkoutInPlace, checkoutRelease, ensureCommit, ensureMirror, fetchMirror, resolveRef } from "../steps/git.ts";
 import {
   type DeploymentPaths,
@@ -24,9 +30,19 @@ export type DeployRequest =
   | { kind: "deploy"; entry: string; ref: string }
   | { kind: "rollback"; entry: string; to: string | undefined };
 
+/** What this host offers the deploy steps (from the top level of the configuration). */
+export interface HostSteps {
+  pm2Home: string;
+  nginx: NginxHost;
+  certbot: CertbotHost | undefined;
+  /** Runs `fn` under the global deployq:nginx lock, waiting while another deploy holds it; its signal aborts if the lock is lost. */
+  withNginxLock: <T>(fn: (signal: AbortSignal) => Promise<T>) => Promise<T>;
+}
+
 export interface DeployContext {
   deployment: Deployment;
   dataDir: string;
+  host: HostSteps;
   /** The deploy's log file. */
   log: Writable;
   /** Aborted on shutdown (after the grace period) or when the lock is lost. */
@@ -81,6 +97,8 @@ async function fetchCommit(gitDir: string, request: Exclude<DeployRequest, { kin
 function commandEnv(ctx: DeployContext, sha: string, dir: string, ref: string | undefined): Record<string, string> {
   return {
     ...ctx.deployment.env,
+    // A restart script that calls pm2 reaches the same pm2 daemon as `restart = { pm2 = ... }`.
+    PM2_HOME: ctx.host.pm2Home,
     DEPLOYQ_DEPLOYMENT: ctx.deployment.name,
     DEPLOYQ_SHA: sha,
     DEPLOYQ_RELEASE_DIR: dir,
@@ -102,11 +120,67 @@ async function runAll(commands: readonly string[][], dir: string, env: Record<st
   }
 }
 
-function restartCommands(ctx: DeployContext): string[][] {
-  const restart = ctx.deployment.restart;
-  if (!restart) return [];
-  if ("script" in restart) return [restart.script];
-  throw new DeployqError("DEPLOY", `deployment ${ctx.deployment.name}: restart.pm2 is not supported by this version yet; use restart = { script = [...] }`);
+function commandContext(ctx: DeployContext, signal: AbortSignal | undefined): CommandContext {
+  return { log: ctx.log, signal, timeoutMs: ctx.deployment.command_timeout_s * 1000, pidFile: ctx.pidFile };
+}
+
+/**
+ * Everything after the code changed: restart the app (its script, or pm2 through `appDir`),
+ * wait until it is healthy, then deploy the release's nginx sites (certificates first) under
+ * the global nginx lock. Throws at the first failure; the caller puts the previous code back.
+ * `signal` undefined: putting a previous release back, which must run to its end.
+ */
+async function activate(dir: string, appDir: string, env: Record<string, string>, ctx: DeployContext, signal: AbortSignal | undefined): Promise<void> {
+  const d = ctx.deployment;
+  if (d.restart) {
+    step(ctx, "restart");
+    if ("script" in d.restart) await runAll([d.restart.script], dir, env, ctx, signal);
+    else await pm2Restart({ pm2Home: ctx.host.pm2Home, deployment: d.name, appDir, restart: d.restart, env }, commandContext(ctx, signal));
+  }
+  if (d.health) {
+    step(ctx, "health check");
+    await waitHealthy(d.health, ctx.log, signal);
+  }
+}
+
+/** The release's nginx sites, after the app is healthy (a site may proxy to it). Restores the previous files itself when it fails. */
+async function deployNginxSites(dir: string, ctx: DeployContext): Promise<void> {
+  const sites = ctx.deployment.nginx;
+  if (!sites) return;
+  step(ctx, `nginx sites from ${sites.sites_dir} → ${sites.conf_dir}`);
+  const certbot = sites.certificates ? ctx.host.certbot : undefined;
+  await ctx.host.withNginxLock(async (lockSignal) => {
+    const signal = AbortSignal.any([ctx.signal, lockSignal]);
+    const cmd = commandContext(ctx, signal);
+    const result = await deploySites(
+      {
+        deployment: ctx.deployment.name,
+        sourceDir: dir,
+        sites,
+        host: ctx.host.nginx,
+        stateDir: path.join(ctx.dataDir, "nginx"),
+        ...(certbot
+          ? {
+              beforeActivate: async (changed) => {
+                for (const site of changed) {
+                  const outcome = await ensureCertificate(
+                    { site: site.name, names: serverNames(site.text), certbot, stateDir: path.join(ctx.dataDir, "certificates") },
+                    cmd,
+                  );
+                  ctx.log.write(`certificate ${site.name}: ${outcome}\n`);
+                }
+              },
+            }
+          : {}),
+      },
+      cmd,
+    );
+    ctx.log.write(
+      result.changed.length + result.removed.length === 0
+        ? "nginx sites unchanged\n"
+        : `nginx reloaded: ${[...result.changed.map((s) => `+${s}`), ...result.removed.map((s) => `-${s}`)].join(" ")}\n`,
+    );
+  });
 }
 
 async function deployRelease(request: Exclude<DeployRequest, { kind: "rollback" }>, ctx: DeployContext): Promise<DeployOutcome> {
@@ -119,8 +193,6 @@ async function deployRelease(request: Exclude<DeployRequest, { kind: "rollback" 
     ctx.log.write(`${sha} is already the current release (${previous}): nothing to do\n`);
     return { status: "already-deployed", sha, release: previous };
   }
-  const restart = restartCommands(ctx);
-
   step(ctx, `check out ${sha}`);
   checkAborted(ctx);
   const release = await createReleaseDir(paths, sha);
@@ -142,8 +214,8 @@ async function deployRelease(request: Exclude<DeployRequest, { kind: "rollback" 
   step(ctx, `switch current → releases/${release.name}`);
   await switchCurrent(paths, release.name);
   try {
-    if (restart.length > 0) step(ctx, "restart");
-    await runAll(restart, release.dir, env, ctx, ctx.signal);
+    await activate(release.dir, paths.current, env, ctx, ctx.signal);
+    await deployNginxSites(release.dir, ctx);
   } catch (err) {
     await restoreAfterFailedRestart(paths, release.name, previous, err, ctx);
     throw err;
@@ -154,7 +226,7 @@ async function deployRelease(request: Exclude<DeployRequest, { kind: "rollback" 
   return { status: "succeeded", sha, release: release.name, previousRelease: previous };
 }
 
-/** The restart of a new release failed: mark it bad, point `current` back, and restart the previous release. */
+/** A new release failed after the switch (restart, health check, nginx): mark it bad, point `current` back, and restart the previous release. */
 async function restoreAfterFailedRestart(paths: DeploymentPaths, failed: string, previous: string | undefined, err: unknown, ctx: DeployContext): Promise<void> {
   const dir = path.join(paths.releases, failed);
   const meta = await readReleaseMeta(dir);
@@ -164,14 +236,15 @@ async function restoreAfterFailedRestart(paths: DeploymentPaths, failed: string,
     await rm(paths.current, { force: true });
     return;
   }
-  step(ctx, `restart failed: switch current back → releases/${previous} and restart it`);
+  step(ctx, `releases/${failed} failed: switch current back → releases/${previous} and restart it`);
   await switchCurrent(paths, previous);
-  const prevMeta = await readReleaseMeta(path.join(paths.releases, previous));
+  const prevDir = path.join(paths.releases, previous);
+  const prevMeta = await readReleaseMeta(prevDir);
   try {
     // No cancellation signal here: putting the previous release back must finish.
-    await runAll(restartCommands(ctx), path.join(paths.releases, previous), commandEnv(ctx, prevMeta?.sha ?? "", path.join(paths.releases, previous), prevMeta?.ref), ctx, undefined);
+    await activate(prevDir, paths.current, commandEnv(ctx, prevMeta?.sha ?? "", prevDir, prevMeta?.ref), ctx, undefined);
   } catch (restoreErr) {
-    ctx.log.write(`restarting the previous release failed too: ${errorMessage(restoreErr)}\n`);
+    ctx.log.write(`the previous release did not come back cleanly either: ${errorMessage(restoreErr)}\n`);
   }
 }
 
@@ -205,9 +278,8 @@ async function rollback(to: string | undefined, ctx: DeployContext): Promise<Dep
   await ctx.fence?.();
   await switchCurrent(paths, target.name);
   try {
-    const restart = restartCommands(ctx);
-    if (restart.length > 0) step(ctx, "restart");
-    await runAll(restart, target.dir, commandEnv(ctx, target.meta!.sha, target.dir, target.meta!.ref), ctx, ctx.signal);
+    await activate(target.dir, paths.current, commandEnv(ctx, target.meta!.sha, target.dir, target.meta!.ref), ctx, ctx.signal);
+    await deployNginxSites(target.dir, ctx);
   } catch (err) {
     if (current) await restoreAfterFailedRestart(paths, target.name, current.name, err, ctx);
     throw err;
@@ -234,18 +306,23 @@ async function deployInPlace(request: Exclude<DeployRequest, { kind: "rollback" 
   await mkdir(d.path, { recursive: true });
   await checkoutInPlace(gitDir, d.path, sha, gitContext(ctx));
   const env = commandEnv(ctx, sha, d.path, request.ref);
+  let activating = false;
   try {
     if (d.commands.length > 0) step(ctx, "build");
     await runAll(d.commands, d.path, env, ctx, ctx.signal);
-    const restart = restartCommands(ctx);
-    if (restart.length > 0) step(ctx, "restart");
-    await runAll(restart, d.path, env, ctx, ctx.signal);
+    activating = true;
+    await activate(d.path, d.path, env, ctx, ctx.signal);
+    await deployNginxSites(d.path, ctx);
   } catch (err) {
     if (previous) {
-      step(ctx, `failed: putting the files of ${previous} back`);
-      await checkoutInPlace(gitDir, d.path, previous, { log: ctx.log, timeoutMs: d.command_timeout_s * 1000 }).catch((e: unknown) =>
-        ctx.log.write(`could not check out ${previous} again: ${errorMessage(e)}\n`),
-      );
+      step(ctx, `failed: putting the files of ${previous} back${activating ? " and restarting it" : ""}`);
+      try {
+        await checkoutInPlace(gitDir, d.path, previous, { log: ctx.log, timeoutMs: d.command_timeout_s * 1000 });
+        // The app was restarted on the failed commit: restart it on the previous one (no cancellation: it must finish).
+        if (activating) await activate(d.path, d.path, commandEnv(ctx, previous, d.path, undefined), ctx, undefined);
+      } catch (e) {
+        ctx.log.write(`could not put ${previous} back: ${errorMessage(e)}\n`);
+      }
     }
     throw err;
   }

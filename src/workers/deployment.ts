@@ -9,7 +9,7 @@ import { finishDeploy, markInterrupted, newerFencingToken, nextFencingToken, rec
 import { DeployqError, TransientError, errorMessage } from "../errors.ts";
 import { ExecError } from "../exec/exec-error.ts";
 import { killLeftoverCommands } from "../exec/run-command.ts";
-import { LockBusyError, type LockService, LockUnavailableError, deploymentLockName } from "../lock/lock.ts";
+import { LockBusyError, type LockService, LockUnavailableError, NGINX_LOCK, deploymentLockName, usingWhenFree } from "../lock/lock.ts";
 import { type QueueEntry, summarizePayload } from "../queue/entry.ts";
 import type { QueueLayout } from "../queue/layout.ts";
 import { deadLetterEntry } from "../queue/dead-letter.ts";
@@ -19,7 +19,7 @@ import { scanQueue } from "../queue/scan.ts";
 import { QueueWorker } from "../queue/watch.ts";
 import { isProcessAlive } from "../pid-lock.ts";
 import { deploymentPaths, removeIncomplete } from "../steps/release.ts";
-import { type DeployRequest, performDeploy } from "./deploy.ts";
+import { type DeployRequest, type HostSteps, performDeploy } from "./deploy.ts";
 import { parseEntry } from "./router.ts";
 
 export interface DeploymentWorkerDeps {
@@ -28,6 +28,8 @@ export interface DeploymentWorkerDeps {
   layout: QueueLayout;
   db: Db;
   locks: LockService;
+  /** pm2, nginx and certbot settings of this host (the nginx lock comes from `locks`). */
+  host: Omit<HostSteps, "withNginxLock">;
   logger: Logger;
   rescanIntervalMs: number;
   shutdownGraceMs: number;
@@ -271,6 +273,7 @@ export class DeploymentWorker {
       const outcome = await performDeploy(request, {
         deployment,
         dataDir: this.deps.dataDir,
+        host: { ...this.deps.host, withNginxLock: (fn) => usingWhenFree(this.deps.locks, NGINX_LOCK, signal, fn) },
         log,
         signal,
         pidFile: this.pidFile,
