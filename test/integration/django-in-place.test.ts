@@ -1,0 +1,137 @@
+import { execFile } from "node:child_process";
+import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { promisify } from "node:util";
+import { eq } from "drizzle-orm";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { type Daemon, startDaemon } from "../../src/daemon.ts";
+import { deploys } from "../../src/db/schema.ts";
+import { silentLogger } from "../../src/log.ts";
+import { type TestDatabase, createTestDatabase } from "../helpers/db.ts";
+import { git } from "../helpers/git.ts";
+import { DEPLOYQ_BIN } from "../helpers/processes.ts";
+import { until } from "../helpers/wait.ts";
+import { type Workspace, createWorkspace, listFiles } from "../helpers/workspace.ts";
+
+const run = promisify(execFile);
+
+/**
+ * The classic Django deploy, as README "Deploying a Django app in place" shows it: the
+ * developer runs `git push production master`; the server's bare repository has a
+ * post-receive hook that queues the push with `deployq post-receive`; deployq checks the
+ * commit out in place and runs ./deploy.sh (migrate, collectstatic, touch-reload).
+ */
+describe("Django-style in-place deploy: git push production master → post-receive → ./deploy.sh", () => {
+  let dir: string;
+  let bare: string;
+  let work: string;
+  let site: string;
+  let ws: Workspace;
+  let tdb: TestDatabase;
+  let daemon: Daemon;
+
+  // A stand-in for Django's manage.py: records each management command with the code's version.
+  const managePy = (version: string, failMigrate = false) => `import os, sys
+VERSION = "${version}"
+cmd = sys.argv[1]
+os.makedirs("var", exist_ok=True)
+with open("var/manage.log", "a") as log:
+    log.write(f"{VERSION} {cmd} {os.environ.get('DEPLOYQ_SHA', '')}\\n")
+if cmd == "migrate" and ${failMigrate ? "True" : "False"}:
+    sys.exit("django.db.utils.OperationalError: no such column: polls_question.slug")
+if cmd == "collectstatic":
+    os.makedirs("static", exist_ok=True)
+    with open("static/version.txt", "w") as f:
+        f.write(VERSION)
+`;
+  const DEPLOY_SH = `#!/bin/sh
+# deploy.sh, run by deployq in the work tree after each push to master
+set -eu
+python3 manage.py migrate --noinput
+python3 manage.py collectstatic --noinput
+mkdir -p tmp && touch tmp/restart.txt   # uWSGI / Passenger touch-reload
+`;
+
+  async function pushProduction(files: Record<string, string>, message: string): Promise<string> {
+    for (const [file, content] of Object.entries(files)) await writeFile(path.join(work, file), content);
+    await chmod(path.join(work, "deploy.sh"), 0o755).catch(() => {});
+    await git(work, "add", "--all");
+    await git(work, "commit", "--quiet", "-m", message);
+    await git(work, "push", "--quiet", "production", "master");
+    return git(work, "rev-parse", "HEAD");
+  }
+
+  const finished = (sha: string) =>
+    until(`the deploy of ${sha} finished`, async () => {
+      const rows = await tdb.database.db.select().from(deploys).where(eq(deploys.sha, sha));
+      return rows.find((r) => r.status !== "running" && r.status !== "retrying");
+    });
+
+  beforeAll(async () => {
+    dir = await mkdtemp(path.join(tmpdir(), "deployq-django-"));
+    bare = path.join(dir, "site.git");
+    work = path.join(dir, "laptop");
+    ws = await createWorkspace({
+      deployments: `
+[deployments.mysite]
+repository = "octo-org/mysite"
+branch = "master"
+remote = "${bare}"
+path = "./www/mysite"
+strategy = "in-place"
+restart = { script = ["./deploy.sh"] }
+max_attempts = 1
+`,
+    });
+    site = path.join(ws.dir, "www", "mysite");
+    // The server's bare repository and its hook.
+    await mkdir(bare, { recursive: true });
+    await git(bare, "init", "--bare", "--quiet", "--initial-branch=master");
+    const hook = path.join(bare, "hooks", "post-receive");
+    await writeFile(hook, `#!/bin/sh\nexec "${process.execPath}" "${DEPLOYQ_BIN}" --config "${ws.configPath}" post-receive --repository octo-org/mysite\n`);
+    await chmod(hook, 0o755);
+    // The developer's clone.
+    await mkdir(work, { recursive: true });
+    await git(work, "init", "--quiet", "--initial-branch=master");
+    await git(work, "remote", "add", "production", bare);
+    tdb = await createTestDatabase("pglite");
+    daemon = await startDaemon({ settings: ws.settings, role: "serve", logger: silentLogger(), database: tdb.database });
+  });
+
+  afterAll(async () => {
+    await daemon?.close();
+    await tdb?.dispose();
+    await ws?.dispose();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it("deploys each push to master in place, and a failing deploy.sh puts the previous commit back and runs it again", async () => {
+    const v1 = await pushProduction({ "manage.py": managePy("v1"), "deploy.sh": DEPLOY_SH, ".gitignore": "var/\nstatic/\ntmp/\n" }, "v1");
+    const first = await finished(v1);
+    expect(first.status).toBe("succeeded");
+    expect(await readFile(path.join(site, "static", "version.txt"), "utf8")).toBe("v1");
+    expect(await readFile(path.join(site, "var", "manage.log"), "utf8")).toBe(`v1 migrate ${v1}\nv1 collectstatic ${v1}\n`);
+    expect(await listFiles(path.join(site, "tmp"))).toEqual(["restart.txt"]);
+
+    // A migration that fails: the push itself succeeds (the hook only queues), the deploy fails.
+    const v2 = await pushProduction({ "manage.py": managePy("v2", true) }, "v2 with a broken migration");
+    const second = await finished(v2);
+    expect(second.status).toBe("failed");
+    expect(second.error).toMatch(/deploy\.sh/);
+    const log = await readFile(second.logPath!, "utf8");
+    expect(log).toContain("no such column: polls_question.slug");
+    // v1's files are back and its deploy.sh ran again, so the app runs v1's code.
+    expect(await readFile(path.join(site, "manage.py"), "utf8")).toBe(managePy("v1"));
+    await until("v1's deploy.sh ran again", async () => (await readFile(path.join(site, "var", "manage.log"), "utf8")).endsWith(`v1 collectstatic ${v1}\n`));
+    expect(await readFile(path.join(site, "var", "manage.log"), "utf8")).toBe(
+      [`v1 migrate ${v1}`, `v1 collectstatic ${v1}`, `v2 migrate ${v2}`, `v1 migrate ${v1}`, `v1 collectstatic ${v1}`, ""].join("\n"),
+    );
+    expect(await listFiles(path.join(ws.queuesDir, "dead-letter", "mysite"))).toHaveLength(1);
+
+    // The fix deploys.
+    const v3 = await pushProduction({ "manage.py": managePy("v3") }, "v3 fixes the migration");
+    expect((await finished(v3)).status).toBe("succeeded");
+    expect(await readFile(path.join(site, "static", "version.txt"), "utf8")).toBe("v3");
+  });
+});
