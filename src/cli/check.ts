@@ -5,6 +5,9 @@ import { type Settings, loadSettings } from "../config/load.ts";
 import { getJson, withDatabase } from "./database-access.ts";
 import { errorMessage } from "../errors.ts";
 import { printJson } from "./output.ts";
+import { checkCertbot } from "../steps/certbot.ts";
+import { checkNginx } from "../steps/nginx.ts";
+import { checkPm2 } from "../steps/pm2.ts";
 
 export interface CheckResult {
   name: string;
@@ -59,6 +62,28 @@ async function checkDatabase(settings: Settings): Promise<CheckResult> {
   }
 }
 
+/** Whether each configured deploy step can run on this host, changing nothing. */
+async function checkSteps(settings: Settings): Promise<CheckResult[]> {
+  const deployments = [...settings.deployments.values()].filter((d) => d.enabled);
+  const results: CheckResult[] = [];
+  const pm2Users = deployments.filter((d) => d.restart && "pm2" in d.restart).map((d) => d.name);
+  if (pm2Users.length > 0) {
+    const pm2 = await checkPm2(settings.pm2Home);
+    results.push({ name: "pm2", ok: pm2.ok, detail: `${pm2.detail} (for ${pm2Users.join(", ")})` });
+  }
+  const withSites = deployments.filter((d) => d.nginx);
+  if (withSites.length > 0) {
+    const confDirs = [...new Set(withSites.map((d) => d.nginx!.conf_dir))];
+    results.push(...(await checkNginx(settings.nginx, confDirs)));
+    const wantCertificates = withSites.filter((d) => d.nginx!.certificates).map((d) => d.name);
+    if (wantCertificates.length > 0 && settings.certbot) results.push(...(await checkCertbot(settings.certbot)));
+    else if (wantCertificates.length > 0) {
+      results.push({ name: "certbot", ok: true, detail: `no [certbot] table: no certificates are requested for the sites of ${wantCertificates.join(", ")}` });
+    }
+  }
+  return results;
+}
+
 export async function runChecks(settings: Settings): Promise<CheckResult[]> {
   const results: CheckResult[] = [
     { name: "config", ok: true, detail: `${settings.configPath}: ${settings.deployments.size} deployment(s)` },
@@ -68,6 +93,7 @@ export async function runChecks(settings: Settings): Promise<CheckResult[]> {
   ];
   results.push(await checkDatabase(settings));
   results.push(await checkQueues(settings));
+  results.push(...(await checkSteps(settings)));
   return results;
 }
 
@@ -79,6 +105,6 @@ export async function runCheck(configPath: string | undefined, json: boolean): P
     results = [{ name: "config", ok: false, detail: errorMessage(err) }];
   }
   if (json) printJson(results);
-  else for (const r of results) process.stdout.write(`${r.ok ? "ok  " : "FAIL"}  ${r.name.padEnd(9)} ${r.detail}\n`);
+  else for (const r of results) process.stdout.write(`${r.ok ? "ok  " : "FAIL"}  ${r.name.padEnd(12)} ${r.detail}\n`);
   return results.every((r) => r.ok) ? 0 : 1;
 }
