@@ -1,5 +1,5 @@
 import { execFile } from "node:child_process";
-import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
@@ -9,12 +9,13 @@ import { deliveries, deploys } from "../../src/db/schema.ts";
 import { type TestDatabase, createTestDatabase } from "../helpers/db.ts";
 import { type TestRepo, createRepo } from "../helpers/git.ts";
 import { type Outcome, allNames, entryNames, freePort, tryPost, waitForHttp, waitUntil } from "../helpers/load.ts";
+import { PM2_BIN, killPm2 } from "../helpers/pm2.ts";
 import { REPO_ROOT } from "../helpers/processes.ts";
 import { SECRET, type Workspace, createWorkspace, pushPayload, signedDelivery, followingDeployment } from "../helpers/workspace.ts";
 
 const run = promisify(execFile);
 
-const PM2 = path.join(REPO_ROOT, "node_modules", ".bin", "pm2");
+const PM2 = PM2_BIN;
 const ECOSYSTEM = path.join(REPO_ROOT, "ecosystem.config.cjs");
 const APPS = ["deployq-receiver", "deployq-workers"] as const;
 /** Commits in the repository; delivery i pushes commit i mod COMMITS. */
@@ -33,25 +34,6 @@ interface Pm2Process {
   name: string;
   pid: number;
   pm2_env: { status: string; restart_time: number };
-}
-
-/** Processes whose environment or command line names this PM2_HOME (the daemon and its apps). */
-async function processesUsing(pm2Home: string): Promise<Array<{ pid: number; cmdline: string }>> {
-  const found: Array<{ pid: number; cmdline: string }> = [];
-  for (const name of await readdir("/proc")) {
-    if (!/^\d+$/.test(name) || Number(name) === process.pid) continue;
-    try {
-      const [environ, cmdline] = await Promise.all([readFile(`/proc/${name}/environ`, "utf8"), readFile(`/proc/${name}/cmdline`, "utf8")]);
-      const stat = await readFile(`/proc/${name}/stat`, "utf8");
-      if (stat.slice(stat.lastIndexOf(")") + 2)[0] === "Z") continue; // already dead, awaiting its parent
-      if (environ.split("\0").includes(`PM2_HOME=${pm2Home}`) || cmdline.includes(pm2Home)) {
-        found.push({ pid: Number(name), cmdline: cmdline.replaceAll("\0", " ").trim() });
-      }
-    } catch {
-      // gone meanwhile, or not ours to read
-    }
-  }
-  return found;
 }
 
 describe("pm2: ecosystem.config.cjs in a private PM2_HOME", () => {
@@ -134,19 +116,7 @@ commands = [["sh", "-c", "echo $DEPLOYQ_SHA > BUILD"]]
     let left: Array<{ pid: number; cmdline: string }> = [];
     if (daemonStarted) {
       // Stops the apps (SIGINT, drain) and the daemon, whatever the test left running.
-      await run(PM2, ["kill"], { cwd: REPO_ROOT, env, timeout: 120_000 }).catch(() => {});
-      await waitUntil(async () => (await processesUsing(pm2Home)).length === 0, { what: "every process of the private PM2_HOME has ended", timeoutMs: 60_000 }).catch(
-        () => {},
-      );
-      left = await processesUsing(pm2Home);
-      // Our own processes only (they carry our private PM2_HOME): do not leave them behind.
-      for (const p of left) {
-        try {
-          process.kill(p.pid, "SIGKILL");
-        } catch {
-          // already gone
-        }
-      }
+      left = await killPm2(pm2Home, env);
     }
     await tdb?.dispose();
     await ws?.dispose();
