@@ -113,7 +113,7 @@ export function loadSettings(options: LoadOptions = {}): Settings {
     rescanIntervalMs: config.rescan_interval_ms,
     shutdownGraceMs: config.shutdown_grace_s * 1000,
     lockTtlMs: config.lock_ttl_ms,
-    pm2Home: path.resolve(base, config.pm2_home ?? env.PM2_HOME ?? path.join(homedir(), ".pm2")),
+    pm2Home: path.resolve(base, config.pm2_home ?? (env.PM2_HOME || path.join(homedir(), ".pm2"))),
     nginx: config.nginx,
     certbot: config.certbot,
     deployments,
