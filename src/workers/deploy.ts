@@ -163,10 +163,13 @@ async function deployNginxSites(dir: string, ctx: DeployContext): Promise<void> 
           ? {
               beforeActivate: async (changed) => {
                 for (const site of changed) {
-                  const outcome = await ensureCertificate(
-                    { site: site.name, names: serverNames(site.text), certbot, stateDir: path.join(ctx.dataDir, "certificates") },
-                    cmd,
-                  );
+                  let names: string[];
+                  try {
+                    names = serverNames(site.text);
+                  } catch (err) {
+                    throw new DeployqError("DEPLOY", `${path.join(sites.sites_dir, `${site.name}.conf`)}: ${errorMessage(err)}`, { cause: err });
+                  }
+                  const outcome = await ensureCertificate({ site: site.name, names, certbot, stateDir: path.join(ctx.dataDir, "certificates") }, cmd);
                   ctx.log.write(`certificate ${site.name}: ${outcome}\n`);
                 }
               },
