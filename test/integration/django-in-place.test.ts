@@ -1,8 +1,6 @@
-import { execFile } from "node:child_process";
 import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { promisify } from "node:util";
 import { eq } from "drizzle-orm";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Daemon, startDaemon } from "../../src/daemon.ts";
@@ -13,8 +11,6 @@ import { git } from "../helpers/git.ts";
 import { DEPLOYQ_BIN } from "../helpers/processes.ts";
 import { until } from "../helpers/wait.ts";
 import { type Workspace, createWorkspace, listFiles } from "../helpers/workspace.ts";
-
-const run = promisify(execFile);
 
 /**
  * The classic Django deploy, as README "Deploying a Django app in place" shows it: the
