@@ -109,6 +109,14 @@ export interface EnsureCertificateOptions {
   stateDir: string;
   /** Backoff while "Another instance of Certbot is already running" (defaults: 8 runs over about 2 minutes). */
   retry?: CertbotRetry;
+  /**
+   * "exact" (default): the certificate holds exactly these names. "cover": it must hold at
+   * least these; when some are missing it is reissued for the names it has plus these. Before
+   * a new site file is active, "cover" keeps the certificate good for the file it replaces
+   * too, which is still what nginx serves if the new file fails and is restored; "exact"
+   * once the new file is live drops names that no longer appear.
+   */
+  mode?: "exact" | "cover";
 }
 
 /** What `<stateDir>/<site>.json` holds. */
@@ -224,6 +232,14 @@ export async function ensureCertificate(options: EnsureCertificateOptions, ctx: 
   if (state && sameList(state.domains, domains)) {
     log.write(`certificate ${site}: unchanged (${domains.join(" ")})\n`);
     return "unchanged";
+  }
+  if (options.mode === "cover" && state) {
+    if (domains.every((d) => state.domains.includes(d))) {
+      log.write(`certificate ${site}: already covers ${domains.join(" ")}\n`);
+      return "unchanged";
+    }
+    const union = [...new Set([...state.domains, ...domains])].sort();
+    if (union.length <= MAX_DOMAINS) domains.splice(0, domains.length, ...union);
   }
   log.write(
     state

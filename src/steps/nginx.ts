@@ -697,7 +697,8 @@ async function verifyReload(host: NginxHost, before: Snapshot, urls: Array<[stri
     await sleep(POLL_MS);
   }
   ctx.log.write(`nginx: the reload took effect (new workers)\n`);
-  if (urls.length > 0) await oldWorkersStopAccepting(before, deadline, ctx);
+  // Also without verify URLs: once the deploy says done, requests reach the new configuration.
+  await oldWorkersStopAccepting(before, deadline, ctx);
   for (const [site, url] of urls) {
     let last = "";
     for (;;) {

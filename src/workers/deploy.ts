@@ -152,6 +152,8 @@ async function deployNginxSites(dir: string, ctx: DeployContext): Promise<void> 
   await ctx.host.withNginxLock(async (lockSignal) => {
     const signal = AbortSignal.any([ctx.signal, lockSignal]);
     const cmd = commandContext(ctx, signal);
+    const stateDir = path.join(ctx.dataDir, "certificates");
+    const certified = new Map<string, string[]>();
     const result = await deploySites(
       {
         deployment: ctx.deployment.name,
@@ -161,6 +163,8 @@ async function deployNginxSites(dir: string, ctx: DeployContext): Promise<void> 
         stateDir: path.join(ctx.dataDir, "nginx"),
         ...(certbot
           ? {
+              // Before a changed site file is active, its certificate must hold its names, and
+              // keep those of the file it replaces, which nginx serves again if this one fails.
               beforeActivate: async (changed) => {
                 for (const site of changed) {
                   let names: string[];
@@ -169,7 +173,8 @@ async function deployNginxSites(dir: string, ctx: DeployContext): Promise<void> 
                   } catch (err) {
                     throw new DeployqError("DEPLOY", `${path.join(sites.sites_dir, `${site.name}.conf`)}: ${errorMessage(err)}`, { cause: err });
                   }
-                  const outcome = await ensureCertificate({ site: site.name, names, certbot, stateDir: path.join(ctx.dataDir, "certificates") }, cmd);
+                  certified.set(site.name, names);
+                  const outcome = await ensureCertificate({ site: site.name, names, certbot, stateDir, mode: "cover" }, cmd);
                   ctx.log.write(`certificate ${site.name}: ${outcome}\n`);
                 }
               },
@@ -183,6 +188,15 @@ async function deployNginxSites(dir: string, ctx: DeployContext): Promise<void> 
         ? "nginx sites unchanged\n"
         : `nginx reloaded: ${[...result.changed.map((s) => `+${s}`), ...result.removed.map((s) => `-${s}`)].join(" ")}\n`,
     );
+    // The new files are live: a certificate may now drop names no site file has any more.
+    // The deploy has succeeded; a failure here only leaves extra names on a certificate.
+    for (const [site, names] of certified) {
+      try {
+        await ensureCertificate({ site, names, certbot: certbot!, stateDir, mode: "exact" }, cmd);
+      } catch (err) {
+        ctx.log.write(`warning: certificate ${site} keeps names no site file has any more: ${errorMessage(err)}\n`);
+      }
+    }
   });
 }
 
