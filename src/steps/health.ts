@@ -26,7 +26,7 @@ export async function waitHealthy(health: HealthConfig, log: Writable, signal?: 
     if (signal?.aborted) throw new DeployqError("DEPLOY", "the health check was cancelled (shutdown or lost lock)");
     const remaining = deadline - performance.now();
     try {
-      const timeout = AbortSignal.timeout(Math.max(50, Math.min(REQUEST_TIMEOUT_MS, remaining)));
+      const timeout = AbortSignal.timeout(Math.round(Math.max(50, Math.min(REQUEST_TIMEOUT_MS, remaining))));
       const res = await fetch(health.url, { redirect: "manual", signal: signal ? AbortSignal.any([signal, timeout]) : timeout, headers: { "user-agent": "deployq-health" } });
       const body = await res.text().catch(() => "");
       last = describe(res.status, body);
