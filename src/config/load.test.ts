@@ -61,6 +61,13 @@ describe("loadSettings", () => {
     [DEPLOYMENT.replace("[deployments.api]", "[deployments.router]"), /"router" is reserved/],
     [DEPLOYMENT.replace('remote = "https://github.com/octo-org/api.git"\n', ""), /deployments\.api\.remote/],
     ["this is = = not toml", /not valid TOML/],
+    [`${DEPLOYMENT}restart = { pm2 = "../ecosystem.config.cjs" }`, /deployments\.api\.restart/],
+    [`${DEPLOYMENT}restart = { pm2 = "e.cjs", only = ["a,b"] }`, /deployments\.api\.restart/],
+    [`${DEPLOYMENT}health = { url = "ftp://127.0.0.1/health" }`, /deployments\.api\.health\.url: must be an http/],
+    [`${DEPLOYMENT}nginx = { conf_dir = "conf.d" }`, /deployments\.api\.nginx\.conf_dir: must be an absolute path/],
+    [`${DEPLOYMENT}nginx = { conf_dir = "/etc/nginx/conf.d", verify = { "../x" = "http://127.0.0.1/" } }`, /deployments\.api\.nginx\.verify/],
+    [`[nginx]\ntest_command = "nginx -t"\n${DEPLOYMENT}`, /nginx\.test_command/],
+    [`[certbot]\nemail = "not an email"\n${DEPLOYMENT}`, /certbot\.email/],
   ])("names the file and the key: %#", async (toml, message) => {
     const { file, settings } = await load(toml);
     let error: unknown;
@@ -72,6 +79,30 @@ describe("loadSettings", () => {
     expect(error).toBeInstanceOf(ConfigError);
     expect((error as Error).message).toContain(file);
     expect((error as Error).message).toMatch(message);
+  });
+
+  it("reads the deploy steps: pm2 restart, health check, nginx sites, the host's nginx and certbot", async () => {
+    const { settings } = await load(`pm2_home = "pm2"
+[nginx]
+test_command = ["nginx", "-t"]
+[certbot]
+email = "ops@example.com"
+${DEPLOYMENT}restart = { pm2 = "ecosystem.config.cjs", only = ["api"], env = { PORT = "3000" } }
+health = { url = "http://127.0.0.1:3000/health" }
+nginx = { conf_dir = "/etc/nginx/conf.d", exclude = ["staging-*"] }
+`);
+    const s = settings();
+    expect(s.pm2Home).toBe(path.join(dir, "pm2"));
+    expect(s.nginx).toEqual({ test_command: ["nginx", "-t"], reload_command: ["sudo", "-n", "systemctl", "reload", "nginx"], pid_file: "/run/nginx.pid", verify_timeout_s: 10 });
+    expect(s.certbot).toEqual({ email: "ops@example.com", command: ["sudo", "-n", "/usr/local/sbin/deployq-certbot"], webroot: "/var/www/letsencrypt" });
+    expect(s.deployments.get("api")).toMatchObject({
+      restart: { pm2: "ecosystem.config.cjs", only: ["api"], env: { PORT: "3000" } },
+      health: { url: "http://127.0.0.1:3000/health", timeout_s: 30 },
+      nginx: { sites_dir: "nginx/sites", conf_dir: "/etc/nginx/conf.d", include: ["*"], exclude: ["staging-*"], verify: {}, certificates: true },
+    });
+    const { settings: fromEnv } = await load(DEPLOYMENT, { PM2_HOME: "/var/lib/deployq/pm2" });
+    expect(fromEnv().pm2Home).toBe("/var/lib/deployq/pm2");
+    expect(fromEnv().certbot).toBeUndefined();
   });
 
   it("says what to do when the file is missing", () => {
