@@ -9,7 +9,7 @@ import { ensureCertificate, serverNames } from "../steps/certbot.ts";
 import type { CommandContext } from "../steps/command-context.ts";
 import { waitHealthy } from "../steps/health.ts";
 import { deploySites } from "../steps/nginx.ts";
-import { pm2Restart } from "../steps/pm2.ts";
+import { listProcesses, pm2Restart } from "../steps/pm2.ts";
 import { type GitContext, checkoutInPlace, checkoutRelease, ensureCommit, ensureMirror, fetchMirror, resolveRef } from "../steps/git.ts";
 import {
   type DeploymentPaths,
@@ -95,15 +95,57 @@ async function fetchCommit(gitDir: string, request: Exclude<DeployRequest, { kin
 }
 
 function commandEnv(ctx: DeployContext, sha: string, dir: string, ref: string | undefined): Record<string, string> {
+  return deployEnv(ctx.deployment, ctx.host.pm2Home, sha, dir, ref);
+}
+
+/** The environment of a deploy's commands, restart script and pm2 apps (on top of the base one). */
+function deployEnv(deployment: Deployment, pm2Home: string, sha: string, dir: string, ref: string | undefined): Record<string, string> {
   return {
-    ...ctx.deployment.env,
+    ...deployment.env,
     // A restart script that calls pm2 reaches the same pm2 daemon as `restart = { pm2 = ... }`.
-    PM2_HOME: ctx.host.pm2Home,
-    DEPLOYQ_DEPLOYMENT: ctx.deployment.name,
+    PM2_HOME: pm2Home,
+    DEPLOYQ_DEPLOYMENT: deployment.name,
     DEPLOYQ_SHA: sha,
     DEPLOYQ_RELEASE_DIR: dir,
     ...(ref ? { DEPLOYQ_REF: ref } : {}),
   };
+}
+
+const inPlaceStateFile = (dataDir: string, name: string) => path.join(dataDir, "mirrors", `${name}.deployed`);
+
+/**
+ * At start, for `restart = { pm2 = ... }`: when pm2 runs none of the deployment's apps
+ * although a release is deployed (the host rebooted, or pm2 itself restarted: pm2-runtime
+ * does not resurrect apps), start them from that release, as its deploy did.
+ * The caller holds the deployment's lock.
+ */
+export async function resumePm2Apps(
+  deployment: Deployment,
+  dataDir: string,
+  pm2Home: string,
+  ctx: CommandContext,
+): Promise<"not-pm2" | "nothing-deployed" | "running" | "started"> {
+  const restart = deployment.restart;
+  if (!restart || !("pm2" in restart)) return "not-pm2";
+  let dir: string;
+  let appDir: string;
+  let sha: string;
+  let ref: string | undefined;
+  if (deployment.strategy === "releases") {
+    const paths = deploymentPaths(deployment.path);
+    const current = await currentRelease(paths);
+    const meta = current ? await readReleaseMeta(path.join(paths.releases, current)) : undefined;
+    if (!current || !meta) return "nothing-deployed";
+    [dir, appDir, sha, ref] = [path.join(paths.releases, current), paths.current, meta.sha, meta.ref];
+  } else {
+    const deployed = (await readFile(inPlaceStateFile(dataDir, deployment.name), "utf8").catch(() => "")).trim();
+    if (!deployed) return "nothing-deployed";
+    [dir, appDir, sha, ref] = [deployment.path, deployment.path, deployed, undefined];
+  }
+  const apps = await listProcesses(pm2Home, ctx);
+  if (apps.some((a) => a.deployment === deployment.name && a.status === "online")) return "running";
+  await pm2Restart({ pm2Home, deployment: deployment.name, appDir, restart, env: deployEnv(deployment, pm2Home, sha, dir, ref) }, ctx);
+  return "started";
 }
 
 async function runAll(commands: readonly string[][], dir: string, env: Record<string, string>, ctx: DeployContext, signal: AbortSignal | undefined): Promise<void> {
@@ -310,7 +352,7 @@ async function deployInPlace(request: Exclude<DeployRequest, { kind: "rollback" 
   const mirrors = path.join(ctx.dataDir, "mirrors");
   await mkdir(mirrors, { recursive: true });
   const gitDir = path.join(mirrors, `${d.name}.git`);
-  const stateFile = path.join(mirrors, `${d.name}.deployed`);
+  const stateFile = inPlaceStateFile(ctx.dataDir, d.name);
   const sha = await fetchCommit(gitDir, request, ctx);
   const previous = (await readFile(stateFile, "utf8").catch(() => "")).trim() || undefined;
   if (previous === sha) {

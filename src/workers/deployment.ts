@@ -2,6 +2,7 @@ import { createWriteStream } from "node:fs";
 import { mkdir, readFile } from "node:fs/promises";
 import { hostname } from "node:os";
 import path from "node:path";
+import { Writable } from "node:stream";
 import type { Logger } from "pino";
 import type { Deployment } from "../config/load.ts";
 import type { Db } from "../db/client.ts";
@@ -19,7 +20,7 @@ import { scanQueue } from "../queue/scan.ts";
 import { QueueWorker } from "../queue/watch.ts";
 import { isProcessAlive } from "../pid-lock.ts";
 import { deploymentPaths, removeIncomplete } from "../steps/release.ts";
-import { type DeployRequest, type HostSteps, performDeploy } from "./deploy.ts";
+import { type DeployRequest, type HostSteps, performDeploy, resumePm2Apps } from "./deploy.ts";
 import { parseEntry } from "./router.ts";
 
 export interface DeploymentWorkerDeps {
@@ -136,7 +137,27 @@ export class DeploymentWorker {
       if (interrupted.length > 0 || removed.length > 0) {
         logger.warn({ deployment: this.name, interrupted, removed }, "cleaned up after a deploy that was interrupted; its entry is redone");
       }
+      await this.resumeApps();
     });
+  }
+
+  /** pm2 apps of the deployed release that pm2 no longer runs (after a reboot) are started again; a failure is logged, not fatal. */
+  private async resumeApps(): Promise<void> {
+    const { deployment, dataDir, host, logger } = this.deps;
+    if (!deployment.restart || !("pm2" in deployment.restart)) return;
+    let output = "";
+    const log = new Writable({
+      write(chunk: Buffer, _encoding, done) {
+        output = (output + chunk.toString()).slice(-8192);
+        done();
+      },
+    });
+    try {
+      const outcome = await resumePm2Apps(deployment, dataDir, host.pm2Home, { log, signal: this.abort.signal, timeoutMs: deployment.command_timeout_s * 1000, pidFile: this.pidFile });
+      if (outcome === "started") logger.warn({ deployment: this.name, pm2Home: host.pm2Home }, "pm2 ran none of this deployment's apps: started them from the current release");
+    } catch (err) {
+      logger.error({ deployment: this.name, err, output }, "could not start this deployment's pm2 apps from the current release; the next deploy will");
+    }
   }
 
   /**

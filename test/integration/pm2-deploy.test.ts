@@ -118,5 +118,14 @@ health = { url = "${appUrl}/health", timeout_s = 3 }
     expect(back.code, back.stdout).toBe(0);
     expect(back.stdout).toContain(`switch current → ${v2Release} (rollback)`);
     expect(await answer()).toBe("v2");
+
+    // A reboot: deployq and pm2 (its daemon and the apps) are gone; deployq starts the current release's apps again.
+    serve!.child.kill("SIGTERM");
+    await serve!.exited;
+    expect(await killPm2(pm2Home)).toEqual([]);
+    await expect(answer()).rejects.toThrow();
+    serve = spawnDeployq(["serve"], env);
+    await serve.waitFor("listening on");
+    await until("the current release's app serves again", async () => (await answer().catch(() => "")) === "v2");
   });
 });
