@@ -331,7 +331,13 @@ export async function checkCertbot(certbot: CertbotHost): Promise<Array<{ name: 
       const { stdout } = await runCommand(listed, { cwd: "/", timeoutMs: 10_000 });
       results.push({ name: "certbot command", ok: true, detail: `sudo allows ${stdout.trim() || formatArgv(rest)}` });
     } catch (err) {
-      const tail = err instanceof ExecError && err.stderrTail ? err.stderrTail : errorMessage(err);
+      // `sudo -l <command>` exits 1 without a word when the rules do not list the command for this user.
+      const tail =
+        err instanceof ExecError && err.stderrTail.trim()
+          ? err.stderrTail.trim()
+          : err instanceof ExecError && err.reason === "exit" && err.exitCode === 1
+            ? "sudo's rules do not allow this command for this user"
+            : errorMessage(err);
       results.push({ name: "certbot command", ok: false, detail: `${formatArgv(listed)} failed: ${tail} (install sudoers/deployq and sudoers/deployq-certbot: see docs/production.md)` });
     }
   } else if (program) {
@@ -345,7 +351,7 @@ export async function checkCertbot(certbot: CertbotHost): Promise<Array<{ name: 
     const s = await stat(certbot.webroot);
     results.push(s.isDirectory() ? { name: "certbot webroot", ok: true, detail: certbot.webroot } : { name: "certbot webroot", ok: false, detail: `${certbot.webroot} is not a directory` });
   } catch {
-    results.push({ name: "certbot webroot", ok: false, detail: `${certbot.webroot} does not exist (nginx must serve it at /.well-known/acme-challenge/ for every site)` });
+    results.push({ name: "certbot webroot", ok: false, detail: `${certbot.webroot} does not exist: create it (install -d -m 0755 ${certbot.webroot}: see docs/production.md); nginx must serve it at /.well-known/acme-challenge/ for every site` });
   }
   if (certbot.command.at(-1)?.endsWith("/deployq-certbot") && path.resolve(certbot.webroot) !== WRAPPER_WEBROOT) {
     results.push({ name: "certbot webroot", ok: false, detail: `the deployq-certbot wrapper always writes challenges to ${WRAPPER_WEBROOT}, not ${certbot.webroot}: set webroot to it` });

@@ -910,11 +910,17 @@ async function checkCommand(name: string, argv: readonly string[]): Promise<Chec
     } catch (err) {
       const key = name.replace(/^nginx /, "");
       if (err instanceof ExecError && err.reason === "spawn") return { name, ok: false, detail: `${program} is not installed: install sudo, or change [nginx] ${key}` };
-      const detail = err instanceof ExecError && err.stderrTail ? err.stderrTail : errorMessage(err);
+      // `sudo -l <command>` exits 1 without a word when the rules do not list the command for this user.
+      const why =
+        err instanceof ExecError && err.stderrTail.trim()
+          ? `not allowed without a password (${err.stderrTail.trim()})`
+          : err instanceof ExecError && err.reason === "exit" && err.exitCode === 1
+            ? "sudo's rules do not allow this command for this user"
+            : errorMessage(err);
       return {
         name,
         ok: false,
-        detail: `${formatArgv(check)} failed: not allowed without a password (${detail}); install sudoers/deployq (visudo -cf sudoers/deployq && install -m 0440 sudoers/deployq /etc/sudoers.d/deployq) or change [nginx] ${key}`,
+        detail: `${formatArgv(check)} failed: ${why}; install sudoers/deployq (visudo -cf sudoers/deployq && install -m 0440 sudoers/deployq /etc/sudoers.d/deployq) or change [nginx] ${key}`,
       };
     }
   }
