@@ -156,7 +156,8 @@ commands = [["sh", "-c", "touch ${marks}/$PPID-$$; while [ ! -e ${gate} ]; do sl
       const stale = await until("the paused worker to give up", async () => (await rowsOf()).find((r) => r.id === first.id && r.status !== "running"));
       expect(stale.status).toBe("interrupted");
       expect(stale.error).toMatch(/lock was lost|fencing token/);
-      expect(paused.output()).toContain("deploy stopped: the lock was lost");
+      // The row is final before the log line reaches the pipe: wait for the line, not only the row.
+      await paused.waitFor("deploy stopped: the lock was lost");
       expect(await readlink(path.join(fenced.dir, "apps", "paused", "current"))).toBe(current);
       expect(await readdir(path.join(fenced.dir, "apps", "paused", "releases"))).toEqual([path.basename(current)]);
       expect(await readdir(layout.deployment("paused"))).toEqual([]);
