@@ -54,7 +54,10 @@ program
   .action(() => runMigrate(configPath()));
 program
   .command("check")
-  .description("validate the configuration and reach the database and the queue root; exits 1 when something is wrong")
+  .description(
+    "validate the configuration, reach the database and the queue root, and check that each configured step can run " +
+      "(pm2, sudo rights for nginx and certbot, conf_dir, webroot), changing nothing; exits 1 when something is wrong",
+  )
   .option("--json", "machine-readable output")
   .action(async (o: { json?: boolean }) => {
     process.exitCode = await runCheck(configPath(), o.json ?? false);
