@@ -5,12 +5,29 @@
 //   pm2 stop ecosystem.config.cjs / pm2 delete ecosystem.config.cjs
 //
 // CommonJS (.cjs) because the package is "type": "module". The file is evaluated by the pm2
-// command you type, in your shell's environment: the apps get that environment, with the
-// values below on top. Secrets are never written here: GITHUB_WEBHOOK_SECRET, DATABASE_URL,
-// REDIS_URL and GITHUB_TOKEN come from the environment pm2 is started with (under systemd, the
-// unit's EnvironmentFile=).
+// command you type, in your shell's environment (under systemd: inside pm2-runtime, which is
+// pm2's daemon itself): the apps get that environment, with the values below on top.
 //
-// Environment read here (all optional except DATABASE_URL):
+// Secrets (GITHUB_WEBHOOK_SECRET, DATABASE_URL, REDIS_URL, GITHUB_TOKEN) are never written
+// here. In production they are in a file named by DEPLOYQ_ENV_FILE (the unit sets
+// DEPLOYQ_ENV_FILE=/etc/deployq/env), which this file reads and puts into the `env` of these
+// two apps only. They must not be in the environment of the command that starts pm2's
+// daemon (pm2-runtime, or the first `pm2 ...` typed in a shell): the daemon keeps that
+// environment for good, and every cluster-mode app it runs gets it, because pm2 forks cluster
+// workers with node's cluster.fork, which copies the daemon's whole process.env
+// (node_modules/pm2/lib/God/ClusterMode.js; fork-mode apps get only their own pm2 env,
+// God/ForkMode.js). The apps deployq deploys with `restart = { pm2 = ... }` run under this
+// same daemon (the same PM2_HOME), so they would see deployq's secrets
+// (test/integration/pm2-secrets.test.ts). pm2's `filter_env` does not help: it filters only
+// the environment of the CLI that starts an app (Common.prepareAppConf), not the daemon's
+// (checked with pm2 7.0.4: a cluster app with filter_env still saw them).
+// Without DEPLOYQ_ENV_FILE (development) the secrets come from the environment pm2 is started
+// with, as before, and this file warns that a daemon started from it hands them on to
+// cluster-mode apps.
+//
+// Environment read here (and in the DEPLOYQ_ENV_FILE file, whose values win):
+//   DEPLOYQ_ENV_FILE          optional: the file of deployq's own variables (see readEnvFile
+//                             below for its format), given to these two apps only
 //   DATABASE_URL              required: the receiver and the workers are two processes, and the
 //                             embedded PGlite database allows one process only
 //   DEPLOYQ_CONFIG            the TOML file; default ./deployq.toml in this folder, and
@@ -30,13 +47,14 @@
 // fork mode pm2's "reload" is a restart: the old process is stopped (drained) first, then the
 // new one is started. The receiver's port is closed in between, so GitHub gets "connection
 // refused" for a delivery in that window (it records the delivery as failed; redeliver it from
-// the webhook's settings or the REST API): nothing that was answered 2xx is lost.
+// the webhook's settings or the REST API): nothing that was answered 2xx is lost. A reload
+// evaluates this file again, so it reads DEPLOYQ_ENV_FILE again: changed and added variables
+// reach the new processes (pm2 merges them over the old environment, so a variable removed
+// from the file stays until the apps are deleted and started again, e.g. systemctl restart).
 "use strict";
 
 const fs = require("node:fs");
 const path = require("node:path");
-
-const env = process.env;
 
 // The pm2 command evaluating this file: `pm2 <command> ecosystem.config.cjs`, or
 // `pm2-runtime [start] ecosystem.config.cjs`, whose first argument is this file.
@@ -44,18 +62,91 @@ const command = process.argv.slice(2).find((arg) => !arg.startsWith("-"));
 // Commands that only act on apps already running do not need what starting one needs, so
 // that `pm2 stop|delete ecosystem.config.cjs` works from any shell.
 const onlyActsOnRunningApps = new Set(["stop", "delete", "del", "kill", "flush", "reloadLogs", "describe", "show", "logs", "jlist", "ls", "list", "status"]);
+const startsApps = !onlyActsOnRunningApps.has(command);
 
-if (!env.DATABASE_URL && !onlyActsOnRunningApps.has(command)) {
+/** The variables of deployq's own that must never reach another app (see above). */
+const SECRET_NAMES = ["GITHUB_WEBHOOK_SECRET", "DATABASE_URL", "REDIS_URL", "GITHUB_TOKEN"];
+
+/**
+ * Reads DEPLOYQ_ENV_FILE: the subset of systemd's EnvironmentFile= syntax that both agree on,
+ * so that the same file also works with `systemd-run -p EnvironmentFile=...`:
+ *   NAME=value        one per line; spaces around the value are dropped, quotes inside it kept
+ *   NAME='value'      verbatim (a backslash too), no ' inside
+ *   NAME="value"      verbatim, no " nor backslash inside
+ *   # comment, ; comment, blank lines
+ * A line it cannot read exactly as systemd would (no `=`, `export NAME=...`, a name that is not
+ * [A-Za-z_][A-Za-z0-9_]*, a backslash escape, an unclosed or multi-line quote) is refused with
+ * its line number: never guessed, and never printed (it may hold a secret).
+ */
+function readEnvFile(file) {
+  const problem = (what) =>
+    new Error(`deployq's ecosystem.config.cjs: DEPLOYQ_ENV_FILE ${file}: ${what} (the file holds NAME=value lines, # comments; see the top of ecosystem.config.cjs)`);
+  let text;
+  try {
+    text = fs.readFileSync(file, "utf8");
+  } catch (err) {
+    throw problem(`cannot be read (${err.code || err.message}): the user running pm2 must be able to read it`);
+  }
+  // systemd's whitespace: space, tab, CR (not JavaScript's trim(), which also drops e.g. U+00A0).
+  const trim = (t) => t.replace(/^[ \t\r]+|[ \t\r]+$/g, "");
+  const vars = {};
+  text
+    .replace(/^\uFEFF/, "")
+    .split("\n")
+    .forEach((raw, i) => {
+      const line = trim(raw);
+      if (line === "" || line.startsWith("#") || line.startsWith(";")) return;
+      const at = `line ${i + 1}`;
+      const eq = line.indexOf("=");
+      const name = eq < 0 ? "" : trim(line.slice(0, eq));
+      if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) {
+        throw problem(`${at} is not NAME=value (a name of letters, digits and _, then =; no \`export\`)`);
+      }
+      let value = trim(line.slice(eq + 1));
+      const quote = value[0];
+      if (quote === "'" || quote === '"') {
+        const inner = value.slice(1, -1);
+        if (value.length < 2 || !value.endsWith(quote) || inner.includes(quote) || (quote === '"' && inner.includes("\\"))) {
+          throw problem(
+            `${at} (${name}): a quoted value must close on the same line with the same quote, and hold no ${quote}${quote === '"' ? " nor backslash" : ""}; ` +
+              `use single quotes for a value with backslashes or double quotes`,
+          );
+        }
+        value = inner;
+      } else if (value.includes("\\")) {
+        throw problem(`${at} (${name}): systemd reads a backslash in an unquoted value as an escape, which this file does not support: put the value in single quotes`);
+      }
+      vars[name] = value;
+    });
+  return vars;
+}
+
+// deployq's own variables from DEPLOYQ_ENV_FILE: into the two apps' `env` below, never into
+// process.env (under pm2-runtime, this process IS pm2's daemon).
+const envFile = process.env.DEPLOYQ_ENV_FILE ? path.resolve(process.env.DEPLOYQ_ENV_FILE) : undefined;
+const fromFile = envFile && startsApps ? readEnvFile(envFile) : {};
+const env = { ...process.env, ...fromFile };
+
+const inherited = SECRET_NAMES.filter((name) => process.env[name]);
+if (inherited.length > 0 && startsApps) {
+  console.warn(
+    `deployq's ecosystem.config.cjs: ${inherited.join(", ")} ${inherited.length === 1 ? "is" : "are"} in the environment of this pm2 command. ` +
+      "A pm2 daemon started from it keeps them and passes them to every cluster-mode app it runs, the apps deployq deploys with " +
+      "restart = { pm2 = ... } included. Put them in a file and set DEPLOYQ_ENV_FILE instead (docs/production.md), then restart pm2's daemon (pm2 kill).",
+  );
+}
+
+if (!env.DATABASE_URL && startsApps) {
   throw new Error(
     "deployq's ecosystem.config.cjs: DATABASE_URL is not set. pm2 runs `deployq receiver` and `deployq workers` " +
       "as two processes, and the embedded PGlite database (used when DATABASE_URL is unset) allows one process " +
-      "only. Set DATABASE_URL to a Postgres URL in the environment pm2 is started with (under systemd: the " +
-      "unit's EnvironmentFile), or run `deployq serve` (one process) instead.",
+      `only. Set DATABASE_URL to a Postgres URL in ${envFile ? `DEPLOYQ_ENV_FILE (${envFile})` : "the file DEPLOYQ_ENV_FILE names (under systemd: /etc/deployq/env), or in the environment pm2 is started with"}, ` +
+      "or run `deployq serve` (one process) instead.",
   );
 }
 
 const logDir = path.resolve(env.DEPLOYQ_PM2_LOG_DIR || path.join(__dirname, "logs"));
-if (!onlyActsOnRunningApps.has(command)) fs.mkdirSync(logDir, { recursive: true });
+if (startsApps) fs.mkdirSync(logDir, { recursive: true });
 
 const killTimeoutMs = Number.parseInt(env.DEPLOYQ_PM2_KILL_TIMEOUT_MS || "40000", 10);
 if (!Number.isInteger(killTimeoutMs) || killTimeoutMs <= 0) {
@@ -104,10 +195,12 @@ function app(name, role) {
     merge_logs: true,
     time: false,
 
+    // pm2 gives an app the environment of the pm2 command that starts it, with `env` on top:
+    // DEPLOYQ_ENV_FILE's variables (the secrets) reach these two apps here, and only here.
     // `--env production` applies env_production over env. pm2 keeps an app's environment
     // across restarts and merges a reload's on top of it, so `env` sets nothing that would
     // undo production on a `pm2 reload` typed without `--env production`.
-    env: configFromEnv ? { DEPLOYQ_CONFIG: configFromEnv } : {},
+    env: { ...fromFile, ...(configFromEnv ? { DEPLOYQ_CONFIG: configFromEnv } : {}) },
     env_production: {
       NODE_ENV: "production",
       DEPLOYQ_CONFIG: configFromEnv || "/etc/deployq/deployq.toml",

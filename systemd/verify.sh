@@ -12,7 +12,8 @@
 # 2. deployq.service keeps sudo working: no NoNewPrivileges=yes and none of the options
 #    that imply it for a service with User= (systemd.exec(5)), no PrivateUsers= or
 #    CapabilityBoundingSet= (they take root's rights away from sudo's children), and it
-#    does run as the deployq user under ProtectSystem=strict with KillMode=mixed.
+#    does run as the deployq user under ProtectSystem=strict with KillMode=mixed. And it
+#    names the secrets file in DEPLOYQ_ENV_FILE, never with EnvironmentFile=.
 #
 # Exit 0 when all is well, 1 when a check failed, 2 when it cannot run here.
 set -euo pipefail
@@ -115,9 +116,12 @@ expect Restart on-failure
 expect WorkingDirectory /opt/deployq
 expect StateDirectory deployq
 if ! grep -q -E '^ExecStart=/opt/deployq/node_modules/\.bin/pm2-runtime ' "$svc"; then fail "deployq.service: ExecStart= must run /opt/deployq/node_modules/.bin/pm2-runtime"; fi
-for line in Environment=NODE_ENV=production Environment=PM2_HOME= Environment=DEPLOYQ_CONFIG=/etc/deployq/deployq.toml EnvironmentFile=-/etc/deployq/env; do
+for line in Environment=NODE_ENV=production Environment=PM2_HOME= Environment=DEPLOYQ_CONFIG=/etc/deployq/deployq.toml Environment=DEPLOYQ_ENV_FILE=/etc/deployq/env; do
   if ! grep -q -F -x -e "$line" "$svc" && ! grep -q "^${line}" "$svc"; then fail "deployq.service: no $line"; fi
 done
+# The secrets must not be in pm2-runtime's own environment: pm2 hands the daemon's environment
+# to every cluster-mode app, the apps deployq deploys under the same pm2 included.
+if grep -q -E '^EnvironmentFile=' "$svc"; then fail "deployq.service: EnvironmentFile= puts deployq's secrets into pm2's daemon; use DEPLOYQ_ENV_FILE"; fi
 for path in /var/www /etc/letsencrypt /var/lib/letsencrypt /var/log/letsencrypt /etc/nginx/conf.d; do
   if ! grep -E '^ReadWritePaths=' "$svc" | grep -q -E "(=|[[:space:]])-?${path}([[:space:]]|$)"; then fail "deployq.service: ReadWritePaths= lacks $path"; fi
 done

@@ -454,8 +454,11 @@ describe("systemd units", () => {
     expect(last("User")).toBe("deployq");
     expect(last("WorkingDirectory")).toBe("/opt/deployq");
     expect(last("ExecStart")).toMatch(/^\/opt\/deployq\/node_modules\/\.bin\/pm2-runtime (start )?ecosystem\.config\.cjs --env production$/);
-    expect(s.get("Environment")).toEqual(expect.arrayContaining(["NODE_ENV=production", "PM2_HOME=/var/lib/deployq/pm2", "DEPLOYQ_CONFIG=/etc/deployq/deployq.toml"]));
-    expect(last("EnvironmentFile")).toBe("-/etc/deployq/env");
+    expect(s.get("Environment")).toEqual(
+      expect.arrayContaining(["NODE_ENV=production", "PM2_HOME=/var/lib/deployq/pm2", "DEPLOYQ_CONFIG=/etc/deployq/deployq.toml", "DEPLOYQ_ENV_FILE=/etc/deployq/env"]),
+    );
+    // Not in pm2-runtime's environment: pm2 hands it to every cluster-mode app (test/integration/pm2-secrets.test.ts).
+    expect(s.get("EnvironmentFile")).toBeUndefined();
     expect(last("KillMode")).toBe("mixed");
     expect(last("Restart")).toBe("on-failure");
     // Longer than pm2's kill_timeout (40 s by default) for both apps.
