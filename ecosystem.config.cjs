@@ -65,6 +65,7 @@ const onlyActsOnRunningApps = new Set(["stop", "delete", "del", "kill", "flush",
 const startsApps = !onlyActsOnRunningApps.has(command);
 
 /** The variables of deployq's own that must never reach another app (see above). */
+// The same list as SECRET_VARIABLES in src/config/load.ts.
 const SECRET_NAMES = ["GITHUB_WEBHOOK_SECRET", "DATABASE_URL", "REDIS_URL", "GITHUB_TOKEN"];
 
 /**
@@ -131,8 +132,9 @@ const inherited = SECRET_NAMES.filter((name) => process.env[name]);
 if (inherited.length > 0 && startsApps) {
   console.warn(
     `deployq's ecosystem.config.cjs: ${inherited.join(", ")} ${inherited.length === 1 ? "is" : "are"} in the environment of this pm2 command. ` +
-      "A pm2 daemon started from it keeps them and passes them to every cluster-mode app it runs, the apps deployq deploys with " +
-      "restart = { pm2 = ... } included. Put them in a file and set DEPLOYQ_ENV_FILE instead (docs/production.md), then restart pm2's daemon (pm2 kill).",
+      "A pm2 daemon started from it keeps them and passes them to every cluster-mode app it runs (deployq blanks them in the apps " +
+      "it deploys with restart = { pm2 = ... }, not in others). Put them in a file and set DEPLOYQ_ENV_FILE instead (docs/production.md), " +
+      "then restart pm2's daemon (pm2 kill).",
   );
 }
 

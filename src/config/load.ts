@@ -8,6 +8,9 @@ import { type CertbotHost, Config, type DeploymentConfig, type NginxHost } from 
 
 export const DEFAULT_CONFIG_PATH = "./deployq.toml";
 
+/** deployq's own secrets: in its environment only, never in what it deploys. */
+export const SECRET_VARIABLES = ["GITHUB_WEBHOOK_SECRET", "DATABASE_URL", "REDIS_URL", "GITHUB_TOKEN"] as const;
+
 export interface Secrets {
   /** One or more webhook secrets (comma-separated in the environment, for rotation). */
   webhookSecrets: string[];

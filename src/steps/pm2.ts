@@ -74,6 +74,7 @@ import { connect } from "node:net";
 import { cpus, tmpdir, userInfo } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { SECRET_VARIABLES } from "../config/load.ts";
 import { PM2_APP_NAME, type Pm2Restart } from "../config/schema.ts";
 import { DeployqError, errorMessage } from "../errors.ts";
 import { ExecError } from "../exec/exec-error.ts";
@@ -349,6 +350,10 @@ function planApp(app: Record<string, unknown>, appDir: string, realAppDir: strin
   const scriptThrough = path.isAbsolute(script) ? through(script) : script;
   const candidate = path.resolve(cwd, scriptThrough);
   const env = {
+    // A cluster worker gets the pm2 daemon's whole environment (cluster.fork), which holds
+    // deployq's secrets when pm2 was started from a shell that exports them: blank them,
+    // unless the app's file or the deployment sets its own (its own DATABASE_URL, say).
+    ...Object.fromEntries(SECRET_VARIABLES.map((name) => [name, ""])),
     ...(isRecord(app.env) ? app.env : {}),
     ...options.env,
     ...options.restart.env,
