@@ -121,6 +121,8 @@ for line in Environment=NODE_ENV=production Environment=PM2_HOME= Environment=DE
 done
 # The secrets must not be in pm2-runtime's own environment: pm2 hands the daemon's environment
 # to every cluster-mode app, the apps deployq deploys under the same pm2 included.
+# The nginx step reads root's nginx master and its workers in /proc.
+if grep -q -E '^ProtectProc=invisible' "$svc"; then fail "deployq.service: ProtectProc=invisible hides nginx's processes from the nginx step's reload check"; fi
 if grep -q -E '^EnvironmentFile=' "$svc"; then fail "deployq.service: EnvironmentFile= puts deployq's secrets into pm2's daemon; use DEPLOYQ_ENV_FILE"; fi
 for path in /var/www /etc/letsencrypt /var/lib/letsencrypt /var/log/letsencrypt /etc/nginx/conf.d; do
   if ! grep -E '^ReadWritePaths=' "$svc" | grep -q -E "(=|[[:space:]])-?${path}([[:space:]]|$)"; then fail "deployq.service: ReadWritePaths= lacks $path"; fi
