@@ -40,7 +40,7 @@ import { QueueWorker } from "../src/queue/watch.ts";
 import { ensureQueueDirs } from "../src/queue/write.ts";
 import { parseEntry } from "../src/workers/router.ts";
 import { type DeployFigures, deployReport, runDeployBench } from "./deploy.ts";
-import { type StepFigure, runSteps } from "./steps.ts";
+import { GROUP_COMMIT_STEP, type StepFigure, runSteps } from "./steps.ts";
 
 const REPO_ROOT = fileURLToPath(new URL("..", import.meta.url));
 const DEPLOYQ_BIN = path.join(REPO_ROOT, "bin/deployq.js");
@@ -893,6 +893,13 @@ async function main(): Promise<void> {
         ...steps.map((f) => [f.step, n(f.serialUs, 1), n(f.perSec, 0), n(f.p50Ms, 2), n(f.p99Ms, 2), n(f.cpuUs, 0), n(f.dbCpuUs, 0)]),
       ]),
     );
+    const ceiling = steps.find((f) => f.step === GROUP_COMMIT_STEP(CONNECTIONS))?.perSec;
+    if (ceiling !== undefined && bare) {
+      console.log(
+        `the durable path without HTTP (group commit, ${CONNECTIONS} in flight) / bare Express: ${(ceiling / bare.okPerSec).toFixed(3)}x ` +
+          `(the most the receiver could reach against the ${TARGET_RATIO}x target on this machine, were its HTTP side free)`,
+      );
+    }
   }
   if (deploy) {
     console.log("");

@@ -8,15 +8,18 @@ import { randomUUID } from "node:crypto";
 import { mkdir } from "node:fs/promises";
 import path from "node:path";
 import { sign } from "@octokit/webhooks-methods";
-import postgres from "postgres";
 import { type Database, openDatabase } from "../src/db/client.ts";
 import type { Db } from "../src/db/client.ts";
 import { insertDeliveries } from "../src/db/queries/record-delivery.ts";
+import { createEnqueueBatcher } from "../src/http/enqueue-batch.ts";
 import { verifySignature } from "../src/http/signature.ts";
 import { type QueueEntry, serializeEntry, summarizePayload } from "../src/queue/entry.ts";
 import { entryName } from "../src/queue/entry-name.ts";
 import { queueLayout } from "../src/queue/layout.ts";
 import { ensureQueueDirs, writeEntryDurably } from "../src/queue/write.ts";
+
+/** The step that is the receiver's durable path without HTTP (run.ts compares it with bare Express). */
+export const GROUP_COMMIT_STEP = (c: number) => `${c} in flight: the receiver's group commit (file + row durable), no HTTP`;
 
 export interface StepFigure {
   step: string;
@@ -127,7 +130,6 @@ export async function runSteps(options: StepsOptions): Promise<StepFigure[]> {
   figures.push({ step: "writeEntryDurably (write, fsync, rename, fsync dir)", serialUs: await timeSerialAsync(200, write) });
 
   let database: Database | undefined;
-  let raw: postgres.Sql | undefined;
   try {
     database = await openDatabase({ databaseUrl: options.databaseUrl, dataDir: "unused", poolSize: options.poolSize });
     await database.migrate();
@@ -142,7 +144,7 @@ export async function runSteps(options: StepsOptions): Promise<StepFigure[]> {
         const id = randomUUID();
         return insertDeliveries(tx as unknown as Db, [{ ...row(id), entry: entryName(id), outcome: "queued" }], [0]);
       });
-    // The handler's whole durable step: the file is written while the row's transaction is open.
+    // One delivery's whole durable step, alone: the file is written while the row's transaction is open.
     const both = () =>
       db.transaction(async (tx) => {
         const id = randomUUID();
@@ -158,30 +160,16 @@ export async function runSteps(options: StepsOptions): Promise<StepFigure[]> {
     const dbCpu = options.databaseCpuMs;
     figures.push({ step: `${c} in flight: writeEntryDurably only`, ...(await timeConcurrent(c, options.seconds, write)) });
     figures.push({ step: `${c} in flight: Postgres transaction only`, ...(await timeConcurrent(c, options.seconds, transaction, dbCpu)) });
-    figures.push({ step: `${c} in flight: both, as the handler does`, ...(await timeConcurrent(c, options.seconds, both, dbCpu)) });
-
-    // The same dedupe INSERT without drizzle's query builder: postgres.js alone, in a
-    // transaction (3 round trips, as now), then on its own in autocommit (1 round trip).
-    raw = postgres(options.databaseUrl, { max: options.poolSize ?? 20, onnotice: () => {} });
-    const sql = raw;
-    const insert = (q: postgres.Sql | postgres.TransactionSql) => {
+    // What the receiver does, without HTTP: its group commit (src/http/enqueue-batch.ts). The
+    // ceiling of the durable path on this machine, whatever the HTTP side costs.
+    const batcher = createEnqueueBatcher(db, layout);
+    const enqueue = () => {
       const id = randomUUID();
-      const r = row(id);
-      return q`insert into deliveries (hook_id, delivery_id, event, repository, ref, after_sha, received_at, entry, outcome)
-        values (${r.hookId}, ${id}, ${r.event}, ${r.repository ?? null}, ${r.ref ?? null}, ${r.afterSha ?? null}, ${r.receivedAt}, ${entryName(id)}, 'queued')
-        on conflict (hook_id, delivery_id) do update set duplicates = deliveries.duplicates + 1, updated_at = now()
-        returning (xmax = 0) as inserted`;
+      const name = entryName(id);
+      return batcher.enqueue({ ...row(id), entry: name, outcome: "queued" }, name, makeEntry(id));
     };
-    figures.push({
-      step: `  for comparison: postgres.js without drizzle, same transaction`,
-      ...(await timeConcurrent(c, options.seconds, () => sql.begin((tx) => insert(tx)), dbCpu)),
-    });
-    figures.push({
-      step: `  for comparison: the INSERT alone, autocommit`,
-      ...(await timeConcurrent(c, options.seconds, () => insert(sql), dbCpu)),
-    });
+    figures.push({ step: GROUP_COMMIT_STEP(c), ...(await timeConcurrent(c, options.seconds, enqueue, dbCpu)) });
   } finally {
-    await raw?.end({ timeout: 5 });
     await database?.close();
   }
   return figures;

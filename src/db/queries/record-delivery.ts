@@ -47,17 +47,40 @@ function values(row: DeliveryRow) {
  * The receiver's dedupe for a batch of deliveries: one INSERT … ON CONFLICT for all of
  * them (keys must be distinct). `copies[i]` more copies of row i arrived in the same batch
  * and count as its duplicates. Returns the keys (hookId, deliveryId) that were new.
+ *
+ * The rows travel as one JSON parameter (json_to_recordset) rather than through drizzle's
+ * query builder: on the receiver's hot path that builder cost about 0.1 ms of the event
+ * loop per delivery (3.6 ms CPU for a 32-row batch against 1.5 ms this way).
  */
 export async function insertDeliveries(db: Db, rows: readonly DeliveryRow[], copies: readonly number[]): Promise<Set<string>> {
-  const result = await db
-    .insert(deliveries)
-    .values(rows.map((r, i) => ({ ...values(r), duplicates: copies[i] ?? 0 })))
-    .onConflictDoUpdate({
-      target: [deliveries.hookId, deliveries.deliveryId],
-      set: { duplicates: sql`${deliveries.duplicates} + 1 + excluded.duplicates`, updatedAt: sql`now()` },
-    })
-    .returning({ hookId: deliveries.hookId, deliveryId: deliveries.deliveryId, inserted: sql<boolean>`(xmax = 0)` });
-  return new Set(result.filter((r) => r.inserted).map((r) => deliveryKey(r.hookId, r.deliveryId)));
+  const json = JSON.stringify(
+    rows.map((r, i) => {
+      const v = values(r);
+      return {
+        hook_id: v.hookId,
+        delivery_id: v.deliveryId,
+        event: v.event,
+        repository: v.repository,
+        ref: v.ref,
+        after_sha: v.afterSha,
+        received_at: v.receivedAt.toISOString(),
+        entry: v.entry,
+        outcome: v.outcome,
+        reason: v.reason,
+        routed_to: v.routedTo,
+        duplicates: copies[i] ?? 0,
+      };
+    }),
+  );
+  const result = await db.execute<{ hook_id: string; delivery_id: string; inserted: boolean }>(sql`
+    insert into ${deliveries} (hook_id, delivery_id, event, repository, ref, after_sha, received_at, entry, outcome, reason, routed_to, duplicates)
+    select hook_id, delivery_id, event, repository, ref, after_sha, received_at, entry, outcome, reason, routed_to, duplicates
+    from json_to_recordset(${json}::json) as x(hook_id text, delivery_id text, event text, repository text, ref text, after_sha text,
+      received_at timestamptz, entry text, outcome text, reason text, routed_to jsonb, duplicates integer)
+    on conflict (hook_id, delivery_id) do update set duplicates = ${deliveries}.duplicates + 1 + excluded.duplicates, updated_at = now()
+    returning hook_id, delivery_id, (xmax = 0) as inserted`);
+  const list = Array.isArray(result) ? result : (result as unknown as { rows: Array<{ hook_id: string; delivery_id: string; inserted: boolean }> }).rows;
+  return new Set(list.filter((r) => r.inserted).map((r) => deliveryKey(r.hook_id, r.delivery_id)));
 }
 
 export const deliveryKey = (hookId: string, deliveryId: string) => `${hookId}\u0000${deliveryId}`;
