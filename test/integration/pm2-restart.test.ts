@@ -1,5 +1,5 @@
 import { execFile } from "node:child_process";
-import { mkdir, mkdtemp, readFile, readdir, realpath, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, realpath, rm, writeFile } from "node:fs/promises";
 import { request } from "node:http";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -11,6 +11,7 @@ import type { CommandContext } from "../../src/steps/command-context.ts";
 import { PM2_BIN, type Pm2Process, type Pm2RestartOptions, checkPm2, listProcesses, pm2Restart } from "../../src/steps/pm2.ts";
 import { type DeploymentPaths, deploymentPaths, switchCurrent } from "../../src/steps/release.ts";
 import { freePort } from "../helpers/load.ts";
+import { killPm2, processesUsing } from "../helpers/pm2.ts";
 import { until } from "../helpers/wait.ts";
 
 const run = promisify(execFile);
@@ -94,25 +95,6 @@ async function answers(port: number, version: string): Promise<Answer> {
     const r = await get(port);
     return r.ok && r.answer.version === version ? r.answer : undefined;
   });
-}
-
-/** Processes whose environment or command line names this PM2_HOME (the daemon and its apps): as in pm2.test.ts. */
-async function processesUsing(pm2Home: string): Promise<Array<{ pid: number; cmdline: string }>> {
-  const found: Array<{ pid: number; cmdline: string }> = [];
-  for (const name of await readdir("/proc")) {
-    if (!/^\d+$/.test(name) || Number(name) === process.pid) continue;
-    try {
-      const [environ, cmdline] = await Promise.all([readFile(`/proc/${name}/environ`, "utf8"), readFile(`/proc/${name}/cmdline`, "utf8")]);
-      const stat = await readFile(`/proc/${name}/stat`, "utf8");
-      if (stat.slice(stat.lastIndexOf(")") + 2)[0] === "Z") continue; // already dead, awaiting its parent
-      if (environ.split("\0").includes(`PM2_HOME=${pm2Home}`) || cmdline.includes(pm2Home)) {
-        found.push({ pid: Number(name), cmdline: cmdline.replaceAll("\0", " ").trim() });
-      }
-    } catch {
-      // gone meanwhile, or not ours to read
-    }
-  }
-  return found;
 }
 
 describe("pm2Restart: real pm2 in a private PM2_HOME, releases switched under `current`", () => {
@@ -202,20 +184,8 @@ describe("pm2Restart: real pm2 in a private PM2_HOME, releases switched under `c
   afterAll(async () => {
     delete process.env.DAEMON_SECRET;
     let left: Array<{ pid: number; cmdline: string }> = [];
-    if (daemonStarted) {
-      // Stops the apps (SIGINT, drain) and the daemon, whatever the test left running.
-      await run(process.execPath, [PM2_BIN, "kill"], { cwd: dir, env, timeout: 60_000 }).catch(() => {});
-      await until("every process of the private PM2_HOME has ended", async () => (await processesUsing(pm2Home)).length === 0, 60_000).catch(() => {});
-      left = await processesUsing(pm2Home);
-      // Our own processes only (they carry our private PM2_HOME): do not leave them behind.
-      for (const p of left) {
-        try {
-          process.kill(p.pid, "SIGKILL");
-        } catch {
-          // already gone
-        }
-      }
-    }
+    // Stops the apps (SIGINT, drain) and the daemon, whatever the test left running.
+    if (daemonStarted) left = await killPm2(pm2Home, env);
     if (dir) await rm(dir, { recursive: true, force: true });
     expect(left, "processes of the private PM2_HOME left after pm2 kill").toEqual([]);
   });
