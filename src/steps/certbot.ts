@@ -8,7 +8,7 @@ import { DeployqError, TransientError, errorMessage } from "../errors.ts";
 import { ExecError } from "../exec/exec-error.ts";
 import { formatArgv, runCommand } from "../exec/run-command.ts";
 import { fsyncDir } from "../queue/fsync.ts";
-import type { CommandContext } from "./command-context.ts";
+import { type CommandContext, runOptions } from "./command-context.ts";
 import { type NginxDirective, parseNginxConfig } from "./nginx-config.ts";
 
 /**
@@ -257,13 +257,7 @@ async function runCertbot(argv: string[], site: string, domains: string[], retry
   for (let attempt = 1; ; attempt++) {
     const output = keepingLog(ctx.log);
     try {
-      await runCommand(argv, {
-        cwd: "/",
-        log: output.stream,
-        timeoutMs: ctx.timeoutMs,
-        ...(ctx.signal ? { signal: ctx.signal } : {}),
-        ...(ctx.pidFile ? { pidFile: ctx.pidFile } : {}),
-      });
+      await runCommand(argv, { ...runOptions(ctx, "/"), log: output.stream });
       return;
     } catch (err) {
       if (!(err instanceof ExecError) || err.reason === "aborted") throw err;

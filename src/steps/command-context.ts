@@ -1,4 +1,5 @@
 import type { Writable } from "node:stream";
+import type { RunOptions } from "../exec/run-command.ts";
 
 /** What a step needs to run its commands the way a deploy runs them (see exec/run-command.ts). */
 export interface CommandContext {
@@ -10,4 +11,16 @@ export interface CommandContext {
   timeoutMs: number;
   /** Where the running command's pid is kept (killed at the next start if deployq dies). */
   pidFile?: string | undefined;
+}
+
+/** runCommand's options for a command of this step, run in `cwd`: its log, timeout, cancellation and pid file. */
+export function runOptions(ctx: CommandContext, cwd: string, env?: Record<string, string>): RunOptions {
+  return {
+    cwd,
+    log: ctx.log,
+    timeoutMs: ctx.timeoutMs,
+    ...(env ? { env } : {}),
+    ...(ctx.signal ? { signal: ctx.signal } : {}),
+    ...(ctx.pidFile ? { pidFile: ctx.pidFile } : {}),
+  };
 }

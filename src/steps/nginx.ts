@@ -11,7 +11,7 @@ import { ExecError } from "../exec/exec-error.ts";
 import { baseEnv, formatArgv, runCommand } from "../exec/run-command.ts";
 import { fsyncDir } from "../queue/fsync.ts";
 import { branchGlobToRegExp } from "../workers/match.ts";
-import type { CommandContext } from "./command-context.ts";
+import { type CommandContext, runOptions } from "./command-context.ts";
 
 /*
  * nginx site files from a deployment's repository.
@@ -509,13 +509,7 @@ async function syncDirs(changes: readonly Change[]): Promise<void> {
 }
 
 function commandOptions(ctx: CommandContext, abortable: boolean) {
-  return {
-    cwd: "/",
-    log: ctx.log,
-    timeoutMs: ctx.timeoutMs,
-    ...(abortable && ctx.signal ? { signal: ctx.signal } : {}),
-    ...(ctx.pidFile ? { pidFile: ctx.pidFile } : {}),
-  };
+  return runOptions(abortable ? ctx : { ...ctx, signal: undefined }, "/");
 }
 
 class StepFailure extends Error {

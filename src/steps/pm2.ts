@@ -79,7 +79,7 @@ import { PM2_APP_NAME, type Pm2Restart } from "../config/schema.ts";
 import { DeployqError, errorMessage } from "../errors.ts";
 import { ExecError } from "../exec/exec-error.ts";
 import { runCommand, type RunResult } from "../exec/run-command.ts";
-import type { CommandContext } from "./command-context.ts";
+import { type CommandContext, runOptions } from "./command-context.ts";
 
 export interface Pm2RestartOptions {
   pm2Home: string;
@@ -228,14 +228,7 @@ export async function pm2Restart(options: Pm2RestartOptions, ctx: CommandContext
 
 /** Runs the project's pm2 CLI against `pm2Home` (its cwd too: nothing may depend on the caller's getcwd()). */
 async function pm2(args: string[], pm2Home: string, ctx: CommandContext): Promise<RunResult> {
-  return runCommand([process.execPath, PM2_BIN, ...args], {
-    cwd: await ensureDir(pm2Home),
-    env: { PM2_HOME: pm2Home },
-    timeoutMs: ctx.timeoutMs,
-    log: ctx.log,
-    ...(ctx.signal ? { signal: ctx.signal } : {}),
-    ...(ctx.pidFile ? { pidFile: ctx.pidFile } : {}),
-  });
+  return runCommand([process.execPath, PM2_BIN, ...args], runOptions(ctx, await ensureDir(pm2Home), { PM2_HOME: pm2Home }));
 }
 
 async function ensureDir(dir: string): Promise<string> {
@@ -245,14 +238,7 @@ async function ensureDir(dir: string): Promise<string> {
 
 /** pm2's process list (starting its daemon if none runs, as `pm2 jlist` would), without the apps' environments. */
 export async function listProcesses(pm2Home: string, ctx: CommandContext): Promise<Pm2Process[]> {
-  const { stdout } = await runCommand([process.execPath, HELPER, "list"], {
-    cwd: await ensureDir(pm2Home),
-    env: { PM2_HOME: pm2Home },
-    timeoutMs: ctx.timeoutMs,
-    log: ctx.log,
-    ...(ctx.signal ? { signal: ctx.signal } : {}),
-    ...(ctx.pidFile ? { pidFile: ctx.pidFile } : {}),
-  });
+  const { stdout } = await runCommand([process.execPath, HELPER, "list"], runOptions(ctx, await ensureDir(pm2Home), { PM2_HOME: pm2Home }));
   const at = stdout.lastIndexOf(LIST_MARKER);
   if (at < 0) throw new DeployqError("DEPLOY", `pm2's process list could not be read (PM2_HOME=${pm2Home}): ${stdout.slice(-500)}`);
   return JSON.parse(stdout.slice(at + LIST_MARKER.length)) as Pm2Process[];
@@ -270,15 +256,9 @@ async function loadEcosystem(options: Pm2RestartOptions, appDir: string, work: s
   }
   const output = path.join(work, "loaded.json");
   try {
-    await runCommand([process.execPath, HELPER, "load", full, output], {
-      cwd: appDir,
-      // What the ecosystem file may read from process.env: what a pm2 CLI started by this deploy would have.
-      env: { PM2_HOME: path.resolve(options.pm2Home), ...options.env, ...options.restart.env },
-      timeoutMs: ctx.timeoutMs,
-      log: ctx.log,
-      ...(ctx.signal ? { signal: ctx.signal } : {}),
-      ...(ctx.pidFile ? { pidFile: ctx.pidFile } : {}),
-    });
+    // What the ecosystem file may read from process.env: what a pm2 CLI started by this deploy would have.
+    const env = { PM2_HOME: path.resolve(options.pm2Home), ...options.env, ...options.restart.env };
+    await runCommand([process.execPath, HELPER, "load", full, output], runOptions(ctx, appDir, env));
   } catch (err) {
     if (err instanceof ExecError && err.reason === "exit") {
       throw new DeployqError("DEPLOY", `the pm2 ecosystem file ${file} could not be loaded; fix it in the repository:\n${err.stderrTail.trim().split("\n").slice(-8).join("\n")}`, {
