@@ -6,14 +6,10 @@ import { getJson, withDatabase } from "./database-access.ts";
 import { errorMessage } from "../errors.ts";
 import { printJson } from "./output.ts";
 import { checkCertbot } from "../steps/certbot.ts";
+import type { CheckResult } from "../steps/check-command.ts";
 import { checkNginx } from "../steps/nginx.ts";
 import { checkPm2 } from "../steps/pm2.ts";
 
-export interface CheckResult {
-  name: string;
-  ok: boolean;
-  detail: string;
-}
 
 async function nearestExisting(dir: string): Promise<string> {
   let current = path.resolve(dir);

@@ -1,13 +1,13 @@
-import { constants } from "node:fs";
-import { access, mkdir, open, readFile, rename, rm, stat } from "node:fs/promises";
+import { mkdir, open, readFile, rename, rm, stat } from "node:fs/promises";
 import path from "node:path";
 import { Writable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
 import { type CertbotHost, SITE_NAME } from "../config/schema.ts";
 import { DeployqError, TransientError, errorMessage } from "../errors.ts";
 import { ExecError } from "../exec/exec-error.ts";
-import { formatArgv, runCommand } from "../exec/run-command.ts";
+import { runCommand } from "../exec/run-command.ts";
 import { fsyncDir } from "../queue/fsync.ts";
+import { checkCommand } from "./check-command.ts";
 import { type CommandContext, runOptions } from "./command-context.ts";
 import { type NginxDirective, parseNginxConfig } from "./nginx-config.ts";
 
@@ -300,46 +300,15 @@ async function runCertbot(argv: string[], site: string, domains: string[], retry
 /** What the default (sudoers) command's wrapper always passes as `-w`. */
 const WRAPPER_WEBROOT = "/var/www/letsencrypt";
 
-async function onPath(program: string): Promise<string | undefined> {
-  const candidates = program.includes("/") ? [program] : (process.env.PATH ?? "/usr/local/bin:/usr/bin:/bin").split(":").filter(Boolean).map((dir) => path.join(dir, program));
-  for (const candidate of candidates) {
-    try {
-      await access(candidate, constants.X_OK);
-      if ((await stat(candidate)).isFile()) return candidate;
-    } catch {
-      // not this one
-    }
-  }
-  return undefined;
-}
-
 /** For `deployq check`, changing nothing. */
 export async function checkCertbot(certbot: CertbotHost): Promise<Array<{ name: string; ok: boolean; detail: string }>> {
   const results: Array<{ name: string; ok: boolean; detail: string }> = [];
-  const [program, ...rest] = certbot.command;
-
-  if (program === "sudo" || program?.endsWith("/sudo")) {
-    // `sudo -n -l <command>` asks the policy whether the command may run, without running it.
-    const listed = [program, "-n", "-l", ...rest.filter((a) => a !== "-n")];
-    try {
-      const { stdout } = await runCommand(listed, { cwd: "/", timeoutMs: 10_000 });
-      results.push({ name: "certbot command", ok: true, detail: `sudo allows ${stdout.trim() || formatArgv(rest)}` });
-    } catch (err) {
-      // `sudo -l <command>` exits 1 without a word when the rules do not list the command for this user.
-      const tail =
-        err instanceof ExecError && err.stderrTail.trim()
-          ? err.stderrTail.trim()
-          : err instanceof ExecError && err.reason === "exit" && err.exitCode === 1
-            ? "sudo's rules do not allow this command for this user"
-            : errorMessage(err);
-      results.push({ name: "certbot command", ok: false, detail: `${formatArgv(listed)} failed: ${tail} (install sudoers/deployq and sudoers/deployq-certbot: see docs/production.md)` });
-    }
-  } else if (program) {
-    const found = await onPath(program);
-    results.push(
-      found ? { name: "certbot command", ok: true, detail: `${program} is ${found}` } : { name: "certbot command", ok: false, detail: `${program} is not an executable file${program.includes("/") ? "" : " on PATH"}` },
-    );
-  }
+  results.push(
+    await checkCommand("certbot command", certbot.command, {
+      missing: "install certbot (apt-get install certbot) or change [certbot] command",
+      sudo: "install sudoers/deployq and sudoers/deployq-certbot (see docs/production.md) or change [certbot] command",
+    }),
+  );
 
   try {
     const s = await stat(certbot.webroot);

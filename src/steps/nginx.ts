@@ -8,9 +8,10 @@ import type { NginxHost, NginxSites } from "../config/schema.ts";
 import { DEPLOYMENT_NAME, SITE_NAME } from "../config/schema.ts";
 import { DeployqError, errorMessage } from "../errors.ts";
 import { ExecError } from "../exec/exec-error.ts";
-import { baseEnv, formatArgv, runCommand } from "../exec/run-command.ts";
+import { formatArgv, runCommand } from "../exec/run-command.ts";
 import { fsyncDir } from "../queue/fsync.ts";
 import { branchGlobToRegExp } from "../workers/match.ts";
+import { type CheckResult, checkCommand } from "./check-command.ts";
 import { type CommandContext, runOptions } from "./command-context.ts";
 
 /*
@@ -877,71 +878,16 @@ export async function ownedSites(stateDir: string, deployment: string): Promise<
     .sort();
 }
 
-type Check = { name: string; ok: boolean; detail: string };
+type Check = CheckResult;
 
-/** Options sudo takes an argument with (sudo(8)). */
-const SUDO_OPTIONS_WITH_ARGUMENT = new Set(["-C", "-D", "-g", "-h", "-p", "-R", "-r", "-T", "-t", "-U", "-u"]);
-
-async function checkCommand(name: string, argv: readonly string[]): Promise<Check> {
-  const [program, ...rest] = argv;
-  if (!program) return { name, ok: false, detail: "empty command" };
-  if (path.basename(program) === "sudo") {
-    const options: string[] = [];
-    let i = 0;
-    while (i < rest.length && rest[i]!.startsWith("-") && rest[i] !== "--") {
-      const option = rest[i]!;
-      if (option !== "-n" && option !== "--non-interactive") options.push(option);
-      if (SUDO_OPTIONS_WITH_ARGUMENT.has(option) && i + 1 < rest.length) options.push(rest[++i]!);
-      i++;
-    }
-    if (rest[i] === "--") i++;
-    const command = rest.slice(i);
-    if (command.length === 0) return { name, ok: false, detail: `${formatArgv(argv)} names no command after sudo` };
-    const check = [program, "-n", ...options, "-l", ...command];
-    try {
-      const { stdout } = await runCommand(check, { cwd: "/", timeoutMs: 10_000 });
-      return { name, ok: true, detail: `sudo allows it: ${stdout.trim() || formatArgv(command)}` };
-    } catch (err) {
-      const key = name.replace(/^nginx /, "");
-      if (err instanceof ExecError && err.reason === "spawn") return { name, ok: false, detail: `${program} is not installed: install sudo, or change [nginx] ${key}` };
-      // `sudo -l <command>` exits 1 without a word when the rules do not list the command for this user.
-      const why =
-        err instanceof ExecError && err.stderrTail.trim()
-          ? `not allowed without a password (${err.stderrTail.trim()})`
-          : err instanceof ExecError && err.reason === "exit" && err.exitCode === 1
-            ? "sudo's rules do not allow this command for this user"
-            : errorMessage(err);
-      return {
-        name,
-        ok: false,
-        detail: `${formatArgv(check)} failed: ${why}; install sudoers/deployq (visudo -cf sudoers/deployq && install -m 0440 sudoers/deployq /etc/sudoers.d/deployq) or change [nginx] ${key}`,
-      };
-    }
-  }
-  const found = await findExecutable(program);
-  return found
-    ? { name, ok: true, detail: `${formatArgv(argv)} (${found})` }
-    : { name, ok: false, detail: `${program} is not an executable file${program.includes("/") ? "" : " on PATH"}; install it or change [nginx] ${name.replace(/^nginx /, "")}` };
-}
-
-async function findExecutable(program: string): Promise<string | undefined> {
-  const candidates = program.includes("/") ? [program] : (baseEnv().PATH ?? "").split(":").filter(Boolean).map((d) => path.join(d, program));
-  for (const candidate of candidates) {
-    try {
-      await access(candidate, fsConstants.X_OK);
-      if ((await stat(candidate)).isFile()) return candidate;
-    } catch {
-      // next
-    }
-  }
-  return undefined;
-}
+const SUDOERS_FIX = "install sudoers/deployq (visudo -cf sudoers/deployq && install -m 0440 sudoers/deployq /etc/sudoers.d/deployq)";
+const fixFor = (key: string) => ({ missing: `install it or change [nginx] ${key}`, sudo: `${SUDOERS_FIX} or change [nginx] ${key}` });
 
 /** For `deployq check`, changing nothing. */
 export async function checkNginx(host: NginxHost, confDirs: string[]): Promise<Array<{ name: string; ok: boolean; detail: string }>> {
   const checks: Check[] = [];
-  checks.push(await checkCommand("nginx test_command", host.test_command));
-  checks.push(await checkCommand("nginx reload_command", host.reload_command));
+  checks.push(await checkCommand("nginx test_command", host.test_command, fixFor("test_command")));
+  checks.push(await checkCommand("nginx reload_command", host.reload_command, fixFor("reload_command")));
   for (const dir of [...new Set(confDirs)].sort()) {
     const name = `nginx conf_dir ${dir}`;
     try {

@@ -276,7 +276,7 @@ server {
       expect(wrapper[0]).toMatchObject({ name: "certbot command", ok: existsSync("/usr/local/sbin/deployq-certbot") });
       expect(wrapper.find((r) => r.detail.includes("always writes challenges to /var/www/letsencrypt"))).toBeDefined();
       const allowed = await checkCertbot(CertbotHost.parse({ command: ["sudo", "-n", "/bin/true"], webroot: dirs.webroot, email: EMAIL }));
-      expect(allowed[0]).toEqual({ name: "certbot command", ok: true, detail: "sudo allows /bin/true" });
+      expect(allowed[0]).toEqual({ name: "certbot command", ok: true, detail: "sudo allows it: /bin/true" });
     }
   });
 });

@@ -3,7 +3,8 @@ import { chmod, chown, mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile } 
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { CheckResult } from "../../src/cli/check.ts";
+import { formatArgv } from "../../src/exec/run-command.ts";
+import type { CheckResult } from "../../src/steps/check-command.ts";
 import { type TestDatabase, createTestDatabase } from "../helpers/db.ts";
 import { NGINX_BIN, type PrivateNginx, startNginx } from "../helpers/nginx.ts";
 import { processesUsing } from "../helpers/pm2.ts";
@@ -192,7 +193,7 @@ describe("deployq check: each configured step can run, and nothing changes", () 
       detail: `writable; nginx must include it (include ${s.confDir}/*.conf;)`,
     });
     expect(r.get("nginx pid_file")).toEqual({ name: "nginx pid_file", ok: true, detail: `${s.pidFile}: nginx master pid ${nginx.masterPid}` });
-    expect(r.get("certbot command")).toEqual({ name: "certbot command", ok: true, detail: "certbot is /usr/bin/certbot" });
+    expect(r.get("certbot command")).toEqual({ name: "certbot command", ok: true, detail: `${formatArgv(s.certbotCommand)} (/usr/bin/certbot)` });
     expect(r.get("certbot webroot")).toEqual({ name: "certbot webroot", ok: true, detail: s.webroot });
     expect(r.get("certbot email")).toEqual({ name: "certbot email", ok: true, detail: "ops@example.com" });
 
@@ -202,7 +203,7 @@ describe("deployq check: each configured step can run, and nothing changes", () 
     expect(text).toMatch(/^ok {4}nginx reload_command .*-s reload \(/m);
     expect(text).toMatch(new RegExp(`^ok {4}nginx conf_dir ${s.confDir} writable`, "m"));
     expect(text).toMatch(/^ok {4}nginx pid_file .*nginx master pid \d+$/m);
-    expect(text).toMatch(/^ok {4}certbot command certbot is \/usr\/bin\/certbot$/m);
+    expect(text).toMatch(/^ok {4}certbot command certbot certonly .* \(\/usr\/bin\/certbot\)$/m);
     expect(text).toMatch(/^ok {4}certbot webroot /m);
     expect(text).not.toMatch(/^FAIL/m);
   });
@@ -258,7 +259,7 @@ describe("deployq check: each configured step can run, and nothing changes", () 
     const r = byName(results);
     expect(r.get("nginx test_command")).toEqual({ name: "nginx test_command", ok: true, detail: `sudo allows it: ${nginx.host.test_command.join(" ")}` });
     expect(r.get("nginx reload_command")).toEqual({ name: "nginx reload_command", ok: true, detail: `sudo allows it: ${nginx.host.reload_command.join(" ")}` });
-    expect(r.get("certbot command")).toEqual({ name: "certbot command", ok: true, detail: `sudo allows ${s.certbotCommand.slice(2).join(" ")}` });
+    expect(r.get("certbot command")).toEqual({ name: "certbot command", ok: true, detail: `sudo allows it: ${s.certbotCommand.slice(2).join(" ")}` });
   });
 
   it("as a user whom sudo grants only test_command: the other two fail, saying what to install (private sudoers.d; needs root and unshare)", async () => {
@@ -314,7 +315,9 @@ describe("deployq check: each configured step can run, and nothing changes", () 
       expect(r.get("certbot command")).toEqual({
         name: "certbot command",
         ok: false,
-        detail: "sudo -n -l /usr/bin/certbot renew failed: sudo's rules do not allow this command for this user (install sudoers/deployq and sudoers/deployq-certbot: see docs/production.md)",
+        detail:
+          "sudo -n -l /usr/bin/certbot renew failed: sudo's rules do not allow this command for this user; " +
+          "install sudoers/deployq and sudoers/deployq-certbot (see docs/production.md) or change [certbot] command",
       });
       expect(results.filter((x) => !x.ok).map((x) => x.name)).toEqual(["nginx reload_command", "certbot command"]);
     } finally {
