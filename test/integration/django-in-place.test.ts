@@ -123,6 +123,8 @@ max_attempts = 1
     expect(await readFile(path.join(site, "var", "manage.log"), "utf8")).toBe(
       [`v1 migrate ${v1}`, `v1 collectstatic ${v1}`, `v2 migrate ${v2}`, `v1 migrate ${v1}`, `v1 collectstatic ${v1}`, ""].join("\n"),
     );
+    // The row is final a moment before the entry reaches dead-letter/: wait for the move.
+    await until("the dead letter", async () => (await listFiles(path.join(ws.queuesDir, "dead-letter", "mysite"))).length > 0);
     expect(await listFiles(path.join(ws.queuesDir, "dead-letter", "mysite"))).toHaveLength(1);
 
     // The fix deploys.
