@@ -32,6 +32,11 @@ export function spawnTracked(file: string, args: string[], env: NodeJS.ProcessEn
   };
   child.stdout!.on("data", onData);
   child.stderr!.on("data", onData);
+  child.once("error", (err) => {
+    // Never started (ENOENT: not installed): nothing to wait for or to kill.
+    if (child.pid === undefined) children.delete(child);
+    onData(Buffer.from(`${file}: ${err.message}\n`));
+  });
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
     child.once("close", (code, signal) => {
       children.delete(child);

@@ -196,8 +196,11 @@ describe("a burst of pushes", () => {
   it("costs one or two deploys of its newest commit, not one per push", async () => {
     const dir = await mkdtemp(path.join(tmpdir(), "deployq-coalesce-"));
     const repo = await createRepo(dir);
+    // A quiet window far longer than one acknowledged push takes, even on a loaded CI
+    // machine (with the 300 ms default, pushes slowed to ~300 ms each by other test files'
+    // fsyncs never leave the queue quiet, and each 10× cap deploys an older commit).
     const ws = await createWorkspace({
-      deployments: followingDeployment("busy", repo.bare),
+      deployments: followingDeployment("busy", repo.bare, "coalesce_ms = 2000"),
     });
     const tdb = await createTestDatabase("postgres");
     const daemon = await startDaemon({ settings: ws.settings, role: "serve", logger: silentLogger(), database: tdb.database });
