@@ -6,7 +6,10 @@ import { recentDeploys } from "./db/queries/deploys.ts";
 import type { Deploy } from "./db/schema.ts";
 import { queueLayout } from "./queue/layout.ts";
 import { scanQueue } from "./queue/scan.ts";
+import { certificateStateDir, readCertificateState } from "./steps/certbot.ts";
+import { nginxStateDir, ownedSiteFiles } from "./steps/nginx.ts";
 import { currentRelease, deploymentPaths, readReleaseMeta } from "./steps/release.ts";
+import { errorMessage } from "./errors.ts";
 
 export interface DeploymentStatus {
   deployment: string;
@@ -20,6 +23,31 @@ export interface DeploymentStatus {
   last: Pick<Deploy, "id" | "status" | "sha" | "event" | "attempt" | "startedAt" | "finishedAt" | "durationMs" | "release" | "logPath" | "error"> | undefined;
   /** The last deploy that ran (not superseded or skipped). */
   lastRun: Pick<Deploy, "id" | "status" | "sha" | "finishedAt" | "durationMs" | "logPath"> | undefined;
+  /**
+   * The nginx site files the deployment owns now (from data_dir/nginx/), with the domain
+   * list of each one's certificate (from data_dir/certificates/), or why they cannot be read.
+   */
+  sites: SiteStatus[] | { error: string };
+}
+
+export interface SiteStatus {
+  site: string;
+  file: string;
+  certificate: { domains: string[]; obtainedAt: string } | undefined;
+}
+
+async function sitesOf(d: Deployment, dataDir: string): Promise<SiteStatus[] | { error: string }> {
+  try {
+    const owned = await ownedSiteFiles(nginxStateDir(dataDir), d.name);
+    return await Promise.all(
+      owned.map(async ({ site, file }) => {
+        const state = await readCertificateState(certificateStateDir(dataDir), site);
+        return { site, file, certificate: state && { domains: state.domains, obtainedAt: state.obtainedAt } };
+      }),
+    );
+  } catch (err) {
+    return { error: errorMessage(err) };
+  }
 }
 
 async function currentOf(d: Deployment, dataDir: string): Promise<{ release: string | undefined; sha: string | undefined }> {
@@ -57,6 +85,7 @@ export async function collectStatus(settings: Settings, db: Db, only?: string): 
       deadLetters: (await scanQueue(layout.deadLetter(d.name))).length,
       last: pick(history[0], ["id", "status", "sha", "event", "attempt", "startedAt", "finishedAt", "durationMs", "release", "logPath", "error"]),
       lastRun: pick(ran, ["id", "status", "sha", "finishedAt", "durationMs", "logPath"]),
+      sites: await sitesOf(d, settings.dataDir),
     });
   }
   return result;

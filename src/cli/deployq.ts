@@ -10,6 +10,7 @@ import { runMigrate } from "./migrate.ts";
 import { postReceive } from "./post-receive.ts";
 import { queueFlush, queueLs, queueRequeue, queueShow } from "./queue.ts";
 import { sendTestDelivery } from "./send-test-delivery.ts";
+import { sitesRemove } from "./sites.ts";
 import { runDaemon } from "./serve.ts";
 
 const program = new Command("deployq")
@@ -112,9 +113,20 @@ program
   .action((name: string, o: { json?: boolean }) => releasesCommand(settings(), name, o.json ?? false));
 program
   .command("status [deployment]")
-  .description("current release and sha, last deploy with outcome and duration, queue depth, dead letters")
+  .description("current release and sha, last deploy with outcome and duration, queue depth, dead letters, nginx sites and their certificates")
   .option("--json", "machine-readable output")
   .action((name: string | undefined, o: { json?: boolean }) => statusCommand(settings(), name, o.json ?? false));
+
+const sites = program.command("sites").description("the nginx site files deployments own (deployq status lists them)");
+sites
+  .command("remove <deployment>")
+  .description(
+    "take out the site files a deployment owns once its nginx key (or the deployment) is gone from the configuration: " +
+      "under deployq:nginx, nginx -t, reload and verify; on failure the files go back",
+  )
+  .action(async (name: string) => {
+    process.exitCode = await sitesRemove(settings(), name);
+  });
 
 program
   .command("send-test-delivery")

@@ -1,7 +1,8 @@
 import type { Settings } from "../config/load.ts";
-import { DeployqError } from "../errors.ts";
+import { DeployqError, errorMessage } from "../errors.ts";
 import { pingLockService } from "../lock/ping.ts";
 import { type DeploymentStatus, collectStatus } from "../status.ts";
+import { manifestDeployments, nginxStateDir, ownedSiteFiles } from "../steps/nginx.ts";
 import { getJson, withDatabase } from "./database-access.ts";
 import { formatAge, printJson } from "./output.ts";
 
@@ -28,8 +29,31 @@ export async function statusCommand(settings: Settings, name: string | undefined
         ...(last?.error ? [`  error:        ${last.error.split("\n")[0]}`] : []),
         ...(s.lastRun?.logPath ? [`  log:          ${s.lastRun.logPath}`] : []),
         `  queued:       ${s.queued}   dead letters: ${s.deadLetters}${s.deadLetters > 0 ? `  (deployq queue ls dead-letter/${s.deployment})` : ""}`,
+        ...siteLines(s, settings.deployments.get(s.deployment)?.nginx !== undefined, ago),
+        "", // a blank line after each deployment
         "",
       ].join("\n"),
     );
   }
+  if (name === undefined) {
+    // Site files of deployments gone from the configuration stay live until removed.
+    const stateDir = nginxStateDir(settings.dataDir);
+    for (const gone of (await manifestDeployments(stateDir)).filter((d) => !settings.deployments.has(d))) {
+      const files = await ownedSiteFiles(stateDir, gone).catch((err: unknown) => errorMessage(err));
+      const list = typeof files === "string" ? `cannot tell: ${files}` : files.map((f) => f.file).join(" ");
+      process.stdout.write(`${gone}  (no longer configured) still owns nginx site files: ${list}\n  \`deployq sites remove ${gone}\` takes them out\n\n`);
+    }
+  }
+}
+
+/** One line per owned nginx site: its file in conf_dir and its certificate's names. */
+function siteLines(s: DeploymentStatus, configured: boolean, ago: (t: string) => string): string[] {
+  if ("error" in s.sites) return [`  sites:        cannot tell: ${s.sites.error}`];
+  if (s.sites.length === 0) return configured ? ["  sites:        none deployed yet"] : [];
+  const lines = s.sites.map(({ site, file, certificate }) => {
+    const cert = certificate ? `certificate: ${certificate.domains.join(" ")}${certificate.obtainedAt ? ` (${ago(certificate.obtainedAt)})` : ""}` : "no certificate";
+    return `${site}  ${file}  ${cert}`;
+  });
+  if (!configured) lines.push(`(no nginx key any more: these files stay live; \`deployq sites remove ${s.deployment}\` takes them out)`);
+  return lines.map((line, i) => `  ${i === 0 ? "sites:        " : "              "}${line}`);
 }

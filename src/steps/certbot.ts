@@ -126,6 +126,11 @@ export interface CertificateState {
   obtainedAt: string;
 }
 
+/** Where the domain lists live: `<data_dir>/certificates/<site>.json`. */
+export function certificateStateDir(dataDir: string): string {
+  return path.join(dataDir, "certificates");
+}
+
 export function certificateStatePath(stateDir: string, site: string): string {
   return path.join(stateDir, `${site}.json`);
 }

@@ -85,6 +85,11 @@ interface Manifest {
   files: Record<string, ManifestEntry>;
 }
 
+/** Where the manifests live: `<data_dir>/nginx/<deployment>.json`. */
+export function nginxStateDir(dataDir: string): string {
+  return path.join(dataDir, "nginx");
+}
+
 function manifestPath(stateDir: string, deployment: string): string {
   return path.join(stateDir, `${deployment}.json`);
 }
@@ -870,12 +875,29 @@ export async function removeSites(options: RemoveSitesOptions, ctx: CommandConte
   return applySites({ ...options, targets: [], confDirs: [], verify: {} }, ctx);
 }
 
-/** The site names a deployment owns (from its manifest), e.g. for status output. */
-export async function ownedSites(stateDir: string, deployment: string): Promise<string[]> {
+/** The site files a deployment owns (from its manifest), by site name. */
+export async function ownedSiteFiles(stateDir: string, deployment: string): Promise<Array<{ site: string; file: string }>> {
   const manifest = await readManifest(stateDir, deployment);
-  return Object.values(manifest.files)
-    .map((e) => e.site)
+  return Object.entries(manifest.files)
+    .map(([file, e]) => ({ site: e.site, file }))
+    .sort((a, b) => (a.site < b.site ? -1 : a.site > b.site ? 1 : 0));
+}
+
+/** Every deployment with a manifest in stateDir (one that owns, or owned, site files). */
+export async function manifestDeployments(stateDir: string): Promise<string[]> {
+  const names = await readdir(stateDir).catch((err: NodeJS.ErrnoException) => {
+    if (err.code === "ENOENT") return [] as string[];
+    throw err;
+  });
+  return names
+    .filter((n) => n.endsWith(".json") && DEPLOYMENT_NAME.test(n.slice(0, -".json".length)))
+    .map((n) => n.slice(0, -".json".length))
     .sort();
+}
+
+/** The site names a deployment owns. */
+export async function ownedSites(stateDir: string, deployment: string): Promise<string[]> {
+  return (await ownedSiteFiles(stateDir, deployment)).map((s) => s.site);
 }
 
 type Check = CheckResult;

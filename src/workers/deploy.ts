@@ -5,10 +5,10 @@ import type { Deployment } from "../config/load.ts";
 import type { CertbotHost, NginxHost } from "../config/schema.ts";
 import { DeployqError, errorMessage } from "../errors.ts";
 import { runCommand } from "../exec/run-command.ts";
-import { ensureCertificate, serverNames } from "../steps/certbot.ts";
+import { certificateStateDir, ensureCertificate, serverNames } from "../steps/certbot.ts";
 import type { CommandContext } from "../steps/command-context.ts";
 import { waitHealthy } from "../steps/health.ts";
-import { deploySites } from "../steps/nginx.ts";
+import { deploySites, nginxStateDir } from "../steps/nginx.ts";
 import { listProcesses, pm2Restart } from "../steps/pm2.ts";
 import { type GitContext, checkoutInPlace, checkoutRelease, ensureCommit, ensureMirror, fetchMirror, resolveRef } from "../steps/git.ts";
 import {
@@ -194,7 +194,7 @@ async function deployNginxSites(dir: string, ctx: DeployContext): Promise<void> 
   await ctx.host.withNginxLock(async (lockSignal) => {
     const signal = AbortSignal.any([ctx.signal, lockSignal]);
     const cmd = commandContext(ctx, signal);
-    const stateDir = path.join(ctx.dataDir, "certificates");
+    const stateDir = certificateStateDir(ctx.dataDir);
     const certified = new Map<string, string[]>();
     const result = await deploySites(
       {
@@ -202,7 +202,7 @@ async function deployNginxSites(dir: string, ctx: DeployContext): Promise<void> 
         sourceDir: dir,
         sites,
         host: ctx.host.nginx,
-        stateDir: path.join(ctx.dataDir, "nginx"),
+        stateDir: nginxStateDir(ctx.dataDir),
         ...(certbot
           ? {
               // Before a changed site file is active, its certificate must hold its names, and

@@ -27,12 +27,13 @@ describe("deployq CLI", () => {
   it("--help names every command and the environment", async () => {
     const { code, stdout } = await runDeployq(["--help"], {});
     expect(code).toBe(0);
-    for (const command of ["serve", "receiver", "workers", "migrate", "check", "queue", "send-test-delivery", "post-receive"]) {
+    for (const command of ["serve", "receiver", "workers", "migrate", "check", "queue", "deploy", "rollback", "releases", "status", "sites", "send-test-delivery", "post-receive"]) {
       expect(stdout).toMatch(new RegExp(`^  ${command}\\b`, "m"));
     }
     expect(stdout).toContain("GITHUB_WEBHOOK_SECRET");
     const queueHelp = await runDeployq(["queue", "--help"], {});
     for (const sub of ["ls", "show", "requeue", "flush"]) expect(queueHelp.stdout).toMatch(new RegExp(`^  ${sub}\\b`, "m"));
+    expect((await runDeployq(["sites", "--help"], {})).stdout).toMatch(/^ {2}remove <deployment>/m);
   });
 
   it("check passes on a good setup, and fails naming the key on a bad one", async () => {

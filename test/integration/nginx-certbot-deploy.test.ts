@@ -1,4 +1,4 @@
-import { mkdtemp, readFile, readdir, readlink, rm } from "node:fs/promises";
+import { mkdtemp, readFile, readdir, readlink, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { and, eq } from "drizzle-orm";
@@ -6,10 +6,14 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Daemon, startDaemon } from "../../src/daemon.ts";
 import { deploys } from "../../src/db/schema.ts";
 import { silentLogger } from "../../src/log.ts";
+import { NGINX_LOCK } from "../../src/lock/lock.ts";
+import { createRedlockLocks } from "../../src/lock/redlock.ts";
 import { readReleaseMeta } from "../../src/steps/release.ts";
 import { type TestDatabase, createTestDatabase } from "../helpers/db.ts";
 import { type TestRepo, createRepo } from "../helpers/git.ts";
 import { freePort } from "../helpers/load.ts";
+import { runDeployq, spawnDeployq } from "../helpers/processes.ts";
+import { privateRedis } from "../helpers/redis.ts";
 import { type PrivateNginx, serverBlock, startNginx } from "../helpers/nginx.ts";
 import { type Pebble, certbotDirs, certificateNames, readRecordedCalls, recordingCommand, startPebble } from "../helpers/pebble.ts";
 import { until } from "../helpers/wait.ts";
@@ -147,5 +151,79 @@ webroot = "${certbot.webroot}"
     expect(calls).toHaveLength(4);
     expect(calls[3]!.argv.slice(calls[3]!.argv.indexOf("--cert-name"))).toEqual(["--cert-name", "shop", "--email", "ops@example.com", "-d", "shop.example.com"]);
     expect(await certificateNames(path.join(certbotDirs(dir).configDir, "live", "shop", "cert.pem"))).toEqual(["shop.example.com"]);
+  });
+
+  it("shows each site and its certificate in status, and `sites remove` takes a deployment's sites out once its nginx key is gone", { timeout: 180_000 }, async () => {
+    const shopConf = path.join(nginx.confDir, "shop.conf");
+    const blogConf = path.join(nginx.confDir, "blog.conf");
+    const blogBytes = await readFile(blogConf);
+    const env = { ...ws.env, DATABASE_URL: "", REDIS_URL: "" };
+    const text = await readFile(ws.configPath, "utf8");
+    const [head, blogPart] = text.split("[deployments.blog]") as [string, string];
+    const withoutShopSites = path.join(ws.dir, "without-shop-sites.toml");
+    await writeFile(withoutShopSites, `${head.replace(/^nginx = \{.*\}$/m, "")}[deployments.blog]${blogPart}`);
+    const withoutBlog = path.join(ws.dir, "without-blog.toml");
+    await writeFile(withoutBlog, head.replace(/^nginx = \{.*\}$/m, ""));
+
+    // Still configured to deploy sites: its next deploy would put them back.
+    const configured = await runDeployq(["--config", ws.configPath, "sites", "remove", "shop"], env);
+    expect(configured.code).toBe(2);
+    expect(configured.stderr).toBe(
+      `deployq: shop still deploys nginx sites (its nginx key in ${ws.configPath}), so its next deploy would put them back: remove that key and restart the workers first, then run this again\n`,
+    );
+    // The workers run here with in-process locks, so deployq:nginx lives in them.
+    const running = await runDeployq(["--config", withoutShopSites, "sites", "remove", "shop"], env);
+    expect(running.code).toBe(2);
+    expect(running.stderr).toContain(`deployq process ${process.pid} runs the workers with in-process locks (REDIS_URL is unset)`);
+    expect((await readdir(nginx.confDir)).sort()).toEqual(["blog.conf", "shop.conf"]);
+
+    await daemon.close();
+    expect((await runDeployq(["--config", withoutShopSites, "migrate"], env)).code).toBe(0);
+    const status = await runDeployq(["--config", withoutShopSites, "status"], env);
+    expect(status.code).toBe(0);
+    expect(status.stdout).toMatch(new RegExp(`  sites: +shop  ${shopConf}  certificate: shop\\.example\\.com \\(.+ ago\\)\n +\\(no nginx key any more: these files stay live; \`deployq sites remove shop\` takes them out\\)\n`));
+    expect(status.stdout).toMatch(new RegExp(`  sites: +blog  ${blogConf}  certificate: blog\\.example\\.com \\(.+ ago\\)\n\n`));
+
+    const removed = await runDeployq(["--config", withoutShopSites, "sites", "remove", "shop"], env);
+    expect(removed.stderr).toBe("");
+    expect(removed.code).toBe(0);
+    expect(removed.stdout).toContain(`removed shop: ${shopConf} (its certificate stays; \`certbot delete --cert-name shop\` as root removes it)\nnginx tested, reloaded and verified without them\n`);
+    expect(await readdir(nginx.confDir)).toEqual(["blog.conf"]);
+    expect(await readFile(blogConf)).toEqual(blogBytes);
+    await expect(get("shop")).rejects.toThrow();
+    expect(await get("blog")).toBe("blog v1");
+    expect((await runDeployq(["--config", withoutShopSites, "sites", "remove", "shop"], env)).stdout).toBe("shop owns no nginx site files: nothing to remove\n");
+    expect((await runDeployq(["--config", withoutShopSites, "status", "shop"], env)).stdout).not.toContain("sites:");
+
+    // A deployment gone from the configuration: status still names its live files, and with
+    // REDIS_URL the command waits for deployq:nginx while someone else holds it.
+    const gone = await runDeployq(["--config", withoutBlog, "status"], env);
+    expect(gone.stdout).toContain(`blog  (no longer configured) still owns nginx site files: ${blogConf}\n  \`deployq sites remove blog\` takes them out\n`);
+    const redis = await privateRedis();
+    await redis.start();
+    const locks = createRedlockLocks({ urls: [redis.url], ttlMs: 5_000, logger: silentLogger() });
+    try {
+      let release!: () => void;
+      const released = new Promise<void>((resolve) => (release = resolve));
+      let holding!: () => void;
+      const held = new Promise<void>((resolve) => (holding = resolve));
+      const holder = locks.using(NGINX_LOCK, async () => {
+        holding();
+        await released;
+      });
+      await held;
+      const waiting = spawnDeployq(["--config", withoutBlog, "sites", "remove", "blog"], { ...env, REDIS_URL: redis.url });
+      await waiting.waitFor("taking deployq:nginx");
+      expect(await readdir(nginx.confDir), "nothing is removed while another holds deployq:nginx").toEqual(["blog.conf"]);
+      release();
+      await holder;
+      expect(await waiting.exited).toEqual({ code: 0, signal: null });
+      expect(waiting.output()).toContain(`removed blog: ${blogConf}`);
+      expect(await readdir(nginx.confDir)).toEqual([]);
+      await expect(get("blog")).rejects.toThrow();
+    } finally {
+      await locks.close();
+      await redis.stop();
+    }
   });
 });
