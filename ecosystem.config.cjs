@@ -64,6 +64,19 @@ const command = process.argv.slice(2).find((arg) => !arg.startsWith("-"));
 const onlyActsOnRunningApps = new Set(["stop", "delete", "del", "kill", "flush", "reloadLogs", "describe", "show", "logs", "jlist", "ls", "list", "status"]);
 const startsApps = !onlyActsOnRunningApps.has(command);
 
+/**
+ * A configuration error ends the pm2 command evaluating this file with EX_CONFIG (78). A
+ * thrown error is not enough: pm2 catches it, logs it and goes on with no app, so
+ * `pm2-runtime` exits 0 (systemd sees a clean stop, and the unit looks merely inactive) and
+ * `pm2 start|reload` exit 0 too. The unit does not restart on 78 (RestartPreventExitStatus):
+ * it shows "failed", with this message in the journal.
+ */
+/** Never returns. */
+function refuse(message) {
+  process.stderr.write(`deployq's ecosystem.config.cjs: ${message}\n`);
+  process.exit(78);
+}
+
 /** The variables of deployq's own that must never reach another app (see above). */
 // The same list as SECRET_VARIABLES in src/config/load.ts.
 const SECRET_NAMES = ["GITHUB_WEBHOOK_SECRET", "DATABASE_URL", "REDIS_URL", "GITHUB_TOKEN"];
@@ -80,13 +93,12 @@ const SECRET_NAMES = ["GITHUB_WEBHOOK_SECRET", "DATABASE_URL", "REDIS_URL", "GIT
  * its line number: never guessed, and never printed (it may hold a secret).
  */
 function readEnvFile(file) {
-  const problem = (what) =>
-    new Error(`deployq's ecosystem.config.cjs: DEPLOYQ_ENV_FILE ${file}: ${what} (the file holds NAME=value lines, # comments; see the top of ecosystem.config.cjs)`);
+  const problem = (what) => refuse(`DEPLOYQ_ENV_FILE ${file}: ${what} (the file holds NAME=value lines, # comments; see the top of ecosystem.config.cjs)`);
   let text;
   try {
     text = fs.readFileSync(file, "utf8");
   } catch (err) {
-    throw problem(`cannot be read (${err.code || err.message}): the user running pm2 must be able to read it`);
+    return problem(`cannot be read (${err.code || err.message}): the user running pm2 must be able to read it`);
   }
   // systemd's whitespace: space, tab, CR (not JavaScript's trim(), which also drops e.g. U+00A0).
   const trim = (t) => t.replace(/^[ \t\r]+|[ \t\r]+$/g, "");
@@ -101,21 +113,21 @@ function readEnvFile(file) {
       const eq = line.indexOf("=");
       const name = eq < 0 ? "" : trim(line.slice(0, eq));
       if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) {
-        throw problem(`${at} is not NAME=value (a name of letters, digits and _, then =; no \`export\`)`);
+        return problem(`${at} is not NAME=value (a name of letters, digits and _, then =; no \`export\`)`);
       }
       let value = trim(line.slice(eq + 1));
       const quote = value[0];
       if (quote === "'" || quote === '"') {
         const inner = value.slice(1, -1);
         if (value.length < 2 || !value.endsWith(quote) || inner.includes(quote) || (quote === '"' && inner.includes("\\"))) {
-          throw problem(
+          return problem(
             `${at} (${name}): a quoted value must close on the same line with the same quote, and hold no ${quote}${quote === '"' ? " nor backslash" : ""}; ` +
               `use single quotes for a value with backslashes or double quotes`,
           );
         }
         value = inner;
       } else if (value.includes("\\")) {
-        throw problem(`${at} (${name}): systemd reads a backslash in an unquoted value as an escape, which this file does not support: put the value in single quotes`);
+        return problem(`${at} (${name}): systemd reads a backslash in an unquoted value as an escape, which this file does not support: put the value in single quotes`);
       }
       vars[name] = value;
     });
@@ -139,8 +151,8 @@ if (inherited.length > 0 && startsApps) {
 }
 
 if (!env.DATABASE_URL && startsApps) {
-  throw new Error(
-    "deployq's ecosystem.config.cjs: DATABASE_URL is not set. pm2 runs `deployq receiver` and `deployq workers` " +
+  refuse(
+    "DATABASE_URL is not set. pm2 runs `deployq receiver` and `deployq workers` " +
       "as two processes, and the embedded PGlite database (used when DATABASE_URL is unset) allows one process " +
       `only. Set DATABASE_URL to a Postgres URL in ${envFile ? `DEPLOYQ_ENV_FILE (${envFile})` : "the file DEPLOYQ_ENV_FILE names (under systemd: /etc/deployq/env), or in the environment pm2 is started with"}, ` +
       "or run `deployq serve` (one process) instead.",
@@ -152,7 +164,7 @@ if (startsApps) fs.mkdirSync(logDir, { recursive: true });
 
 const killTimeoutMs = Number.parseInt(env.DEPLOYQ_PM2_KILL_TIMEOUT_MS || "40000", 10);
 if (!Number.isInteger(killTimeoutMs) || killTimeoutMs <= 0) {
-  throw new Error(`deployq's ecosystem.config.cjs: DEPLOYQ_PM2_KILL_TIMEOUT_MS must be a number of milliseconds, not ${JSON.stringify(env.DEPLOYQ_PM2_KILL_TIMEOUT_MS)}`);
+  refuse(`DEPLOYQ_PM2_KILL_TIMEOUT_MS must be a number of milliseconds, not ${JSON.stringify(env.DEPLOYQ_PM2_KILL_TIMEOUT_MS)}`);
 }
 
 // A relative DEPLOYQ_CONFIG means relative to where the pm2 command was typed, not to this folder.

@@ -113,6 +113,7 @@ expect User deployq
 expect ProtectSystem strict
 expect KillMode mixed
 expect Restart on-failure
+expect RestartPreventExitStatus 78
 expect WorkingDirectory /opt/deployq
 expect StateDirectory deployq
 if ! grep -q -E '^ExecStart=/opt/deployq/node_modules/\.bin/pm2-runtime ' "$svc"; then fail "deployq.service: ExecStart= must run /opt/deployq/node_modules/.bin/pm2-runtime"; fi

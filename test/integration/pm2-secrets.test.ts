@@ -22,7 +22,7 @@
 import { SECRET_VARIABLES } from "../../src/config/load.ts";
 import { execFile } from "node:child_process";
 import { existsSync } from "node:fs";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
@@ -168,16 +168,34 @@ process.stdout.write(JSON.stringify({ apps: apps.map((a) => ({ name: a.name, env
   ])("refuses %s, naming the line but never printing it", async (_what, text, line, message) => {
     const file = await envFile(text);
     const r = await evaluate({ DEPLOYQ_ENV_FILE: file });
-    expect(r.code).not.toBe(0);
+    expect(r.code).toBe(78);
     expect(r.stderr).toContain(`DEPLOYQ_ENV_FILE ${file}: line ${line}`);
     expect(r.stderr).toMatch(message);
     expect(r.stdout + r.stderr).not.toContain("the-secret-value-itself");
   });
 
+  it("makes pm2-runtime (the unit's ExecStart) exit 78, which the unit does not restart, instead of pm2's 0 with no app", async () => {
+    const file = await envFile("GITHUB_WEBHOOK_SECRET=the-secret-value-itself\nexport DATABASE_URL=postgres://127.0.0.1/deployq\n");
+    const pm2Home = await mkdtemp(path.join(dir, "pm2-"));
+    const unset = Object.fromEntries(Object.keys(process.env).map((k) => [k, undefined])); // spawnTracked adds the test's own environment
+    const runtime = spawnTracked(
+      process.execPath,
+      [PM2_RUNTIME_BIN, "start", ECOSYSTEM, "--env", "production"],
+      { ...unset, ...cleanEnv(), PM2_HOME: pm2Home, NODE_ENV: "production", DEPLOYQ_ENV_FILE: file },
+      REPO_ROOT,
+    );
+    expect(await runtime.exited).toEqual({ code: 78, signal: null });
+    expect(runtime.output()).toContain(`deployq's ecosystem.config.cjs: DEPLOYQ_ENV_FILE ${file}: line 2 is not NAME=value`);
+    expect(runtime.output()).not.toContain("the-secret-value-itself");
+    expect(await readdir(path.join(pm2Home, "pids")).catch(() => [] as string[]), "no app was started").toEqual([]);
+    const unit = await readFile(path.join(REPO_ROOT, "systemd", "deployq.service"), "utf8");
+    expect(unit).toMatch(/^RestartPreventExitStatus=78$/m);
+  });
+
   it("refuses a file it cannot read", async () => {
     const missing = path.join(dir, "missing");
     const r = await evaluate({ DEPLOYQ_ENV_FILE: missing, DATABASE_URL: "" });
-    expect(r.code).not.toBe(0);
+    expect(r.code).toBe(78);
     expect(r.stderr).toContain(`DEPLOYQ_ENV_FILE ${missing}: cannot be read (ENOENT)`);
   });
 
