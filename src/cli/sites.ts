@@ -5,7 +5,7 @@ import { DEPLOYMENT_NAME } from "../config/schema.ts";
 import { DeployqError } from "../errors.ts";
 import { NGINX_LOCK, usingWhenFree } from "../lock/lock.ts";
 import { createRedlockLocks } from "../lock/redlock.ts";
-import { createLogger } from "../log.ts";
+import { silentLogger } from "../log.ts";
 import { acquirePidLock } from "../pid-lock.ts";
 import { queueLayout } from "../queue/layout.ts";
 import { certificateStateDir, readCertificateState } from "../steps/certbot.ts";
@@ -60,7 +60,7 @@ async function withNginxLock<T>(settings: Settings, out: Writable, fn: () => Pro
   process.once("SIGINT", onSignal).once("SIGTERM", onSignal);
   try {
     if (settings.secrets.redisUrls.length > 0) {
-      const locks = createRedlockLocks({ urls: settings.secrets.redisUrls, ttlMs: settings.lockTtlMs, logger: createLogger() });
+      const locks = createRedlockLocks({ urls: settings.secrets.redisUrls, ttlMs: settings.lockTtlMs, logger: silentLogger() });
       try {
         out.write(`taking ${NGINX_LOCK} (waits while a deploy changes nginx sites; Ctrl-C gives up)\n`);
         // Once held, the work is not cancelled: a half-done removal is worse than a late one.

@@ -3,6 +3,7 @@ import { readdir } from "node:fs/promises";
 import type { Writable } from "node:stream";
 import { execa } from "execa";
 import { ExecError } from "./exec-error.ts";
+import { liveGroupMembers } from "./proc.ts";
 import { isProcessAlive } from "../pid-lock.ts";
 
 /**
@@ -157,9 +158,12 @@ export async function runCommand(argv: readonly string[], options: RunOptions): 
 
 /**
  * Kills the process groups recorded by `<name>.<owner pid>.command.pid` files in `dir`
- * whose owner (a deployq process) no longer runs. Returns the pids it killed.
+ * whose owner (a deployq process) no longer runs, and waits until they are gone: the
+ * caller then removes what they were writing, which a command still dying could recreate.
+ * Returns the group ids it killed, and any process still alive 10 s after (a process in
+ * uninterruptible sleep, e.g. on a hung NFS mount, dies only when that ends).
  */
-export async function killLeftoverCommands(dir: string, name: string): Promise<number[]> {
+export async function killLeftoverCommands(dir: string, name: string): Promise<{ killed: number[]; alive: number[] }> {
   const killed: number[] = [];
   // Deployment names are letters, digits, - and _: nothing to escape.
   const pattern = new RegExp(`^${name}\\.(\\d+)\\.command\\.pid$`);
@@ -182,6 +186,18 @@ export async function killLeftoverCommands(dir: string, name: string): Promise<n
       // already gone
     }
   }
-  return killed;
+  const alive: number[] = [];
+  for (const pid of killed) alive.push(...(await groupGone(pid)));
+  return { killed, alive };
+}
+
+/** SIGKILL is delivered asynchronously: poll /proc until no live process is left in the group; returns those left at the timeout. */
+async function groupGone(pgrp: number, timeoutMs = 10_000): Promise<number[]> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const left = await liveGroupMembers(pgrp);
+    if (left.length === 0 || Date.now() > deadline) return left;
+    await new Promise((r) => setTimeout(r, 10));
+  }
 }
 

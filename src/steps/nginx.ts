@@ -8,6 +8,7 @@ import type { NginxHost, NginxSites } from "../config/schema.ts";
 import { DEPLOYMENT_NAME, SITE_NAME } from "../config/schema.ts";
 import { DeployqError, errorMessage } from "../errors.ts";
 import { ExecError } from "../exec/exec-error.ts";
+import { readProcStat } from "../exec/proc.ts";
 import { formatArgv, runCommand } from "../exec/run-command.ts";
 import { fsyncDir } from "../queue/fsync.ts";
 import { branchGlobToRegExp } from "../workers/match.ts";
@@ -591,23 +592,6 @@ async function retestAfterRestore(host: NginxHost, reloadAttempted: boolean, ctx
 
 // ---------------------------------------------------------------------------------------
 // Processes: did the master apply a configuration?
-
-interface ProcStat {
-  state: string;
-  ppid: number;
-  /** Clock ticks after boot: a pid with another start time is another process. */
-  starttime: string;
-}
-
-async function readProcStat(pid: number | string): Promise<ProcStat | null> {
-  try {
-    const text = await readFile(`/proc/${pid}/stat`, "utf8");
-    const fields = text.slice(text.lastIndexOf(")") + 2).split(" ");
-    return { state: fields[0] ?? "", ppid: Number(fields[1]), starttime: fields[19] ?? "" };
-  } catch {
-    return null;
-  }
-}
 
 /** The nginx master's pid from the pid file; fails if it cannot be read or names no running nginx. */
 async function readMaster(pidFile: string): Promise<number> {

@@ -130,8 +130,11 @@ export class DeploymentWorker {
     const { db, deployment, locks, logger } = this.deps;
     await mkdir(path.dirname(this.pidFile), { recursive: true });
     await locks.using(deploymentLockName(this.name), async () => {
-      const killed = await killLeftoverCommands(path.dirname(this.pidFile), this.name);
+      const { killed, alive } = await killLeftoverCommands(path.dirname(this.pidFile), this.name);
       if (killed.length > 0) logger.warn({ deployment: this.name, pids: killed }, "killed a command left running by a deployq process that died");
+      if (alive.length > 0) {
+        logger.error({ deployment: this.name, pids: alive }, "processes of that command survive SIGKILL (uninterruptible sleep, e.g. a hung mount): check them with ps");
+      }
       const interrupted = await markInterrupted(db, this.name, HOST, pidAlive);
       const removed = deployment.strategy === "releases" ? await removeIncomplete(deploymentPaths(deployment.path)) : [];
       if (interrupted.length > 0 || removed.length > 0) {
