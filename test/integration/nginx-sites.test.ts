@@ -4,7 +4,6 @@ import { mkdir, mkdtemp, readFile, readdir, rm, symlink, writeFile } from "node:
 import { type Server, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { Writable } from "node:stream";
 import { promisify } from "node:util";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { type NginxHost, NginxSites } from "../../src/config/schema.ts";
@@ -13,18 +12,10 @@ import type { CommandContext } from "../../src/steps/command-context.ts";
 import { type DeploySitesResult, type SiteFile, checkNginx, deploySites, ownedSites, removeSites } from "../../src/steps/nginx.ts";
 import { freePort } from "../helpers/load.ts";
 import { type PrivateNginx, serverBlock, startNginx } from "../helpers/nginx.ts";
+import { LogCollector } from "../helpers/log-collector.ts";
 import { until } from "../helpers/wait.ts";
 
 const run = promisify(execFile);
-
-/** Collects a deploy's log. */
-class LogCollector extends Writable {
-  text = "";
-  override _write(chunk: Buffer | string, _encoding: BufferEncoding, callback: () => void): void {
-    this.text += chunk.toString();
-    callback();
-  }
-}
 
 /** GET on a fresh connection: the body, or undefined when nothing answers. */
 async function get(port: number): Promise<string | undefined> {

@@ -3,7 +3,6 @@ import { mkdir, mkdtemp, readFile, realpath, rm, writeFile } from "node:fs/promi
 import { request } from "node:http";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { Writable } from "node:stream";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DeployqError } from "../../src/errors.ts";
@@ -12,18 +11,10 @@ import { PM2_BIN, type Pm2Process, type Pm2RestartOptions, checkPm2, listProcess
 import { type DeploymentPaths, deploymentPaths, switchCurrent } from "../../src/steps/release.ts";
 import { freePort } from "../helpers/load.ts";
 import { killPm2, processesUsing } from "../helpers/pm2.ts";
+import { LogCollector } from "../helpers/log-collector.ts";
 import { until } from "../helpers/wait.ts";
 
 const run = promisify(execFile);
-
-/** Collects a deploy's log. */
-class LogCollector extends Writable {
-  text = "";
-  override _write(chunk: Buffer | string, _encoding: BufferEncoding, callback: () => void): void {
-    this.text += chunk.toString();
-    callback();
-  }
-}
 
 /**
  * The app of every release: answers its version (and what it sees of its environment),
