@@ -1,4 +1,4 @@
-import { mkdir, open, readFile, rename, rm, stat } from "node:fs/promises";
+import { mkdir, readFile, stat } from "node:fs/promises";
 import path from "node:path";
 import { Writable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -6,7 +6,7 @@ import { type CertbotHost, SITE_NAME } from "../config/schema.ts";
 import { DeployqError, TransientError, errorMessage } from "../errors.ts";
 import { ExecError } from "../exec/exec-error.ts";
 import { runCommand } from "../exec/run-command.ts";
-import { fsyncDir } from "../queue/fsync.ts";
+import { fsyncDir, writeFileDurably } from "../queue/fsync.ts";
 import { checkCommand } from "./check-command.ts";
 import { type CommandContext, runOptions } from "./command-context.ts";
 import { type NginxDirective, parseNginxConfig } from "./nginx-config.ts";
@@ -153,25 +153,11 @@ export async function readCertificateState(stateDir: string, site: string): Prom
   }
 }
 
-/** tmp file, fsync, rename over, fsync the directory: the state is the old or the new one after a crash, never half. */
+/** Durable: after a crash the state is the old or the new one, never half. */
 async function writeCertificateState(stateDir: string, state: CertificateState): Promise<void> {
   await mkdir(stateDir, { recursive: true });
-  const final = certificateStatePath(stateDir, state.site);
-  // Site names never start with '.', so this never collides with a state file.
-  const tmp = path.join(stateDir, `.${state.site}.json.${process.pid}.tmp`);
-  const fh = await open(tmp, "w", 0o644);
-  try {
-    await fh.writeFile(`${JSON.stringify(state, null, 2)}\n`);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  try {
-    await rename(tmp, final);
-  } catch (err) {
-    await rm(tmp, { force: true });
-    throw err;
-  }
+  // Site names never start with '.', so the temporary never collides with a state file.
+  await writeFileDurably(certificateStatePath(stateDir, state.site), Buffer.from(`${JSON.stringify(state, null, 2)}\n`), 0o644, `.${state.site}.json`);
   await fsyncDir(stateDir);
 }
 

@@ -1,6 +1,6 @@
-import { createHash, randomBytes } from "node:crypto";
+import { createHash } from "node:crypto";
 import { constants as fsConstants } from "node:fs";
-import { access, lstat, mkdir, open, readFile, readdir, readlink, rename, rm, stat, unlink } from "node:fs/promises";
+import { access, lstat, mkdir, open, readFile, readdir, readlink, rm, stat, unlink } from "node:fs/promises";
 import http from "node:http";
 import https from "node:https";
 import path from "node:path";
@@ -10,7 +10,7 @@ import { DeployqError, errorMessage } from "../errors.ts";
 import { ExecError } from "../exec/exec-error.ts";
 import { readProcStat } from "../exec/proc.ts";
 import { formatArgv, runCommand } from "../exec/run-command.ts";
-import { fsyncDir } from "../queue/fsync.ts";
+import { DURABLE_TEMP_SUFFIX, fsyncDir, writeFileDurably } from "../queue/fsync.ts";
 import { branchGlobToRegExp } from "../workers/match.ts";
 import { type CheckResult, checkCommand } from "./check-command.ts";
 import { type CommandContext, runOptions } from "./command-context.ts";
@@ -67,7 +67,7 @@ export const MAX_SITE_FILE_BYTES = 1024 * 1024;
 const SUFFIX = ".conf";
 /** Temp files in conf_dir: hidden and not ending in .conf, so no `include *.conf` ever sees one. */
 const TEMP_PREFIX = ".deployq-";
-const TEMP_SUFFIX = ".tmp";
+const TEMP_SUFFIX = DURABLE_TEMP_SUFFIX;
 const POLL_MS = 50;
 
 // ---------------------------------------------------------------------------------------
@@ -172,29 +172,6 @@ async function writeManifest(stateDir: string, manifest: Manifest): Promise<void
 
 // ---------------------------------------------------------------------------------------
 // Files
-
-/** Writes `data` to a temp file next to `target`, fsyncs it and renames it over `target` (the directory is not fsync'd here). */
-async function writeFileDurably(target: string, data: Buffer, mode: number, tempStem: string): Promise<void> {
-  const dir = path.dirname(target);
-  const temp = path.join(dir, `${tempStem}.${process.pid}.${randomBytes(6).toString("hex")}${TEMP_SUFFIX}`);
-  const fh = await open(temp, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW, mode);
-  try {
-    await fh.writeFile(data);
-    await fh.chmod(mode); // the umask may have taken bits away
-    await fh.sync();
-  } catch (err) {
-    await fh.close().catch(() => {});
-    await rm(temp, { force: true });
-    throw err;
-  }
-  await fh.close();
-  try {
-    await rename(temp, target);
-  } catch (err) {
-    await rm(temp, { force: true });
-    throw err;
-  }
-}
 
 /**
  * A regular file's bytes, without following a symlink and without blocking on a FIFO;
