@@ -9,6 +9,7 @@ import { scanQueue } from "./queue/scan.ts";
 import { certificateStateDir, readCertificateState } from "./steps/certbot.ts";
 import { nginxStateDir, ownedSiteFiles } from "./steps/nginx.ts";
 import { currentRelease, deploymentPaths, readReleaseMeta } from "./steps/release.ts";
+import { inPlaceStateFile } from "./workers/deploy.ts";
 import { errorMessage } from "./errors.ts";
 
 export interface DeploymentStatus {
@@ -52,7 +53,7 @@ async function sitesOf(d: Deployment, dataDir: string): Promise<SiteStatus[] | {
 
 async function currentOf(d: Deployment, dataDir: string): Promise<{ release: string | undefined; sha: string | undefined }> {
   if (d.strategy === "in-place") {
-    const sha = (await readFile(path.join(dataDir, "mirrors", `${d.name}.deployed`), "utf8").catch(() => "")).trim();
+    const sha = (await readFile(inPlaceStateFile(dataDir, d.name), "utf8").catch(() => "")).trim();
     return { release: undefined, sha: sha || undefined };
   }
   const paths = deploymentPaths(d.path);

@@ -111,7 +111,8 @@ function deployEnv(deployment: Deployment, pm2Home: string, sha: string, dir: st
   };
 }
 
-const inPlaceStateFile = (dataDir: string, name: string) => path.join(dataDir, "mirrors", `${name}.deployed`);
+/** The in-place strategy's record of the commit its work tree holds (it keeps no releases). */
+export const inPlaceStateFile = (dataDir: string, name: string) => path.join(dataDir, "mirrors", `${name}.deployed`);
 
 /**
  * At start, for `restart = { pm2 = ... }`: when pm2 runs none of the deployment's apps
