@@ -53,7 +53,13 @@ export const deploys = pgTable(
     /** push (webhook, post-receive), deploy (`deployq deploy`), rollback (`deployq rollback`). */
     event: text("event").notNull(),
     ref: text("ref"),
+    /** The commit this row deployed (or, when superseded, the one it would have). */
     sha: text("sha"),
+    /**
+     * The commit a push entry named, when its branch had moved on by the time it was taken:
+     * the branch's head (`sha`) was deployed instead. A push never moves a deployment back.
+     */
+    requestedSha: text("requested_sha"),
     /** running | succeeded | failed | retrying | superseded | already-deployed | interrupted */
     status: text("status").notNull(),
     attempt: integer("attempt").notNull().default(1),
@@ -68,7 +74,10 @@ export const deploys = pgTable(
     error: text("error"),
     exitCode: integer("exit_code"),
     signal: text("signal"),
-    /** For superseded entries: the entry that won. */
+    /**
+     * For superseded entries: what won, either a newer entry (its file name) or, for a push
+     * whose branch had moved on to a commit that was already live, that commit's sha.
+     */
     supersededBy: text("superseded_by"),
     /**
      * From deploy_fencing_seq, taken once per lock acquisition. A worker whose lock

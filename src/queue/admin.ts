@@ -124,7 +124,10 @@ export async function findEntry(layout: QueueLayout, id: string, configured: Ite
 
 /**
  * Puts dead-lettered entries back into their queue (all of them, or one by name or
- * delivery ID), without their attempts and error, so they are tried afresh.
+ * delivery ID), without their attempts and error, so they are tried afresh. A bulk
+ * requeue into a deployment's queue follows the rule of a burst: only its newest entry
+ * runs; the others go back marked `superseded_by` it, and the worker records them as
+ * superseded (so that requeuing three dead letters never runs two stale ones first).
  */
 export async function requeue(layout: QueueLayout, name: string, only?: string): Promise<string[]> {
   const from = resolveQueue(layout, `dead-letter/${name}`);
@@ -136,6 +139,7 @@ export async function requeue(layout: QueueLayout, name: string, only?: string):
   if (only !== undefined && names.length === 0) {
     throw new DeployqError("ENTRY", `no entry ${JSON.stringify(only)} in ${from.label}: \`deployq queue ls ${from.label}\` lists them`);
   }
+  const winner = only === undefined && to.dir !== layout.router ? names.at(-1) : undefined;
   for (const n of names) {
     const file = path.join(from.dir, n);
     let json: Record<string, unknown> | undefined;
@@ -146,8 +150,8 @@ export async function requeue(layout: QueueLayout, name: string, only?: string):
       // unparseable: moved back as it is (an admin may have fixed it; the router says if not)
     }
     if (json) {
-      const { attempts: _a, last_error: _e, failed_at: _f, retry_at: _r, ...fresh } = json;
-      await rewriteInto(layout, file, to.dir, fresh as QueueEntry);
+      const { attempts: _a, last_error: _e, failed_at: _f, retry_at: _r, superseded_by: _s, ...fresh } = json;
+      await rewriteInto(layout, file, to.dir, (winner !== undefined && n !== winner ? { ...fresh, superseded_by: winner } : fresh) as QueueEntry);
     } else {
       await moveEntry(file, to.dir);
     }

@@ -18,6 +18,12 @@ export const QueueEntry = z.looseObject({
   failed_at: z.string().optional(),
   /** A transient failure is retried no earlier than this (ISO time). */
   retry_at: z.string().optional(),
+  /**
+   * Set by a bulk `deployq queue requeue` on all but the newest entry it puts back into a
+   * deployment's queue (the entry that wins): the worker records these as superseded, as
+   * it does for the older pushes of a burst, and deploys none of them.
+   */
+  superseded_by: z.string().optional(),
 });
 export type QueueEntry = z.infer<typeof QueueEntry>;
 

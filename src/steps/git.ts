@@ -46,15 +46,38 @@ export async function ensureMirror(gitDir: string, ctx: GitContext): Promise<voi
 }
 
 /**
+ * What git says when the remote itself is wrong rather than out of reach: no repository at
+ * that path or URL (local, GitHub over HTTPS or SSH), or credentials it refuses. Retrying
+ * cannot help; the configuration (or the deploy key) must change.
+ */
+const REMOTE_IS_WRONG = [
+  /does not appear to be a git repository/,
+  /^(?:remote: |ERROR: )?Repository not found\.?$/im,
+  /^fatal: repository '.*' not found$/m,
+  /^fatal: Authentication failed for /m,
+  /Permission denied \(publickey[^)]*\)/,
+];
+
+/**
  * Fetches every branch of the configured remote into refs/deployq/heads/*, pruning
  * deleted ones. `--end-of-options` keeps a remote that starts with "-" from being read as a flag.
- * A failure here is transient (the network, the remote's host): the deploy is retried.
+ * A remote that does not exist, or refuses the credentials, is a permanent failure; any
+ * other failure is transient (the network, the remote's host) and the deploy is retried.
  */
 export async function fetchMirror(gitDir: string, remote: string, ctx: GitContext): Promise<void> {
   try {
     await git(gitDir, ["fetch", "--prune", "--no-tags", "--quiet", "--end-of-options", remote, `+refs/heads/*:${FETCHED}/*`], ctx);
   } catch (err) {
     if (err instanceof ExecError && err.reason === "aborted") throw err;
+    const said = err instanceof ExecError ? err.stderrTail : "";
+    if (err instanceof ExecError && err.reason === "exit" && REMOTE_IS_WRONG.some((re) => re.test(said))) {
+      throw new DeployqError(
+        "DEPLOY",
+        `git fetch from ${remote} failed, and retrying will not help: ${said.trim().split("\n")[0]} ` +
+          "(check the deployment's `remote` in the configuration, and that deployq's user can read it)",
+        { cause: err },
+      );
+    }
     throw new TransientError(`git fetch from ${remote} failed: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
   }
 }
@@ -95,12 +118,19 @@ export async function resolveRef(gitDir: string, remote: string, ref: string, ct
     return ref;
   }
   const branch = ref.replace(/^refs\/heads\//, "");
-  if (!isValidBranchName(branch)) throw new DeployqError("DEPLOY", `not a branch name or commit sha: ${JSON.stringify(ref)}`);
+  const head = await fetchedBranchHead(gitDir, branch, ctx);
+  if (head === undefined) throw new DeployqError("DEPLOY", `${remote} has no branch ${JSON.stringify(branch)}`);
+  return head;
+}
+
+/** The head of `branch` as the last fetch saw it; undefined when the remote has no such branch. */
+export async function fetchedBranchHead(gitDir: string, branch: string, ctx: GitContext): Promise<string | undefined> {
+  if (!isValidBranchName(branch)) throw new DeployqError("DEPLOY", `not a branch name or commit sha: ${JSON.stringify(branch)}`);
   try {
     const { stdout } = await git(gitDir, ["rev-parse", "--verify", "--quiet", "--end-of-options", `${FETCHED}/${branch}^{commit}`], { ...ctx, log: undefined });
     return stdout.trim();
   } catch (err) {
-    if (err instanceof ExecError && err.reason === "exit") throw new DeployqError("DEPLOY", `${remote} has no branch ${JSON.stringify(branch)}`);
+    if (err instanceof ExecError && err.reason === "exit") return undefined;
     throw err;
   }
 }

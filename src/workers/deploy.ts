@@ -10,7 +10,7 @@ import type { CommandContext } from "../steps/command-context.ts";
 import { waitHealthy } from "../steps/health.ts";
 import { deploySites, nginxStateDir } from "../steps/nginx.ts";
 import { listProcesses, pm2Restart } from "../steps/pm2.ts";
-import { type GitContext, checkoutInPlace, checkoutRelease, ensureCommit, ensureMirror, fetchMirror, resolveRef } from "../steps/git.ts";
+import { type GitContext, SHA, checkoutInPlace, checkoutRelease, ensureCommit, ensureMirror, fetchMirror, fetchedBranchHead, resolveRef } from "../steps/git.ts";
 import {
   type DeploymentPaths,
   createReleaseDir,
@@ -27,7 +27,7 @@ import {
 /** What one queue entry asks for. */
 export type DeployRequest =
   | { kind: "push"; entry: string; ref: string | undefined; sha: string }
-  | { kind: "deploy"; entry: string; ref: string }
+  | { kind: "deploy"; entry: string; ref: string; force: boolean }
   | { kind: "rollback"; entry: string; to: string | undefined };
 
 /** What this host offers the deploy steps (from the top level of the configuration). */
@@ -56,8 +56,10 @@ export interface DeployContext {
 }
 
 export type DeployOutcome =
-  | { status: "succeeded"; sha: string; release: string | undefined; previousRelease: string | undefined }
-  | { status: "already-deployed"; sha: string; release: string | undefined };
+  | { status: "succeeded"; sha: string; release: string | undefined; previousRelease: string | undefined; requestedSha: string | undefined }
+  | { status: "already-deployed"; sha: string; release: string | undefined }
+  /** A push whose branch had moved on to a commit that is already live (`supersededBy`), or was deleted: nothing to do. */
+  | { status: "superseded"; sha: string; supersededBy: string | undefined; note: string };
 
 /** Runs one request to its end. Throws TransientError (retry), ExecError or DeployqError (permanent). */
 export async function performDeploy(request: DeployRequest, ctx: DeployContext): Promise<DeployOutcome> {
@@ -79,19 +81,60 @@ function gitContext(ctx: DeployContext): GitContext {
   return { log: ctx.log, signal: ctx.signal, timeoutMs: ctx.deployment.command_timeout_s * 1000, ...(ctx.pidFile ? { pidFile: ctx.pidFile } : {}) };
 }
 
-async function fetchCommit(gitDir: string, request: Exclude<DeployRequest, { kind: "rollback" }>, ctx: DeployContext): Promise<string> {
-  const { remote } = ctx.deployment;
+/** What a deploy goes on to check out: the commit, and the push's own when the branch's head replaced it. */
+interface Target {
+  sha: string;
+  requestedSha: string | undefined;
+}
+
+/**
+ * Fetches the remote and decides which commit to deploy. A push deploys the head of its
+ * branch as it is now, never something older: if the branch has moved on since the push
+ * (a redelivery, a requeued dead letter, a push that waited), its commit is superseded by
+ * the head; a force push that reset the branch to an older commit is the head, so it
+ * deploys. A branch that no longer exists leaves nothing to deploy. Only `deployq deploy
+ * --ref <sha>` and `rollback` deploy something other than a branch's head, and say so.
+ */
+async function fetchTarget(gitDir: string, request: Exclude<DeployRequest, { kind: "rollback" }>, ctx: DeployContext): Promise<Target | { deleted: string }> {
+  const { remote, branch } = ctx.deployment;
   step(ctx, `fetch ${remote}`);
   checkAborted(ctx);
   await ensureMirror(gitDir, gitContext(ctx));
   await fetchMirror(gitDir, remote, gitContext(ctx));
   if (request.kind === "push") {
-    await ensureCommit(gitDir, remote, request.sha, gitContext(ctx));
-    return request.sha;
+    const pushed = request.ref?.startsWith("refs/heads/") ? request.ref.slice("refs/heads/".length) : undefined;
+    if (pushed === undefined) {
+      // Not a branch push (a planted file without ref): its commit is all there is to go by.
+      ctx.log.write(`the entry names no branch (ref ${JSON.stringify(request.ref ?? null)}): deploying its commit ${request.sha}\n`);
+      await ensureCommit(gitDir, remote, request.sha, gitContext(ctx));
+      return { sha: request.sha, requestedSha: undefined };
+    }
+    const head = await fetchedBranchHead(gitDir, pushed, gitContext(ctx));
+    if (head === undefined) return { deleted: `${pushed} no longer exists on ${remote}: the push of ${request.sha} has nothing left to deploy` };
+    if (head === request.sha) return { sha: head, requestedSha: undefined };
+    ctx.log.write(`${pushed} has moved on since this push: it is at ${head} now, not ${request.sha}; the push is superseded by the branch's head\n`);
+    return { sha: head, requestedSha: request.sha };
   }
   const sha = await resolveRef(gitDir, remote, request.ref, gitContext(ctx));
   ctx.log.write(`${request.ref} is ${sha}\n`);
-  return sha;
+  if (SHA.test(request.ref) && !/[*?[]/.test(branch)) {
+    const head = await fetchedBranchHead(gitDir, branch, gitContext(ctx));
+    if (head !== sha) ctx.log.write(`deploying ${sha} as asked (--ref): it is not the head of ${branch}${head ? ` (${head})` : ""}; the next push to ${branch} deploys its head again\n`);
+  }
+  return { sha, requestedSha: undefined };
+}
+
+/** A push whose branch was deleted, or moved on to the commit that is live already: recorded as superseded, nothing deployed. */
+function superseded(request: Exclude<DeployRequest, { kind: "rollback" }>, target: Target | { deleted: string }, ctx: DeployContext): DeployOutcome | undefined {
+  if (request.kind !== "push") return undefined;
+  if ("deleted" in target) {
+    ctx.log.write(`${target.deleted}\n`);
+    return { status: "superseded", sha: request.sha, supersededBy: undefined, note: target.deleted };
+  }
+  if (target.requestedSha === undefined) return undefined;
+  const note = `superseded by the head of its branch, ${target.sha}, which is live already`;
+  ctx.log.write(`${target.sha} is already live: nothing to do\n`);
+  return { status: "superseded", sha: target.requestedSha, supersededBy: target.sha, note };
 }
 
 function commandEnv(ctx: DeployContext, sha: string, dir: string, ref: string | undefined): Record<string, string> {
@@ -246,13 +289,18 @@ async function deployNginxSites(dir: string, ctx: DeployContext): Promise<void> 
 async function deployRelease(request: Exclude<DeployRequest, { kind: "rollback" }>, ctx: DeployContext): Promise<DeployOutcome> {
   const paths = deploymentPaths(ctx.deployment.path);
   await mkdir(paths.root, { recursive: true });
-  const sha = await fetchCommit(paths.mirror, request, ctx);
+  const target = await fetchTarget(paths.mirror, request, ctx);
   const previous = await currentRelease(paths);
   const previousMeta = previous ? await readReleaseMeta(path.join(paths.releases, previous)) : undefined;
-  if (previousMeta?.sha === sha) {
+  if ("deleted" in target) return superseded(request, target, ctx)!;
+  const { sha } = target;
+  if (previousMeta?.sha === sha && !(request.kind === "deploy" && request.force)) {
+    const moot = superseded(request, target, ctx);
+    if (moot) return moot;
     ctx.log.write(`${sha} is already the current release (${previous}): nothing to do\n`);
     return { status: "already-deployed", sha, release: previous };
   }
+  if (previousMeta?.sha === sha) ctx.log.write(`${sha} is the current release (${previous}): deploying it again (--force)\n`);
   step(ctx, `check out ${sha}`);
   checkAborted(ctx);
   const release = await createReleaseDir(paths, sha);
@@ -283,7 +331,7 @@ async function deployRelease(request: Exclude<DeployRequest, { kind: "rollback" 
   step(ctx, "prune old releases");
   const pruned = await pruneReleases(paths, ctx.deployment.keep_releases, [release.name, previous]);
   if (pruned.length > 0) ctx.log.write(`removed ${pruned.join(", ")}\n`);
-  return { status: "succeeded", sha, release: release.name, previousRelease: previous };
+  return { status: "succeeded", sha, release: release.name, previousRelease: previous, requestedSha: target.requestedSha };
 }
 
 /** A new release failed after the switch (restart, health check, nginx): mark it bad, point `current` back, and restart the previous release. */
@@ -344,7 +392,7 @@ async function rollback(to: string | undefined, ctx: DeployContext): Promise<Dep
     if (current) await restoreAfterFailedRestart(paths, target.name, current.name, err, ctx);
     throw err;
   }
-  return { status: "succeeded", sha: target.meta!.sha, release: target.name, previousRelease: current?.name };
+  return { status: "succeeded", sha: target.meta!.sha, release: target.name, previousRelease: current?.name, requestedSha: undefined };
 }
 
 /** The classic post-receive deploy: one work tree, checked out in place, then the commands and the deploy script. */
@@ -354,12 +402,17 @@ async function deployInPlace(request: Exclude<DeployRequest, { kind: "rollback" 
   await mkdir(mirrors, { recursive: true });
   const gitDir = path.join(mirrors, `${d.name}.git`);
   const stateFile = inPlaceStateFile(ctx.dataDir, d.name);
-  const sha = await fetchCommit(gitDir, request, ctx);
+  const target = await fetchTarget(gitDir, request, ctx);
   const previous = (await readFile(stateFile, "utf8").catch(() => "")).trim() || undefined;
-  if (previous === sha) {
+  if ("deleted" in target) return superseded(request, target, ctx)!;
+  const { sha } = target;
+  if (previous === sha && !(request.kind === "deploy" && request.force)) {
+    const moot = superseded(request, target, ctx);
+    if (moot) return moot;
     ctx.log.write(`${sha} is already deployed in ${d.path}: nothing to do\n`);
     return { status: "already-deployed", sha, release: undefined };
   }
+  if (previous === sha) ctx.log.write(`${sha} is deployed in ${d.path}: deploying it again (--force)\n`);
   step(ctx, `check out ${sha} into ${d.path}`);
   checkAborted(ctx);
   await ctx.fence?.();
@@ -387,5 +440,5 @@ async function deployInPlace(request: Exclude<DeployRequest, { kind: "rollback" 
     throw err;
   }
   await writeFile(stateFile, `${sha}\n`);
-  return { status: "succeeded", sha, release: undefined, previousRelease: undefined };
+  return { status: "succeeded", sha, release: undefined, previousRelease: undefined, requestedSha: target.requestedSha };
 }

@@ -66,7 +66,8 @@ export function toRequest(name: string, entry: QueueEntry): DeployRequest | stri
     }
     case "deploy":
       if (typeof payload.ref !== "string" || payload.ref === "") return "a deploy entry needs payload.ref (a branch or a sha)";
-      return { kind: "deploy", entry: name, ref: payload.ref };
+      if (payload.force !== undefined && typeof payload.force !== "boolean") return "payload.force must be true or false";
+      return { kind: "deploy", entry: name, ref: payload.ref, force: payload.force === true };
     case "rollback":
       if (payload.to !== undefined && typeof payload.to !== "string") return "payload.to must be a release name";
       return { kind: "rollback", entry: name, to: payload.to };
@@ -191,9 +192,12 @@ export class DeploymentWorker {
           if (parsed.ok) entries.push({ name: n, entry: parsed.entry });
           else await this.deadLetter(n, parsed.json as QueueEntry | undefined, parsed.error, 0);
         }
-        const winner = entries.at(-1);
+        // Entries a bulk requeue marked as superseded never run; of the rest, the newest wins.
+        const winner = entries.filter((e) => e.entry.superseded_by === undefined).at(-1);
+        for (const older of entries) {
+          if (older !== winner) await this.supersede(older.name, older.entry, older.entry.superseded_by ?? winner!.name, token);
+        }
         if (!winner) return;
-        for (const older of entries.slice(0, -1)) await this.supersede(older.name, older.entry, winner.name, token);
         const retryAt = winner.entry.retry_at ? Date.parse(winner.entry.retry_at) : 0;
         if (retryAt > Date.now()) {
           this.scheduleRetry(retryAt);
@@ -311,11 +315,23 @@ export class DeploymentWorker {
           if (newer !== undefined) throw new LockLostError(`a newer deploy holds the lock (fencing token ${newer} > ${token})`);
         },
       });
+      if (outcome.status === "superseded") {
+        log.write(`\n== superseded: ${outcome.note}\n`);
+        await endLog();
+        await finishDeploy(db, id, { status: "superseded", sha: outcome.sha, supersededBy: outcome.supersededBy, error: outcome.note, logPath });
+        await removeEntry(file);
+        child.info({ sha: outcome.sha, supersededBy: outcome.supersededBy }, `push superseded: ${outcome.note}`);
+        return;
+      }
       log.write(`\n== ${outcome.status}: ${outcome.sha}${outcome.release ? ` (releases/${outcome.release})` : ""}\n`);
       await endLog();
       await finishDeploy(db, id, { ...outcome, logPath });
       await removeEntry(file);
-      child.info({ status: outcome.status, sha: outcome.sha, release: outcome.release }, outcome.status === "succeeded" ? "deploy succeeded" : "already deployed");
+      const requestedSha = outcome.status === "succeeded" ? outcome.requestedSha : undefined;
+      child.info(
+        { status: outcome.status, sha: outcome.sha, release: outcome.release, ...(requestedSha ? { requestedSha } : {}) },
+        outcome.status === "succeeded" ? (requestedSha ? `deploy succeeded: the branch's head, superseding the push of ${requestedSha}` : "deploy succeeded") : "already deployed",
+      );
     } catch (err) {
       log.write(`\n== failed: ${errorMessage(err)}\n`);
       await endLog();

@@ -231,14 +231,47 @@ describe("a burst of pushes", () => {
   });
 });
 
-describe("transient failures", () => {
+describe("transient and permanent failures", () => {
+  it("dead-letters at once, without retries, a remote that does not exist", async () => {
+    const ws = await createWorkspace({
+      deployments: `
+[deployments.typo]
+repository = "octo-org/typo"
+branch = "main"
+remote = "/nonexistent/typo.git"
+path = "./apps/typo"
+max_attempts = 5
+retry_backoff_s = 0.05
+`,
+    });
+    const tdb = await createTestDatabase("postgres");
+    const daemon = await startDaemon({ settings: ws.settings, role: "serve", logger: silentLogger(), database: tdb.database });
+    try {
+      const res = await post(daemon.url!, await signedDelivery(pushPayload({ repository: "octo-org/typo", branch: "main", after: "3".repeat(40) })));
+      const name = res.body.queued as string;
+      const dead = path.join(ws.queuesDir, "dead-letter", "typo", name);
+      await until("the dead letter", async () => (await readdir(path.dirname(dead)).catch(() => [] as string[])).includes(name));
+      const entry = JSON.parse(await readFile(dead, "utf8"));
+      expect(entry).toMatchObject({
+        attempts: 1,
+        last_error: expect.stringMatching(/^git fetch from \/nonexistent\/typo\.git failed, and retrying will not help: fatal: '\/nonexistent\/typo\.git' does not appear to be a git repository \(check/),
+      });
+      const rows = await tdb.database.db.select().from(deploys).where(eq(deploys.entry, name));
+      expect(rows.map((r) => [r.attempt, r.status])).toEqual([[1, "failed"]]);
+    } finally {
+      await daemon.close();
+      await tdb.dispose();
+      await ws.dispose();
+    }
+  });
+
   it("retries an unreachable remote with backoff, then dead-letters it with the last error", async () => {
     const ws = await createWorkspace({
       deployments: `
 [deployments.offline]
 repository = "octo-org/offline"
 branch = "main"
-remote = "/nonexistent/offline.git"
+remote = "http://127.0.0.1:1/offline.git"
 path = "./apps/offline"
 max_attempts = 3
 retry_backoff_s = 0.05
@@ -253,7 +286,7 @@ retry_backoff_s = 0.05
       const dead = path.join(ws.queuesDir, "dead-letter", "offline", name);
       await until("the dead letter", async () => (await readdir(path.dirname(dead)).catch(() => [] as string[])).includes(name));
       const entry = JSON.parse(await readFile(dead, "utf8"));
-      expect(entry).toMatchObject({ attempts: 3, last_error: expect.stringMatching(/git fetch from \/nonexistent\/offline\.git failed/) });
+      expect(entry).toMatchObject({ attempts: 3, last_error: expect.stringMatching(/git fetch from http:\/\/127\.0\.0\.1:1\/offline\.git failed: .*Failed to connect/s) });
       expect(entry.retry_at).toBeUndefined();
       const rows = await tdb.database.db.select().from(deploys).where(eq(deploys.entry, name));
       expect(rows.map((r) => [r.attempt, r.status])).toEqual([

@@ -235,7 +235,9 @@ commands = [["sh", "-c", "echo $DEPLOYQ_SHA > BUILD"]]
           const mine = byEntry.get(entryOf(s)) ?? [];
           const final = mine.filter((r) => FINAL.includes(r.status));
           expect(final, `delivery ${s.index} (${entryOf(s)}): ${JSON.stringify(mine.map((r) => r.status))}`).toHaveLength(1);
-          expect(final[0]).toMatchObject({ deliveryId: s.deliveryId, sha: s.sha, event: "push" });
+          expect(final[0]).toMatchObject({ deliveryId: s.deliveryId, event: "push" });
+          // The push's commit, or (when main had moved on) the branch's head deployed in its place.
+          expect(final[0]!.requestedSha ?? final[0]!.sha).toBe(s.sha);
           // Besides its outcome, an entry may only have been interrupted by the reload (and redone).
           for (const r of mine) expect(["interrupted", ...FINAL], `delivery ${s.index}`).toContain(r.status);
         }
@@ -252,11 +254,11 @@ commands = [["sh", "-c", "echo $DEPLOYQ_SHA > BUILD"]]
         const routedByEntry = new Map(routed.map((r) => [r.entry, r]));
         for (const n of names) expect(routedByEntry.get(n), n).toMatchObject({ outcome: "routed", routedTo: ["app"] });
 
-        // `current` is the commit of the newest acknowledged push (entry names sort by arrival).
-        const newest = ack.reduce((a, b) => (entryOf(b) > entryOf(a) ? b : a));
+        // `current` is the head of main: every push deploys its branch's head, never an older commit.
+        const head = shas.at(-1)!;
         const release = JSON.parse(await readFile(path.join(appDir, "current", ".deployq-release.json"), "utf8")) as { sha: string };
-        expect(release.sha).toBe(newest.sha);
-        expect((await readFile(path.join(appDir, "current", "BUILD"), "utf8")).trim()).toBe(newest.sha);
+        expect(release.sha).toBe(head);
+        expect((await readFile(path.join(appDir, "current", "BUILD"), "utf8")).trim()).toBe(head);
         expect(await allNames(router)).toEqual([]);
         expect(await allNames(path.join(ws.queuesDir, ".tmp"))).toEqual([]);
         expect(await entryNames(path.join(ws.queuesDir, "dead-letter", "app"))).toEqual([]);

@@ -42,6 +42,10 @@ export async function startDeploy(db: Db, row: NewDeploy): Promise<number> {
 export interface DeployResult {
   status: Exclude<DeployStatus, "running">;
   sha?: string | undefined;
+  /** The push's own commit, when its branch's head was deployed instead. */
+  requestedSha?: string | undefined;
+  /** For superseded: what won (a newer entry's name, or the live commit the branch had moved on to). */
+  supersededBy?: string | undefined;
   release?: string | undefined;
   previousRelease?: string | undefined;
   logPath?: string | undefined;
@@ -62,6 +66,8 @@ export async function finishDeploy(db: Db, id: number, result: DeployResult): Pr
       finishedAt: sql`now()`,
       durationMs: sql`(extract(epoch from now() - ${deploys.startedAt}) * 1000)::int`,
       ...(result.sha ? { sha: result.sha } : {}),
+      ...(result.requestedSha ? { requestedSha: result.requestedSha } : {}),
+      ...(result.supersededBy ? { supersededBy: result.supersededBy } : {}),
       release: result.release ?? null,
       previousRelease: result.previousRelease ?? null,
       error: result.error ?? null,
