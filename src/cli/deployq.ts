@@ -77,7 +77,10 @@ queue
   .action((id: string, o: { json?: boolean }) => queueShow(settings(), id, o.json ?? false));
 queue
   .command("requeue <queue>")
-  .description("move dead-lettered entries of router or a deployment back into its queue, without their error")
+  .description(
+    "move dead-lettered entries of router or a deployment back into its queue, without their error; " +
+      "of several requeued into a deployment's queue only the newest runs (the others are recorded as superseded by it)",
+  )
   .option("--entry <id>", "only this entry (file name or delivery ID)")
   .option("--json", "machine-readable output")
   .action((name: string, o: { entry?: string; json?: boolean }) => queueRequeue(settings(), name, o.entry, o.json ?? false));

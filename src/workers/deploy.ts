@@ -381,6 +381,7 @@ async function rollback(to: string | undefined, ctx: DeployContext): Promise<Dep
     ctx.log.write(`${target.name} is already current\n`);
     return { status: "already-deployed", sha: target.meta!.sha, release: target.name };
   }
+  ctx.log.write(`rolling back to releases/${target.name} (${target.meta!.sha}) as asked; the next push deploys its branch's head again\n`);
   step(ctx, `switch current → releases/${target.name} (rollback)`);
   checkAborted(ctx);
   await ctx.fence?.();
