@@ -1,8 +1,8 @@
 import { randomBytes } from "node:crypto";
-import { lstat, mkdir, readFile, readdir, readlink, rename, rm, symlink, writeFile } from "node:fs/promises";
+import { lstat, mkdir, readFile, readdir, readlink, rename, rm, symlink } from "node:fs/promises";
 import path from "node:path";
 import { DeployqError } from "../errors.ts";
-import { fsyncDir } from "../queue/fsync.ts";
+import { fsyncDir, writeFileDurably } from "../queue/fsync.ts";
 
 /**
  * A deployment on disk (releases strategy):
@@ -77,10 +77,50 @@ export async function readReleaseMeta(dir: string): Promise<ReleaseMeta | undefi
   }
 }
 
+/** Durably (fsync'd before the switch that relies on it, or a crash could leave `current` at a release without it). */
 export async function writeReleaseMeta(dir: string, meta: ReleaseMeta): Promise<void> {
-  const tmp = path.join(dir, `${RELEASE_META}.${randomBytes(4).toString("hex")}`);
-  await writeFile(tmp, `${JSON.stringify(meta, null, 2)}\n`);
-  await rename(tmp, path.join(dir, RELEASE_META));
+  await writeFileDurably(path.join(dir, RELEASE_META), Buffer.from(`${JSON.stringify(meta, null, 2)}\n`), 0o644, RELEASE_META);
+  await fsyncDir(dir);
+}
+
+/**
+ * A switch of `current` is done only once the release it switched to has been restarted,
+ * found healthy and had its sites deployed (or has been switched back from). This record,
+ * written durably before the switch and removed after, is how a deploy interrupted in
+ * between (kill -9 during the restart) is told apart from one that finished: the entry is
+ * redone, finds its commit current, and resumes from the restart instead of calling it
+ * already deployed.
+ */
+export interface PendingSwitch {
+  release: string;
+  /** What was current before: where a failure of the resumed restart goes back to. */
+  previous: string | undefined;
+  entry: string;
+  at: string;
+}
+const PENDING_SWITCH = ".deployq-switch.json";
+
+export async function readPendingSwitch(paths: DeploymentPaths): Promise<PendingSwitch | undefined> {
+  try {
+    const json = JSON.parse(await readFile(path.join(paths.root, PENDING_SWITCH), "utf8")) as Partial<PendingSwitch>;
+    if (typeof json.release !== "string" || !RELEASE_NAME.test(json.release)) return undefined;
+    const previous = typeof json.previous === "string" && RELEASE_NAME.test(json.previous) ? json.previous : undefined;
+    return { release: json.release, previous, entry: String(json.entry ?? ""), at: String(json.at ?? "") };
+  } catch {
+    return undefined;
+  }
+}
+
+/** Records the switch as pending, then switches `current` to `pending.release`. */
+export async function beginSwitch(paths: DeploymentPaths, pending: PendingSwitch): Promise<void> {
+  await writeFileDurably(path.join(paths.root, PENDING_SWITCH), Buffer.from(`${JSON.stringify(pending, null, 2)}\n`), 0o644, PENDING_SWITCH);
+  await switchCurrent(paths, pending.release); // fsyncs the directory for both
+}
+
+/** The switch is done (its release is live and healthy) or undone. */
+export async function endSwitch(paths: DeploymentPaths): Promise<void> {
+  await rm(path.join(paths.root, PENDING_SWITCH), { force: true });
+  await fsyncDir(paths.root);
 }
 
 /** The release `current` points at, if any. */

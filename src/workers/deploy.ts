@@ -13,12 +13,17 @@ import { listProcesses, pm2Restart } from "../steps/pm2.ts";
 import { type GitContext, SHA, checkoutInPlace, checkoutRelease, ensureCommit, ensureMirror, fetchMirror, fetchedBranchHead, resolveRef } from "../steps/git.ts";
 import {
   type DeploymentPaths,
+  type PendingSwitch,
+  type ReleaseMeta,
+  beginSwitch,
   createReleaseDir,
   currentRelease,
   deploymentPaths,
   linkShared,
   listReleases,
+  endSwitch,
   pruneReleases,
+  readPendingSwitch,
   readReleaseMeta,
   switchCurrent,
   writeReleaseMeta,
@@ -63,7 +68,7 @@ export type DeployOutcome =
 
 /** Runs one request to its end. Throws TransientError (retry), ExecError or DeployqError (permanent). */
 export async function performDeploy(request: DeployRequest, ctx: DeployContext): Promise<DeployOutcome> {
-  if (request.kind === "rollback") return rollback(request.to, ctx);
+  if (request.kind === "rollback") return rollback(request.to, request.entry, ctx);
   if (ctx.deployment.strategy === "in-place") return deployInPlace(request, ctx);
   return deployRelease(request, ctx);
 }
@@ -294,6 +299,10 @@ async function deployRelease(request: Exclude<DeployRequest, { kind: "rollback" 
   const previousMeta = previous ? await readReleaseMeta(path.join(paths.releases, previous)) : undefined;
   if ("deleted" in target) return superseded(request, target, ctx)!;
   const { sha } = target;
+  const pending = await readPendingSwitch(paths);
+  if (pending && previous && pending.release === previous && previousMeta?.sha === sha) {
+    return { ...(await resumeSwitch(paths, pending, previousMeta, ctx)), requestedSha: target.requestedSha };
+  }
   if (previousMeta?.sha === sha && !(request.kind === "deploy" && request.force)) {
     const moot = superseded(request, target, ctx);
     if (moot) return moot;
@@ -320,7 +329,7 @@ async function deployRelease(request: Exclude<DeployRequest, { kind: "rollback" 
   }
 
   step(ctx, `switch current → releases/${release.name}`);
-  await switchCurrent(paths, release.name);
+  await beginSwitch(paths, { release: release.name, previous, entry: request.entry, at: new Date().toISOString() });
   try {
     await activate(release.dir, paths.current, env, ctx, ctx.signal);
     await deployNginxSites(release.dir, ctx);
@@ -328,6 +337,7 @@ async function deployRelease(request: Exclude<DeployRequest, { kind: "rollback" 
     await restoreAfterFailedRestart(paths, release.name, previous, err, ctx);
     throw err;
   }
+  await endSwitch(paths);
   step(ctx, "prune old releases");
   const pruned = await pruneReleases(paths, ctx.deployment.keep_releases, [release.name, previous]);
   if (pruned.length > 0) ctx.log.write(`removed ${pruned.join(", ")}\n`);
@@ -342,10 +352,14 @@ async function restoreAfterFailedRestart(paths: DeploymentPaths, failed: string,
   if (!previous) {
     ctx.log.write(`\n== restart failed and there is no previous release: removing current\n`);
     await rm(paths.current, { force: true });
+    await endSwitch(paths);
     return;
   }
   step(ctx, `releases/${failed} failed: switch current back → releases/${previous} and restart it`);
   await switchCurrent(paths, previous);
+  // Back where it was: a crash from here on leaves the previous release current, which the
+  // next deploy restarts when it switches.
+  await endSwitch(paths);
   const prevDir = path.join(paths.releases, previous);
   const prevMeta = await readReleaseMeta(prevDir);
   try {
@@ -356,7 +370,32 @@ async function restoreAfterFailedRestart(paths: DeploymentPaths, failed: string,
   }
 }
 
-async function rollback(to: string | undefined, ctx: DeployContext): Promise<DeployOutcome> {
+/**
+ * The deploy that switched `current` to `pending.release` stopped before the release was
+ * restarted, healthy and had its sites (deployq was killed): finish that now, or, if it
+ * fails, switch back to what was current before, as the interrupted deploy would have.
+ */
+async function resumeSwitch(paths: DeploymentPaths, pending: PendingSwitch, meta: ReleaseMeta, ctx: DeployContext) {
+  const dir = path.join(paths.releases, pending.release);
+  ctx.log.write(
+    `current was switched to releases/${pending.release} at ${pending.at} (entry ${pending.entry}), but that deploy stopped before its restart, ` +
+      "health check and sites were done: resuming from the restart\n",
+  );
+  step(ctx, `resume the switch to releases/${pending.release}: restart, health check, sites`);
+  checkAborted(ctx);
+  await ctx.fence?.();
+  try {
+    await activate(dir, paths.current, commandEnv(ctx, meta.sha, dir, meta.ref), ctx, ctx.signal);
+    await deployNginxSites(dir, ctx);
+  } catch (err) {
+    await restoreAfterFailedRestart(paths, pending.release, pending.previous, err, ctx);
+    throw err;
+  }
+  await endSwitch(paths);
+  return { status: "succeeded" as const, sha: meta.sha, release: pending.release, previousRelease: pending.previous, requestedSha: undefined };
+}
+
+async function rollback(to: string | undefined, entry: string, ctx: DeployContext): Promise<DeployOutcome> {
   if (ctx.deployment.strategy === "in-place") {
     throw new DeployqError(
       "DEPLOY",
@@ -377,6 +416,8 @@ async function rollback(to: string | undefined, ctx: DeployContext): Promise<Dep
     target = older[older.length - 1];
     if (!target) throw new DeployqError("DEPLOY", `no earlier good release of ${ctx.deployment.name} to roll back to`);
   }
+  const pending = await readPendingSwitch(paths);
+  if (target.current && pending?.release === target.name) return resumeSwitch(paths, pending, target.meta!, ctx);
   if (target.current) {
     ctx.log.write(`${target.name} is already current\n`);
     return { status: "already-deployed", sha: target.meta!.sha, release: target.name };
@@ -385,14 +426,15 @@ async function rollback(to: string | undefined, ctx: DeployContext): Promise<Dep
   step(ctx, `switch current → releases/${target.name} (rollback)`);
   checkAborted(ctx);
   await ctx.fence?.();
-  await switchCurrent(paths, target.name);
+  await beginSwitch(paths, { release: target.name, previous: current?.name, entry, at: new Date().toISOString() });
   try {
     await activate(target.dir, paths.current, commandEnv(ctx, target.meta!.sha, target.dir, target.meta!.ref), ctx, ctx.signal);
     await deployNginxSites(target.dir, ctx);
   } catch (err) {
-    if (current) await restoreAfterFailedRestart(paths, target.name, current.name, err, ctx);
+    await restoreAfterFailedRestart(paths, target.name, current?.name, err, ctx);
     throw err;
   }
+  await endSwitch(paths);
   return { status: "succeeded", sha: target.meta!.sha, release: target.name, previousRelease: current?.name, requestedSha: undefined };
 }
 
