@@ -5,6 +5,8 @@ import { type Settings, requireWebhookSecrets } from "./config/load.ts";
 import { type Database, openDatabase } from "./db/client.ts";
 import { recordOrphanedEntries } from "./http/github-webhook.ts";
 import { type RunningServer, createApp, listen } from "./http/server.ts";
+import { newestEntryNames } from "./db/queries/newest-entry-names.ts";
+import { seedEntryClock } from "./queue/entry-clock.ts";
 import { queueLayout } from "./queue/layout.ts";
 import type { QueueWorker } from "./queue/watch.ts";
 import { ensureQueueDirs, sweepTmp } from "./queue/write.ts";
@@ -68,6 +70,8 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
     if (!options.database) cleanups.push(() => database.close());
     await database.migrate();
     await ensureQueueDirs(layout, settings.deployments.keys());
+    // Entries named from now on sort after every one already issued, whatever this clock says.
+    await seedEntryClock(layout, await newestEntryNames(database.db));
     const swept = await sweepTmp(layout);
     if (swept.length > 0) logger.warn({ files: swept }, "removed temporaries left in .tmp/ by a process that died");
 

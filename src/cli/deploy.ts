@@ -5,6 +5,7 @@ import path from "node:path";
 import type { Deployment, Settings } from "../config/load.ts";
 import { DeployqError } from "../errors.ts";
 import { entryName } from "../queue/entry-name.ts";
+import { seedEntryClock } from "../queue/entry-clock.ts";
 import { queueLayout } from "../queue/layout.ts";
 import { ensureQueueDirs, writeEntryDurably } from "../queue/write.ts";
 import { lockOwner } from "../pid-lock.ts";
@@ -24,6 +25,7 @@ function deploymentOf(settings: Settings, name: string): Deployment {
 async function enqueueInstruction(settings: Settings, d: Deployment, event: "deploy" | "rollback", payload: Record<string, unknown>): Promise<string> {
   const layout = queueLayout(settings.queuesDir);
   await ensureQueueDirs(layout, [d.name]);
+  await seedEntryClock(layout);
   const id = randomUUID();
   const name = entryName(id);
   await writeEntryDurably(layout, layout.deployment(d.name), name, {

@@ -3,6 +3,7 @@ import { createInterface } from "node:readline";
 import type { Settings } from "../config/load.ts";
 import { DeployqError } from "../errors.ts";
 import { pushPayload } from "../push-payload.ts";
+import { seedEntryClock } from "../queue/entry-clock.ts";
 import { entryName } from "../queue/entry-name.ts";
 import { queueLayout } from "../queue/layout.ts";
 import { ensureQueueDirs, writeEntryDurably } from "../queue/write.ts";
@@ -18,6 +19,7 @@ export async function postReceive(settings: Settings, repository: string, input:
   if (!REPOSITORY.test(repository)) throw new DeployqError("CONFIG", `--repository must be "owner/name", got ${JSON.stringify(repository)}`);
   const layout = queueLayout(settings.queuesDir);
   await ensureQueueDirs(layout);
+  await seedEntryClock(layout);
   const queued: string[] = [];
   for await (const raw of createInterface({ input })) {
     const line = raw.trim();

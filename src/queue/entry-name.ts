@@ -19,10 +19,21 @@ let last = 0n;
 /**
  * Wall-clock nanoseconds that never repeat and never go back within this process:
  * when the clock steps back (NTP), names keep increasing from the last one issued.
+ * Across processes, each one that names entries first calls `advanceEntryClock` with the
+ * newest name already issued (on disk, in the database: see seedEntryClock), so that a
+ * process started with a clock behind the last one's still names its entries after them.
  */
 export function monotonicEpochNs(now: bigint = wallClockNs()): bigint {
   last = now > last ? now : last + 1n;
   return last;
+}
+
+/** Names issued from now on sort after `name` (an entry name already issued, by any process). */
+export function advanceEntryClock(name: string | null | undefined): void {
+  const m = name ? ENTRY_NAME.exec(name) : null;
+  if (!m) return;
+  const epoch = BigInt(m[1]!);
+  if (epoch > last) last = epoch;
 }
 
 function wallClockNs(): bigint {
