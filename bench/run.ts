@@ -38,7 +38,7 @@ import { type QueueLayout, queueLayout } from "../src/queue/layout.ts";
 import { removeEntry } from "../src/queue/move.ts";
 import { QueueWorker } from "../src/queue/watch.ts";
 import { ensureQueueDirs } from "../src/queue/write.ts";
-import { parseEntry } from "../src/workers/router.ts";
+import { parseEntry } from "../src/queue/entry.ts";
 import { type DeployFigures, deployReport, runDeployBench } from "./deploy.ts";
 import { GROUP_COMMIT_STEP, type StepFigure, runSteps } from "./steps.ts";
 

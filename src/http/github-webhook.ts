@@ -1,17 +1,16 @@
 import { isUtf8 } from "node:buffer";
-import { readFile } from "node:fs/promises";
 import path from "node:path";
 import type { Request, Response } from "express";
 import type { Logger } from "pino";
 import type { Db } from "../db/client.ts";
 import { insertDeliveries, recordIfMissing } from "../db/queries/record-delivery.ts";
 import { RequestError, errorMessage } from "../errors.ts";
-import { type QueueEntry, summarizePayload } from "../queue/entry.ts";
+import { type QueueEntry, parseEntry, summarizePayload } from "../queue/entry.ts";
 import { entryName, isDeliveryId } from "../queue/entry-name.ts";
 import type { QueueLayout } from "../queue/layout.ts";
+import { readEntryFile } from "../queue/read.ts";
 import { scanQueue } from "../queue/scan.ts";
 import { createEnqueueBatcher } from "./enqueue-batch.ts";
-import { parseEntry } from "../workers/router.ts";
 import { verifySignature } from "./signature.ts";
 
 export interface WebhookDeps {
@@ -154,13 +153,9 @@ function unavailable(what: string, err: unknown): RequestError {
 export async function recordOrphanedEntries(db: Db, layout: QueueLayout, logger: Logger): Promise<number> {
   let adopted = 0;
   for (const name of await scanQueue(layout.router)) {
-    let text: string;
-    try {
-      text = await readFile(path.join(layout.router, name), "utf8");
-    } catch {
-      continue; // routed meanwhile
-    }
-    const parsed = parseEntry(text);
+    const read = await readEntryFile(path.join(layout.router, name));
+    if (!read.ok) continue; // routed meanwhile, or not an entry (the router moves it aside)
+    const parsed = parseEntry(read.text);
     if (!parsed.ok) continue; // the router dead-letters it
     const { entry } = parsed;
     const summary = summarizePayload(entry.payload);

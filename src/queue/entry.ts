@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { errorMessage } from "../errors.ts";
 import { DELIVERY_ID } from "./entry-name.ts";
 
 /**
@@ -48,4 +49,27 @@ export function summarizePayload(payload: unknown): PushSummary {
     after: typeof p.after === "string" ? p.after : undefined,
     deleted: p.deleted === true,
   };
+}
+
+type ParsedEntry = { ok: true; entry: QueueEntry } | { ok: false; error: string; json: Record<string, unknown> | undefined };
+
+/** An entry file's text as an entry, or why not (in words of its own: never quoting the text, which may be anything). */
+export function parseEntry(text: string): ParsedEntry {
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (err) {
+    // V8's message quotes the text around the error; keep only where it is.
+    const at = /position (\d+)/.exec(errorMessage(err))?.[1];
+    return { ok: false, error: `not valid JSON (${text.length} bytes${at ? `, first error at byte ${at}` : ""})`, json: undefined };
+  }
+  if (typeof json !== "object" || json === null || Array.isArray(json)) {
+    return { ok: false, error: "not a JSON object", json: undefined };
+  }
+  const result = QueueEntry.safeParse(json);
+  if (!result.success) {
+    const problems = result.error.issues.map((i) => `${i.path.join(".") || "(entry)"}: ${i.message}`).join("; ");
+    return { ok: false, error: `not a deployq entry: ${problems}`, json: json as Record<string, unknown> };
+  }
+  return { ok: true, entry: result.data };
 }

@@ -1,5 +1,5 @@
 import { createWriteStream } from "node:fs";
-import { mkdir, readFile } from "node:fs/promises";
+import { mkdir } from "node:fs/promises";
 import { hostname } from "node:os";
 import path from "node:path";
 import { Writable } from "node:stream";
@@ -11,7 +11,8 @@ import { DeployqError, TransientError, errorMessage } from "../errors.ts";
 import { ExecError } from "../exec/exec-error.ts";
 import { killLeftoverCommands } from "../exec/run-command.ts";
 import { LockBusyError, type LockService, LockUnavailableError, NGINX_LOCK, deploymentLockName, usingWhenFree } from "../lock/lock.ts";
-import { type QueueEntry, summarizePayload } from "../queue/entry.ts";
+import { type QueueEntry, parseEntry, summarizePayload } from "../queue/entry.ts";
+import { readEntryFile } from "../queue/read.ts";
 import type { QueueLayout } from "../queue/layout.ts";
 import { deadLetterEntry } from "../queue/dead-letter.ts";
 import { parseEntryName } from "../queue/entry-name.ts";
@@ -21,7 +22,6 @@ import { QueueWorker } from "../queue/watch.ts";
 import { isProcessAlive } from "../pid-lock.ts";
 import { deploymentPaths, removeIncomplete } from "../steps/release.ts";
 import { type DeployRequest, type HostSteps, performDeploy, resumePm2Apps } from "./deploy.ts";
-import { parseEntry } from "./router.ts";
 
 export interface DeploymentWorkerDeps {
   deployment: Deployment;
@@ -181,14 +181,12 @@ export class DeploymentWorker {
         const token = await nextFencingToken(this.deps.db);
         const entries: Array<{ name: string; entry: QueueEntry }> = [];
         for (const n of names) {
-          let text: string;
-          try {
-            text = await readFile(path.join(dir, n), "utf8");
-          } catch (err) {
-            if ((err as NodeJS.ErrnoException).code === "ENOENT") continue;
-            throw err;
+          const read = await readEntryFile(path.join(dir, n));
+          if (!read.ok) {
+            if (!("gone" in read)) await this.deadLetter(n, undefined, read.problem, 0);
+            continue;
           }
-          const parsed = parseEntry(text);
+          const parsed = parseEntry(read.text);
           if (parsed.ok) entries.push({ name: n, entry: parsed.entry });
           else await this.deadLetter(n, parsed.json as QueueEntry | undefined, parsed.error, 0);
         }

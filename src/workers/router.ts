@@ -1,11 +1,10 @@
-import { readFile } from "node:fs/promises";
 import path from "node:path";
 import type { Logger } from "pino";
 import type { Settings } from "../config/load.ts";
 import type { Db } from "../db/client.ts";
 import { type DeliveryRow, recordOutcomes } from "../db/queries/record-delivery.ts";
-import { errorMessage } from "../errors.ts";
-import { QueueEntry, summarizePayload } from "../queue/entry.ts";
+import { parseEntry, summarizePayload } from "../queue/entry.ts";
+import { readEntryFile } from "../queue/read.ts";
 import { parseEntryName } from "../queue/entry-name.ts";
 import type { QueueLayout } from "../queue/layout.ts";
 import { deadLetterEntry } from "../queue/dead-letter.ts";
@@ -49,14 +48,13 @@ export function createRouter(deps: RouterDeps): QueueWorker {
     const routed: Array<{ name: string; file: string; row: DeliveryRow; decision: RouteDecision }> = [];
     for (const name of names) {
       const file = path.join(layout.router, name);
-      let text: string;
-      try {
-        text = await readFile(file, "utf8");
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code === "ENOENT") continue; // routed by another pass or process
-        throw err;
+      const read = await readEntryFile(file);
+      if (!read.ok) {
+        if ("gone" in read) continue; // routed by another pass or process
+        await deadLetter(file, name, read.problem, undefined);
+        continue;
       }
-      const parsed = parseEntry(text);
+      const parsed = parseEntry(read.text);
       if (!parsed.ok) {
         await deadLetter(file, name, parsed.error, parsed.json);
         continue;
@@ -122,26 +120,6 @@ export function createRouter(deps: RouterDeps): QueueWorker {
     watch: deps.watch,
     logger,
   });
-}
-
-type ParsedEntry = { ok: true; entry: QueueEntry } | { ok: false; error: string; json: Record<string, unknown> | undefined };
-
-export function parseEntry(text: string): ParsedEntry {
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch (err) {
-    return { ok: false, error: `not valid JSON: ${errorMessage(err)}`, json: undefined };
-  }
-  if (typeof json !== "object" || json === null || Array.isArray(json)) {
-    return { ok: false, error: "not a JSON object", json: undefined };
-  }
-  const result = QueueEntry.safeParse(json);
-  if (!result.success) {
-    const problems = result.error.issues.map((i) => `${i.path.join(".") || "(entry)"}: ${i.message}`).join("; ");
-    return { ok: false, error: `not a deployq entry: ${problems}`, json: json as Record<string, unknown> };
-  }
-  return { ok: true, entry: result.data };
 }
 
 function validDate(value: string): Date {
