@@ -151,7 +151,8 @@ export async function requeue(layout: QueueLayout, name: string, only?: string):
     }
     if (json) {
       const { attempts: _a, last_error: _e, failed_at: _f, retry_at: _r, superseded_by: _s, ...fresh } = json;
-      await rewriteInto(layout, file, to.dir, (winner !== undefined && n !== winner ? { ...fresh, superseded_by: winner } : fresh) as QueueEntry);
+      const requeues = (typeof fresh.requeues === "number" ? fresh.requeues : 0) + 1;
+      await rewriteInto(layout, file, to.dir, { ...fresh, requeues, ...(winner !== undefined && n !== winner ? { superseded_by: winner } : {}) } as QueueEntry);
     } else {
       await moveEntry(file, to.dir);
     }

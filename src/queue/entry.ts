@@ -25,6 +25,13 @@ export const QueueEntry = z.looseObject({
    * it does for the older pushes of a burst, and deploys none of them.
    */
   superseded_by: z.string().optional(),
+  /**
+   * How many times `deployq queue requeue` has put it back. An entry's turn in a deployment
+   * ends with one final row; a copy that has had more turns than it was requeued (a router
+   * killed between handing it over and removing it from router/ hands it over again) is a
+   * duplicate, and the worker drops it.
+   */
+  requeues: z.number().int().nonnegative().optional(),
 });
 export type QueueEntry = z.infer<typeof QueueEntry>;
 

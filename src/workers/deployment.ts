@@ -6,7 +6,7 @@ import { Writable } from "node:stream";
 import type { Logger } from "pino";
 import type { Deployment } from "../config/load.ts";
 import type { Db } from "../db/client.ts";
-import { finishDeploy, markInterrupted, newerFencingToken, nextFencingToken, recordSuperseded, setDeployLog, startDeploy } from "../db/queries/deploys.ts";
+import { finishDeploy, finishedTurns, markInterrupted, newerFencingToken, nextFencingToken, recordSuperseded, setDeployLog, startDeploy } from "../db/queries/deploys.ts";
 import { DeployqError, TransientError, errorMessage } from "../errors.ts";
 import { ExecError } from "../exec/exec-error.ts";
 import { killLeftoverCommands } from "../exec/run-command.ts";
@@ -189,6 +189,14 @@ export class DeploymentWorker {
           const parsed = parseEntry(read.text);
           if (parsed.ok) entries.push({ name: n, entry: parsed.entry });
           else await this.deadLetter(n, parsed.json as QueueEntry | undefined, parsed.error, 0);
+        }
+        // A copy of an entry that has had its turn here already (handed over twice) is dropped.
+        const turns = await finishedTurns(this.deps.db, this.name, entries.map((e) => e.name));
+        for (const e of [...entries]) {
+          if ((turns.get(e.name) ?? 0) <= (e.entry.requeues ?? 0)) continue;
+          await removeEntry(path.join(dir, e.name));
+          entries.splice(entries.indexOf(e), 1);
+          this.deps.logger.warn({ deployment: this.name, entry: e.name }, "dropped a second copy of an entry this deployment has handled already (the router handed it over again after a crash)");
         }
         // Entries a bulk requeue marked as superseded never run; of the rest, the newest wins.
         const winner = entries.filter((e) => e.entry.superseded_by === undefined).at(-1);

@@ -110,3 +110,17 @@ export async function markInterrupted(db: Db, deployment: string, host: string, 
 export async function recentDeploys(db: Db, deployment: string, limit = 20): Promise<Deploy[]> {
   return db.select().from(deploys).where(eq(deploys.deployment, deployment)).orderBy(desc(deploys.id)).limit(limit);
 }
+
+/** Statuses that end an entry's turn in a deployment: each turn of an entry leaves exactly one. */
+export const FINAL_STATUSES = ["succeeded", "already-deployed", "superseded", "failed"] as const satisfies readonly DeployStatus[];
+
+/** How many turns each of these entries has already had in a deployment (its final rows). */
+export async function finishedTurns(db: Db, deployment: string, entries: readonly string[]): Promise<Map<string, number>> {
+  if (entries.length === 0) return new Map();
+  const rows = await db
+    .select({ entry: deploys.entry, turns: sql<string>`count(*)` })
+    .from(deploys)
+    .where(and(eq(deploys.deployment, deployment), inArray(deploys.entry, [...entries]), inArray(deploys.status, [...FINAL_STATUSES])))
+    .groupBy(deploys.entry);
+  return new Map(rows.map((r) => [r.entry, Number(r.turns)]));
+}
