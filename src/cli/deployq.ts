@@ -147,7 +147,8 @@ program
 program
   .command("send-test-delivery")
   .description(
-    "sign a real push payload with GITHUB_WEBHOOK_SECRET and POST it to the receiver; exits 1 when the answer is that nothing will deploy",
+    "sign a real push payload with GITHUB_WEBHOOK_SECRET and POST it to the receiver; exits 1 when the answer is that nothing will deploy " +
+      "(with the reason), 2 when nothing listens at the URL (saying how to start the daemon)",
   )
   .option("--url <url>", "webhook URL (default: the configured server's /github-webhook)")
   .option("--deployment <name>", "send a push of a branch this deployment follows (default: the first one); for a glob, a remote branch that matches it")
