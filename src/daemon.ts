@@ -127,6 +127,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
         layout,
         logger,
         secrets,
+        deployments: [...settings.deployments.values()],
         status: (only) => collectStatus(settings, database.db, only),
         health: [
           ...(router ? [{ name: "router", check: async () => assertHealthy(router) }] : []),

@@ -2,12 +2,14 @@ import { Command, Option } from "commander";
 import { loadSettings } from "../config/load.ts";
 import { DeployqError, errorMessage } from "../errors.ts";
 import { VERSION } from "../version.ts";
+import { MAX_DELIVERIES_LIMIT, DEFAULT_DELIVERIES_LIMIT, parseDeliveriesLimit } from "../db/queries/recent-deliveries.ts";
 import { runCheck } from "./check.ts";
+import { deliveriesCommand } from "./deliveries.ts";
 import { deployCommand, rollbackCommand } from "./deploy.ts";
 import { releasesCommand } from "./releases.ts";
 import { statusCommand } from "./status.ts";
 import { runMigrate } from "./migrate.ts";
-import { postReceive } from "./post-receive.ts";
+import { describePostReceive, postReceive } from "./post-receive.ts";
 import { queueFlush, queueLs, queueRequeue, queueShow } from "./queue.ts";
 import { sendTestDelivery } from "./send-test-delivery.ts";
 import { sitesRemove } from "./sites.ts";
@@ -132,24 +134,45 @@ sites
   });
 
 program
+  .command("deliveries")
+  .description(
+    "recent deliveries, newest first, with their outcome: queued, ping, routed (to which deployments), voided (with the reason), " +
+      "dead-letter; and how many redeliveries were answered duplicate",
+  )
+  .option("--limit <n>", `how many (1 to ${MAX_DELIVERIES_LIMIT})`, String(DEFAULT_DELIVERIES_LIMIT))
+  .option("--json", "machine-readable output")
+  .action((o: { limit: string; json?: boolean }) => {
+    const limit = parseDeliveriesLimit(o.limit);
+    if (limit === undefined) throw new DeployqError("CONFIG", `--limit must be a whole number from 1 to ${MAX_DELIVERIES_LIMIT}, got ${JSON.stringify(o.limit)}`);
+    return deliveriesCommand(settings(), limit, o.json ?? false);
+  });
+
+program
   .command("send-test-delivery")
-  .description("sign a real push payload with GITHUB_WEBHOOK_SECRET and POST it to the receiver")
-  .option("--url <url>", "webhook URL (default: the configured server)")
-  .option("--deployment <name>", "send a push that this deployment follows (default: the first one)")
-  .option("--repository <owner/name>", "repository full name")
-  .option("--branch <branch>", "branch name")
-  .option("--sha <sha>", "the pushed commit (default: a random one)")
+  .description(
+    "sign a real push payload with GITHUB_WEBHOOK_SECRET and POST it to the receiver; exits 1 when the answer is that nothing will deploy " +
+      "(with the reason), 2 when nothing listens at the URL (saying how to start the daemon)",
+  )
+  .option("--url <url>", "webhook URL (default: the configured server's /github-webhook)")
+  .option("--deployment <name>", "send a push of a branch this deployment follows (default: the first one); for a glob, a remote branch that matches it")
+  .option("--repository <owner/name>", "repository full name (default: the deployment's)")
+  .option("--branch <branch>", "branch name (default: the deployment's branch)")
+  .option("--sha <sha>", "the pushed commit (default: the branch's head on the deployment's remote, else a random one)")
   .option("--event <event>", "X-GitHub-Event", "push")
   .action(async (o: { url?: string; deployment?: string; repository?: string; branch?: string; sha?: string; event: string }) => {
     process.exitCode = await sendTestDelivery(settings(), o);
   });
 program
   .command("post-receive")
-  .description('queue pushes from a bare repository\'s post-receive hook ("<old> <new> <ref>" lines on stdin)')
-  .requiredOption("--repository <owner/name>", "the repository name deployments follow")
+  .summary('queue pushes from a bare repository\'s post-receive hook ("<old> <new> <ref>" lines on stdin)')
+  .description(
+    'queue pushes from a bare repository\'s post-receive hook ("<old> <new> <ref>" lines on stdin): prints ' +
+      '"deployq: queued <entry> for <deployments>" per ref a deployment follows, and for any other ref (a tag, another branch, a deletion) ' +
+      '"Ref <ref> received. Doing nothing: only <branch> may be deployed on this server." (or why not), queueing nothing',
+  )
+  .requiredOption("--repository <owner/name>", "the repository name deployments follow (matched like a webhook's repository.full_name)")
   .action(async (o: { repository: string }) => {
-    const queued = await postReceive(settings(), o.repository);
-    for (const name of queued) process.stdout.write(`deployq: queued ${name}\n`);
+    await postReceive(settings(), o.repository, (outcome) => process.stdout.write(`${describePostReceive(outcome)}\n`));
   });
 
 program.parseAsync().catch((err: unknown) => {

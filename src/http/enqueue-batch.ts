@@ -7,8 +7,8 @@ import { writeEntryFile } from "../queue/write.ts";
 
 interface Pending {
   row: DeliveryRow;
-  name: string;
-  entry: QueueEntry;
+  /** The entry to make durable in router/; none for a delivery that is only recorded (voided). */
+  file: { name: string; entry: QueueEntry } | undefined;
   resolve: (outcome: "inserted" | "duplicate") => void;
   reject: (err: unknown) => void;
 }
@@ -21,6 +21,8 @@ interface Pending {
  * nothing is acknowledged early. As for a single delivery, the transaction stays open
  * until the files are durable, so a batch whose files cannot be written leaves no rows
  * behind (every request in it gets 503), and its redeliveries are queued.
+ * A delivery that nothing follows is only recorded (`record`): its row commits with the
+ * batch, and it has no file to wait for.
  */
 export function createEnqueueBatcher(db: Db, layout: QueueLayout, maxBatch = 128) {
   let waiting: Pending[] = [];
@@ -51,8 +53,8 @@ export function createEnqueueBatcher(db: Db, layout: QueueLayout, maxBatch = 128
     try {
       inserted = await db.transaction(async (tx) => {
         const fresh = await insertDeliveries(tx as unknown as Db, leaders.map((l) => l.row), leaders.map((l) => groups.get(deliveryKey(l.row.hookId, l.row.deliveryId))!.length - 1));
-        const toWrite = leaders.filter((l) => fresh.has(deliveryKey(l.row.hookId, l.row.deliveryId)));
-        await Promise.all(toWrite.map((l) => writeEntryFile(layout, layout.router, l.name, l.entry)));
+        const toWrite = leaders.flatMap((l) => (l.file && fresh.has(deliveryKey(l.row.hookId, l.row.deliveryId)) ? [l.file] : []));
+        await Promise.all(toWrite.map((f) => writeEntryFile(layout, layout.router, f.name, f.entry)));
         if (toWrite.length > 0) await fsyncDir(layout.router);
         return fresh;
       });
@@ -66,13 +68,21 @@ export function createEnqueueBatcher(db: Db, layout: QueueLayout, maxBatch = 128
     }
   }
 
+  function add(row: DeliveryRow, file: Pending["file"]): Promise<"inserted" | "duplicate"> {
+    return new Promise((resolve, reject) => {
+      waiting.push({ row, file, resolve, reject });
+      if (!running) void drain();
+    });
+  }
+
   return {
     /** Resolves once the delivery is durable and recorded ("inserted"), or known ("duplicate"). */
     enqueue(row: DeliveryRow, name: string, entry: QueueEntry): Promise<"inserted" | "duplicate"> {
-      return new Promise((resolve, reject) => {
-        waiting.push({ row, name, entry, resolve, reject });
-        if (!running) void drain();
-      });
+      return add(row, { name, entry });
+    },
+    /** Resolves once the delivery's row (no entry: a voided delivery) is committed ("inserted"), or known ("duplicate"). */
+    record(row: DeliveryRow): Promise<"inserted" | "duplicate"> {
+      return add(row, undefined);
     },
   };
 }

@@ -2,6 +2,7 @@ import { isUtf8 } from "node:buffer";
 import path from "node:path";
 import type { Request, Response } from "express";
 import type { Logger } from "pino";
+import type { Deployment } from "../config/load.ts";
 import type { Db } from "../db/client.ts";
 import { insertDeliveries, recordIfMissing } from "../db/queries/record-delivery.ts";
 import { RequestError, errorMessage } from "../errors.ts";
@@ -11,6 +12,7 @@ import type { QueueLayout } from "../queue/layout.ts";
 import { readEntryFile } from "../queue/read.ts";
 import { scanQueue } from "../queue/scan.ts";
 import { createEnqueueBatcher } from "./enqueue-batch.ts";
+import { routeEvent } from "../workers/match.ts";
 import { verifySignature } from "./signature.ts";
 
 export interface WebhookDeps {
@@ -18,6 +20,8 @@ export interface WebhookDeps {
   db: Db;
   layout: QueueLayout;
   logger: Logger;
+  /** The configured deployments: the answer says which ones a delivery is for (the router's own matching). */
+  deployments: readonly Deployment[];
 }
 
 const EVENT_NAME = /^[a-z_]{1,64}$/;
@@ -82,14 +86,21 @@ function parsePayload(req: Request, body: Buffer): Record<string, unknown> {
 }
 
 /**
- * POST /github-webhook. Answers 2xx only once the entry is durable on disk:
+ * POST /github-webhook. Answers 2xx only once the delivery is durably recorded:
  * the dedupe row and the file are committed together (the row's transaction stays open
  * while the file is written and fsync'd; concurrent deliveries share one, see
  * enqueue-batch.ts), so a delivery whose file could not be written leaves no row behind,
  * and its redelivery is queued rather than called a duplicate.
+ *
+ * The receiver decides with the router's own matching (routeEvent) whether any deployment
+ * follows the delivery. One that none does (another repository, an unfollowed branch, a
+ * tag, another event) gets no entry: its row is recorded `voided` with the reason the
+ * router would have recorded, and the answer says so. It is still 2xx, so that GitHub
+ * does not show a failure for a push that was meant to do nothing; a redelivery of it is
+ * a duplicate.
  */
 export function githubWebhookHandler(deps: WebhookDeps) {
-  const { db, layout, logger } = deps;
+  const { db, layout, logger, deployments } = deps;
   const batcher = createEnqueueBatcher(db, layout);
   return async (req: Request, res: Response): Promise<void> => {
     const delivery = readDelivery(req, deps.secrets);
@@ -115,6 +126,23 @@ export function githubWebhookHandler(deps: WebhookDeps) {
       res.status(200).json({ ok: true, event: "ping" });
       return;
     }
+    const decision = routeEvent(delivery, deployments);
+    if (decision.kind === "void") {
+      let outcome: "inserted" | "duplicate";
+      try {
+        outcome = await batcher.record({ ...row, entry: undefined, outcome: "voided", reason: decision.reason });
+      } catch (err) {
+        throw unavailable("record the delivery", err);
+      }
+      if (outcome === "duplicate") {
+        logger.info(log, "duplicate delivery ignored");
+        res.status(200).json({ duplicate: true });
+        return;
+      }
+      logger.warn({ ...log, reason: decision.reason }, "delivery voided: no deployment follows it");
+      res.status(200).json({ voided: true, reason: decision.reason, deployments: [] });
+      return;
+    }
     const name = entryName(delivery.deliveryId);
     const entry: QueueEntry = {
       event: delivery.event,
@@ -135,8 +163,8 @@ export function githubWebhookHandler(deps: WebhookDeps) {
       res.status(200).json({ duplicate: true });
       return;
     }
-    logger.info({ ...log, entry: name }, "delivery queued");
-    res.status(202).json({ queued: name });
+    logger.info({ ...log, entry: name, deployments: decision.deployments }, "delivery queued");
+    res.status(202).json({ queued: name, deployments: decision.deployments });
   };
 }
 

@@ -4,7 +4,9 @@ import type { AddressInfo } from "node:net";
 import { sql } from "drizzle-orm";
 import express, { type NextFunction, type Request, type Response } from "express";
 import type { Logger } from "pino";
+import type { Deployment } from "../config/load.ts";
 import type { Db } from "../db/client.ts";
+import { DEFAULT_DELIVERIES_LIMIT, type DeliverySummary, MAX_DELIVERIES_LIMIT, parseDeliveriesLimit, recentDeliveries } from "../db/queries/recent-deliveries.ts";
 import { RequestError, errorMessage } from "../errors.ts";
 import type { QueueLayout } from "../queue/layout.ts";
 import { SERVICE_NAME, VERSION } from "../version.ts";
@@ -24,6 +26,8 @@ export interface HttpDeps {
   logger: Logger;
   /** Webhook secrets; without them there is no receiver (a workers-only health endpoint). */
   secrets?: readonly string[];
+  /** The configured deployments, which the receiver's answers name. */
+  deployments: readonly Deployment[];
   /** Extra health checks (workers report theirs). */
   health?: HealthCheck[];
   /** GET /status[?deployment=name]: what `deployq status` shows (asked for while this process owns PGlite). */
@@ -61,6 +65,15 @@ export function createApp(deps: HttpDeps): express.Express {
     res.status(ok ? 200 : 503).json({ status: ok ? "ok" : "unhealthy", checks: results });
   });
 
+  // What `deployq deliveries` shows while this process owns PGlite.
+  app.get("/deliveries", async (req, res) => {
+    const raw = req.query.limit;
+    const limit = raw === undefined ? DEFAULT_DELIVERIES_LIMIT : typeof raw === "string" ? parseDeliveriesLimit(raw) : undefined;
+    if (limit === undefined) throw new RequestError("BAD_REQUEST", 400, `limit must be a whole number from 1 to ${MAX_DELIVERIES_LIMIT}`);
+    const rows: DeliverySummary[] = await recentDeliveries(deps.db, limit);
+    res.json(rows);
+  });
+
   const status = deps.status;
   if (status) {
     app.get("/status", async (req, res) => {
@@ -74,7 +87,7 @@ export function createApp(deps: HttpDeps): express.Express {
     app.post(
       "/github-webhook",
       express.raw({ type: () => true, limit: BODY_LIMIT_BYTES }),
-      githubWebhookHandler({ secrets: deps.secrets, db: deps.db, layout: deps.layout, logger: deps.logger }),
+      githubWebhookHandler({ secrets: deps.secrets, db: deps.db, layout: deps.layout, logger: deps.logger, deployments: deps.deployments }),
     );
   }
 

@@ -77,4 +77,20 @@ describe("routeEvent", () => {
     expect(decision.kind).toBe("void");
     expect(decision.kind === "void" && decision.reason).toMatch(reason);
   });
+
+  it("says which branches the repository's enabled deployments follow, and why a matching one does not count", () => {
+    const unfollowed = routeEvent(push("octo-org/api", "refs/heads/feature"), deployments);
+    expect(unfollowed).toEqual({
+      kind: "void",
+      code: "unfollowed",
+      reason: "no enabled deployment follows octo-org/api branch feature (api follows main; api-mirror follows main; staging follows deploy-*; off follows main but is disabled)",
+      followed: ["main", "deploy-*"],
+    });
+    expect(routeEvent(push("OCTO-ORG/API", "refs/tags/v1"), deployments)).toMatchObject({ code: "tag", followed: ["main", "deploy-*"] });
+    expect(routeEvent({ event: "issues", payload: { repository: { full_name: "octo-org/api" } } }, deployments)).toMatchObject({ code: "event", followed: ["main", "deploy-*"] });
+    const onlyDisabled = routeEvent(push("octo-org/api", "refs/heads/main"), [deployment("off", "octo-org/api", "main", false)]);
+    expect(onlyDisabled).toMatchObject({ code: "unfollowed", followed: [], reason: expect.stringMatching(/off follows main but is disabled/) });
+    const elsewhere = routeEvent(push("someone/else", "refs/heads/main"), deployments);
+    expect(elsewhere).toMatchObject({ code: "unfollowed", followed: [], reason: expect.stringMatching(/no deployment has repository = "someone\/else"/) });
+  });
 });

@@ -2,9 +2,21 @@ import type { DeploymentConfig } from "../config/schema.ts";
 import type { QueueEntry } from "../queue/entry.ts";
 import { summarizePayload } from "../queue/entry.ts";
 
+/**
+ * Why an event deploys nothing, for callers that say it in their own words (the
+ * post-receive hook's "Doing nothing: only main may be deployed on this server.").
+ */
+export type VoidCode = "event" | "payload" | "tag" | "deleted" | "not-a-branch" | "unfollowed";
+
 export type RouteDecision =
   | { kind: "deliver"; deployments: string[]; repository: string; ref: string; after: string }
-  | { kind: "void"; reason: string };
+  | {
+      kind: "void";
+      code: VoidCode;
+      reason: string;
+      /** The branch patterns the enabled deployments of the payload's repository follow ([] when none does). */
+      followed: string[];
+    };
 
 const SHA = /^(?:[0-9a-f]{40}|[0-9a-f]{64})$/;
 const ZERO_SHA = /^0+$/;
@@ -49,23 +61,29 @@ export function routeEvent(
   entry: Pick<QueueEntry, "event" | "payload">,
   deployments: Iterable<DeploymentConfig & { name: string }>,
 ): RouteDecision {
-  if (entry.event !== "push") return { kind: "void", reason: `"${entry.event}" events do not deploy (only push events do)` };
   const { repository, ref, after, deleted } = summarizePayload(entry.payload);
-  if (!repository) return { kind: "void", reason: "the payload has no repository.full_name" };
-  if (!ref) return { kind: "void", reason: "the payload has no ref" };
-  if (ref.startsWith("refs/tags/")) return { kind: "void", reason: `tag push (${ref}) does not deploy` };
-  if (deleted) return { kind: "void", reason: `branch deletion (${ref}) does not deploy` };
-  if (!ref.startsWith("refs/heads/")) return { kind: "void", reason: `ref ${JSON.stringify(ref)} is not a branch` };
+  // GitHub's repository names are case-insensitive.
+  const ofRepository = repository === undefined ? [] : [...deployments].filter((d) => d.repository.toLowerCase() === repository.toLowerCase());
+  const enabled = ofRepository.filter((d) => d.enabled);
+  const followed = [...new Set(enabled.map((d) => d.branch))];
+  const voided = (code: VoidCode, reason: string): RouteDecision => ({ kind: "void", code, reason, followed });
+  if (entry.event !== "push") return voided("event", `"${entry.event}" events do not deploy (only push events do)`);
+  if (!repository) return voided("payload", "the payload has no repository.full_name");
+  if (!ref) return voided("payload", "the payload has no ref");
+  if (ref.startsWith("refs/tags/")) return voided("tag", `tag push (${ref}) does not deploy`);
+  if (deleted) return voided("deleted", `branch deletion (${ref}) does not deploy`);
+  if (!ref.startsWith("refs/heads/")) return voided("not-a-branch", `ref ${JSON.stringify(ref)} is not a branch`);
   const branch = ref.slice("refs/heads/".length);
-  if (!isValidBranchName(branch)) return { kind: "void", reason: `ref ${JSON.stringify(ref)} is not a valid branch name` };
+  if (!isValidBranchName(branch)) return voided("not-a-branch", `ref ${JSON.stringify(ref)} is not a valid branch name`);
   if (!after || !SHA.test(after) || ZERO_SHA.test(after)) {
-    return { kind: "void", reason: `the payload's "after" is not a commit sha: ${JSON.stringify(after)}` };
+    return voided("payload", `the payload's "after" is not a commit sha: ${JSON.stringify(after)}`);
   }
-  const repo = repository.toLowerCase();
-  const matched: string[] = [];
-  for (const d of deployments) {
-    if (d.enabled && d.repository.toLowerCase() === repo && branchMatches(d.branch, branch)) matched.push(d.name);
+  const matched = enabled.filter((d) => branchMatches(d.branch, branch)).map((d) => d.name);
+  if (matched.length > 0) return { kind: "deliver", deployments: matched, repository, ref, after };
+  const prefix = `no enabled deployment follows ${repository} branch ${branch}`;
+  if (ofRepository.length === 0) {
+    return voided("unfollowed", `${prefix}: no deployment has repository = ${JSON.stringify(repository)} (compare with the deployments' repository keys)`);
   }
-  if (matched.length === 0) return { kind: "void", reason: `no enabled deployment follows ${repository} branch ${branch}` };
-  return { kind: "deliver", deployments: matched, repository, ref, after };
+  const details = ofRepository.map((d) => `${d.name} follows ${d.branch}${d.enabled ? "" : " but is disabled"}`);
+  return voided("unfollowed", `${prefix} (${details.join("; ")})`);
 }

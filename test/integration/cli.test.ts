@@ -1,5 +1,5 @@
 import { randomUUID } from "node:crypto";
-import { readFile, readdir } from "node:fs/promises";
+import { readFile, readdir, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { entryName } from "../../src/queue/entry-name.ts";
@@ -27,7 +27,7 @@ describe("deployq CLI", () => {
   it("--help names every command and the environment", async () => {
     const { code, stdout } = await runDeployq(["--help"], {});
     expect(code).toBe(0);
-    for (const command of ["serve", "receiver", "workers", "migrate", "check", "queue", "deploy", "rollback", "releases", "status", "sites", "send-test-delivery", "post-receive"]) {
+    for (const command of ["serve", "receiver", "workers", "migrate", "check", "queue", "deploy", "rollback", "releases", "status", "deliveries", "sites", "send-test-delivery", "post-receive"]) {
       expect(stdout).toMatch(new RegExp(`^  ${command}\\b`, "m"));
     }
     expect(stdout).toContain("GITHUB_WEBHOOK_SECRET");
@@ -116,6 +116,7 @@ describe("deployq CLI", () => {
     expect(ok.stderr).toBe("");
     expect(ok.code).toBe(0);
     const [name] = ok.stdout.match(/\d{19}-[0-9a-f-]{36}\.json/) ?? [];
+    expect(ok.stdout).toBe(`deployq: queued ${name} for api\n`);
     const entry = JSON.parse(await readFile(path.join(ws.queuesDir, "router", name!), "utf8"));
     expect(entry).toMatchObject({ event: "push", source: "post-receive", payload: { ref: "refs/heads/main", before, after, repository: { full_name: "octo-org/api" } } });
 
@@ -124,6 +125,41 @@ describe("deployq CLI", () => {
     expect(bad.stderr).toMatch(/not a post-receive line/);
     const badRepo = await runDeployq(["post-receive", "--repository", "../../etc"], env, "");
     expect(badRepo.code).toBe(2);
+  });
+
+  it("post-receive says per ref what it queued for which deployments, and queues nothing for a ref no deployment follows", async () => {
+    const router = path.join(ws.queuesDir, "router");
+    const existing = new Set(await readdir(router));
+    const old = randomSha();
+    const zero = "0".repeat(40);
+    const lines = [
+      `${old} ${randomSha()} refs/tags/v1.0`,
+      `${old} ${randomSha()} refs/heads/feature`,
+      `${old} ${randomSha()} refs/heads/deploy-blue`,
+      `${old} ${zero} refs/heads/main`,
+      `${old} ${randomSha()} refs/notes/commits`,
+    ];
+    // "OCTO-ORG/Api": matched like GitHub's names, case-insensitively.
+    const run = await runDeployq(["post-receive", "--repository", "OCTO-ORG/Api"], env, `${lines.join("\n")}\n`);
+    expect(run.stderr).toBe("");
+    expect(run.code).toBe(0);
+    const added = (await readdir(router)).filter((f) => !existing.has(f));
+    expect(added).toHaveLength(1);
+    expect(run.stdout.split("\n")).toEqual([
+      "Ref refs/tags/v1.0 received. Doing nothing: only main or deploy-* may be deployed on this server.",
+      "Ref refs/heads/feature received. Doing nothing: only main or deploy-* may be deployed on this server.",
+      `deployq: queued ${added[0]} for api-staging`,
+      "Ref refs/heads/main received. Doing nothing: branch deletion (refs/heads/main) does not deploy.",
+      "Ref refs/notes/commits received. Doing nothing: only main or deploy-* may be deployed on this server.",
+      "",
+    ]);
+
+    const elsewhere = await runDeployq(["post-receive", "--repository", "octo-org/nothing"], env, `${old} ${randomSha()} refs/heads/main\n`);
+    expect(elsewhere.code).toBe(0);
+    expect(elsewhere.stdout).toBe(
+      'Ref refs/heads/main received. Doing nothing: no enabled deployment follows octo-org/nothing branch main: no deployment has repository = "octo-org/nothing" (compare with the deployments\' repository keys).\n',
+    );
+    expect((await readdir(router)).filter((f) => !existing.has(f))).toEqual(added);
   });
 });
 
@@ -136,10 +172,27 @@ describe("deployq serve on the embedded database", () => {
       await serve.waitFor(/listening on (http:\/\/127\.0\.0\.1:\d+)/);
       const url = /listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(serve.output())![1]!;
       const sent = await runDeployq(["send-test-delivery", "--url", `${url}/github-webhook`], env);
-      expect(sent.stdout).toMatch(/→ 202 \{"queued":"\d{19}-[0-9a-f-]{36}\.json"\}/);
+      expect(sent.stdout).toMatch(/→ 202 \{"queued":"\d{19}-[0-9a-f-]{36}\.json","deployments":\["api"\]\}/);
       expect(sent.code).toBe(0);
       await serve.waitFor('"msg":"event routed"');
       expect(await readdir(path.join(ws.queuesDir, "deployments", "api"))).toHaveLength(1);
+
+      // deployq deliveries asks the daemon that owns PGlite (GET /deliveries), never opening it.
+      const malformed = "1000000000000000001-11111111-2222-3333-4444-555555555555.json";
+      await writeFile(path.join(ws.queuesDir, "router", malformed), "{ not json");
+      await serve.waitFor("malformed entry moved to dead-letter/router/");
+      const listed = await runDeployq(["deliveries", "--json"], env);
+      expect(listed.stderr).toBe("");
+      expect(listed.code).toBe(0);
+      const rows = JSON.parse(listed.stdout) as Array<Record<string, unknown>>;
+      expect(rows).toContainEqual(expect.objectContaining({ event: "push", outcome: "routed", deployments: ["api"], repository: "octo-org/api" }));
+      expect(rows).toContainEqual(expect.objectContaining({ entry: malformed, outcome: "dead-letter", reason: expect.stringMatching(/not valid JSON/) }));
+      const table = await runDeployq(["deliveries", "--limit", "1"], env);
+      expect(table.code).toBe(0);
+      expect(table.stdout.trim().split("\n")).toHaveLength(2);
+      const badLimit = await fetch(`${url}/deliveries?limit=abc`);
+      expect(badLimit.status).toBe(400);
+      expect(await badLimit.json()).toEqual({ error: "limit must be a whole number from 1 to 1000" });
 
       const second = await runDeployq(["migrate"], env);
       expect(second.code).toBe(2);

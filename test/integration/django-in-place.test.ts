@@ -5,9 +5,11 @@ import { eq } from "drizzle-orm";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Daemon, startDaemon } from "../../src/daemon.ts";
 import { deploys } from "../../src/db/schema.ts";
+import { runCommand } from "../../src/exec/run-command.ts";
 import { silentLogger } from "../../src/log.ts";
 import { type TestDatabase, createTestDatabase } from "../helpers/db.ts";
 import { git } from "../helpers/git.ts";
+import { LogCollector } from "../helpers/log-collector.ts";
 import { DEPLOYQ_BIN } from "../helpers/processes.ts";
 import { until } from "../helpers/wait.ts";
 import { type Workspace, createWorkspace, listFiles } from "../helpers/workspace.ts";
@@ -49,12 +51,20 @@ python3 manage.py collectstatic --noinput
 mkdir -p tmp && touch tmp/restart.txt   # uWSGI / Passenger touch-reload
 `;
 
+  /** `git push production <refs>` as the developer sees it: the hook's lines come back as "remote: …". */
+  async function push(...refs: string[]): Promise<string> {
+    const output = new LogCollector();
+    await runCommand(["git", "push", "production", ...refs], { cwd: work, log: output, env: { GIT_CONFIG_NOSYSTEM: "1" } });
+    return output.text;
+  }
+
   async function pushProduction(files: Record<string, string>, message: string): Promise<string> {
     for (const [file, content] of Object.entries(files)) await writeFile(path.join(work, file), content);
     await chmod(path.join(work, "deploy.sh"), 0o755).catch(() => {});
     await git(work, "add", "--all");
     await git(work, "commit", "--quiet", "-m", message);
-    await git(work, "push", "--quiet", "production", "master");
+    const output = await push("master");
+    expect(output).toMatch(/^remote: deployq: queued \d{19}-[0-9a-f-]{36}\.json for mysite\s*$/m);
     return git(work, "rev-parse", "HEAD");
   }
 
@@ -131,5 +141,21 @@ max_attempts = 1
     const v3 = await pushProduction({ "manage.py": managePy("v3") }, "v3 fixes the migration");
     expect((await finished(v3)).status).toBe("succeeded");
     expect(await readFile(path.join(site, "static", "version.txt"), "utf8")).toBe("v3");
+  });
+
+  it("tells the pusher, like the classic hook, that a tag or another branch deploys nothing, and queues nothing for them", async () => {
+    const before = await tdb.database.db.select().from(deploys);
+    const queued = await listFiles(ws.queuesDir);
+    await git(work, "tag", "v3");
+    await git(work, "branch", "feature");
+    const output = await push("v3", "feature");
+    expect(output).toContain("remote: Ref refs/tags/v3 received. Doing nothing: only master may be deployed on this server.");
+    expect(output).toContain("remote: Ref refs/heads/feature received. Doing nothing: only master may be deployed on this server.");
+    expect(output).not.toContain("queued");
+    expect(await listFiles(ws.queuesDir)).toEqual(queued);
+    // Nor is deleting a branch (the bare repository refuses to delete its current one, master).
+    expect(await push(":feature")).toContain("remote: Ref refs/heads/feature received. Doing nothing: branch deletion (refs/heads/feature) does not deploy.");
+    expect(await listFiles(ws.queuesDir)).toEqual(queued);
+    expect(await tdb.database.db.select().from(deploys)).toEqual(before);
   });
 });

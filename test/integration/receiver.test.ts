@@ -1,25 +1,46 @@
 import { randomUUID } from "node:crypto";
 import { readFile, readdir } from "node:fs/promises";
+import { createRequire } from "node:module";
 import path from "node:path";
 import { eq } from "drizzle-orm";
+import { pino } from "pino";
 import { deliveries } from "../../src/db/schema.ts";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Daemon, startDaemon } from "../../src/daemon.ts";
 import { silentLogger } from "../../src/log.ts";
 import { type TestDatabase, createTestDatabase } from "../helpers/db.ts";
+import { LogCollector } from "../helpers/log-collector.ts";
 import { type Workspace, createWorkspace, listFiles, post, pushPayload, randomSha, signedDelivery } from "../helpers/workspace.ts";
+
+interface PushExample {
+  ref: string;
+  deleted: boolean;
+  repository: { full_name: string; name: string };
+}
+const examples = createRequire(import.meta.url)("@octokit/webhooks-examples/api.github.com/index.json") as Array<{ name: string; examples: PushExample[] }>;
+/** Real GitHub tag pushes (created and deleted), pointed at a repository the workspace follows. */
+const tagPushes = examples
+  .find((e) => e.name === "push")!
+  .examples.filter((p) => p.ref.startsWith("refs/tags/"))
+  .map((p) => {
+    const copy = structuredClone(p);
+    copy.repository.full_name = "octo-org/api";
+    copy.repository.name = "api";
+    return copy;
+  });
 
 describe.each(["postgres", "pglite"] as const)("receiver on %s", (kind) => {
   let ws: Workspace;
   let tdb: TestDatabase;
   let daemon: Daemon;
   let url: string;
+  const logs = new LogCollector();
 
   beforeAll(async () => {
     ws = await createWorkspace();
     tdb = await createTestDatabase(kind);
     // The receiver alone: accepted entries stay in router/ where the test can read them.
-    daemon = await startDaemon({ settings: ws.settings, role: "receiver", logger: silentLogger(), database: tdb.database });
+    daemon = await startDaemon({ settings: ws.settings, role: "receiver", logger: pino({ level: "warn" }, logs), database: tdb.database });
     url = daemon.url!;
   });
   afterAll(async () => {
@@ -36,6 +57,8 @@ describe.each(["postgres", "pglite"] as const)("receiver on %s", (kind) => {
     const res = await post(url, req);
     expect(res.status).toBe(202);
     const name = res.body.queued as string;
+    // "Octo-Org/API" in the configuration: GitHub's names are case-insensitive.
+    expect(res.body).toEqual({ queued: name, deployments: ["api"] });
     expect(name).toMatch(/^\d{19}-[0-9a-f-]{36}\.json$/);
     expect(name.endsWith(`${req.headers["x-github-delivery"]}.json`)).toBe(true);
     const entry = JSON.parse(await readFile(path.join(ws.queuesDir, "router", name), "utf8"));
@@ -43,6 +66,59 @@ describe.each(["postgres", "pglite"] as const)("receiver on %s", (kind) => {
     expect(entry.payload.after).toBe(sha);
     const rows = await tdb.database.db.select().from(deliveries).where(eq(deliveries.deliveryId, req.headers["x-github-delivery"]!));
     expect(rows).toMatchObject([{ outcome: "queued", entry: name, afterSha: sha, hookId: "123456" }]);
+  });
+
+  it("names the deployments a branch glob matches", async () => {
+    const res = await post(url, await signedDelivery(pushPayload({ repository: "OCTO-ORG/api", branch: "deploy-blue", after: randomSha() })));
+    expect(res.status).toBe(202);
+    expect(res.body).toEqual({ queued: expect.stringMatching(/\.json$/), deployments: ["api-staging"] });
+    expect(await routerFiles()).toContain(res.body.queued);
+  });
+
+  it("records what no deployment follows as voided, with the router's reason, queues nothing, warns, and still answers 2xx", async () => {
+    const cases: Array<{ what: string; payload: unknown; event?: string; reason: RegExp }> = [
+      { what: "an unfollowed branch", payload: pushPayload({ repository: "octo-org/api", branch: "feature", after: randomSha() }), reason: /^no enabled deployment follows octo-org\/api branch feature \(api follows main; api-staging follows deploy-\*\)$/ },
+      { what: "a glob that does not cross a /", payload: pushPayload({ repository: "octo-org/api", branch: "deploy-x/y", after: randomSha() }), reason: /no enabled deployment follows octo-org\/api branch deploy-x\/y/ },
+      { what: "another repository", payload: pushPayload({ repository: "octo-org/apis", branch: "main", after: randomSha() }), reason: /no deployment has repository = "octo-org\/apis"/ },
+      ...tagPushes.map((p) => ({ what: `a tag push (${p.ref}, deleted: ${p.deleted})`, payload: p, reason: /^tag push \(refs\/tags\/.+\) does not deploy$/ })),
+      { what: "a branch deletion", payload: pushPayload({ repository: "octo-org/api", branch: "main", after: "0".repeat(40), deleted: true }), reason: /^branch deletion \(refs\/heads\/main\) does not deploy$/ },
+      { what: "another event", payload: { action: "opened", repository: { full_name: "octo-org/api" } }, event: "issues", reason: /^"issues" events do not deploy/ },
+      { what: "a hostile ref", payload: pushPayload({ repository: "octo-org/api", ref: "refs/heads/--upload-pack=x", after: randomSha() }), reason: /not a valid branch name/ },
+    ];
+    expect(tagPushes.length).toBeGreaterThanOrEqual(2);
+    for (const c of cases) {
+      const before = await listFiles(ws.queuesDir);
+      const req = await signedDelivery(c.payload, { event: c.event ?? "push" });
+      const delivery = req.headers["x-github-delivery"]!;
+      const res = await post(url, req);
+      expect(res.status, c.what).toBe(200);
+      expect(res.body, c.what).toEqual({ voided: true, reason: expect.stringMatching(c.reason), deployments: [] });
+      expect(await listFiles(ws.queuesDir), c.what).toEqual(before);
+      const rows = await tdb.database.db.select().from(deliveries).where(eq(deliveries.deliveryId, delivery));
+      expect(rows, c.what).toMatchObject([{ outcome: "voided", reason: res.body.reason, entry: null, event: c.event ?? "push", duplicates: 0 }]);
+      const warned = logs.text.split("\n").filter((l) => l.includes(delivery)).map((l) => JSON.parse(l) as Record<string, unknown>);
+      expect(warned, c.what).toMatchObject([{ level: 40, reason: res.body.reason, msg: expect.stringMatching(/voided/) }]);
+
+      // Its redelivery is a duplicate, as for a queued one.
+      const again = await post(url, req);
+      expect(again, c.what).toEqual({ status: 200, body: { duplicate: true } });
+      const [row] = await tdb.database.db.select().from(deliveries).where(eq(deliveries.deliveryId, delivery));
+      expect(row, c.what).toMatchObject({ outcome: "voided", duplicates: 1 });
+    }
+  });
+
+  it("dedupes concurrent copies of a voided delivery in one group commit beside queued ones", async () => {
+    const voided = await signedDelivery(pushPayload({ repository: "octo-org/api", branch: "feature", after: randomSha() }));
+    const queued = await signedDelivery(pushPayload({ repository: "octo-org/web", branch: "main", after: randomSha() }));
+    const results = await Promise.all(Array.from({ length: 40 }, (_, i) => post(url, i % 2 === 0 ? voided : queued)));
+    const answers = (req: typeof voided) => results.filter((_, i) => (i % 2 === 0 ? voided : queued) === req);
+    expect(answers(voided).filter((r) => r.body.voided === true)).toHaveLength(1);
+    expect(answers(voided).filter((r) => r.body.duplicate === true)).toHaveLength(19);
+    expect(answers(queued).filter((r) => r.status === 202)).toMatchObject([{ body: { deployments: ["web"] } }]);
+    expect(answers(queued).filter((r) => r.body.duplicate === true)).toHaveLength(19);
+    const [row] = await tdb.database.db.select().from(deliveries).where(eq(deliveries.deliveryId, voided.headers["x-github-delivery"]!));
+    expect(row).toMatchObject({ outcome: "voided", duplicates: 19 });
+    expect((await routerFiles()).filter((f) => f.includes(voided.headers["x-github-delivery"]!))).toEqual([]);
   });
 
   async function expectRejected(req: { headers: Record<string, string>; body: string | Buffer }, status: number, message?: RegExp) {
@@ -201,6 +277,10 @@ describe("receiver when the database is down", () => {
       await tdb.dispose(); // closes the connections and drops the database under the running receiver
       const res = await post(daemon.url!, await signedDelivery(pushPayload({ repository: "octo-org/api", after: randomSha() })));
       expect(res.status).toBe(503);
+      // Nor is a delivery that nothing follows answered 2xx without its row.
+      const voided = await post(daemon.url!, await signedDelivery(pushPayload({ repository: "octo-org/api", branch: "feature", after: randomSha() })));
+      expect(voided.status).toBe(503);
+      expect(String(voided.body.error)).toMatch(/could not record the delivery/);
       expect(await listFiles(path.join(ws.queuesDir, "router"))).toEqual([]);
       const health = await fetch(`${daemon.url}/healthz`);
       expect(health.status).toBe(503);
