@@ -3,6 +3,7 @@ import { mkdir } from "node:fs/promises";
 import { hostname } from "node:os";
 import path from "node:path";
 import { Writable } from "node:stream";
+import { setTimeout as sleep } from "node:timers/promises";
 import type { Logger } from "pino";
 import type { Deployment } from "../config/load.ts";
 import type { Db } from "../db/client.ts";
@@ -173,8 +174,9 @@ export class DeploymentWorker {
     const dir = this.deps.layout.deployment(this.name);
     await this.waitForBurstToSettle(dir);
     try {
+      if (this.draining) return;
       await this.deps.locks.using(deploymentLockName(this.name), async (lockSignal) => {
-        if (this.abort.signal.aborted) return;
+        if (this.abort.signal.aborted || this.draining) return;
         // The queue as it is now, under the lock: another process may have moved on.
         const names = await scanQueue(dir);
         if (!names.includes(name)) return;
@@ -243,7 +245,7 @@ export class DeploymentWorker {
     const quietMs = this.deps.deployment.coalesce_ms;
     if (quietMs <= 0) return;
     const started = Date.now();
-    for (;;) {
+    for (let first = true; ; first = false) {
       if (this.abort.signal.aborted || this.draining) return;
       const names = await scanQueue(dir);
       if (names.length < 2) return;
@@ -251,10 +253,16 @@ export class DeploymentWorker {
       const quietFor = Date.now() - newest;
       const waited = Date.now() - started;
       if (quietFor >= quietMs || waited >= quietMs * 10) return;
-      await new Promise((r) => setTimeout(r, Math.min(quietMs - quietFor, quietMs * 10 - waited)));
+      if (first) this.deps.logger.debug({ deployment: this.name, queued: names.length, quietMs }, "several entries waiting: letting the burst settle");
+      // A shutdown ends the wait at once (the entries stay queued for the next start).
+      await sleep(Math.min(quietMs - quietFor, quietMs * 10 - waited), undefined, { signal: this.drain.signal }).catch(() => {});
     }
   }
-  private draining = false;
+  /** Aborted when close() starts: no new deploy begins; the running one gets its grace. */
+  private readonly drain = new AbortController();
+  private get draining(): boolean {
+    return this.drain.signal.aborted;
+  }
 
   private async supersede(name: string, entry: QueueEntry, by: string, token: number): Promise<void> {
     const { ref, after } = summarizePayload(entry.payload);
@@ -413,7 +421,7 @@ export class DeploymentWorker {
    */
   close(): Promise<void> {
     this.closing ??= (async () => {
-      this.draining = true;
+      this.drain.abort();
       if (this.retryTimer) clearTimeout(this.retryTimer);
       const grace = setTimeout(() => this.abort.abort(), this.deps.shutdownGraceMs);
       try {

@@ -4,12 +4,15 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { eq } from "drizzle-orm";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import pino from "pino";
+import { startDaemon } from "../../src/daemon.ts";
 import { deploys } from "../../src/db/schema.ts";
 
 import { queueLayout } from "../../src/queue/layout.ts";
 import { ensureQueueDirs } from "../../src/queue/write.ts";
 import { type TestDatabase, createTestDatabase } from "../helpers/db.ts";
 import { type TestRepo, createRepo } from "../helpers/git.ts";
+import { LogCollector } from "../helpers/log-collector.ts";
 import { spawnDeployq } from "../helpers/processes.ts";
 import { createWorkspace, queuePush, followingDeployment } from "../helpers/workspace.ts";
 import { isRunning, until } from "../helpers/wait.ts";
@@ -98,6 +101,32 @@ commands = [["sh", "-c", "echo $$ > ${run}/pid; while [ ! -e ${gate} ]; do sleep
       expect(await t.queued()).toBe(true);
     } finally {
       await t.cleanup();
+    }
+  });
+});
+
+describe("shutdown while a burst settles", () => {
+  it("ends the coalesce wait at once, starts no deploy, and leaves the entries queued", async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), "deployq-settle-"));
+    const repo = await createRepo(dir);
+    // A quiet window far longer than any test may take: without an end to the wait, close() would wait for it.
+    const ws = await createWorkspace({ deployments: followingDeployment("app", repo.bare, "coalesce_ms = 600000") });
+    const tdb = await createTestDatabase("postgres");
+    const logs = new LogCollector();
+    // Two pushes waiting when the worker starts: a burst.
+    const sha = await repo.commit({ v: "1" });
+    const names = [await queuePush(ws.queuesDir, { deployment: "app" }, "octo-org/app", sha), await queuePush(ws.queuesDir, { deployment: "app" }, "octo-org/app", sha)];
+    const daemon = await startDaemon({ settings: ws.settings, role: "workers", logger: pino({ level: "debug" }, logs), database: tdb.database });
+    try {
+      await until("the worker to wait for the burst to settle", async () => logs.text.includes("letting the burst settle"));
+      await daemon.close();
+      expect((await readdir(path.join(ws.queuesDir, "deployments", "app"))).sort()).toEqual(names.sort());
+      expect(await tdb.database.db.select().from(deploys)).toEqual([]);
+    } finally {
+      await daemon.close();
+      await tdb.dispose();
+      await ws.dispose();
+      await rm(dir, { recursive: true, force: true });
     }
   });
 });
