@@ -166,7 +166,7 @@ export async function runSteps(options: StepsOptions): Promise<StepFigure[]> {
     const enqueue = () => {
       const id = randomUUID();
       const name = entryName(id);
-      return batcher.enqueue({ ...row(id), entry: name, outcome: "queued" }, name, makeEntry(id));
+      return batcher.enqueue({ ...row(id), entry: name, outcome: "queued" }, name, Buffer.from(serializeEntry(makeEntry(id))));
     };
     figures.push({ step: GROUP_COMMIT_STEP(c), ...(await timeConcurrent(c, options.seconds, enqueue, dbCpu)) });
   } finally {

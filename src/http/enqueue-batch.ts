@@ -1,14 +1,15 @@
 import type { Db } from "../db/client.ts";
 import { type DeliveryRow, deliveryKey, insertDeliveries } from "../db/queries/record-delivery.ts";
-import type { QueueEntry } from "../queue/entry.ts";
 import { fsyncDir } from "../queue/fsync.ts";
 import type { QueueLayout } from "../queue/layout.ts";
+import { removeEntries } from "../queue/move.ts";
 import { writeEntryFile } from "../queue/write.ts";
+
 
 interface Pending {
   row: DeliveryRow;
   /** The entry to make durable in router/; none for a delivery that is only recorded (voided). */
-  file: { name: string; entry: QueueEntry } | undefined;
+  file: { name: string; data: Buffer } | undefined;
   resolve: (outcome: "inserted" | "duplicate") => void;
   reject: (err: unknown) => void;
 }
@@ -50,15 +51,28 @@ export function createEnqueueBatcher(db: Db, layout: QueueLayout, maxBatch = 128
     }
     const leaders = [...groups.values()].map((g) => g[0]!);
     let inserted: Set<string>;
+    // Files renamed into router/ by this batch, and whether the transaction got as far as its COMMIT.
+    const written: string[] = [];
+    let committing = false;
     try {
       inserted = await db.transaction(async (tx) => {
         const fresh = await insertDeliveries(tx as unknown as Db, leaders.map((l) => l.row), leaders.map((l) => groups.get(deliveryKey(l.row.hookId, l.row.deliveryId))!.length - 1));
         const toWrite = leaders.flatMap((l) => (l.file && fresh.has(deliveryKey(l.row.hookId, l.row.deliveryId)) ? [l.file] : []));
-        await Promise.all(toWrite.map((f) => writeEntryFile(layout, layout.router, f.name, f.entry)));
+        const results = await Promise.allSettled(toWrite.map(async (f) => written.push(await writeEntryFile(layout, layout.router, f.name, f.data))));
+        const failed = results.find((r) => r.status === "rejected");
+        if (failed) throw failed.reason;
         if (toWrite.length > 0) await fsyncDir(layout.router);
+        committing = true;
         return fresh;
       });
     } catch (err) {
+      if (!committing) {
+        // Rolled back: no row stays, so no file may either (its redelivery would be a second
+        // entry). A 503 means nothing was queued.
+        await removeEntries(written).catch(() => {});
+      }
+      // A COMMIT that failed may still have committed: the files stay, and the receiver's next
+      // start gives any of them that has no row its row (recordOrphanedEntries).
       for (const p of batch) p.reject(err);
       return;
     }
@@ -77,8 +91,8 @@ export function createEnqueueBatcher(db: Db, layout: QueueLayout, maxBatch = 128
 
   return {
     /** Resolves once the delivery is durable and recorded ("inserted"), or known ("duplicate"). */
-    enqueue(row: DeliveryRow, name: string, entry: QueueEntry): Promise<"inserted" | "duplicate"> {
-      return add(row, { name, entry });
+    enqueue(row: DeliveryRow, name: string, data: Buffer): Promise<"inserted" | "duplicate"> {
+      return add(row, { name, data });
     },
     /** Resolves once the delivery's row (no entry: a voided delivery) is committed ("inserted"), or known ("duplicate"). */
     record(row: DeliveryRow): Promise<"inserted" | "duplicate"> {

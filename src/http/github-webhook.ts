@@ -6,7 +6,7 @@ import type { Deployment } from "../config/load.ts";
 import type { Db } from "../db/client.ts";
 import { insertDeliveries, recordIfMissing } from "../db/queries/record-delivery.ts";
 import { RequestError, errorMessage } from "../errors.ts";
-import { type QueueEntry, parseEntry, summarizePayload } from "../queue/entry.ts";
+import { MAX_PAYLOAD_DEPTH, type QueueEntry, nestsDeeperThan, parseEntry, serializeEntry, summarizePayload } from "../queue/entry.ts";
 import { entryName, isDeliveryId } from "../queue/entry-name.ts";
 import type { QueueLayout } from "../queue/layout.ts";
 import { readEntryFile } from "../queue/read.ts";
@@ -82,6 +82,9 @@ function parsePayload(req: Request, body: Buffer): Record<string, unknown> {
   if (typeof json !== "object" || json === null || Array.isArray(json)) {
     throw new RequestError("BAD_REQUEST", 400, "the body is not a JSON object");
   }
+  if (nestsDeeperThan(json, MAX_PAYLOAD_DEPTH)) {
+    throw new RequestError("BAD_REQUEST", 400, `the body nests deeper than ${MAX_PAYLOAD_DEPTH} levels, which no webhook payload does`);
+  }
   return json as Record<string, unknown>;
 }
 
@@ -152,9 +155,11 @@ export function githubWebhookHandler(deps: WebhookDeps) {
       source: "github",
       payload: delivery.payload,
     };
+    // Serialized here, so that whatever this one delivery's payload does, it fails alone, not its batch.
+    const data = Buffer.from(serializeEntry(entry));
     let outcome: "inserted" | "duplicate";
     try {
-      outcome = await batcher.enqueue({ ...row, entry: name, outcome: "queued" }, name, entry);
+      outcome = await batcher.enqueue({ ...row, entry: name, outcome: "queued" }, name, data);
     } catch (err) {
       throw unavailable("queue the delivery", err);
     }

@@ -35,8 +35,30 @@ export const QueueEntry = z.looseObject({
 });
 export type QueueEntry = z.infer<typeof QueueEntry>;
 
+/**
+ * Entries are pretty-printed for admins who `cat` them, unless that would make the file
+ * grow out of proportion: indentation multiplies a deeply nested body (a 65 KB array of
+ * arrays pretty-printed to 269 MB), so such an entry is written compact instead (jq still
+ * reads it). An entry is at most about four times its compact size.
+ */
 export function serializeEntry(entry: QueueEntry): string {
-  return `${JSON.stringify(entry, null, 2)}\n`;
+  const compact = JSON.stringify(entry);
+  const pretty = JSON.stringify(entry, null, 2);
+  return pretty.length <= compact.length * 4 + 64 * 1024 ? `${pretty}\n` : `${compact}\n`;
+}
+
+/** Deeper than any real webhook body (GitHub's are under ten levels): refused, since serializing it recursively could overflow the stack. */
+export const MAX_PAYLOAD_DEPTH = 256;
+
+/** Whether a parsed JSON value nests deeper than `limit` (counted without recursion). */
+export function nestsDeeperThan(value: unknown, limit: number): boolean {
+  const stack: Array<[unknown, number]> = [[value, 1]];
+  while (stack.length > 0) {
+    const [v, depth] = stack.pop()!;
+    if (depth > limit) return true;
+    for (const child of Object.values(v as object)) if (typeof child === "object" && child !== null) stack.push([child, depth + 1]);
+  }
+  return false;
 }
 
 /** The fields of a push payload the rest of deployq reads, each checked for type. */

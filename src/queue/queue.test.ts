@@ -91,7 +91,7 @@ describe("the filesystem queue", () => {
     await expect(requeue(layout, "api", "nope")).rejects.toThrow(/no entry "nope" in dead-letter\/api/);
     expect(await requeue(layout, "api", failed.delivery_id)).toEqual([name]);
     const back = JSON.parse(await readFile(path.join(layout.deployment("api"), name), "utf8"));
-    expect(back).toEqual({ event: "push", delivery_id: failed.delivery_id, hook_id: "1", received_at: failed.received_at, payload: failed.payload });
+    expect(back).toEqual({ event: "push", delivery_id: failed.delivery_id, hook_id: "1", received_at: failed.received_at, payload: failed.payload, requeues: 1 });
     expect(await readdir(layout.deadLetter("api"))).toEqual([]);
 
     expect(await requeue(layout, "router")).toEqual([raw]);

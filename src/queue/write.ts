@@ -36,10 +36,10 @@ export async function writeEntryDurably(layout: QueueLayout, dir: string, name: 
  * The first half of writeEntryDurably: the entry is whole in `dir`, but durable only once
  * the caller has fsync'd `dir` (one fsync can then serve many entries).
  */
-export async function writeEntryFile(layout: QueueLayout, dir: string, name: string, entry: QueueEntry): Promise<string> {
+export async function writeEntryFile(layout: QueueLayout, dir: string, name: string, entry: QueueEntry | Buffer): Promise<string> {
   const tmp = path.join(layout.tmp, tmpName(name));
   const target = path.join(dir, name);
-  const data = Buffer.from(serializeEntry(entry));
+  const data = Buffer.isBuffer(entry) ? entry : Buffer.from(serializeEntry(entry));
   const fd = await openFd(tmp, "wx", 0o640);
   try {
     for (let written = 0; written < data.length; ) {
