@@ -26,6 +26,7 @@ Environment:
   REDIS_URL              Dragonfly/Redis for redlock (comma-separated for a quorum); unset: in-process locks
   DEPLOYQ_CONFIG         configuration file, if --config is not given
   DEPLOYQ_QUEUES_DIR     queue root, overriding queues_dir from the configuration
+  DEPLOYQ_PORT           the port serve and receiver listen on, overriding [server] port (--port wins)
   DEPLOYQ_LOG_LEVEL      trace, debug, info (default), warn, error
 
 Queues are plain directories: ls and cat them; see queues/README.md.`,
@@ -34,21 +35,24 @@ Queues are plain directories: ls and cat them; see queues/README.md.`,
 const configPath = (): string | undefined => program.opts<{ config?: string }>().config;
 const settings = () => loadSettings({ configPath: configPath() });
 const noWatch = new Option("--no-watch", "rely on the periodic rescan only (for filesystems without inotify, such as NFS)");
+const port = new Option("--port <port>", "listen on this port instead of [server] port (default: $DEPLOYQ_PORT); 0: a free one, printed at start");
 
 program
   .command("serve")
   .description("run the receiver and all workers in one process (the quickstart)")
   .addOption(noWatch)
-  .action((o: { watch: boolean }) => runDaemon("serve", configPath(), o.watch));
+  .addOption(port)
+  .action((o: { watch: boolean; port?: string }) => runDaemon("serve", { configPath: configPath(), port: o.port, watch: o.watch }));
 program
   .command("receiver")
-  .description("run only the webhook receiver (pm2 app deployq-receiver; needs DATABASE_URL beside `deployq workers`)")
-  .action(() => runDaemon("receiver", configPath(), true));
+  .description("run only the webhook receiver (pm2 app deployq-receiver, two instances in cluster mode; needs DATABASE_URL beside `deployq workers`)")
+  .addOption(port)
+  .action((o: { port?: string }) => runDaemon("receiver", { configPath: configPath(), port: o.port, watch: true }));
 program
   .command("workers")
   .description("run only the workers: the router and one worker per deployment (pm2 app deployq-workers)")
   .addOption(noWatch)
-  .action((o: { watch: boolean }) => runDaemon("workers", configPath(), o.watch));
+  .action((o: { watch: boolean }) => runDaemon("workers", { configPath: configPath(), watch: o.watch }));
 program
   .command("migrate")
   .description("apply the database migrations (also done at every start)")
@@ -122,7 +126,7 @@ sites
   .command("remove <deployment>")
   .description(
     "take out the site files a deployment owns once its nginx key (or the deployment) is gone from the configuration: " +
-      "under deployq:nginx, nginx -t, reload and verify; on failure the files go back",
+      "under the nginx lock (<lock_prefix>:nginx), nginx -t, reload and verify; on failure the files go back",
   )
   .action(async (name: string) => {
     process.exitCode = await sitesRemove(settings(), name);
