@@ -1,5 +1,6 @@
 import { execFile } from "node:child_process";
 import { request as httpRequest } from "node:http";
+import { createConnection } from "node:net";
 import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -141,7 +142,8 @@ commands = [["sh", "-c", "echo $DEPLOYQ_SHA > BUILD"]]
       PM2_HOME: pm2Home,
       DEPLOYQ_CONFIG: ws.configPath,
       DEPLOYQ_PM2_LOG_DIR: logDir,
-      DEPLOYQ_LOG_LEVEL: "warn",
+      // info: the receiver's "deployq started" lines show which processes wrote pm2's log file.
+      DEPLOYQ_LOG_LEVEL: "info",
       GITHUB_WEBHOOK_SECRET: SECRET,
       DATABASE_URL: tdb.url,
     };
@@ -241,6 +243,18 @@ commands = [["sh", "-c", "echo $DEPLOYQ_SHA > BUILD"]]
             expect(p.pm2_env.exec_mode, app).toBe(INSTANCES[app] > 1 ? "cluster_mode" : "fork_mode");
           }
         }
+
+        // pm2 kept every receiver instance's log lines (cluster mode captures process.stdout,
+        // not fd 1): one "deployq started" per process it ran, two at start and two per reload.
+        const receiverLog = await readFile(path.join(logDir, "deployq-receiver.out.log"), "utf8");
+        const startedPids = new Set(
+          receiverLog
+            .split("\n")
+            .filter((l) => l.includes('"msg":"deployq started"'))
+            .map((l) => (JSON.parse(l) as { pid: number }).pid),
+        );
+        expect(startedPids.size, "receiver processes that logged their start").toBe(INSTANCES["deployq-receiver"] * (1 + RELOADS));
+        for (const p of after.get("deployq-receiver")!) expect(startedPids.has(p.pid), `the log has receiver ${p.pid}`).toBe(true);
 
         // Answers: every delivery, on a kept-alive or a fresh connection, got 202: the port
         // never closed (no refused, reset or cut connection) and nothing answered 5xx.
@@ -398,5 +412,51 @@ commands = [["sh", "-c", "trap 'echo INT >> ${signals}; exit 130' INT; trap 'ech
       }
     },
     180_000,
+  );
+  it(
+    "control: with the receiver in fork mode instead, the same reload refuses connections",
+    async () => {
+      // ecosystem.config.cjs with only the receiver changed back to one fork-mode process.
+      const forkEcosystem = path.join(dir, "fork-mode.config.cjs");
+      await writeFile(
+        forkEcosystem,
+        `const ours = require(${JSON.stringify(ECOSYSTEM)});\n` +
+          `module.exports = { apps: ours.apps.map((a) => (a.name === "deployq-receiver" ? { ...a, exec_mode: "fork", instances: 1 } : a)) };\n`,
+      );
+      const only = ["--only", "deployq-receiver"];
+      await pm2(["start", forkEcosystem, ...only]);
+      await waitForHttp(`http://127.0.0.1:${port}`);
+      // Connect again and again while pm2 reloads: pm2 stops the old process and waits for its
+      // exit before it starts the new one, which must boot (tsx, migrations) before it listens,
+      // so the port is closed for at least that boot, and a connection attempt made then is refused.
+      const seen = { accepted: 0, refused: 0, other: [] as string[] };
+      let reloading = true;
+      const probe = (async () => {
+        while (reloading) {
+          await new Promise<void>((resolve) => {
+            const socket = createConnection({ host: "127.0.0.1", port }, () => {
+              seen.accepted++;
+              socket.destroy();
+              resolve();
+            });
+            socket.once("error", (err: NodeJS.ErrnoException) => {
+              if (err.code === "ECONNREFUSED") seen.refused++;
+              else seen.other.push(err.code ?? err.message);
+              resolve();
+            });
+          });
+        }
+      })();
+      try {
+        await pm2(["reload", forkEcosystem, ...only]);
+      } finally {
+        reloading = false;
+        await probe;
+      }
+      expect(seen.refused, `connections during a fork-mode reload: ${JSON.stringify(seen)}`).toBeGreaterThan(0);
+      expect(seen.accepted).toBeGreaterThan(0);
+      await pm2(["delete", forkEcosystem]);
+    },
+    120_000,
   );
 });
