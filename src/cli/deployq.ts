@@ -153,7 +153,22 @@ program
     for (const name of queued) process.stdout.write(`deployq: queued ${name}\n`);
   });
 
-program.parseAsync().catch((err: unknown) => {
+/**
+ * The command line. A pm2 cluster-mode instance (the receiver, ecosystem.config.cjs) is forked
+ * by pm2's daemon with node's cluster.fork, so its argv is the daemon's own arguments followed
+ * by the app's `args` (lib/God.js setupMaster sets no `args`; lib/ProcessContainer.js appends
+ * them). Under pm2-runtime, the daemon is `pm2-runtime start ecosystem.config.cjs --env
+ * production`, and `start` would be taken for a command. The app's arguments are the last
+ * ones, and pm2 also copies them into the environment (`args`, joined with commas): keep those.
+ */
+function commandLine(argv: string[], env: NodeJS.ProcessEnv): string[] {
+  if (env.exec_mode !== "cluster_mode" || !env.pm_exec_path || env.args === undefined) return argv;
+  const args = env.args === "" ? [] : env.args.split(",");
+  if (args.length > argv.length - 2 || args.some((a, i) => argv[argv.length - args.length + i] !== a)) return argv;
+  return [argv[0]!, env.pm_exec_path, ...args];
+}
+
+program.parseAsync(commandLine(process.argv, process.env)).catch((err: unknown) => {
   const known = err instanceof DeployqError;
   const debug = process.env.DEPLOYQ_LOG_LEVEL === "debug" || process.env.DEPLOYQ_LOG_LEVEL === "trace";
   process.stderr.write(`deployq: ${known || !debug ? errorMessage(err) : ((err as Error).stack ?? errorMessage(err))}\n`);
