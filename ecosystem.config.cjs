@@ -62,7 +62,9 @@
 // its own ProcessContainer.js with node's cluster.fork, which import()s bin/deployq.js (an ES
 // module, "type": "module") after appending `args` to process.argv; `interpreter` does not apply
 // (it always runs the daemon's own node) and `node_args` become the worker's execArgv, so
-// bin/deployq.js registers tsx itself and needs neither. The instance's stdout is pm2's hook on
+// bin/deployq.js registers tsx itself and needs neither. The instance's argv starts with the
+// daemon's own arguments (cluster.fork's default; under pm2-runtime: `start ecosystem.config.cjs
+// --env production`) and ends with `args`: src/cli/deployq.ts (commandLine) keeps the app's. The instance's stdout is pm2's hook on
 // process.stdout.write, not fd 1 (see src/log.ts). Stopping an instance is the same SIGINT as in
 // fork mode (shutdown_with_message is off), and deployq's drain then closes the instance's server,
 // so the daemon stops handing it connections while it finishes its requests.
