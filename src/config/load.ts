@@ -123,7 +123,7 @@ export function loadSettings(options: LoadOptions = {}): Settings {
     rescanIntervalMs: config.rescan_interval_ms,
     shutdownGraceMs: config.shutdown_grace_s * 1000,
     lockTtlMs: config.lock_ttl_ms,
-    lockPrefix: config.lock_prefix ?? defaultLockPrefix(queuesDir),
+    lockPrefix: config.lock_prefix ?? installLockPrefix(queuesDir),
     pm2Home: path.resolve(base, config.pm2_home ?? (env.PM2_HOME || path.join(homedir(), ".pm2"))),
     nginx: config.nginx,
     certbot: config.certbot,
@@ -135,6 +135,18 @@ export function loadSettings(options: LoadOptions = {}): Settings {
       githubToken: env.GITHUB_TOKEN || undefined,
     },
   };
+}
+
+function installLockPrefix(queuesDir: string): string {
+  try {
+    return defaultLockPrefix(queuesDir);
+  } catch (err) {
+    throw new ConfigError(
+      `cannot resolve the queue root ${queuesDir} (${errorMessage(err)}), from which the default lock_prefix comes: ` +
+        "let this user read the folders above it, or set lock_prefix",
+      { cause: err },
+    );
+  }
 }
 
 /** A port from the command line or the environment: digits only, 0 to 65535 (0: the system picks a free one). */
