@@ -43,14 +43,31 @@
 // Even a SIGKILL loses nothing acknowledged (the queues are on disk), but it turns a clean
 // stop into an interrupted deploy that is redone at the next start.
 //
-// Reload: these are fork-mode apps (one process each; the receiver owns its port), and for
-// fork mode pm2's "reload" is a restart: the old process is stopped (drained) first, then the
-// new one is started. The receiver's port is closed in between, so GitHub gets "connection
-// refused" for a delivery in that window (it records the delivery as failed; redeliver it from
-// the webhook's settings or the REST API): nothing that was answered 2xx is lost. A reload
-// evaluates this file again, so it reads DEPLOYQ_ENV_FILE again: changed and added variables
-// reach the new processes (pm2 merges them over the old environment, so a variable removed
-// from the file stays until the apps are deleted and started again, e.g. systemctl restart).
+// Reload: the receiver runs in pm2's cluster mode, two instances, and `pm2 reload` replaces them
+// one at a time: pm2 starts the new instance, waits for its "ready" (wait_ready), and only then
+// sends the old one SIGINT (God/Reload.js, hardReload; `reload` acts on at most one id at a time
+// when an app has two, API.js _operate). In cluster mode the listening socket belongs to pm2's
+// daemon (node's cluster primary), which hands each connection to an instance that listens
+// (round robin): the port never closes, so GitHub never gets "connection refused" during a
+// reload or an upgrade, and a crash of one instance leaves the other serving. The two instances
+// share the dedupe and the group commit through Postgres, so a delivery is queued once whichever
+// takes it. The workers stay one fork-mode process (in-process locks need one process; with
+// REDIS_URL several could run, but one per host is enough): its reload drains it, then starts the
+// new one, and entries wait in their queues meanwhile. A reload evaluates this file again, so it
+// reads DEPLOYQ_ENV_FILE again: changed and added variables reach the new processes (pm2 merges
+// them over the old environment, so a variable removed from the file stays until the apps are
+// deleted and started again, e.g. systemctl restart).
+//
+// How pm2 7 runs a cluster instance (lib/God/ClusterMode.js, lib/ProcessContainer.js): it forks
+// its own ProcessContainer.js with node's cluster.fork, which import()s bin/deployq.js (an ES
+// module, "type": "module") after appending `args` to process.argv; `interpreter` does not apply
+// (it always runs the daemon's own node) and `node_args` become the worker's execArgv, so
+// bin/deployq.js registers tsx itself and needs neither. The instance's argv starts with the
+// daemon's own arguments (cluster.fork's default; under pm2-runtime: `start ecosystem.config.cjs
+// --env production`) and ends with `args`: src/cli/deployq.ts (commandLine) keeps the app's. The instance's stdout is pm2's hook on
+// process.stdout.write, not fd 1 (see src/log.ts). Stopping an instance is the same SIGINT as in
+// fork mode (shutdown_with_message is off), and deployq's drain then closes the instance's server,
+// so the daemon stops handing it connections while it finishes its requests.
 "use strict";
 
 const fs = require("node:fs");
@@ -170,15 +187,14 @@ if (!Number.isInteger(killTimeoutMs) || killTimeoutMs <= 0) {
 // A relative DEPLOYQ_CONFIG means relative to where the pm2 command was typed, not to this folder.
 const configFromEnv = env.DEPLOYQ_CONFIG ? path.resolve(env.DEPLOYQ_CONFIG) : undefined;
 
-/** What both apps share; `role` is the deployq command each one runs. */
-function app(name, role) {
+/** What both apps share; `role` is the deployq command each one runs, `instances` how many in cluster mode (see Reload above). */
+function app(name, role, instances) {
   return {
     name,
     script: path.join(__dirname, "bin", "deployq.js"),
     args: [role],
     cwd: __dirname,
-    exec_mode: "fork",
-    instances: 1,
+    ...(instances > 1 ? { exec_mode: "cluster", instances } : { exec_mode: "fork", instances: 1 }),
 
     // Start: deployq sends "ready" once the receiver listens / the workers have scanned their
     // queues (after migrating the database). Until then pm2 shows the app as launching, and
@@ -223,5 +239,5 @@ function app(name, role) {
 }
 
 module.exports = {
-  apps: [app("deployq-receiver", "receiver"), app("deployq-workers", "workers")],
+  apps: [app("deployq-receiver", "receiver", 2), app("deployq-workers", "workers", 1)],
 };

@@ -13,7 +13,7 @@ import { ensureQueueDirs, sweepTmp } from "./queue/write.ts";
 import { createLocalLocks } from "./lock/local-lock.ts";
 import { pingLockService } from "./lock/ping.ts";
 import { createRedlockLocks } from "./lock/redlock.ts";
-import type { LockService } from "./lock/lock.ts";
+import { type LockService, withLockPrefix } from "./lock/lock.ts";
 import { acquirePidLock } from "./pid-lock.ts";
 import { collectStatus } from "./status.ts";
 import { DeploymentWorker } from "./workers/deployment.ts";
@@ -80,8 +80,10 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
     const deployments = new Map<string, DeploymentWorker>();
     if (works) {
       const redisUrls = settings.secrets.redisUrls;
-      const locks =
-        options.locks ?? (redisUrls.length > 0 ? createRedlockLocks({ urls: redisUrls, ttlMs: settings.lockTtlMs, logger }) : createLocalLocks());
+      const locks = withLockPrefix(
+        options.locks ?? (redisUrls.length > 0 ? createRedlockLocks({ urls: redisUrls, ttlMs: settings.lockTtlMs, logger }) : createLocalLocks()),
+        settings.lockPrefix,
+      );
       if (!options.locks && redisUrls.length === 0) {
         // In-process locks protect nothing across processes: one workers process per queue root.
         const held = acquirePidLock(
@@ -147,7 +149,10 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
       const announced = await announceDaemon(settings.dataDir, { pid: process.pid, role, url: running.url });
       cleanups.push(announced);
     }
-    logger.info({ role, url: server?.url, queues: layout.root, database: database.describe, locks: lockService?.kind }, "deployq started");
+    logger.info(
+      { role, url: server?.url, queues: layout.root, database: database.describe, locks: lockService?.kind, lockPrefix: lockService ? settings.lockPrefix : undefined },
+      "deployq started",
+    );
     let closing: Promise<void> | undefined;
     return {
       role,

@@ -117,6 +117,8 @@ expect RestartPreventExitStatus 78
 expect WorkingDirectory /opt/deployq
 expect StateDirectory deployq
 if ! grep -q -E '^ExecStart=/opt/deployq/node_modules/\.bin/pm2-runtime ' "$svc"; then fail "deployq.service: ExecStart= must run /opt/deployq/node_modules/.bin/pm2-runtime"; fi
+# systemctl reload must be pm2's reload of the ecosystem file: the rolling one for the cluster-mode receiver.
+if ! grep -q -x -F 'ExecReload=/opt/deployq/node_modules/.bin/pm2 reload ecosystem.config.cjs --env production' "$svc"; then fail "deployq.service: ExecReload= must be /opt/deployq/node_modules/.bin/pm2 reload ecosystem.config.cjs --env production (a rolling reload of the receiver)"; fi
 for line in Environment=NODE_ENV=production Environment=PM2_HOME= Environment=DEPLOYQ_CONFIG=/etc/deployq/deployq.toml Environment=DEPLOYQ_ENV_FILE=/etc/deployq/env; do
   if ! grep -q -F -x -e "$line" "$svc" && ! grep -q "^${line}" "$svc"; then fail "deployq.service: no $line"; fi
 done

@@ -28,6 +28,7 @@ Environment:
   REDIS_URL              Dragonfly/Redis for redlock (comma-separated for a quorum); unset: in-process locks
   DEPLOYQ_CONFIG         configuration file, if --config is not given
   DEPLOYQ_QUEUES_DIR     queue root, overriding queues_dir from the configuration
+  DEPLOYQ_PORT           the port serve and receiver listen on, overriding [server] port (--port wins)
   DEPLOYQ_LOG_LEVEL      trace, debug, info (default), warn, error
 
 Queues are plain directories: ls and cat them; see queues/README.md.`,
@@ -36,21 +37,24 @@ Queues are plain directories: ls and cat them; see queues/README.md.`,
 const configPath = (): string | undefined => program.opts<{ config?: string }>().config;
 const settings = () => loadSettings({ configPath: configPath() });
 const noWatch = new Option("--no-watch", "rely on the periodic rescan only (for filesystems without inotify, such as NFS)");
+const port = new Option("--port <port>", "listen on this port instead of [server] port (default: $DEPLOYQ_PORT); 0: a free one, printed at start");
 
 program
   .command("serve")
   .description("run the receiver and all workers in one process (the quickstart)")
   .addOption(noWatch)
-  .action((o: { watch: boolean }) => runDaemon("serve", configPath(), o.watch));
+  .addOption(port)
+  .action((o: { watch: boolean; port?: string }) => runDaemon("serve", { configPath: configPath(), port: o.port, watch: o.watch }));
 program
   .command("receiver")
-  .description("run only the webhook receiver (pm2 app deployq-receiver; needs DATABASE_URL beside `deployq workers`)")
-  .action(() => runDaemon("receiver", configPath(), true));
+  .description("run only the webhook receiver (pm2 app deployq-receiver, two instances in cluster mode; needs DATABASE_URL beside `deployq workers`)")
+  .addOption(port)
+  .action((o: { port?: string }) => runDaemon("receiver", { configPath: configPath(), port: o.port, watch: true }));
 program
   .command("workers")
   .description("run only the workers: the router and one worker per deployment (pm2 app deployq-workers)")
   .addOption(noWatch)
-  .action((o: { watch: boolean }) => runDaemon("workers", configPath(), o.watch));
+  .action((o: { watch: boolean }) => runDaemon("workers", { configPath: configPath(), watch: o.watch }));
 program
   .command("migrate")
   .description("apply the database migrations (also done at every start)")
@@ -127,7 +131,7 @@ sites
   .command("remove <deployment>")
   .description(
     "take out the site files a deployment owns once its nginx key (or the deployment) is gone from the configuration: " +
-      "under deployq:nginx, nginx -t, reload and verify; on failure the files go back",
+      "under the nginx lock (<lock_prefix>:nginx), nginx -t, reload and verify; on failure the files go back",
   )
   .action(async (name: string) => {
     process.exitCode = await sitesRemove(settings(), name);
@@ -175,7 +179,22 @@ program
     await postReceive(settings(), o.repository, (outcome) => process.stdout.write(`${describePostReceive(outcome)}\n`));
   });
 
-program.parseAsync().catch((err: unknown) => {
+/**
+ * The command line. A pm2 cluster-mode instance (the receiver, ecosystem.config.cjs) is forked
+ * by pm2's daemon with node's cluster.fork, so its argv is the daemon's own arguments followed
+ * by the app's `args` (lib/God.js setupMaster sets no `args`; lib/ProcessContainer.js appends
+ * them). Under pm2-runtime, the daemon is `pm2-runtime start ecosystem.config.cjs --env
+ * production`, and `start` would be taken for a command. The app's arguments are the last
+ * ones, and pm2 also copies them into the environment (`args`, joined with commas): keep those.
+ */
+function commandLine(argv: string[], env: NodeJS.ProcessEnv): string[] {
+  if (env.exec_mode !== "cluster_mode" || !env.pm_exec_path || env.args === undefined) return argv;
+  const args = env.args === "" ? [] : env.args.split(",");
+  if (args.length > argv.length - 2 || args.some((a, i) => argv[argv.length - args.length + i] !== a)) return argv;
+  return [argv[0]!, env.pm_exec_path, ...args];
+}
+
+program.parseAsync(commandLine(process.argv, process.env)).catch((err: unknown) => {
   const known = err instanceof DeployqError;
   const debug = process.env.DEPLOYQ_LOG_LEVEL === "debug" || process.env.DEPLOYQ_LOG_LEVEL === "trace";
   process.stderr.write(`deployq: ${known || !debug ? errorMessage(err) : ((err as Error).stack ?? errorMessage(err))}\n`);

@@ -3,10 +3,21 @@ import { type Role, startDaemon } from "../daemon.ts";
 import { createLogger } from "../log.ts";
 import { installShutdownLadder } from "../signals.ts";
 
-export async function runDaemon(role: Role, configPath: string | undefined, watch: boolean): Promise<void> {
-  const settings = loadSettings({ configPath });
+/** The secret the README's quickstart exports: public already, so the printed next step may show it. */
+export const QUICKSTART_SECRET = "dev-secret";
+
+export interface DaemonOptions {
+  configPath: string | undefined;
+  /** --port as typed (validated by loadSettings); wins over DEPLOYQ_PORT and [server] port. */
+  port?: string | undefined;
+  watch: boolean;
+}
+
+export async function runDaemon(role: Role, options: DaemonOptions): Promise<void> {
+  const { configPath } = options;
+  const settings = loadSettings({ configPath, port: options.port });
   const logger = createLogger();
-  const starting = startDaemon({ settings, role, logger, watch });
+  const starting = startDaemon({ settings, role, logger, watch: options.watch });
   // Signals are handled from the start: one that arrives while starting drains once started.
   installShutdownLadder(() => starting.then((d) => d.close()), logger);
   const daemon = await starting;
@@ -14,12 +25,25 @@ export async function runDaemon(role: Role, configPath: string | undefined, watc
   if (process.send) process.send("ready");
   if (daemon.url) {
     const cfg = process.env.DEPLOYQ_CONFIG || configPath ? ` --config ${settings.configPath}` : "";
+    // send-test-delivery posts to the configured port: name the real one when it came from elsewhere.
+    const url = options.port !== undefined || process.env.DEPLOYQ_PORT || settings.port === 0 ? ` --url ${daemon.url}/github-webhook` : "";
     process.stderr.write(
       `\ndeployq ${role} listening on ${daemon.url} (webhook: POST ${daemon.url}/github-webhook)\n` +
         `queues: ${settings.queuesDir}   database: ${daemon.database.describe}\n` +
-        `send it a signed test delivery from another terminal, with the same GITHUB_WEBHOOK_SECRET:\n` +
-        `  npx deployq send-test-delivery${cfg}\n` +
+        `send it a signed test delivery from another terminal, with the same secret:\n` +
+        `  ${secretAssignment(settings.secrets.webhookSecrets, process.stderr.isTTY)} npx deployq send-test-delivery${cfg}${url}\n` +
         `then look at the queues:  npx deployq queue ls${cfg}\n\n`,
     );
   }
+}
+
+/**
+ * `GITHUB_WEBHOOK_SECRET=<value>` for the printed next step. The value is shown only on a
+ * terminal and only when it is the quickstart's public one: a real secret printed here would
+ * stay in scrollback and terminal logs, and without a terminal (pm2, systemd) in log files that
+ * others read. Otherwise "…" stands for it.
+ */
+export function secretAssignment(secrets: readonly string[], terminal: boolean): string {
+  const shown = terminal && secrets.length === 1 && secrets[0] === QUICKSTART_SECRET;
+  return `GITHUB_WEBHOOK_SECRET=${shown ? QUICKSTART_SECRET : "…"}`;
 }

@@ -3,7 +3,7 @@ import type { Writable } from "node:stream";
 import type { Settings } from "../config/load.ts";
 import { DEPLOYMENT_NAME } from "../config/schema.ts";
 import { DeployqError } from "../errors.ts";
-import { NGINX_LOCK, usingWhenFree } from "../lock/lock.ts";
+import { NGINX_LOCK, lockName, usingWhenFree, withLockPrefix } from "../lock/lock.ts";
 import { createRedlockLocks } from "../lock/redlock.ts";
 import { silentLogger } from "../log.ts";
 import { acquirePidLock } from "../pid-lock.ts";
@@ -18,7 +18,7 @@ const COMMAND_TIMEOUT_MS = 120_000;
  * `deployq sites remove <deployment>`: takes out the nginx site files a deployment owns
  * once its [nginx] table (or the whole deployment) is gone from the configuration. A
  * deploy never does this by itself: a table that disappears by mistake must not take
- * live sites down. Runs under deployq:nginx, like a deploy's sites step, and the same
+ * live sites down. Runs under the nginx lock (<lock_prefix>:nginx), like a deploy's sites step, and the same
  * way: test, reload, verify, and on failure the files go back byte for byte.
  */
 export async function sitesRemove(settings: Settings, name: string, out: Writable = process.stdout): Promise<number> {
@@ -50,7 +50,7 @@ export async function sitesRemove(settings: Settings, name: string, out: Writabl
 }
 
 /**
- * Runs fn holding deployq:nginx. With REDIS_URL the lock is shared: wait for it. With
+ * Runs fn holding <lock_prefix>:nginx. With REDIS_URL the lock is shared: wait for it. With
  * in-process locks it lives inside the workers process, so this command runs only while
  * no workers process does, and keeps one from starting meanwhile.
  */
@@ -60,9 +60,9 @@ async function withNginxLock<T>(settings: Settings, out: Writable, fn: () => Pro
   process.once("SIGINT", onSignal).once("SIGTERM", onSignal);
   try {
     if (settings.secrets.redisUrls.length > 0) {
-      const locks = createRedlockLocks({ urls: settings.secrets.redisUrls, ttlMs: settings.lockTtlMs, logger: silentLogger() });
+      const locks = withLockPrefix(createRedlockLocks({ urls: settings.secrets.redisUrls, ttlMs: settings.lockTtlMs, logger: silentLogger() }), settings.lockPrefix);
       try {
-        out.write(`taking ${NGINX_LOCK} (waits while a deploy changes nginx sites; Ctrl-C gives up)\n`);
+        out.write(`taking ${lockName(settings.lockPrefix, NGINX_LOCK)} (waits while a deploy changes nginx sites; Ctrl-C gives up)\n`);
         // Once held, the work is not cancelled: a half-done removal is worse than a late one.
         return await usingWhenFree(locks, NGINX_LOCK, stop.signal, () => fn());
       } finally {
@@ -72,7 +72,7 @@ async function withNginxLock<T>(settings: Settings, out: Writable, fn: () => Pro
     const held = acquirePidLock(
       path.join(queueLayout(settings.queuesDir).root, ".workers.lock"),
       (owner) =>
-        `deployq process ${owner} runs the workers with in-process locks (REDIS_URL is unset), so ${NGINX_LOCK} lives inside it: ` +
+        `deployq process ${owner} runs the workers with in-process locks (REDIS_URL is unset), so ${lockName(settings.lockPrefix, NGINX_LOCK)} lives inside it: ` +
         "stop it (pm2 stop deployq-workers, or stop `deployq serve`), run this again, then start it; or set REDIS_URL so that the lock is shared",
     );
     try {

@@ -4,7 +4,8 @@ import path from "node:path";
 import { parse as parseToml } from "smol-toml";
 import type { z } from "zod";
 import { ConfigError, errorMessage } from "../errors.ts";
-import { type CertbotHost, Config, type DeploymentConfig, type NginxHost } from "./schema.ts";
+import { defaultLockPrefix } from "../lock/lock.ts";
+import { type CertbotHost, Config, type DeploymentConfig, type NginxHost, PORT } from "./schema.ts";
 
 export const DEFAULT_CONFIG_PATH = "./deployq.toml";
 
@@ -31,6 +32,8 @@ export interface Settings {
   rescanIntervalMs: number;
   shutdownGraceMs: number;
   lockTtlMs: number;
+  /** In front of every lock name (lock_prefix, default from the queue root). */
+  lockPrefix: string;
   /** pm2's home for deployments restarted with pm2 (and for the daemon under pm2). */
   pm2Home: string;
   nginx: NginxHost;
@@ -43,6 +46,8 @@ export interface Settings {
 export interface LoadOptions {
   /** --config on the command line; wins over DEPLOYQ_CONFIG. */
   configPath?: string | undefined;
+  /** --port on the command line (as typed); wins over DEPLOYQ_PORT, which wins over [server] port. */
+  port?: string | undefined;
   env?: NodeJS.ProcessEnv;
 }
 
@@ -100,6 +105,7 @@ export function loadSettings(options: LoadOptions = {}): Settings {
     throw new ConfigError(`${configPath}: deployment name "router" is reserved (queues/dead-letter/router/ is the router's): rename it`);
   }
   const base = path.dirname(configPath);
+  const port = options.port !== undefined ? parsePort(options.port, "--port") : env.DEPLOYQ_PORT ? parsePort(env.DEPLOYQ_PORT, "DEPLOYQ_PORT") : config.server.port;
   const deployments = new Map<string, Deployment>();
   for (const [name, deployment] of Object.entries(config.deployments)) {
 
@@ -107,15 +113,17 @@ export function loadSettings(options: LoadOptions = {}): Settings {
     const remote = /^\.\.?(\/|$)/.test(deployment.remote) ? path.resolve(base, deployment.remote) : deployment.remote;
     deployments.set(name, { ...deployment, name, remote, path: path.resolve(base, deployment.path) });
   }
+  const queuesDir = env.DEPLOYQ_QUEUES_DIR ? path.resolve(env.DEPLOYQ_QUEUES_DIR) : path.resolve(base, config.queues_dir);
   return {
     configPath,
     host: config.server.host,
-    port: config.server.port,
+    port,
     dataDir: path.resolve(base, config.data_dir),
-    queuesDir: env.DEPLOYQ_QUEUES_DIR ? path.resolve(env.DEPLOYQ_QUEUES_DIR) : path.resolve(base, config.queues_dir),
+    queuesDir,
     rescanIntervalMs: config.rescan_interval_ms,
     shutdownGraceMs: config.shutdown_grace_s * 1000,
     lockTtlMs: config.lock_ttl_ms,
+    lockPrefix: config.lock_prefix ?? installLockPrefix(queuesDir),
     pm2Home: path.resolve(base, config.pm2_home ?? (env.PM2_HOME || path.join(homedir(), ".pm2"))),
     nginx: config.nginx,
     certbot: config.certbot,
@@ -127,6 +135,27 @@ export function loadSettings(options: LoadOptions = {}): Settings {
       githubToken: env.GITHUB_TOKEN || undefined,
     },
   };
+}
+
+function installLockPrefix(queuesDir: string): string {
+  try {
+    return defaultLockPrefix(queuesDir);
+  } catch (err) {
+    throw new ConfigError(
+      `cannot resolve the queue root ${queuesDir} (${errorMessage(err)}), from which the default lock_prefix comes: ` +
+        "let this user read the folders above it, or set lock_prefix",
+      { cause: err },
+    );
+  }
+}
+
+/** A port from the command line or the environment: digits only, 0 to 65535 (0: the system picks a free one). */
+function parsePort(value: string, source: string): number {
+  const port = /^\d{1,5}$/.test(value) ? Number(value) : Number.NaN;
+  if (!PORT.safeParse(port).success) {
+    throw new ConfigError(`${source} must be a port number from 1 to 65535, or 0 to let the system pick a free one (printed at start), not ${JSON.stringify(value)}`);
+  }
+  return port;
 }
 
 /** The receiver refuses to start without a secret: an unsigned receiver would deploy anyone's push. */

@@ -100,9 +100,16 @@ export const DeploymentConfig = z.strictObject({
 });
 export type DeploymentConfig = z.infer<typeof DeploymentConfig>;
 
+/** A lock-name prefix: Redis-key characters only, no surrounding ":" (the names add their own). */
+export const LOCK_PREFIX = /^[A-Za-z0-9](?:[A-Za-z0-9:._-]{0,62}[A-Za-z0-9])?$/;
+
+/** A TCP port to listen on; 0 lets the system pick a free one. */
+export const PORT = z.number().int().min(0).max(65535);
+
 export const ServerConfig = z.strictObject({
   host: z.string().min(1).default("127.0.0.1"),
-  port: z.number().int().min(0).max(65535).default(3400),
+  /** --port and DEPLOYQ_PORT override it; 0: a free port the system picks (printed, and announced in data_dir/run). */
+  port: PORT.default(3400),
 });
 
 const DEFAULT_NGINX = {
@@ -146,6 +153,16 @@ export const Config = z.strictObject({
   shutdown_grace_s: z.number().min(0).default(30),
   /** Lifetime of a distributed lock (REDIS_URL); it is extended at half its life while held. */
   lock_ttl_ms: z.number().int().min(500).default(30_000),
+  /**
+   * Every lock name starts with it (`<lock_prefix>:deployment:<name>`), so that two installs
+   * sharing one Redis do not share locks. Default: `deployq:` and 8 hex digits of the queue
+   * root's real path (src/lock/lock.ts defaultLockPrefix). Hosts of one fleet that must take
+   * turns set the same value.
+   */
+  lock_prefix: z
+    .string()
+    .regex(LOCK_PREFIX, "must be 1 to 64 letters, digits, : . _ or -, starting and ending with a letter or digit (e.g. \"deployq:web1\")")
+    .optional(),
   /** pm2's home for `restart = { pm2 = ... }`: the apps run under the pm2 daemon there. Default: PM2_HOME, else ~/.pm2. */
   pm2_home: z.string().min(1).optional(),
   nginx: NginxHost.default(DEFAULT_NGINX),

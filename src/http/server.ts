@@ -1,6 +1,6 @@
 import { access, constants } from "node:fs/promises";
 import type { IncomingMessage, ServerResponse } from "node:http";
-import type { AddressInfo } from "node:net";
+import net, { type AddressInfo } from "node:net";
 import { sql } from "drizzle-orm";
 import express, { type NextFunction, type Request, type Response } from "express";
 import type { Logger } from "pino";
@@ -143,8 +143,13 @@ export async function listen(app: express.Express, host: string, port: number): 
     close() {
       stopping = true;
       closing ??= new Promise<void>((resolve, reject) => {
-        server.close((err) => (err ? reject(err) : resolve()));
-        server.closeIdleConnections();
+        // Stop listening, but not http.Server#close(): since Node 19 it also closes idle
+        // keep-alive connections at once, and a client that is just sending its next delivery
+        // on one gets a reset (a failed delivery), even while another receiver instance takes
+        // new connections on the same port (pm2 cluster mode). An idle connection ends by its
+        // keep-alive timeout instead, which the client knows from the Keep-Alive header and
+        // stops reusing it before; an answer on it says `connection: close`.
+        net.Server.prototype.close.call(server, (err) => (err ? reject(err) : resolve()));
         // Keep-alive connections that finish their request after this are closed then;
         // any that still linger after the grace period are cut.
         setTimeout(() => server.closeAllConnections(), 10_000).unref();

@@ -1,3 +1,6 @@
+import { createHash } from "node:crypto";
+import { realpathSync } from "node:fs";
+import path from "node:path";
 import { DeployqError, TransientError } from "../errors.ts";
 
 /**
@@ -30,10 +33,48 @@ export class LockUnavailableError extends TransientError {
   }
 }
 
-export const deploymentLockName = (deployment: string) => `deployq:deployment:${deployment}`;
-export const ROUTER_LOCK = "deployq:router";
+// Lock names within an install; the lock service of a process (withLockPrefix) puts the
+// install's prefix in front of each, so the name in Redis is `<lock_prefix>:deployment:<name>`.
+export const deploymentLockName = (deployment: string) => `deployment:${deployment}`;
+export const ROUTER_LOCK = "router";
 /** Taken by the nginx and certbot steps: one nginx configuration change at a time, fleet-wide. */
-export const NGINX_LOCK = "deployq:nginx";
+export const NGINX_LOCK = "nginx";
+
+/** The one place a lock's full name is made: what is locked in Redis, and what messages show. */
+export function lockName(prefix: string, name: string): string {
+  return `${prefix}:${name}`;
+}
+
+/**
+ * The default lock_prefix: `deployq:` and 8 hex digits of the SHA-256 of the queue root's real
+ * path. Two installs on one host (or sharing one Redis) have different queue roots, so their
+ * locks differ; the receiver, the workers and the CLI of one install load the same settings, so
+ * they agree. The real path makes a symlinked or relative spelling of the root agree too; a root
+ * not made yet resolves through its deepest existing parent, as it will once it exists.
+ */
+export function defaultLockPrefix(queuesDir: string): string {
+  return `deployq:${createHash("sha256").update(realpathOfPath(path.resolve(queuesDir))).digest("hex").slice(0, 8)}`;
+}
+
+function realpathOfPath(p: string): string {
+  try {
+    return realpathSync(p);
+  } catch (err) {
+    const parent = path.dirname(p);
+    if ((err as NodeJS.ErrnoException).code !== "ENOENT" || parent === p) throw err;
+    return path.join(realpathOfPath(parent), path.basename(p));
+  }
+}
+
+/** A lock service that takes every name under `prefix` (lockName). Every lock service deployq opens goes through it. */
+export function withLockPrefix(locks: LockService, prefix: string): LockService {
+  return {
+    kind: locks.kind,
+    using: (name, fn) => locks.using(lockName(prefix, name), fn),
+    health: () => locks.health(),
+    close: () => locks.close(),
+  };
+}
 
 /**
  * `locks.using(name, fn)`, waiting while another process holds the lock (a busy lock is

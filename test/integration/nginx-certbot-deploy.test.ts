@@ -3,10 +3,11 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { and, eq } from "drizzle-orm";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { loadSettings } from "../../src/config/load.ts";
 import { type Daemon, startDaemon } from "../../src/daemon.ts";
 import { deploys } from "../../src/db/schema.ts";
 import { silentLogger } from "../../src/log.ts";
-import { NGINX_LOCK } from "../../src/lock/lock.ts";
+import { NGINX_LOCK, lockName, withLockPrefix } from "../../src/lock/lock.ts";
 import { createRedlockLocks } from "../../src/lock/redlock.ts";
 import { readReleaseMeta } from "../../src/steps/release.ts";
 import { type TestDatabase, createTestDatabase } from "../helpers/db.ts";
@@ -196,12 +197,14 @@ webroot = "${certbot.webroot}"
     expect((await runDeployq(["--config", withoutShopSites, "status", "shop"], env)).stdout).not.toContain("sites:");
 
     // A deployment gone from the configuration: status still names its live files, and with
-    // REDIS_URL the command waits for deployq:nginx while someone else holds it.
+    // REDIS_URL the command waits for the nginx lock while someone else holds it.
     const gone = await runDeployq(["--config", withoutBlog, "status"], env);
     expect(gone.stdout).toContain(`blog  (no longer configured) still owns nginx site files: ${blogConf}\n  \`deployq sites remove blog\` takes them out\n`);
     const redis = await privateRedis();
     await redis.start();
-    const locks = createRedlockLocks({ urls: [redis.url], ttlMs: 5_000, logger: silentLogger() });
+    // The lock as the workers of this install take it: under the install's lock_prefix.
+    const prefix = loadSettings({ configPath: withoutBlog, env: { ...process.env, ...env } }).lockPrefix;
+    const locks = withLockPrefix(createRedlockLocks({ urls: [redis.url], ttlMs: 5_000, logger: silentLogger() }), prefix);
     try {
       let release!: () => void;
       const released = new Promise<void>((resolve) => (release = resolve));
@@ -213,8 +216,8 @@ webroot = "${certbot.webroot}"
       });
       await held;
       const waiting = spawnDeployq(["--config", withoutBlog, "sites", "remove", "blog"], { ...env, REDIS_URL: redis.url });
-      await waiting.waitFor("taking deployq:nginx");
-      expect(await readdir(nginx.confDir), "nothing is removed while another holds deployq:nginx").toEqual(["blog.conf"]);
+      await waiting.waitFor(`taking ${lockName(prefix, NGINX_LOCK)}`);
+      expect(await readdir(nginx.confDir), "nothing is removed while another holds the nginx lock").toEqual(["blog.conf"]);
       release();
       await holder;
       expect(await waiting.exited).toEqual({ code: 0, signal: null });

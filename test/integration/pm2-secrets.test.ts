@@ -76,7 +76,7 @@ interface AppAnswer {
 interface Pm2Process {
   name: string;
   pid: number;
-  pm2_env: { status: string; kill_timeout?: number };
+  pm2_env: { status: string; kill_timeout?: number; exec_mode?: string; env?: Record<string, string> };
 }
 
 /** The environment of the test without anything of this machine's deployq/pm2 setup, and without the secrets. */
@@ -327,6 +327,16 @@ describe("pm2: deployq's secrets do not reach the apps it deploys under its own 
     }
   }
 
+  /**
+   * The names of the variables deployq's app has. A fork-mode process is started with them
+   * (/proc/<pid>/environ); a cluster-mode instance (the receiver) is forked with the daemon's
+   * environment and sets its app's `env` itself (pm2's ProcessContainer.js), so its environ does
+   * not show them: pm2's record of the app's env does.
+   */
+  async function appEnvNames(p: Pm2Process): Promise<string[]> {
+    return p.pm2_env.exec_mode === "cluster_mode" ? Object.keys(p.pm2_env.env ?? {}) : environNames(p.pid);
+  }
+
   /** The names of the variables of a process (/proc/<pid>/environ: what it was started with). */
   async function environNames(pid: number): Promise<string[]> {
     return (await readFile(`/proc/${pid}/environ`, "utf8"))
@@ -340,7 +350,7 @@ describe("pm2: deployq's secrets do not reach the apps it deploys under its own 
     const deployq = await deployqOnline(c);
     expect(deployq.get("deployq-workers")!.pm2_env.kill_timeout, "DEPLOYQ_PM2_KILL_TIMEOUT_MS reached ecosystem.config.cjs").toBe(KILL_TIMEOUT_MS);
     // deployq's own apps have every secret (and the receiver checks the signature with GITHUB_WEBHOOK_SECRET).
-    for (const app of ["deployq-receiver", "deployq-workers"]) expect(await environNames(deployq.get(app)!.pid), app).toEqual(expect.arrayContaining([...SECRET_NAMES]));
+    for (const app of ["deployq-receiver", "deployq-workers"]) expect(await appEnvNames(deployq.get(app)!), app).toEqual(expect.arrayContaining([...SECRET_NAMES]));
     const delivery = await tryPost(`http://127.0.0.1:${c.port}`, await signedDelivery(pushPayload({ repository: "octo-org/app", branch: "main", after: sha })));
     expect(delivery, await logs(c)).toMatchObject({ kind: "status", status: 202 });
     return appsAnswer(c);
@@ -395,7 +405,7 @@ describe("pm2: deployq's secrets do not reach the apps it deploys under its own 
         const reloaded = await deployqOnline(c);
         for (const app of ["deployq-receiver", "deployq-workers"]) {
           expect(reloaded.get(app)!.pid, app).not.toBe(before.get(app)!.pid);
-          expect(await environNames(reloaded.get(app)!.pid), app).toEqual(expect.arrayContaining([...SECRET_NAMES, "DEPLOYQ_TEST_ADDED"]));
+          expect(await appEnvNames(reloaded.get(app)!), app).toEqual(expect.arrayContaining([...SECRET_NAMES, "DEPLOYQ_TEST_ADDED"]));
         }
         expect((await answer(c.forkPort))?.pid, "the fork-mode app was not restarted by the reload").toBe(first.fork.pid);
         expect((await answer(c.clusterPort))?.pid, "the cluster-mode app was not restarted by the reload").toBe(first.cluster.pid);

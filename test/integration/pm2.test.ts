@@ -1,4 +1,6 @@
 import { execFile } from "node:child_process";
+import { request as httpRequest } from "node:http";
+import { createConnection } from "node:net";
 import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -18,11 +20,15 @@ const run = promisify(execFile);
 const PM2 = PM2_BIN;
 const ECOSYSTEM = path.join(REPO_ROOT, "ecosystem.config.cjs");
 const APPS = ["deployq-receiver", "deployq-workers"] as const;
+/** Processes pm2 runs per app: the receiver in cluster mode, the workers in fork mode. */
+const INSTANCES: Record<(typeof APPS)[number], number> = { "deployq-receiver": 2, "deployq-workers": 1 };
+/** Reloads while the deliveries arrive (each replaces every process once). */
+const RELOADS = 2;
 /** Commits in the repository; delivery i pushes commit i mod COMMITS. */
 const COMMITS = 12;
 /** One delivery is sent every SEND_EVERY_MS, whether or not earlier ones were answered. */
 const SEND_EVERY_MS = 20;
-/** Acknowledged deliveries before the reload starts, and again after it has finished. */
+/** Acknowledged deliveries before the first reload starts, and again after each has finished. */
 const ACKS_BEFORE = 30;
 const ACKS_AFTER = 30;
 /** Bounds the sender whatever happens. */
@@ -33,7 +39,34 @@ const FINAL = ["succeeded", "superseded", "already-deployed"];
 interface Pm2Process {
   name: string;
   pid: number;
-  pm2_env: { status: string; restart_time: number };
+  pm2_env: { status: string; restart_time: number; exec_mode: string };
+}
+
+/**
+ * POSTs a signed delivery on a connection of its own (no keep-alive agent), closed after the
+ * answer: what a sender that does not reuse connections sees. A connection error is an outcome.
+ */
+function tryPostFresh(url: string, request: { headers: Record<string, string>; body: string | Buffer }, timeoutMs = 30_000): Promise<Outcome> {
+  return new Promise((resolve) => {
+    const req = httpRequest(`${url}/github-webhook`, { method: "POST", headers: { ...request.headers, connection: "close" }, agent: false, timeout: timeoutMs }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on("data", (c: Buffer) => chunks.push(c));
+      res.on("error", (err: NodeJS.ErrnoException) => resolve({ kind: "error", error: err.code ?? err.message }));
+      res.on("end", () => {
+        const text = Buffer.concat(chunks).toString("utf8");
+        let body: Record<string, unknown>;
+        try {
+          body = JSON.parse(text) as Record<string, unknown>;
+        } catch {
+          body = { raw: text };
+        }
+        resolve({ kind: "status", status: res.statusCode ?? 0, body });
+      });
+    });
+    req.on("timeout", () => req.destroy(new Error("timeout")));
+    req.on("error", (err: NodeJS.ErrnoException) => resolve({ kind: "error", error: err.code ?? err.message }));
+    req.end(request.body);
+  });
 }
 
 describe("pm2: ecosystem.config.cjs in a private PM2_HOME", () => {
@@ -66,10 +99,13 @@ describe("pm2: ecosystem.config.cjs in a private PM2_HOME", () => {
     return JSON.parse(out.slice(out.indexOf("["))) as Pm2Process[];
   }
 
-  async function appsOnline(): Promise<Map<string, Pm2Process> | false> {
+  /** Every app with all its processes online (by app name), or false. */
+  async function appsOnline(): Promise<Map<string, Pm2Process[]> | false> {
     const list = await jlist();
-    const byName = new Map(list.map((p) => [p.name, p]));
-    return APPS.every((a) => byName.get(a)?.pm2_env.status === "online" && byName.get(a)!.pid > 0) ? byName : false;
+    const byName = new Map<string, Pm2Process[]>();
+    for (const p of list) byName.set(p.name, [...(byName.get(p.name) ?? []), p]);
+    const up = (a: (typeof APPS)[number]) => (byName.get(a) ?? []).filter((p) => p.pm2_env.status === "online" && p.pid > 0).length === INSTANCES[a];
+    return APPS.every(up) ? byName : false;
   }
 
   /** The tail of every log file pm2 wrote for the apps, for failure messages. */
@@ -106,7 +142,8 @@ commands = [["sh", "-c", "echo $DEPLOYQ_SHA > BUILD"]]
       PM2_HOME: pm2Home,
       DEPLOYQ_CONFIG: ws.configPath,
       DEPLOYQ_PM2_LOG_DIR: logDir,
-      DEPLOYQ_LOG_LEVEL: "warn",
+      // info: the receiver's "deployq started" lines show which processes wrote pm2's log file.
+      DEPLOYQ_LOG_LEVEL: "info",
       GITHUB_WEBHOOK_SECRET: SECRET,
       DATABASE_URL: tdb.url,
     };
@@ -125,7 +162,7 @@ commands = [["sh", "-c", "echo $DEPLOYQ_SHA > BUILD"]]
   });
 
   it(
-    "start, reload while deliveries arrive, stop, delete: every acknowledged delivery is deployed or superseded exactly once",
+    "start, two reloads while deliveries arrive on kept-alive and fresh connections, stop, delete: no delivery is refused or fails, and each is deployed or superseded exactly once",
     async () => {
       const url = `http://127.0.0.1:${port}`;
       const router = path.join(ws.queuesDir, "router");
@@ -134,8 +171,8 @@ commands = [["sh", "-c", "echo $DEPLOYQ_SHA > BUILD"]]
 
       const startedAt = Date.now();
       await pm2(["start", ECOSYSTEM]);
-      // wait_ready: `pm2 start` returns once both apps sent "ready" (or listen_timeout passed).
-      const before = await waitUntil(appsOnline, { what: "both apps are online", timeoutMs: 60_000, describe: logs });
+      // wait_ready: `pm2 start` returns once every process sent "ready" (or listen_timeout passed).
+      const before = await waitUntil(appsOnline, { what: "every app is online", timeoutMs: 60_000, describe: logs });
       await waitForHttp(url);
       const startMs = Date.now() - startedAt;
 
@@ -148,6 +185,7 @@ commands = [["sh", "-c", "echo $DEPLOYQ_SHA > BUILD"]]
         outcome?: Outcome;
         /** The entry named by the 202 answer. */
         queued?: string;
+        keepAlive: boolean;
       }
       const sent: Sent[] = [];
       const inFlight: Array<Promise<void>> = [];
@@ -159,10 +197,12 @@ commands = [["sh", "-c", "echo $DEPLOYQ_SHA > BUILD"]]
           const index = sent.length;
           const sha = shas[index % COMMITS]!;
           const request = await signedDelivery(pushPayload({ repository: "octo-org/app", branch: "main", after: sha }));
-          const record: Sent = { index, sha, deliveryId: request.headers["x-github-delivery"]!, sentAt: Date.now() };
+          // Even deliveries reuse keep-alive connections (fetch's pool), odd ones open their own.
+          const keepAlive = index % 2 === 0;
+          const record: Sent = { index, sha, deliveryId: request.headers["x-github-delivery"]!, sentAt: Date.now(), keepAlive };
           sent.push(record);
           inFlight.push(
-            tryPost(url, request, 30_000).then((outcome) => {
+            (keepAlive ? tryPost(url, request, 30_000) : tryPostFresh(url, request, 30_000)).then((outcome) => {
               record.outcome = outcome;
               if (outcome.kind === "status" && outcome.status === 202) {
                 record.queued = outcome.body.queued as string;
@@ -174,39 +214,64 @@ commands = [["sh", "-c", "echo $DEPLOYQ_SHA > BUILD"]]
         }
       })();
 
+      const reloads: Array<{ start: number; end: number }> = [];
       try {
         await waitUntil(() => acked >= ACKS_BEFORE, { what: `${ACKS_BEFORE} deliveries acknowledged before the reload`, timeoutMs: 30_000 });
-        const reloadStart = Date.now();
-        await pm2(["reload", ECOSYSTEM]);
-        const reloadEnd = Date.now();
-        const ackedAtReload = acked;
-        await waitUntil(() => acked >= ackedAtReload + ACKS_AFTER, {
-          what: `${ACKS_AFTER} more deliveries acknowledged after the reload`,
-          timeoutMs: 60_000,
-          describe: logs,
-        });
+        for (let r = 0; r < RELOADS; r++) {
+          const start = Date.now();
+          await pm2(["reload", ECOSYSTEM]);
+          reloads.push({ start, end: Date.now() });
+          const ackedAtReload = acked;
+          await waitUntil(() => acked >= ackedAtReload + ACKS_AFTER, {
+            what: `${ACKS_AFTER} more deliveries acknowledged after reload ${r + 1}`,
+            timeoutMs: 60_000,
+            describe: logs,
+          });
+        }
         stop = true;
         await sender;
         await Promise.all(inFlight);
 
-        // pm2 replaced both processes, each once, and both are online again.
-        const after = await waitUntil(appsOnline, { what: "both apps are online after the reload", timeoutMs: 30_000, describe: logs });
+        // pm2 replaced every process once per reload, and all are online again; the receiver
+        // runs as two cluster-mode instances.
+        const after = await waitUntil(appsOnline, { what: "every app is online after the reloads", timeoutMs: 30_000, describe: logs });
         for (const app of APPS) {
-          expect(after.get(app)!.pid, `${app} has a new process`).not.toBe(before.get(app)!.pid);
-          expect(after.get(app)!.pm2_env.restart_time, app).toBe(1);
+          const oldPids = new Set(before.get(app)!.map((p) => p.pid));
+          for (const p of after.get(app)!) {
+            expect(oldPids.has(p.pid), `${app} ${p.pid} is a new process`).toBe(false);
+            expect(p.pm2_env.restart_time, app).toBe(RELOADS);
+            expect(p.pm2_env.exec_mode, app).toBe(INSTANCES[app] > 1 ? "cluster_mode" : "fork_mode");
+          }
         }
 
-        // Answers: 202, or no answer at all (the receiver's port is closed between the old
-        // process and the new one); never an error status, never a 2xx without an entry.
+        // pm2 kept every receiver instance's log lines (cluster mode captures process.stdout,
+        // not fd 1): one "deployq started" per process it ran, two at start and two per reload.
+        const receiverLog = await readFile(path.join(logDir, "deployq-receiver.out.log"), "utf8");
+        const startedPids = new Set(
+          receiverLog
+            .split("\n")
+            .filter((l) => l.includes('"msg":"deployq started"'))
+            .map((l) => (JSON.parse(l) as { pid: number }).pid),
+        );
+        expect(startedPids.size, "receiver processes that logged their start").toBe(INSTANCES["deployq-receiver"] * (1 + RELOADS));
+        for (const p of after.get("deployq-receiver")!) expect(startedPids.has(p.pid), `the log has receiver ${p.pid}`).toBe(true);
+
+        // Answers: every delivery, on a kept-alive or a fresh connection, got 202: the port
+        // never closed (no refused, reset or cut connection) and nothing answered 5xx.
         const statuses = new Map<string, number>();
         for (const s of sent) {
-          const key = s.outcome!.kind === "status" ? String(s.outcome!.status) : s.outcome!.error;
+          const key = `${s.keepAlive ? "keep-alive" : "fresh"} ${s.outcome!.kind === "status" ? String(s.outcome!.status) : s.outcome!.error}`;
           statuses.set(key, (statuses.get(key) ?? 0) + 1);
         }
-        const answered = sent.filter((s) => s.outcome!.kind === "status");
-        for (const s of answered) expect(s.outcome, `delivery ${s.index}`).toMatchObject({ kind: "status", status: 202 });
-        const sentDuringReload = sent.filter((s) => s.sentAt >= reloadStart && s.sentAt <= reloadEnd);
-        expect(sentDuringReload.length, "deliveries sent while pm2 reloaded").toBeGreaterThan(0);
+        expect(Object.fromEntries(statuses), "answers by connection kind").toEqual({
+          "keep-alive 202": sent.filter((s) => s.keepAlive).length,
+          "fresh 202": sent.filter((s) => !s.keepAlive).length,
+        });
+        const during = (s: Sent) => reloads.some((r) => s.sentAt >= r.start && s.sentAt <= r.end);
+        const sentDuringReload = sent.filter(during);
+        for (const kind of [true, false]) {
+          expect(sentDuringReload.filter((s) => s.keepAlive === kind).length, `${kind ? "keep-alive" : "fresh"} deliveries sent while pm2 reloaded`).toBeGreaterThan(0);
+        }
         const ack = sent.filter((s) => s.queued !== undefined);
         const entryOf = (s: Sent) => s.queued!;
         const names = ack.map(entryOf);
@@ -241,12 +306,9 @@ commands = [["sh", "-c", "echo $DEPLOYQ_SHA > BUILD"]]
           // Besides its outcome, an entry may only have been interrupted by the reload (and redone).
           for (const r of mine) expect(["interrupted", ...FINAL], `delivery ${s.index}`).toContain(r.status);
         }
-        // Nothing else was deployed, except (possibly) a delivery whose connection was cut
-        // mid-request: the receiver may have queued it without its answer getting through
-        // (GitHub's redelivery of it is then a duplicate). A refused connection queues nothing.
-        const cut = new Set(sent.filter((s) => s.outcome!.kind === "error" && s.outcome!.error !== "ECONNREFUSED").map((s) => s.deliveryId));
+        // Nothing else was deployed (every delivery was answered, so none was queued unacknowledged).
         const acknowledged = new Set(names);
-        expect(rows.filter((r) => !acknowledged.has(r.entry) && !cut.has(r.deliveryId ?? ""))).toEqual([]);
+        expect(rows.filter((r) => !acknowledged.has(r.entry))).toEqual([]);
         expect(rows.filter((r) => r.status === "running" || r.status === "failed" || r.status === "retrying")).toEqual([]);
 
         // The router recorded each one as routed to app.
@@ -276,7 +338,7 @@ commands = [["sh", "-c", "echo $DEPLOYQ_SHA > BUILD"]]
         for (const r of rows) statusCounts.set(r.status, (statusCounts.get(r.status) ?? 0) + 1);
         const ackedDuringReload = sentDuringReload.filter((s) => s.queued !== undefined).length;
         console.info(
-          `pm2: start ${startMs} ms, reload ${reloadEnd - reloadStart} ms; ${sent.length} deliveries (${counts}); ` +
+          `pm2: start ${startMs} ms, reloads ${reloads.map((r) => `${r.end - r.start} ms`).join(", ")}; ${sent.length} deliveries (${counts}); ` +
             `${sentDuringReload.length} sent during the reload, ${ackedDuringReload} of them acknowledged; deploys: ${[...statusCounts].map(([k, v]) => `${k} ${v}`).join(", ")}`,
         );
       } finally {
@@ -335,12 +397,12 @@ commands = [["sh", "-c", "trap 'echo INT >> ${signals}; exit 130' INT; trap 'ech
         await writeFile(gate, "");
         await reload;
         const after = await waitUntil(appsOnline, { what: "both apps are online after the reload", timeoutMs: 30_000, describe: logs });
-        expect(after.get("deployq-workers")!.pid).not.toBe(before.get("deployq-workers")!.pid);
+        expect(after.get("deployq-workers")![0]!.pid).not.toBe(before.get("deployq-workers")![0]!.pid);
 
         // The build was never signalled, its deploy succeeded once, before the old process ended.
         expect(await readFile(signals, "utf8").catch(() => "")).toBe("");
         const rows = await tdb.database.db.select().from(deploys).where(eq(deploys.entry, entry));
-        expect(rows.map((r) => ({ status: r.status, sha: r.sha, pid: r.pid }))).toEqual([{ status: "succeeded", sha, pid: before.get("deployq-workers")!.pid }]);
+        expect(rows.map((r) => ({ status: r.status, sha: r.sha, pid: r.pid }))).toEqual([{ status: "succeeded", sha, pid: before.get("deployq-workers")![0]!.pid }]);
         const release = JSON.parse(await readFile(path.join(slow.dir, "apps", "slow", "current", ".deployq-release.json"), "utf8")) as { sha: string };
         expect(release.sha).toBe(sha);
         expect(await entryNames(path.join(slow.queuesDir, "deployments", "slow"))).toEqual([]);
@@ -352,5 +414,51 @@ commands = [["sh", "-c", "trap 'echo INT >> ${signals}; exit 130' INT; trap 'ech
       }
     },
     180_000,
+  );
+  it(
+    "control: with the receiver in fork mode instead, the same reload refuses connections",
+    async () => {
+      // ecosystem.config.cjs with only the receiver changed back to one fork-mode process.
+      const forkEcosystem = path.join(dir, "fork-mode.config.cjs");
+      await writeFile(
+        forkEcosystem,
+        `const ours = require(${JSON.stringify(ECOSYSTEM)});\n` +
+          `module.exports = { apps: ours.apps.map((a) => (a.name === "deployq-receiver" ? { ...a, exec_mode: "fork", instances: 1 } : a)) };\n`,
+      );
+      const only = ["--only", "deployq-receiver"];
+      await pm2(["start", forkEcosystem, ...only]);
+      await waitForHttp(`http://127.0.0.1:${port}`);
+      // Connect again and again while pm2 reloads: pm2 stops the old process and waits for its
+      // exit before it starts the new one, which must boot (tsx, migrations) before it listens,
+      // so the port is closed for at least that boot, and a connection attempt made then is refused.
+      const seen = { accepted: 0, refused: 0, other: [] as string[] };
+      let reloading = true;
+      const probe = (async () => {
+        while (reloading) {
+          await new Promise<void>((resolve) => {
+            const socket = createConnection({ host: "127.0.0.1", port }, () => {
+              seen.accepted++;
+              socket.destroy();
+              resolve();
+            });
+            socket.once("error", (err: NodeJS.ErrnoException) => {
+              if (err.code === "ECONNREFUSED") seen.refused++;
+              else seen.other.push(err.code ?? err.message);
+              resolve();
+            });
+          });
+        }
+      })();
+      try {
+        await pm2(["reload", forkEcosystem, ...only]);
+      } finally {
+        reloading = false;
+        await probe;
+      }
+      expect(seen.refused, `connections during a fork-mode reload: ${JSON.stringify(seen)}`).toBeGreaterThan(0);
+      expect(seen.accepted).toBeGreaterThan(0);
+      await pm2(["delete", forkEcosystem]);
+    },
+    120_000,
   );
 });

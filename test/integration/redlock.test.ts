@@ -1,9 +1,10 @@
 import { Writable } from "node:stream";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { LockBusyError, type LockService, LockUnavailableError } from "../../src/lock/lock.ts";
+import { LockBusyError, type LockService, LockUnavailableError, NGINX_LOCK, deploymentLockName, withLockPrefix } from "../../src/lock/lock.ts";
 import { createRedlockLocks } from "../../src/lock/redlock.ts";
 import { type PrivateRedis, privateRedis } from "../helpers/redis.ts";
+import { createWorkspace } from "../helpers/workspace.ts";
 
 function capturingLogger() {
   const lines: Array<{ msg: string; level: number }> = [];
@@ -44,7 +45,7 @@ describe("redlock locks", () => {
     const held = new Promise<void>((r) => (release = r));
     let holds!: () => void;
     const aHolds = new Promise<void>((r) => (holds = r));
-    const first = a.locks.using("deployq:deployment:extend", async (signal) => {
+    const first = a.locks.using(deploymentLockName("extend"), async (signal) => {
       events.push("a:start");
       holds();
       await held;
@@ -53,7 +54,7 @@ describe("redlock locks", () => {
     });
     // b asks while a holds it; a keeps it for three TTLs, extended at half its life.
     await aHolds;
-    const second = b.locks.using("deployq:deployment:extend", async () => {
+    const second = b.locks.using(deploymentLockName("extend"), async () => {
       events.push("b:start");
     });
     await new Promise((r) => setTimeout(r, 3000)); // a's hold outlives the TTL three times: that is the point of the test
@@ -69,23 +70,23 @@ describe("redlock locks", () => {
     let release!: () => void;
     let holds!: () => void;
     const aHolds = new Promise<void>((r) => (holds = r));
-    const holding = a.locks.using("deployq:deployment:busy", () => {
+    const holding = a.locks.using(deploymentLockName("busy"), () => {
       holds();
       return new Promise<void>((r) => (release = r));
     });
     await aHolds;
-    await expect(b.locks.using("deployq:deployment:busy", async () => "ran")).rejects.toBeInstanceOf(LockBusyError);
+    await expect(b.locks.using(deploymentLockName("busy"), async () => "ran")).rejects.toBeInstanceOf(LockBusyError);
     release();
     await holding;
-    await expect(b.locks.using("deployq:deployment:busy", async () => "ran")).resolves.toBe("ran");
+    await expect(b.locks.using(deploymentLockName("busy"), async () => "ran")).resolves.toBe("ran");
   });
 
   it("reports an outage of the lock service once, and recovers by itself", async () => {
     const { locks, lines } = make(1000, 300);
-    await locks.using("deployq:deployment:outage", async () => {});
+    await locks.using(deploymentLockName("outage"), async () => {});
     await redis.stop();
     for (let i = 0; i < 3; i++) {
-      await expect(locks.using("deployq:deployment:outage", async () => {})).rejects.toBeInstanceOf(LockUnavailableError);
+      await expect(locks.using(deploymentLockName("outage"), async () => {})).rejects.toBeInstanceOf(LockUnavailableError);
     }
     const health = locks.health();
     expect(health.ok).toBe(false);
@@ -94,7 +95,7 @@ describe("redlock locks", () => {
     const deadline = Date.now() + 20_000;
     for (;;) {
       try {
-        await locks.using("deployq:deployment:outage", async () => {});
+        await locks.using(deploymentLockName("outage"), async () => {});
         break;
       } catch (err) {
         if (!(err instanceof LockUnavailableError) || Date.now() > deadline) throw err;
@@ -103,5 +104,44 @@ describe("redlock locks", () => {
     }
     expect(locks.health()).toEqual({ ok: true });
     expect(lines.filter((l) => l.msg.startsWith("the lock service is reachable again"))).toHaveLength(1);
+  });
+  it("two installs sharing one Redis do not share locks; the processes of one install do", async () => {
+    const one = await createWorkspace();
+    const two = await createWorkspace();
+    try {
+      // Each process loads its install's settings: the default prefixes differ between installs.
+      expect(one.settings.lockPrefix).toMatch(/^deployq:[0-9a-f]{8}$/);
+      expect(two.settings.lockPrefix).not.toBe(one.settings.lockPrefix);
+      const install = (prefix: string) => withLockPrefix(make(5000, 600).locks, prefix);
+      const oneWorkers = install(one.settings.lockPrefix);
+      const oneCli = install(one.settings.lockPrefix);
+      const twoWorkers = install(two.settings.lockPrefix);
+
+      let release!: () => void;
+      const released = new Promise<void>((r) => (release = r));
+      let holds!: () => void;
+      const holding = new Promise<void>((r) => (holds = r));
+      const held = oneWorkers.using(deploymentLockName("api"), async () => {
+        holds();
+        await released;
+      });
+      const nginxHeld = oneWorkers.using(NGINX_LOCK, () => released);
+      await holding;
+      try {
+        // The other install deploys its own "api" and changes its own nginx meanwhile.
+        await expect(twoWorkers.using(deploymentLockName("api"), async () => "two deployed")).resolves.toBe("two deployed");
+        await expect(twoWorkers.using(NGINX_LOCK, async () => "two's nginx")).resolves.toBe("two's nginx");
+        // The same install's other process (the CLI's `sites remove`, another workers process) is kept out.
+        await expect(oneCli.using(deploymentLockName("api"), async () => "ran")).rejects.toBeInstanceOf(LockBusyError);
+        await expect(oneCli.using(NGINX_LOCK, async () => "ran")).rejects.toBeInstanceOf(LockBusyError);
+      } finally {
+        release();
+        await Promise.all([held, nginxHeld]);
+      }
+      await expect(oneCli.using(NGINX_LOCK, async () => "ran")).resolves.toBe("ran");
+    } finally {
+      await one.dispose();
+      await two.dispose();
+    }
   });
 });
