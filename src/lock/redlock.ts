@@ -1,6 +1,6 @@
 import { Redis } from "ioredis";
 import type { Logger } from "pino";
-import Redlock, { ExecutionError, ResourceLockedError } from "redlock";
+import Redlock, { ExecutionError, type Lock, ResourceLockedError } from "redlock";
 import { errorMessage, redactUrl } from "../errors.ts";
 import { LockBusyError, type LockService, LockUnavailableError } from "./lock.ts";
 
@@ -39,7 +39,6 @@ export function createRedlockLocks(options: RedlockOptions): LockService {
     retryCount: Math.max(1, Math.ceil((options.acquireTimeoutMs ?? 5000) / retryDelay)),
     retryDelay,
     retryJitter: 100,
-    automaticExtensionThreshold: Math.floor(ttlMs / 2),
   });
   let outage: string | undefined;
   redlock.on("error", (err: unknown) => {
@@ -87,32 +86,82 @@ export function createRedlockLocks(options: RedlockOptions): LockService {
     );
   }
 
+  /**
+   * Extends a held lock at half its life, with one attempt each time and no retries: the
+   * routine's signal aborts on the first failed extension (the lock service down, or the key
+   * gone: a Redis restarted empty), and in any case a little before the lock would expire
+   * without one (a paused process, an extension that hangs). redlock's own `using()` retried a
+   * failed extension for its whole retry budget (about 5 s), long past a short lock's expiry,
+   * while the routine went on acting as the lock's holder.
+   */
+  function keepExtended(name: string, first: Lock) {
+    const controller = new AbortController();
+    let lock = first;
+    let extendTimer: NodeJS.Timeout | undefined;
+    let deadline: NodeJS.Timeout | undefined;
+    const lose = (why: string) => {
+      if (controller.signal.aborted) return;
+      logger.warn({ lock: name, err: why }, "lost a lock: what it protects stops before its next side effect");
+      controller.abort(new Error(`the lock ${name} was lost: ${why}`));
+    };
+    const arm = () => {
+      const left = lock.expiration - Date.now();
+      // Expiry, less a margin for clock drift and the time an abort takes to be seen.
+      deadline = setTimeout(() => lose("it was not extended before it expired (the process was paused, or the lock service hung)"), Math.max(0, left - Math.min(500, ttlMs / 10)));
+      extendTimer = setTimeout(extend, Math.max(0, left / 2));
+    };
+    const extend = async () => {
+      try {
+        const next = await redlock.extend(lock, ttlMs, { retryCount: 0 });
+        if (controller.signal.aborted) return;
+        lock = next;
+        clearTimeout(deadline);
+        arm();
+      } catch (err) {
+        const classified = await classify(err);
+        if (classified instanceof LockUnavailableError) reportOutage(classified.message);
+        lose(`its extension failed: ${classified instanceof LockBusyError ? "the key is gone or held by another process (a Redis restarted empty?)" : classified.message}`);
+      }
+    };
+    arm();
+    return {
+      signal: controller.signal,
+      stop() {
+        clearTimeout(extendTimer);
+        clearTimeout(deadline);
+      },
+      async release() {
+        try {
+          await lock.release();
+        } catch (err) {
+          // The routine ran; only the release failed. The lock expires by itself.
+          logger.warn({ lock: name, err: errorMessage(err) }, "could not release a lock; it expires by itself");
+        }
+      },
+    };
+  }
+
   let closing: Promise<void> | undefined;
   return {
     kind: `redlock (${clients.length} node${clients.length === 1 ? "" : "s"})`,
     async using(name, fn) {
-      let outcome: { ok: true; value: unknown } | { ok: false; error: unknown } | undefined;
       await connected();
+      let lock: Lock;
       try {
-        await redlock.using([name], ttlMs, {}, async (signal) => {
-          reportUp();
-          try {
-            outcome = { ok: true, value: await fn(signal) };
-          } catch (error) {
-            outcome = { ok: false, error };
-          }
-        });
+        lock = await redlock.acquire([name], ttlMs);
       } catch (err) {
-        if (outcome === undefined) {
-          const classified = await classify(err);
-          if (classified instanceof LockUnavailableError) reportOutage(classified.message);
-          throw classified;
-        }
-        // The routine ran; only the release failed. The lock expires by itself.
-        logger.warn({ lock: name, err: errorMessage(err) }, "could not release a lock; it expires by itself");
+        const classified = await classify(err);
+        if (classified instanceof LockUnavailableError) reportOutage(classified.message);
+        throw classified;
       }
-      if (!outcome!.ok) throw outcome!.error;
-      return outcome!.value as never;
+      reportUp();
+      const held = keepExtended(name, lock);
+      try {
+        return await fn(held.signal);
+      } finally {
+        held.stop();
+        await held.release();
+      }
     },
     health() {
       return outage === undefined ? { ok: true } : { ok: false, error: outage };

@@ -23,9 +23,17 @@ declare module "redlock" {
     readonly attempts: ReadonlyArray<Promise<ExecutionStats>>;
   }
   export type RedlockAbortSignal = AbortSignal & { error?: Error };
+  export class Lock {
+    readonly resources: string[];
+    readonly value: string;
+    /** Epoch milliseconds at which the lock expires (drift already taken off). */
+    readonly expiration: number;
+    release(): Promise<ExecutionStats>;
+  }
   export default class Redlock extends EventEmitter {
     constructor(clients: Iterable<Redis>, settings?: Partial<Settings>);
-    using<T>(resources: string[], duration: number, settings: Partial<Settings>, routine: (signal: RedlockAbortSignal) => Promise<T>): Promise<T>;
+    acquire(resources: string[], duration: number, settings?: Partial<Settings>): Promise<Lock>;
+    extend(existing: Lock, duration: number, settings?: Partial<Settings>): Promise<Lock>;
     quit(): Promise<void>;
   }
 }
