@@ -48,6 +48,12 @@ function mirrorOf(settings: Settings, d: Deployment): string {
   return d.strategy === "releases" ? deploymentPaths(d.path).mirror : path.join(settings.dataDir, "mirrors", `${d.name}.git`);
 }
 
+const exists = (file: string) =>
+  access(file).then(
+    () => true,
+    () => false,
+  );
+
 /** `git ls-remote` and reads of the mirror only: the CLI never writes into the mirror, which belongs to the daemon's user. */
 const GIT_CHECK: GitContext = { timeoutMs: 30_000 };
 const SHORT_SHA = /^[0-9a-f]{4,39}$/;
@@ -104,12 +110,9 @@ export async function resolveWanted(settings: Settings, d: Deployment, ref: stri
   }
 
   const mirror = mirrorOf(settings, d);
+  const mirrored = await exists(path.join(mirror, "HEAD"));
   let sha = raw;
   if (!SHA.test(raw)) {
-    const mirrored = await access(path.join(mirror, "HEAD")).then(
-      () => true,
-      () => false,
-    );
     if (!mirrored) {
       throw new DeployqError("BAD_REQUEST", `${d.name} has no mirror yet (${mirror}) to expand the short sha ${raw} with: give the full 40-digit sha or a branch; nothing was queued`);
     }
@@ -135,7 +138,7 @@ export async function resolveWanted(settings: Settings, d: Deployment, ref: stri
       : followed.length > 0
         ? `branches matching ${d.branch}: ${followed.map(([b]) => b).join(", ")}`
         : `${d.remote} has no branch matching ${d.branch}`;
-  const known = headOf.length > 0 || (await hasCommit(mirror, sha, GIT_CHECK));
+  const known = headOf.length > 0 || (mirrored && (await hasCommit(mirror, sha, GIT_CHECK)));
   return {
     ref: sha,
     note:
@@ -213,12 +216,6 @@ const logIds = async (dir: string): Promise<number[]> =>
     .map((n) => /^(\d+)\.log$/.exec(n)?.[1])
     .filter((id): id is string => id !== undefined)
     .map(Number);
-
-const exists = (file: string) =>
-  access(file).then(
-    () => true,
-    () => false,
-  );
 
 /**
  * Shows the deploy's progress from its own log files (one per attempt, named by deploy id,
