@@ -152,8 +152,9 @@ export async function deployCommand(settings: Settings, name: string, ref: strin
   const wanted = await resolveWanted(settings, d, ref);
   const out = options.out ?? process.stdout;
   if (wanted.note) out.write(`note: ${wanted.note}\n`);
+  const earlier = await existingLogs(settings, d);
   const entry = await enqueueInstruction(settings, d, "deploy", { ref: wanted.ref, ...(options.force ? { force: true } : {}) });
-  return follow(settings, d, entry, `${options.force ? "forced " : ""}deploy ${wanted.ref}`, options);
+  return follow(settings, d, entry, earlier, `${options.force ? "forced " : ""}deploy ${wanted.ref}`, options);
 }
 
 export async function rollbackCommand(settings: Settings, name: string, to: string | undefined, options: FollowOptions): Promise<number> {
@@ -173,8 +174,9 @@ export async function rollbackCommand(settings: Settings, name: string, to: stri
           : undefined;
     if (problem) throw new DeployqError("BAD_REQUEST", `cannot roll ${name} back to ${JSON.stringify(to)}: ${problem}; \`deployq releases ${name}\` lists the releases; nothing was queued`);
   }
+  const earlier = await existingLogs(settings, d);
   const entry = await enqueueInstruction(settings, d, "rollback", to ? { to } : {});
-  return follow(settings, d, entry, to ? `rollback to ${to}` : "rollback to the previous good release", options);
+  return follow(settings, d, entry, earlier, to ? `rollback to ${to}` : "rollback to the previous good release", options);
 }
 
 /** One deploy log being read incrementally: from where the last read stopped, never from the start again. */
@@ -211,6 +213,13 @@ async function firstLine(file: string): Promise<string | undefined> {
   }
 }
 
+const logsDirOf = (settings: Settings, d: Deployment) => path.join(settings.dataDir, "logs", d.name);
+
+/** The deploy logs there are before an entry is queued: none of them can be its own, so none is ever opened (there may be thousands). */
+async function existingLogs(settings: Settings, d: Deployment): Promise<Set<number>> {
+  return new Set(await logIds(logsDirOf(settings, d)));
+}
+
 const logIds = async (dir: string): Promise<number[]> =>
   (await readdir(dir).catch(() => [] as string[]))
     .map((n) => /^(\d+)\.log$/.exec(n)?.[1])
@@ -219,12 +228,11 @@ const logIds = async (dir: string): Promise<number[]> =>
 
 /**
  * Shows the deploy's progress from its own log files (one per attempt, named by deploy id,
- * whose first line names the entry) until the entry has left the queue. Deploy ids
- * increase, so logs that existed before the entry was queued are never opened; each newer
- * one is looked at once (its first line), and the entry's own are then read from where the
- * last read stopped.
+ * whose first line names the entry) until the entry has left the queue. Logs that existed
+ * before the entry was queued are never opened; each new one is looked at once (its first
+ * line), and the entry's own are then read from where the last read stopped.
  */
-async function follow(settings: Settings, d: Deployment, entry: string, what: string, options: FollowOptions): Promise<number> {
+async function follow(settings: Settings, d: Deployment, entry: string, earlier: Set<number>, what: string, options: FollowOptions): Promise<number> {
   const out = options.out ?? process.stdout;
   const layout = queueLayout(settings.queuesDir);
   const queued = path.join(layout.deployment(d.name), entry);
@@ -234,10 +242,8 @@ async function follow(settings: Settings, d: Deployment, entry: string, what: st
     out.write("no workers process is running: it is deployed when `deployq serve` or `deployq workers` starts\n");
     return 0;
   }
-  const logsDir = path.join(settings.dataDir, "logs", d.name);
-  // Logs of deploys that started before the entry existed cannot be its own: never opened.
-  const floor = Math.max(0, ...(await logIds(logsDir)));
-  const looked = new Set<number>();
+  const logsDir = logsDirOf(settings, d);
+  const looked = earlier;
   const ours: OpenLog[] = [];
   const header = `of ${d.name}: entry ${entry},`;
   let lastStep: string | undefined;
@@ -248,7 +254,7 @@ async function follow(settings: Settings, d: Deployment, entry: string, what: st
   try {
     for (;;) {
       const stillQueued = await exists(queued);
-      for (const id of (await logIds(logsDir)).filter((i) => i > floor && !looked.has(i)).sort((a, b) => a - b)) {
+      for (const id of (await logIds(logsDir)).filter((i) => !looked.has(i)).sort((a, b) => a - b)) {
         const file = path.join(logsDir, `${id}.log`);
         const line = await firstLine(file);
         if (line === undefined) continue; // its first line is being written: look again at the next turn
