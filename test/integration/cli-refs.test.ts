@@ -4,6 +4,8 @@ import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promis
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { finishDeploy, recordSuperseded, setDeployLog, startDeploy } from "../../src/db/queries/deploys.ts";
+import { inPlaceStateFile } from "../../src/workers/deploy.ts";
 import { type TestDatabase, createTestDatabase } from "../helpers/db.ts";
 import { type TestRepo, createRepo, git } from "../helpers/git.ts";
 import { REPO_ROOT, runDeployq } from "../helpers/processes.ts";
@@ -225,5 +227,39 @@ describe("deployq CLI: names and refs are checked before anything is queued", ()
     const text = await runDeployq(["status", "app"], env);
     expect(text.code).toBe(0);
     expect(text.stdout).toMatch(/^router: +2 events waiting to be routed, the oldest for \d+[smhd] \(`deployq queue ls router`\)$/m);
+  });
+
+  it("status pairs each deploy shown with its own log and whole error; in place, the live branch comes from the deploy that put its sha there", async () => {
+    const db = tdb.database.db;
+    const row = (sha: string, ref: string) => ({ deployment: "site", entry: `e-${sha.slice(0, 6)}`, deliveryId: undefined, event: "push", ref, sha, attempt: 1, host: "h", pid: 1 });
+    const live = randomSha();
+    const ok = await startDeploy(db, row(live, "refs/heads/main"));
+    await finishDeploy(db, ok, { status: "succeeded", sha: live });
+    await setDeployLog(db, ok, path.join(ws.dir, "data", "logs", "site", `${ok}.log`));
+    await mkdir(path.join(ws.dir, "data", "mirrors"), { recursive: true });
+    await writeFile(inPlaceStateFile(ws.settings.dataDir, "site"), `${live}\n`);
+    const failedSha = randomSha();
+    const failed = await startDeploy(db, row(failedSha, "refs/heads/main"));
+    const failedLog = path.join(ws.dir, "data", "logs", "site", `${failed}.log`);
+    await setDeployLog(db, failed, failedLog);
+    await finishDeploy(db, failed, { status: "failed", error: "./deploy.sh exited with code 1:\nmanage.py migrate: table app_user already exists\nrun the migration by hand" });
+    // The newest row never ran (no log, no error): the failed one is shown too, with its own log.
+    await recordSuperseded(db, row(randomSha(), "refs/heads/main"), "newer.json");
+
+    const text = (await runDeployq(["status", "site"], env)).stdout;
+    expect(text).toContain(`  current:      (work tree)  ${live}\n`);
+    expect(text).toMatch(/^ {2}last deploy: +#\d+ superseded main [0-9a-f]{7} \d+s ago in 0\.0s$/m);
+    expect(text).toMatch(new RegExp(`^  last run: +#${failed} failed main ${failedSha.slice(0, 7)} \\d+s ago in 0\\.0s\n  error: `, "m"));
+    expect(text).toContain(
+      [
+        "  error:        ./deploy.sh exited with code 1:",
+        "                manage.py migrate: table app_user already exists",
+        "                run the migration by hand",
+        `  log:          ${failedLog}`,
+      ].join("\n"),
+    );
+    const json = JSON.parse((await runDeployq(["status", "site", "--json"], env)).stdout).deployments[0];
+    expect(json).toMatchObject({ current: { sha: live, ref: "main" }, last: { status: "superseded", logPath: null }, lastRun: { id: failed, logPath: failedLog } });
+    expect(json.lastRun.error).toBe("./deploy.sh exited with code 1:\nmanage.py migrate: table app_user already exists\nrun the migration by hand");
   });
 });
