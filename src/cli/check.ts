@@ -3,8 +3,8 @@ import path from "node:path";
 import { sql } from "drizzle-orm";
 import { type Settings, loadSettings } from "../config/load.ts";
 import { embeddedDatabaseMissing, getJson, withDatabase } from "./database-access.ts";
-import { gitReason } from "./deploy.ts";
-import { errorMessage, redactUrl } from "../errors.ts";
+import { gitReason, shownRemote } from "./deploy.ts";
+import { errorMessage } from "../errors.ts";
 import { pingLockService } from "../lock/ping.ts";
 import { lsRemote } from "../steps/git.ts";
 import { branchMatches } from "../workers/match.ts";
@@ -97,9 +97,6 @@ async function checkLocks(settings: Settings): Promise<CheckResult> {
     : { name: "locks", ok: false, detail: `no quorum of REDIS_URL answers PING (${ping.detail}): start Dragonfly/Redis or fix REDIS_URL; until then deploys wait in their queues` };
 }
 
-/** A remote as it may be shown: a URL's password replaced. */
-const shownRemote = (remote: string) => (/^[a-z][a-z0-9+.-]*:\/\/[^/]*@/i.test(remote) ? redactUrl(remote) : remote);
-
 /** Each enabled deployment's remote answers `git ls-remote` (no prompt, a timeout), and has the branch it follows. */
 async function checkRemotes(settings: Settings): Promise<CheckResult[]> {
   const deployments = [...settings.deployments.values()].filter((d) => d.enabled);
@@ -110,8 +107,7 @@ async function checkRemotes(settings: Settings): Promise<CheckResult[]> {
       try {
         heads = await lsRemote(d.remote, { timeoutMs: 20_000 });
       } catch (err) {
-        const password = /^[a-z][a-z0-9+.-]*:\/\//i.test(d.remote) ? new URL(d.remote).password : "";
-        const reason = password ? gitReason(err).replaceAll(password, "***") : gitReason(err);
+        const reason = gitReason(err, d.remote);
         return { name: "remote", ok: false, detail: `${d.name}: git ls-remote ${remote} failed (${reason}): check the remote's address and this user's access (ssh key, token)` };
       }
       const followed = [...heads.keys()].filter((b) => branchMatches(d.branch, b));

@@ -4,7 +4,7 @@ import { userInfo } from "node:os";
 import path from "node:path";
 import { StringDecoder } from "node:string_decoder";
 import type { Deployment, Settings } from "../config/load.ts";
-import { DeployqError, errorMessage } from "../errors.ts";
+import { DeployqError, errorMessage, redactUrl } from "../errors.ts";
 import { ExecError } from "../exec/exec-error.ts";
 import { entryName } from "../queue/entry-name.ts";
 import { queueLayout } from "../queue/layout.ts";
@@ -58,13 +58,28 @@ const exists = (file: string) =>
 const GIT_CHECK: GitContext = { timeoutMs: 30_000 };
 const SHORT_SHA = /^[0-9a-f]{4,39}$/;
 
-/** git's own reason for a failure in one line ("fatal: …"), not its advice ("Please make sure you have the correct access rights"). */
-export function gitReason(err: unknown): string {
+const URL_WITH_CREDENTIALS = /^[a-z][a-z0-9+.-]*:\/\/[^/]*@/i;
+
+/** A remote as the CLI shows it: a URL's password (a token) replaced. */
+export const shownRemote = (remote: string) => (URL_WITH_CREDENTIALS.test(remote) ? redactUrl(remote) : remote);
+
+/**
+ * git's own reason for a failure in one line ("fatal: …"), not its advice ("Please make sure
+ * you have the correct access rights"), with the remote's password (if any) replaced.
+ */
+export function gitReason(err: unknown, remote: string): string {
+  let reason = errorMessage(err).split("\n")[0]!;
   if (err instanceof ExecError && err.reason === "exit") {
     const lines = err.stderrTail.split("\n").map((l) => l.trim()).filter(Boolean);
-    return lines.find((l) => /^(fatal|error):/.test(l)) ?? lines[0] ?? `git exited with code ${err.exitCode}`;
+    reason = lines.find((l) => /^(fatal|error):/.test(l)) ?? lines[0] ?? `git exited with code ${err.exitCode}`;
   }
-  return errorMessage(err).split("\n")[0]!;
+  let password: string | undefined;
+  try {
+    password = URL_WITH_CREDENTIALS.test(remote) ? new URL(remote).password : undefined;
+  } catch {
+    // not a URL after all: nothing to hide
+  }
+  return password ? reason.replaceAll(password, "***").replaceAll(decodeURIComponent(password), "***") : reason;
 }
 
 interface Wanted {
@@ -90,21 +105,21 @@ export async function resolveWanted(settings: Settings, d: Deployment, ref: stri
   if (!hex && !isValidBranchName(branch)) {
     throw new DeployqError(
       "BAD_REQUEST",
-      `--ref ${JSON.stringify(raw)} is neither a branch name nor a commit sha: give a branch of ${d.remote}, or a commit sha (at least 4 hex digits)`,
+      `--ref ${JSON.stringify(raw)} is neither a branch name nor a commit sha: give a branch of ${shownRemote(d.remote)}, or a commit sha (at least 4 hex digits)`,
     );
   }
   let heads: Map<string, string>;
   try {
     heads = await lsRemote(d.remote, GIT_CHECK);
   } catch (err) {
-    throw new DeployqError("UNAVAILABLE", `cannot list the branches of ${d.remote} (${gitReason(err)}): check the remote and the network (\`deployq check\` tests it); nothing was queued`, { cause: err });
+    throw new DeployqError("UNAVAILABLE", `cannot list the branches of ${shownRemote(d.remote)} (${gitReason(err, d.remote)}): check the remote and the network (\`deployq check\` tests it); nothing was queued`, { cause: err });
   }
   if (!hex || heads.has(raw)) {
     const tip = heads.get(branch);
     if (tip === undefined) {
       const known = [...heads.keys()].sort();
       const list = known.length === 0 ? "it has no branches" : `its branches: ${known.slice(0, 10).join(", ")}${known.length > 10 ? `, … (${known.length})` : ""}`;
-      throw new DeployqError("BAD_REQUEST", `${d.remote} has no branch ${JSON.stringify(branch)} (${list}): push it first, or give another --ref; nothing was queued`);
+      throw new DeployqError("BAD_REQUEST", `${shownRemote(d.remote)} has no branch ${JSON.stringify(branch)} (${list}): push it first, or give another --ref; nothing was queued`);
     }
     return { ref: branch, note: undefined };
   }
@@ -137,13 +152,13 @@ export async function resolveWanted(settings: Settings, d: Deployment, ref: stri
       ? `${d.branch} is at ${heads.get(d.branch)!}`
       : followed.length > 0
         ? `branches matching ${d.branch}: ${followed.map(([b]) => b).join(", ")}`
-        : `${d.remote} has no branch matching ${d.branch}`;
+        : `${shownRemote(d.remote)} has no branch matching ${d.branch}`;
   const known = headOf.length > 0 || (mirrored && (await hasCommit(mirror, sha, GIT_CHECK)));
   return {
     ref: sha,
     note:
       `${sha} is not the head of ${glob ? `any branch matching ${d.branch}` : d.branch} (${where}${headOf.length > 0 ? `; it is the head of ${headOf.join(", ")}` : ""}): ` +
-      `this deploys something other than the branch head, until the next push to it${known ? "" : `; it is not fetched yet: the worker asks ${d.remote} for it, and fails if the remote does not have it`}`,
+      `this deploys something other than the branch head, until the next push to it${known ? "" : `; it is not fetched yet: the worker asks ${shownRemote(d.remote)} for it, and fails if the remote does not have it`}`,
   };
 }
 
