@@ -94,7 +94,7 @@ interface Wanted {
  * (ls-remote); a short sha is expanded with the deployment's mirror (unique, or refused); a
  * full sha is accepted (the worker fetches it and fails if the remote lacks it).
  */
-export async function resolveWanted(settings: Settings, d: Deployment, ref: string | undefined): Promise<Wanted> {
+async function resolveWanted(settings: Settings, d: Deployment, ref: string | undefined): Promise<Wanted> {
   const glob = /[*?]/.test(d.branch);
   if (ref === undefined && glob) {
     throw new DeployqError("BAD_REQUEST", `${d.name} follows the pattern "${d.branch}": say which branch or sha with --ref`);
