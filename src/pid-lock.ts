@@ -33,14 +33,34 @@ export function isProcessAlive(pid: number): boolean {
   }
 }
 
+/** The deployq command a process runs ("serve", "workers", …), from /proc; undefined when it cannot be told. */
+export function deployqCommandOf(pid: number): string | undefined {
+  try {
+    const argv = readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0");
+    return argv.find((a) => ["serve", "receiver", "workers", "migrate", "status", "check"].includes(a));
+  } catch {
+    return undefined;
+  }
+}
+
 export function acquireDataDirLock(dataDir: string): DataDirLock {
-  return acquirePidLock(
-    path.join(dataDir, "deployq.lock"),
-    (owner) =>
-      `the embedded database in ${dataDir} is in use by deployq process ${owner}, and PGlite allows one process only: ` +
-      "stop that process first, or use `deployq serve` (one process), or set DATABASE_URL to a Postgres " +
-      "server so that several processes can share it",
-  );
+  return acquirePidLock(path.join(dataDir, "deployq.lock"), (owner) => {
+    const command = deployqCommandOf(owner);
+    const who = command ? `\`deployq ${command}\` (process ${owner})` : `deployq process ${owner}`;
+    const base = `the embedded database in ${dataDir} is held by ${who}, and PGlite allows one process only, so this process cannot open it`;
+    if (command === "serve") {
+      // Already the one process that runs everything: telling its operator to run `serve` helps nobody.
+      return (
+        `${base}. That daemon already runs the receiver and the workers, and migrates at every start: ` +
+        "`deployq status`, `check`, `deploy`, `rollback` and `queue` work beside it (they ask it, or use the queue files). " +
+        `To run this command anyway, stop process ${owner} first; to run several deployq processes, set DATABASE_URL to a Postgres server`
+      );
+    }
+    return (
+      `${base}: stop process ${owner} first, or run the receiver and the workers as one process (\`deployq serve\`), ` +
+      "or set DATABASE_URL to a Postgres server so that several processes can share it"
+    );
+  });
 }
 
 /**

@@ -2,14 +2,17 @@ import { access, constants, stat } from "node:fs/promises";
 import path from "node:path";
 import { sql } from "drizzle-orm";
 import { type Settings, loadSettings } from "../config/load.ts";
-import { getJson, withDatabase } from "./database-access.ts";
+import { embeddedDatabaseMissing, getJson, withDatabase } from "./database-access.ts";
+import { gitReason, shownRemote } from "./deploy.ts";
 import { errorMessage } from "../errors.ts";
+import { pingLockService } from "../lock/ping.ts";
+import { lsRemote } from "../steps/git.ts";
+import { branchMatches } from "../workers/match.ts";
 import { printJson } from "./output.ts";
 import { checkCertbot } from "../steps/certbot.ts";
 import type { CheckResult } from "../steps/check-command.ts";
 import { checkNginx } from "../steps/nginx.ts";
 import { checkPm2 } from "../steps/pm2.ts";
-
 
 async function nearestExisting(dir: string): Promise<string> {
   let current = path.resolve(dir);
@@ -25,24 +28,47 @@ async function nearestExisting(dir: string): Promise<string> {
   }
 }
 
-async function checkQueues(settings: Settings): Promise<CheckResult> {
-  const root = settings.queuesDir;
-  const existing = await nearestExisting(root);
+/** A directory can be written, or created inside the nearest existing parent. */
+async function checkWritable(dir: string, what: string): Promise<{ ok: boolean; detail: string }> {
+  const existing = await nearestExisting(dir);
   try {
     await access(existing, constants.W_OK);
   } catch {
-    return { name: "queues", ok: false, detail: `${existing} is not writable by this user: fix its owner or set DEPLOYQ_QUEUES_DIR` };
+    return { ok: false, detail: `${existing} is not writable by this user, so ${what} cannot be made or used: fix its owner` };
   }
-  return { name: "queues", ok: true, detail: existing === root ? `${root} is writable` : `${root} will be created (in ${existing}, writable)` };
+  return { ok: true, detail: existing === dir ? `${dir} is writable` : `${dir} will be created (in ${existing}, writable)` };
+}
+
+async function checkQueues(settings: Settings): Promise<CheckResult> {
+  const writable = await checkWritable(settings.queuesDir, "the queue root");
+  return { name: "queues", ok: writable.ok, detail: writable.ok ? writable.detail : `${writable.detail}, or set DEPLOYQ_QUEUES_DIR` };
+}
+
+/** Where DATABASE_URL points, for a hint: user, host, port and database, never the password. */
+function describeDatabaseUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    return `${u.username ? `${decodeURIComponent(u.username)}@` : ""}${u.hostname}${u.port ? `:${u.port}` : ""}${u.pathname.length > 1 ? u.pathname : " (no database named: the user's own)"}`;
+  } catch {
+    return "an unparseable URL";
+  }
 }
 
 async function checkDatabase(settings: Settings): Promise<CheckResult> {
+  const url = settings.secrets.databaseUrl;
+  // A check creates nothing: opening PGlite where there is none yet would make a whole cluster.
+  const missing = embeddedDatabaseMissing(settings);
+  if (missing) {
+    const queues = await checkWritable(settings.dataDir, "the data directory");
+    if (!queues.ok) return { name: "database", ok: false, detail: queues.detail };
+    return { name: "database", ok: true, detail: `PGlite in ${missing}: not created yet: the daemon creates it at first start (${queues.detail})` };
+  }
   try {
     const detail = await withDatabase(
       settings,
       async (db) => {
         await db.execute(sql`select 1`);
-        return settings.secrets.databaseUrl ? "Postgres answers" : `PGlite in ${settings.dataDir} opens`;
+        return url ? `Postgres answers (${describeDatabaseUrl(url)})` : `PGlite in ${settings.dataDir} opens`;
       },
       async (base) => {
         // PGlite has one owner: ask the running daemon instead of opening it a second time.
@@ -54,8 +80,47 @@ async function checkDatabase(settings: Settings): Promise<CheckResult> {
     );
     return { name: "database", ok: true, detail };
   } catch (err) {
-    return { name: "database", ok: false, detail: `${errorMessage(err)}: check DATABASE_URL (unset, deployq uses PGlite in ${settings.dataDir})` };
+    const hint = url
+      ? `DATABASE_URL points at ${describeDatabaseUrl(url)}: is that server running and reachable from here, does the database exist, may that user log in?`
+      : `DATABASE_URL is unset, so deployq uses PGlite in ${settings.dataDir}`;
+    return { name: "database", ok: false, detail: `${errorMessage(err)}: ${hint}` };
   }
+}
+
+/** The lock service the workers would use: every REDIS_URL node answers PING (a quorum must), or in-process locks. */
+async function checkLocks(settings: Settings): Promise<CheckResult> {
+  const urls = settings.secrets.redisUrls;
+  if (urls.length === 0) return { name: "locks", ok: true, detail: "in-process (no REDIS_URL): one workers process only" };
+  const ping = await pingLockService(urls);
+  return ping.ok
+    ? { name: "locks", ok: true, detail: `redlock on REDIS_URL: ${ping.detail}` }
+    : { name: "locks", ok: false, detail: `no quorum of REDIS_URL answers PING (${ping.detail}): start Dragonfly/Redis or fix REDIS_URL; until then deploys wait in their queues` };
+}
+
+/** Each enabled deployment's remote answers `git ls-remote` (no prompt, a timeout), and has the branch it follows. */
+async function checkRemotes(settings: Settings): Promise<CheckResult[]> {
+  const deployments = [...settings.deployments.values()].filter((d) => d.enabled);
+  return Promise.all(
+    deployments.map(async (d): Promise<CheckResult> => {
+      const remote = shownRemote(d.remote);
+      let heads: Map<string, string>;
+      try {
+        heads = await lsRemote(d.remote, { timeoutMs: 20_000 });
+      } catch (err) {
+        const reason = gitReason(err, d.remote);
+        return { name: "remote", ok: false, detail: `${d.name}: git ls-remote ${remote} failed (${reason}): check the remote's address and this user's access (ssh key, token)` };
+      }
+      const followed = [...heads.keys()].filter((b) => branchMatches(d.branch, b));
+      const glob = /[*?]/.test(d.branch);
+      const branches =
+        followed.length === 0
+          ? `no branch ${glob ? "matching " : ""}${d.branch} yet: a push to one deploys it`
+          : glob
+            ? `${followed.length} branch${followed.length === 1 ? "" : "es"} matching ${d.branch}`
+            : `${d.branch} at ${heads.get(d.branch)!.slice(0, 7)}`;
+      return { name: "remote", ok: true, detail: `${d.name}: ${remote} answers, ${branches}` };
+    }),
+  );
 }
 
 /** Whether each configured deploy step can run on this host, changing nothing. */
@@ -88,7 +153,9 @@ export async function runChecks(settings: Settings): Promise<CheckResult[]> {
       : { name: "secret", ok: false, detail: "GITHUB_WEBHOOK_SECRET is not set: the receiver refuses to start without it" },
   ];
   results.push(await checkDatabase(settings));
+  results.push(await checkLocks(settings));
   results.push(await checkQueues(settings));
+  results.push(...(await checkRemotes(settings)));
   results.push(...(await checkSteps(settings)));
   return results;
 }

@@ -1,9 +1,20 @@
+import { existsSync } from "node:fs";
 import path from "node:path";
 import type { Settings } from "../config/load.ts";
 import { findDaemon } from "../daemon.ts";
-import { type Db, openDatabase } from "../db/client.ts";
+import { type Db, openDatabase, pgliteDir } from "../db/client.ts";
 import { DeployqError, errorMessage } from "../errors.ts";
-import { lockOwner } from "../pid-lock.ts";
+import { deployqCommandOf, lockOwner } from "../pid-lock.ts";
+
+/**
+ * Where the embedded database would be, when it does not exist yet (DATABASE_URL unset, no
+ * daemon has started): commands that only read must not create it (a whole PGlite cluster).
+ */
+export function embeddedDatabaseMissing(settings: Settings): string | undefined {
+  if (settings.secrets.databaseUrl) return undefined;
+  const dir = pgliteDir(settings.dataDir);
+  return existsSync(dir) ? undefined : dir;
+}
 
 /**
  * The embedded database has one owner. A CLI command that needs it while a daemon owns it
@@ -18,10 +29,19 @@ export async function withDatabase<T>(settings: Settings, direct: (db: Db) => Pr
       if (!daemon) {
         throw new DeployqError(
           "DATA_DIR_LOCKED",
-          `the embedded database is owned by deployq process ${owner}, which has no HTTP endpoint to ask: stop it, or set DATABASE_URL`,
+          `the embedded database is held by ${deployqCommandOf(owner) ? `\`deployq ${deployqCommandOf(owner)}\` (process ${owner})` : `deployq process ${owner}`}, ` +
+            "which has no HTTP endpoint to ask (only `serve` and `receiver` answer): run `deployq serve` instead of it, " +
+            `or stop process ${owner} to run this command, or set DATABASE_URL to a Postgres server that every process can share`,
         );
       }
       return viaDaemon(daemon.url);
+    }
+    const missing = embeddedDatabaseMissing(settings);
+    if (missing) {
+      throw new DeployqError(
+        "UNAVAILABLE",
+        `there is no embedded database yet (${missing}): the daemon creates it at first start (\`deployq serve\`), so nothing has been deployed or recorded yet`,
+      );
     }
   }
   const database = await openDatabase({ databaseUrl: settings.secrets.databaseUrl, dataDir: settings.dataDir, poolSize: 2 });

@@ -62,8 +62,9 @@ program
 program
   .command("check")
   .description(
-    "validate the configuration, reach the database and the queue root, and check that each configured step can run " +
-      "(pm2, sudo rights for nginx and certbot, conf_dir, webroot), changing nothing; exits 1 when something is wrong",
+    "validate the configuration, reach the database (creating none), the lock service, each deployment's remote " +
+      "(git ls-remote) and the queue root, and check that each configured step can run (pm2, sudo rights for nginx and " +
+      "certbot, conf_dir, webroot), changing nothing; exits 1 when something is wrong",
   )
   .option("--json", "machine-readable output")
   .action(async (o: { json?: boolean }) => {
@@ -73,7 +74,7 @@ program
 const queue = program.command("queue").description("inspect and repair the queues");
 queue
   .command("ls [queue]")
-  .description("without a queue: every queue with its size; with one (router, <deployment>, dead-letter/<name>): its entries")
+  .description("without a queue: every queue with its size; with one (router, <deployment>, dead-letter/<name>; refused unless it exists): its entries")
   .option("--json", "machine-readable output")
   .action((spec: string | undefined, o: { json?: boolean }) => queueLs(settings(), spec, o.json ?? false));
 queue
@@ -92,7 +93,7 @@ queue
   .action((name: string, o: { entry?: string; json?: boolean }) => queueRequeue(settings(), name, o.entry, o.json ?? false));
 queue
   .command("flush <queue>")
-  .description("delete every entry of a queue (router, <deployment>, dead-letter/<name>)")
+  .description("delete every entry of a queue (router, <deployment>, dead-letter/<name>; refused unless it exists)")
   .option("--yes", "really delete")
   .option("--json", "machine-readable output")
   .action(async (spec: string, o: { yes?: boolean; json?: boolean }) => {
@@ -101,16 +102,20 @@ queue
 
 program
   .command("deploy <deployment>")
-  .description("deploy a branch or commit of the configured remote (default: the configured branch), through the deployment's queue")
-  .option("--ref <branch|sha>", "what to deploy")
+  .description(
+    "deploy a branch or commit of the configured remote (default: the configured branch), through the deployment's queue; " +
+      "the ref is checked against the remote first (a branch must exist there, a short sha must name one commit of the mirror)",
+  )
+  .option("--ref <branch|sha>", "what to deploy: a branch of the remote, a full sha, or a short one (4+ hex digits, as `status` and `git log --oneline` print)")
+  .option("--force", "deploy even when that commit is already deployed (after a change to `env` or a shared file)")
   .option("--no-wait", "queue it and return, without following its progress")
-  .action(async (name: string, o: { ref?: string; wait: boolean }) => {
-    process.exitCode = await deployCommand(settings(), name, o.ref, { wait: o.wait });
+  .action(async (name: string, o: { ref?: string; force?: boolean; wait: boolean }) => {
+    process.exitCode = await deployCommand(settings(), name, o.ref, { wait: o.wait, force: o.force ?? false });
   });
 program
   .command("rollback <deployment>")
   .description("switch current back to the previous good release (or --to one) and run restart")
-  .option("--to <release>", "a release name from `deployq releases`")
+  .option("--to <release>", "a release name from `deployq releases` (refused unless it exists, is complete and not bad)")
   .option("--no-wait", "queue it and return, without following its progress")
   .action(async (name: string, o: { to?: string; wait: boolean }) => {
     process.exitCode = await rollbackCommand(settings(), name, o.to, { wait: o.wait });
@@ -122,7 +127,10 @@ program
   .action((name: string, o: { json?: boolean }) => releasesCommand(settings(), name, o.json ?? false));
 program
   .command("status [deployment]")
-  .description("current release and sha, last deploy with outcome and duration, queue depth, dead letters, nginx sites and their certificates")
+  .description(
+    "the router's backlog; per deployment: current release, sha and branch, the last deploy (and the last that ran) with " +
+      "outcome, duration, its whole error and its own log file, queue depth, dead letters, nginx sites and their certificates",
+  )
   .option("--json", "machine-readable output")
   .action((name: string | undefined, o: { json?: boolean }) => statusCommand(settings(), name, o.json ?? false));
 

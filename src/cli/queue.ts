@@ -1,8 +1,9 @@
 import { readFile } from "node:fs/promises";
 import type { Settings } from "../config/load.ts";
 import { DeployqError } from "../errors.ts";
-import { type EntryInfo, allQueues, findEntry, flush, listQueue, requeue, resolveQueue } from "../queue/admin.ts";
+import { type EntryInfo, allQueues, findEntry, flush, listQueue, requeue } from "../queue/admin.ts";
 import { queueLayout } from "../queue/layout.ts";
+import { existingQueue } from "./names.ts";
 import { formatAge, printJson, table } from "./output.ts";
 
 function short(value: string | undefined, n: number): string {
@@ -41,7 +42,7 @@ export async function queueLs(settings: Settings, spec: string | undefined, json
     );
     return;
   }
-  const queue = resolveQueue(layout, spec);
+  const queue = await existingQueue(settings, spec);
   const entries = await listQueue(queue);
   if (json) return printJson(entries);
   if (entries.length === 0) {
@@ -78,7 +79,7 @@ export async function queueRequeue(settings: Settings, name: string, entry: stri
 }
 
 export async function queueFlush(settings: Settings, spec: string, yes: boolean, json: boolean): Promise<number> {
-  const queue = resolveQueue(queueLayout(settings.queuesDir), spec);
+  const queue = await existingQueue(settings, spec);
   if (!yes) {
     const count = (await listQueue(queue)).length;
     process.stderr.write(`this deletes all ${count} entries of ${queue.label} (${queue.dir}) for good: add --yes to do it\n`);

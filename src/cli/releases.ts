@@ -1,11 +1,10 @@
 import type { Settings } from "../config/load.ts";
-import { DeployqError } from "../errors.ts";
 import { deploymentPaths, listReleases } from "../steps/release.ts";
+import { configuredDeployment } from "./names.ts";
 import { printJson, table } from "./output.ts";
 
 export async function releasesCommand(settings: Settings, name: string, json: boolean): Promise<void> {
-  const d = settings.deployments.get(name);
-  if (!d) throw new DeployqError("CONFIG", `no deployment "${name}" in ${settings.configPath}`);
+  const d = configuredDeployment(settings, name);
   if (d.strategy === "in-place") {
     process.stdout.write(`${name} uses the in-place strategy: it keeps no releases (\`deployq status ${name}\` shows the deployed sha)\n`);
     return;
@@ -22,7 +21,8 @@ export async function releasesCommand(settings: Settings, name: string, json: bo
     r.meta?.sha.slice(0, 7) ?? "-",
     r.meta?.ref?.replace(/^refs\/heads\//, "") ?? "-",
     r.meta ? "" : "incomplete",
-    r.meta?.bad ? `bad: ${r.meta.bad.reason.split("\n")[0]!.slice(0, 60)}` : "",
+    // The whole reason on one line: its first line alone is often just "<command> exited with code 1:".
+    r.meta?.bad ? `bad: ${r.meta.bad.reason.replace(/\s+/g, " ").trim().slice(0, 200)}` : "",
   ]);
   process.stdout.write(`${table(["", "RELEASE", "SHA", "REF", "", "NOTE"], rows)}\n`);
 }

@@ -1,33 +1,73 @@
 import type { Settings } from "../config/load.ts";
-import { DeployqError, errorMessage } from "../errors.ts";
+import { errorMessage } from "../errors.ts";
 import { pingLockService } from "../lock/ping.ts";
-import { type DeploymentStatus, collectStatus } from "../status.ts";
+import { type DeployStatusRow, type DeploymentStatus, type StatusReport, collectStatus } from "../status.ts";
+import { SHA } from "../steps/git.ts";
 import { manifestDeployments, nginxStateDir, ownedSiteFiles } from "../steps/nginx.ts";
 import { getJson, withDatabase } from "./database-access.ts";
+import { configuredDeployment } from "./names.ts";
 import { formatAge, printJson } from "./output.ts";
 
+const ago = (t: Date | string | null | undefined) => (t ? `${formatAge(Math.round((Date.now() - new Date(t).getTime()) / 1000))} ago` : "");
+
+/** `label` then `text`, its lines after the first indented under the first (a whole error, as the deploy recorded it). */
+function field(label: string, text: string): string {
+  const pad = " ".repeat(16);
+  return text
+    .trimEnd()
+    .split("\n")
+    .map((line, i) => (i === 0 ? `  ${`${label}:`.padEnd(14)}${line}` : `${pad}${line}`).trimEnd())
+    .join("\n");
+}
+
+/** One deploy: outcome, its whole error, and its own log file. */
+function deployLines(label: string, r: DeployStatusRow): string[] {
+  const what = r.ref && !SHA.test(r.ref) ? ` ${r.ref.replace(/^refs\/heads\//, "")}` : "";
+  return [
+    field(label, `#${r.id} ${r.status}${what} ${r.sha?.slice(0, 7) ?? ""} ${ago(r.finishedAt ?? r.startedAt)}${r.durationMs != null ? ` in ${(r.durationMs / 1000).toFixed(1)}s` : ""}`.replace(/ +/g, " ")),
+    ...(r.error ? [field("error", r.error)] : []),
+    ...(r.logPath ? [field("log", r.logPath)] : []),
+  ];
+}
+
+function currentLine(s: DeploymentStatus): string {
+  const where = s.current.release ?? (s.strategy === "in-place" ? "(work tree)" : "none");
+  // Which branch is live matters when the deployment follows a pattern, or was deployed by hand from another ref.
+  const ref = s.current.ref;
+  const from = ref && ref !== s.branch ? (SHA.test(ref) ? "  (deployed by sha, not from a branch)" : `  from branch ${ref}`) : "";
+  return field("current", `${where}  ${s.current.sha ?? ""}${s.current.sha ? from : ""}`);
+}
+
 export async function statusCommand(settings: Settings, name: string | undefined, json: boolean): Promise<void> {
-  if (name !== undefined && !settings.deployments.has(name)) throw new DeployqError("CONFIG", `no deployment "${name}" in ${settings.configPath}`);
-  const status = await withDatabase(
+  if (name !== undefined) configuredDeployment(settings, name);
+  const report = await withDatabase(
     settings,
     (db) => collectStatus(settings, db, name),
-    (base) => getJson<DeploymentStatus[]>(`${base}/status${name ? `?deployment=${encodeURIComponent(name)}` : ""}`),
+    (base) => getJson<StatusReport>(`${base}/status${name ? `?deployment=${encodeURIComponent(name)}` : ""}`),
   );
-  if (json) return printJson(status);
+  if (json) return printJson(report);
+  const { router } = report;
+  process.stdout.write(
+    `${field(
+      "router",
+      router.entries === 0
+        ? "empty"
+        : `${router.entries} event${router.entries === 1 ? "" : "s"} waiting to be routed, the oldest for ${formatAge(router.oldestAgeSeconds ?? 0)} (\`deployq queue ls router\`)`,
+    ).trimStart()}\n`,
+  );
   if (settings.secrets.redisUrls.length > 0) {
     const ping = await pingLockService(settings.secrets.redisUrls);
-    process.stdout.write(`lock service: ${ping.ok ? ping.detail : `UNREACHABLE: deploys wait in their queues until it is back (${ping.detail})`}\n\n`);
+    process.stdout.write(`lock service: ${ping.ok ? ping.detail : `UNREACHABLE: deploys wait in their queues until it is back (${ping.detail})`}\n`);
   }
-  for (const s of status) {
-    const last = s.last;
-    const ago = (t: Date | string | null | undefined) => (t ? `${formatAge(Math.round((Date.now() - new Date(t).getTime()) / 1000))} ago` : "");
+  process.stdout.write("\n");
+  for (const s of report.deployments) {
+    const { last, lastRun } = s;
     process.stdout.write(
       [
         `${s.deployment}  (${s.repository} ${s.branch}, ${s.strategy}${s.enabled ? "" : ", DISABLED"})`,
-        `  current:      ${s.current.release ?? (s.strategy === "in-place" ? "(work tree)" : "none")}  ${s.current.sha ?? ""}`.trimEnd(),
-        `  last deploy:  ${last ? `#${last.id} ${last.status} ${last.sha?.slice(0, 7) ?? ""} ${ago(last.finishedAt ?? last.startedAt)}${last.durationMs != null ? ` in ${(last.durationMs / 1000).toFixed(1)}s` : ""}` : "none"}`,
-        ...(last?.error ? [`  error:        ${last.error.split("\n")[0]}`] : []),
-        ...(s.lastRun?.logPath ? [`  log:          ${s.lastRun.logPath}`] : []),
+        currentLine(s),
+        ...(last ? deployLines("last deploy", last) : [field("last deploy", "none")]),
+        ...(lastRun && lastRun.id !== last?.id ? deployLines("last run", lastRun) : []),
         `  queued:       ${s.queued}   dead letters: ${s.deadLetters}${s.deadLetters > 0 ? `  (deployq queue ls dead-letter/${s.deployment})` : ""}`,
         ...siteLines(s, settings.deployments.get(s.deployment)?.nginx !== undefined, ago),
         "", // a blank line after each deployment

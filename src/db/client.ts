@@ -33,6 +33,8 @@ export interface OpenDatabaseOptions {
   poolSize?: number;
 }
 
+/** Where the embedded PGlite cluster lives in the data directory. */
+export const pgliteDir = (dataDir: string) => path.join(dataDir, "pglite");
 
 export async function openDatabase(options: OpenDatabaseOptions): Promise<Database> {
   if (options.databaseUrl) return openPostgres(options.databaseUrl, options.poolSize ?? 20);
@@ -69,7 +71,7 @@ async function openPglite(dataDir: string): Promise<Database> {
   const lock = inMemory ? undefined : acquireDataDirLock(dataDir);
   let pg: PGlite;
   try {
-    pg = inMemory ? new PGlite() : new PGlite(path.join(dataDir, "pglite"));
+    pg = inMemory ? new PGlite() : new PGlite(pgliteDir(dataDir));
     await pg.waitReady;
   } catch (err) {
     lock?.release();
@@ -80,7 +82,7 @@ async function openPglite(dataDir: string): Promise<Database> {
   return {
     db: db as unknown as Db,
     kind: "pglite",
-    describe: inMemory ? "PGlite (in memory)" : `PGlite in ${path.join(dataDir, "pglite")}`,
+    describe: inMemory ? "PGlite (in memory)" : `PGlite in ${pgliteDir(dataDir)}`,
     async migrate() {
       await migratePglite(db, { migrationsFolder: MIGRATIONS_DIR });
     },

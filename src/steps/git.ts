@@ -21,12 +21,14 @@ const FETCHED = "refs/deployq/heads";
  * git never prompts (a deploy has no terminal), never runs the `ext::` transport, and
  * ignores the user's and system's configuration hooks where they could change what runs.
  */
-function git(gitDir: string, args: string[], ctx: GitContext, extra: { workTree?: string; env?: Record<string, string>; cwd?: string } = {}) {
-  const argv = ["git", "-c", "protocol.ext.allow=never", "-c", "core.hooksPath=/dev/null", `--git-dir=${gitDir}`];
+function git(gitDir: string | undefined, args: string[], ctx: GitContext, extra: { workTree?: string; env?: Record<string, string>; cwd?: string } = {}) {
+  const argv = ["git", "-c", "protocol.ext.allow=never", "-c", "core.hooksPath=/dev/null"];
+  if (gitDir) argv.push(`--git-dir=${gitDir}`);
   if (extra.workTree) argv.push(`--work-tree=${extra.workTree}`);
   argv.push(...args);
   return runCommand(argv, {
-    cwd: extra.cwd ?? path.dirname(gitDir),
+    // Outside any repository (ls-remote): "/" so that a remote is never read as a remote name of the cwd's repository.
+    cwd: extra.cwd ?? (gitDir ? path.dirname(gitDir) : "/"),
     env: { GIT_TERMINAL_PROMPT: "0", GIT_ASKPASS: "/bin/false", ...extra.env },
     timeoutMs: ctx.timeoutMs,
     ...(ctx.log ? { log: ctx.log } : {}),
@@ -133,6 +135,46 @@ export async function fetchedBranchHead(gitDir: string, branch: string, ctx: Git
     if (err instanceof ExecError && err.reason === "exit") return undefined;
     throw err;
   }
+}
+
+/**
+ * The branches of a remote, as `git ls-remote --heads` lists them (refs/heads/<name> → sha),
+ * without fetching anything. `only`: just these branch names. Used by `deployq check` and
+ * `deployq deploy --ref`, which must not write into the mirror (it belongs to the daemon's user).
+ */
+export async function lsRemote(remote: string, ctx: GitContext, only: readonly string[] = []): Promise<Map<string, string>> {
+  const patterns = only.map((b) => {
+    if (!isValidBranchName(b)) throw new DeployqError("DEPLOY", `not a branch name: ${JSON.stringify(b)}`);
+    return `refs/heads/${b}`;
+  });
+  const { stdout } = await git(undefined, ["ls-remote", "--heads", "--end-of-options", remote, ...patterns], { ...ctx, log: undefined });
+  const heads = new Map<string, string>();
+  for (const line of stdout.split("\n")) {
+    const [sha, ref] = line.split("\t");
+    if (sha && ref?.startsWith("refs/heads/")) heads.set(ref.slice("refs/heads/".length), sha);
+  }
+  return heads;
+}
+
+/**
+ * The commits of `gitDir` whose id starts with `prefix` (4 to 39 hex digits): one means
+ * the prefix stands for it, several that it is ambiguous, none that the mirror lacks it.
+ * Reads the mirror only.
+ */
+export async function commitsWithPrefix(gitDir: string, prefix: string, ctx: GitContext): Promise<string[]> {
+  if (!/^[0-9a-f]{4,39}$/.test(prefix)) throw new DeployqError("DEPLOY", `not a short commit sha: ${JSON.stringify(prefix)}`);
+  let candidates: string[];
+  try {
+    // Every object with the prefix (commits, trees, blobs); exits non-zero when there is none.
+    const { stdout } = await git(gitDir, ["rev-parse", `--disambiguate=${prefix}`], { ...ctx, log: undefined });
+    candidates = stdout.split("\n").filter((l) => SHA.test(l));
+  } catch (err) {
+    if (err instanceof ExecError && err.reason === "exit") return [];
+    throw err;
+  }
+  const commits: string[] = [];
+  for (const sha of candidates) if (await hasCommit(gitDir, sha, ctx)) commits.push(sha);
+  return commits;
 }
 
 /**

@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { formatArgv } from "../../src/exec/run-command.ts";
 import type { CheckResult } from "../../src/steps/check-command.ts";
 import { type TestDatabase, createTestDatabase } from "../helpers/db.ts";
+import { createRepo } from "../helpers/git.ts";
 import { NGINX_BIN, type PrivateNginx, startNginx } from "../helpers/nginx.ts";
 import { processesUsing } from "../helpers/pm2.ts";
 import { DEPLOYQ_BIN, runDeployq, spawnTracked } from "../helpers/processes.ts";
@@ -31,7 +32,7 @@ interface Setup {
 
 const toml = (value: string | string[]) => JSON.stringify(value);
 
-function config(s: Setup): { topLevel: string; deployments: string } {
+function config(s: Setup, remote: string): { topLevel: string; deployments: string } {
   return {
     topLevel: [
       `pm2_home = ${toml(s.pm2Home)}`,
@@ -48,7 +49,7 @@ function config(s: Setup): { topLevel: string; deployments: string } {
 [deployments.shop]
 repository = "octo-org/shop"
 branch = "main"
-remote = "/nonexistent/shop.git"
+remote = ${toml(remote)}
 path = "./apps/shop"
 restart = { pm2 = "ecosystem.config.cjs" }
 nginx = { conf_dir = ${toml(s.confDir)} }
@@ -88,12 +89,17 @@ describe("deployq check: each configured step can run, and nothing changes", () 
   let nginx: PrivateNginx;
   let tdb: TestDatabase;
   let scratch: string;
+  let remote: string;
   const workspaces: Workspace[] = [];
 
   beforeAll(async () => {
     nginx = await startNginx();
     tdb = await createTestDatabase("postgres");
     scratch = await mkdtemp(path.join(tmpdir(), "deployq-check-steps-"));
+    // check also asks each remote (git ls-remote): a real one, readable by everyone (the sudo case runs as nobody).
+    const repo = await createRepo(path.join(scratch, "remote"));
+    await repo.commit({ "README.md": "shop" });
+    remote = repo.bare;
   });
   afterAll(async () => {
     await nginx?.stop();
@@ -103,7 +109,7 @@ describe("deployq check: each configured step can run, and nothing changes", () 
   });
 
   async function workspaceFor(s: Setup): Promise<{ ws: Workspace; env: NodeJS.ProcessEnv }> {
-    const ws = await createWorkspace(config(s));
+    const ws = await createWorkspace(config(s, remote));
     workspaces.push(ws);
     return { ws, env: { ...ws.env, DATABASE_URL: tdb.url, DEPLOYQ_CONFIG: ws.configPath, PM2_HOME: path.join(scratch, "not-this-one") } };
   }
@@ -179,7 +185,9 @@ describe("deployq check: each configured step can run, and nothing changes", () 
     expect(results.filter((r) => !r.ok)).toEqual([]);
     expect(code).toBe(0);
     const r = byName(results);
-    expect(r.get("database")).toMatchObject({ ok: true, detail: "Postgres answers" });
+    expect(r.get("database")).toMatchObject({ ok: true, detail: expect.stringMatching(/^Postgres answers \(postgres@/) });
+    expect(r.get("remote")).toMatchObject({ ok: true, detail: expect.stringMatching(new RegExp(`^shop: ${remote} answers, main at [0-9a-f]{7}$`)) });
+    expect(r.get("locks")).toEqual({ name: "locks", ok: true, detail: "in-process (no REDIS_URL): one workers process only" });
     expect(r.get("pm2")).toEqual({
       name: "pm2",
       ok: true,
@@ -273,6 +281,8 @@ describe("deployq check: each configured step can run, and nothing changes", () 
     const { ws, env } = await workspaceFor(s);
     for (const dir of [ws.dir, s.pm2Home, s.confDir, s.webroot, path.dirname(s.pm2Home)]) await chown(dir, 65534, 65534);
     for (const file of await readdir(ws.dir)) await chown(path.join(ws.dir, file), 65534, 65534);
+    // git refuses a repository owned by someone else ("dubious ownership"): the remote is nobody's too.
+    for (const file of ["", ...(await readdir(remote, { recursive: true }))]) await chown(path.join(remote, file), 65534, 65534);
     await chmod(scratch, 0o755);
     const nginxMode = (await stat(nginx.dir)).mode & 0o777;
     await chmod(nginx.dir, 0o711);

@@ -1,13 +1,16 @@
 import { randomUUID } from "node:crypto";
-import { readFile, readdir, writeFile } from "node:fs/promises";
+import { existsSync } from "node:fs";
+import { mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { entryName } from "../../src/queue/entry-name.ts";
 import { queueLayout } from "../../src/queue/layout.ts";
 import { ensureQueueDirs, writeEntryDurably } from "../../src/queue/write.ts";
 import { type TestDatabase, createTestDatabase } from "../helpers/db.ts";
+import { createRepo } from "../helpers/git.ts";
 import { runDeployq, spawnDeployq } from "../helpers/processes.ts";
-import { type Workspace, createWorkspace, pushPayload, randomSha } from "../helpers/workspace.ts";
+import { type Workspace, createWorkspace, followingDeployment, pushPayload, randomSha } from "../helpers/workspace.ts";
 
 describe("deployq CLI", () => {
   let ws: Workspace;
@@ -37,19 +40,65 @@ describe("deployq CLI", () => {
   });
 
   it("check passes on a good setup, and fails naming the key on a bad one", async () => {
-    const good = await runDeployq(["check"], env);
-    expect(good.stderr).toBe("");
-    expect(good.code).toBe(0);
-    expect(good.stdout).toMatch(/^ok +database +Postgres answers/m);
-    expect(good.stdout).toMatch(/^ok +queues/m);
+    const dir = await mkdtemp(path.join(tmpdir(), "deployq-cli-check-"));
+    const repo = await createRepo(dir);
+    const head = await repo.commit({ "index.html": "v1" });
+    const good = await createWorkspace({
+      deployments: `${followingDeployment("app", repo.bare)}\n[deployments.staging]\nrepository = "octo-org/app"\nbranch = "deploy-*"\nremote = "${repo.bare}"\npath = "./apps/staging"\n`,
+    });
+    const goodEnv = { ...good.env, DATABASE_URL: tdb.url, DEPLOYQ_CONFIG: good.configPath };
+    try {
+      const passed = await runDeployq(["check"], goodEnv);
+      expect(passed.stderr).toBe("");
+      expect(passed.code).toBe(0);
+      const where = new URL(tdb.url!);
+      expect(passed.stdout).toMatch(new RegExp(`^ok +database +Postgres answers \\(postgres@${where.host}${where.pathname}\\)$`, "m"));
+      expect(passed.stdout).toMatch(/^ok +locks +in-process \(no REDIS_URL\): one workers process only$/m);
+      expect(passed.stdout).toMatch(/^ok +queues/m);
+      expect(passed.stdout).toContain(`remote       app: ${repo.bare} answers, main at ${head.slice(0, 7)}`);
+      expect(passed.stdout).toContain(`remote       staging: ${repo.bare} answers, no branch matching deploy-* yet: a push to one deploys it`);
+
+      // The lock service: every REDIS_URL node is PINGed; without a quorum, check fails (the password never shown).
+      const redis = await runDeployq(["check", "--json"], { ...goodEnv, REDIS_URL: "redis://127.0.0.1:6379" });
+      expect(JSON.parse(redis.stdout)).toContainEqual({ name: "locks", ok: true, detail: "redlock on REDIS_URL: ok (1 node)" });
+      const noRedis = await runDeployq(["check"], { ...goodEnv, REDIS_URL: "redis://:sekrit@127.0.0.1:1" });
+      expect(noRedis.code).toBe(1);
+      expect(noRedis.stdout).toMatch(/^FAIL +locks +no quorum of REDIS_URL answers PING \(redis:\/\/:\*\*\*@127\.0\.0\.1:1.*\): start Dragonfly\/Redis or fix REDIS_URL/m);
+      expect(noRedis.stdout).not.toContain("sekrit");
+
+      // No database is created by a check: PGlite that does not exist yet stays so.
+      const embedded = await runDeployq(["check"], { ...goodEnv, DATABASE_URL: "" });
+      expect(embedded.code).toBe(0);
+      expect(embedded.stdout).toMatch(/^ok +database +PGlite in .*pglite: not created yet: the daemon creates it at first start/m);
+      expect(existsSync(path.join(good.dir, "data"))).toBe(false);
+      const status = await runDeployq(["status"], { ...goodEnv, DATABASE_URL: "" });
+      expect(status.code).toBe(2);
+      expect(status.stderr).toMatch(/there is no embedded database yet \(.*pglite\): the daemon creates it at first start/);
+      expect(existsSync(path.join(good.dir, "data"))).toBe(false);
+
+      // An unreachable Postgres: the hint names where DATABASE_URL points, never its password.
+      const badDb = await runDeployq(["check"], { ...goodEnv, DATABASE_URL: "postgres://postgres:hunter2@127.0.0.1:1/nonedb" });
+      expect(badDb.code).toBe(1);
+      expect(badDb.stdout).toMatch(/^FAIL +database .*: DATABASE_URL points at postgres@127\.0\.0\.1:1\/nonedb: is that server running/m);
+      expect(badDb.stdout).not.toContain("hunter2");
+      expect(badDb.stdout).not.toContain("unset");
+    } finally {
+      await good.dispose();
+      await rm(dir, { recursive: true, force: true });
+    }
+
+    // The default workspace's remotes do not exist: check says so, per deployment.
+    const unreachable = await runDeployq(["check", "--json"], env);
+    expect(unreachable.code).toBe(1);
+    expect(JSON.parse(unreachable.stdout)).toContainEqual({
+      name: "remote",
+      ok: false,
+      detail: "web: git ls-remote /nonexistent/web.git failed (fatal: '/nonexistent/web.git' does not appear to be a git repository): check the remote's address and this user's access (ssh key, token)",
+    });
 
     const noSecret = await runDeployq(["check", "--json"], { ...env, GITHUB_WEBHOOK_SECRET: "" });
     expect(noSecret.code).toBe(1);
     expect(JSON.parse(noSecret.stdout)).toContainEqual({ name: "secret", ok: false, detail: expect.stringMatching(/GITHUB_WEBHOOK_SECRET is not set/) });
-
-    const badDb = await runDeployq(["check"], { ...env, DATABASE_URL: "postgres://postgres@127.0.0.1:1/none" });
-    expect(badDb.code).toBe(1);
-    expect(badDb.stdout).toMatch(/^FAIL +database .*check DATABASE_URL/m);
 
     const missing = await runDeployq(["--config", path.join(ws.dir, "nope.toml"), "check"], env);
     expect(missing.code).toBe(1);
@@ -196,7 +245,10 @@ describe("deployq serve on the embedded database", () => {
 
       const second = await runDeployq(["migrate"], env);
       expect(second.code).toBe(2);
-      expect(second.stderr).toMatch(/in use by deployq process \d+, and PGlite allows one process only/);
+      // It says who holds it and what works beside it, and does not tell someone running `serve` to run `serve`.
+      expect(second.stderr).toMatch(/is held by `deployq serve` \(process \d+\), and PGlite allows one process only/);
+      expect(second.stderr).toMatch(/`deployq status`, `check`, `deploy`, `rollback` and `queue` work beside it/);
+      expect(second.stderr).not.toMatch(/use `deployq serve`|as one process/);
       const check = await runDeployq(["check"], env);
       expect(check.stdout).toMatch(/^ok +database +embedded PGlite, owned by the running deployq at http:\/\/127\.0\.0\.1:\d+; it reports: ok/m);
 

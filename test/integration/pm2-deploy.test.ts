@@ -109,8 +109,8 @@ health = { url = "${appUrl}/health", timeout_s = 3 }
 
     // A rollback never picks it: named, it is refused; after v4, `rollback` goes past it to v2.
     const toBad = await runDeployq(["rollback", "app", "--to", bad!.name], env);
-    expect(toBad.code).toBe(1);
-    expect(toBad.stdout).toMatch(/marked bad/);
+    expect(toBad.code).toBe(2);
+    expect(toBad.stderr).toMatch(/it is marked bad \(.*HTTP 500/);
     const v4 = await deploy("v4");
     expect(v4.result.code, v4.result.stdout).toBe(0);
     expect(await answer()).toBe("v4");
