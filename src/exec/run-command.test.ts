@@ -149,7 +149,9 @@ describe("runCommand", () => {
       const pidFile = path.join(dir, `server-${redirected}.pid`);
       const commandPid = path.join(dir, `t.${process.pid}.command.pid`);
       const out = redirected ? `> ${path.join(dir, "server.out")} 2>&1` : "";
-      const script = `nohup sh -c 'echo serving; while :; do sleep 1; echo tick; done' ${out} & echo $! > ${pidFile}; echo restarted`;
+      // As a deploy.sh would, it waits until the server runs (here: until its redirection is done) before it exits.
+      const ready = path.join(dir, `ready-${redirected}`);
+      const script = `nohup sh -c 'touch ${ready}; echo serving; while :; do sleep 1; echo tick; done' ${out} & echo $! > ${pidFile}; until [ -e ${ready} ]; do sleep 0.02; done; echo restarted`;
       await runCommand(["sh", "-c", script], { cwd: dir, log, leaveRunning: true, pidFile: commandPid });
       const pid = await pidIn(pidFile);
       expect(await isRunning(pid)).toBe(true);
