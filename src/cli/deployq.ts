@@ -1,6 +1,7 @@
 import { Command, Option } from "commander";
 import { loadSettings } from "../config/load.ts";
 import { DeployqError, errorMessage } from "../errors.ts";
+import { LOG_FORMATS, type LogFormat } from "../log.ts";
 import { VERSION } from "../version.ts";
 import { runCheck } from "./check.ts";
 import { deployCommand, rollbackCommand } from "./deploy.ts";
@@ -17,6 +18,11 @@ const program = new Command("deployq")
   .version(VERSION)
   .description("Push-to-deploy daemon: signed GitHub webhooks in, durable filesystem queues, deploys out.")
   .option("-c, --config <file>", "configuration file (default: $DEPLOYQ_CONFIG or ./deployq.toml)")
+  .addOption(
+    new Option("--log-format <format>", "deployq's own log (serve, receiver, workers): JSON lines, or pretty lines for people (default: pretty on a terminal, else json)")
+      .choices(LOG_FORMATS)
+      .env("DEPLOYQ_LOG_FORMAT"),
+  )
   .addHelpText(
     "after",
     `
@@ -27,11 +33,13 @@ Environment:
   DEPLOYQ_CONFIG         configuration file, if --config is not given
   DEPLOYQ_QUEUES_DIR     queue root, overriding queues_dir from the configuration
   DEPLOYQ_LOG_LEVEL      trace, debug, info (default), warn, error
+  DEPLOYQ_LOG_FORMAT     json or pretty, if --log-format is not given
 
 Queues are plain directories: ls and cat them; see queues/README.md.`,
   );
 
 const configPath = (): string | undefined => program.opts<{ config?: string }>().config;
+const logFormat = (): LogFormat | undefined => program.opts<{ logFormat?: LogFormat }>().logFormat;
 const settings = () => loadSettings({ configPath: configPath() });
 const noWatch = new Option("--no-watch", "rely on the periodic rescan only (for filesystems without inotify, such as NFS)");
 
@@ -39,16 +47,16 @@ program
   .command("serve")
   .description("run the receiver and all workers in one process (the quickstart)")
   .addOption(noWatch)
-  .action((o: { watch: boolean }) => runDaemon("serve", configPath(), o.watch));
+  .action((o: { watch: boolean }) => runDaemon("serve", configPath(), o.watch, logFormat()));
 program
   .command("receiver")
   .description("run only the webhook receiver (pm2 app deployq-receiver; needs DATABASE_URL beside `deployq workers`)")
-  .action(() => runDaemon("receiver", configPath(), true));
+  .action(() => runDaemon("receiver", configPath(), true, logFormat()));
 program
   .command("workers")
   .description("run only the workers: the router and one worker per deployment (pm2 app deployq-workers)")
   .addOption(noWatch)
-  .action((o: { watch: boolean }) => runDaemon("workers", configPath(), o.watch));
+  .action((o: { watch: boolean }) => runDaemon("workers", configPath(), o.watch, logFormat()));
 program
   .command("migrate")
   .description("apply the database migrations (also done at every start)")

@@ -1,11 +1,11 @@
 import { loadSettings } from "../config/load.ts";
 import { type Role, startDaemon } from "../daemon.ts";
-import { createLogger } from "../log.ts";
+import { type LogFormat, createLogger } from "../log.ts";
 import { installShutdownLadder } from "../signals.ts";
 
-export async function runDaemon(role: Role, configPath: string | undefined, watch: boolean): Promise<void> {
+export async function runDaemon(role: Role, configPath: string | undefined, watch: boolean, logFormat?: LogFormat): Promise<void> {
   const settings = loadSettings({ configPath });
-  const logger = createLogger();
+  const logger = createLogger({ format: logFormat });
   const starting = startDaemon({ settings, role, logger, watch });
   // Signals are handled from the start: one that arrives while starting drains once started.
   installShutdownLadder(() => starting.then((d) => d.close()), logger);
