@@ -27,6 +27,9 @@ afterEach(async () => {
   leftRunning.clear();
 });
 
+/** For a script that started `sleep` in the background: wait until it runs sleep (the fork has exec'd), so that its command line is sleep's. */
+const UNTIL_SLEEPING = "until grep -qa '^sleep' /proc/$!/cmdline; do sleep 0.01; done";
+
 /** The pid a command wrote into `file` (its background process). */
 async function pidIn(file: string): Promise<number> {
   const pid = Number(await until(`${file} written`, async () => (await readFile(file, "utf8").catch(() => "")).trim()));
@@ -127,7 +130,7 @@ describe("runCommand", () => {
     const { log, text } = collect();
     const pidFile = path.join(dir, "build-leftover.pid");
     // The background sleep inherits stdout and stderr: without the stop, the pipe would stay open for 30 s.
-    await runCommand(["sh", "-c", `sleep 30 & echo $! > ${pidFile}; echo built`], { cwd: dir, log, killAfterMs: 500 });
+    await runCommand(["sh", "-c", `sleep 30 & echo $! > ${pidFile}; ${UNTIL_SLEEPING}; echo built`], { cwd: dir, log, killAfterMs: 500 });
     const pid = await pidIn(pidFile);
     expect(await isRunning(pid)).toBe(false);
     expect(text()).toMatch(new RegExp(`warning: sh -c .* left (a process|\\d processes) running: (.*; )?${pid} sleep 30(; .*)?; stopping (it|them) \\(SIGTERM`));
@@ -137,7 +140,7 @@ describe("runCommand", () => {
   it("kills a leftover that ignores SIGTERM after the grace", async () => {
     const { log, text } = collect();
     const pidFile = path.join(dir, "stubborn.pid");
-    await runCommand(["sh", "-c", `(trap '' TERM; exec sleep 30) >/dev/null 2>&1 & echo $! > ${pidFile}`], { cwd: dir, log, killAfterMs: 200 });
+    await runCommand(["sh", "-c", `(trap '' TERM; exec sleep 30) >/dev/null 2>&1 & echo $! > ${pidFile}; ${UNTIL_SLEEPING}`], { cwd: dir, log, killAfterMs: 200 });
     const pid = await pidIn(pidFile);
     expect(await isRunning(pid)).toBe(false);
     expect(text()).toContain(`left a process running: ${pid} sleep 30`);

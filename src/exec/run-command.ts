@@ -189,9 +189,11 @@ export async function runCommand(argv: readonly string[], options: RunOptions): 
   if (pid !== undefined) {
     let holders: string[] = [];
     if (reason) {
-      // Timed out or cancelled: whatever is left of the group goes now.
-      killGroup(pid, "SIGKILL");
-      await groupGone(pid);
+      // Timed out or cancelled: what is left of the group had its SIGTERM; SIGKILL once killAfterMs is over.
+      if ((await groupGone(pid, options.killAfterMs ?? 5000)).length > 0) {
+        killGroup(pid, "SIGKILL");
+        await groupGone(pid);
+      }
     } else {
       const left = groupExists(pid) ? await liveGroupMembers(pid) : [];
       if (left.length > 0 && options.leaveRunning && exitCode === 0) {
@@ -345,10 +347,11 @@ export async function killLeftoverCommands(dir: string, name: string): Promise<{
 /** SIGKILL is delivered asynchronously: poll /proc until no live process is left in the group; returns those left at the timeout. */
 async function groupGone(pgrp: number, timeoutMs = 10_000): Promise<number[]> {
   const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const left = await liveGroupMembers(pgrp);
+  for (let pause = 10; ; pause = Math.min(pause * 2, 200)) {
+    // kill(0) first: no /proc scan once the group is empty (zombies still count for it, hence the scan).
+    const left = groupExists(pgrp) ? await liveGroupMembers(pgrp) : [];
     if (left.length === 0 || Date.now() > deadline) return left;
-    await new Promise((r) => setTimeout(r, 10));
+    await new Promise((r) => setTimeout(r, pause));
   }
 }
 

@@ -66,7 +66,7 @@ echo "restarted on port $PORT"
           "web",
           web.bare,
           `
-commands = [["sh", "-c", "sleep 300 & echo $! > ${dir}/build-sleep.pid; echo built"]]
+commands = [["sh", "-c", "sleep 300 & echo $! > ${dir}/build-sleep.pid; until grep -qa '^sleep' /proc/$!/cmdline; do sleep 0.01; done; echo built"]]
 restart = { script = ["./restart.sh"] }
 env = { PORT = "${port}", PIDFILE = "${dir}/server.pid" }
 max_attempts = 1
