@@ -180,6 +180,8 @@ export async function runCommand(argv: readonly string[], options: RunOptions): 
   options.signal?.removeEventListener("abort", onAbort);
   const exitCode = spawned ? (child.exitCode ?? undefined) : undefined;
   const signal = spawned ? (child.signalCode ?? undefined) : undefined;
+  // What a restart script that exited 0 left running is no leftover of a crash: the pid file goes first.
+  if (options.pidFile && options.leaveRunning && !reason && exitCode === 0) rmSync(options.pidFile, { force: true });
   const detach = (why: string) => {
     detached = true;
     // Read on (a writer that finds the pipe closed may die of it), but without holding deployq's event loop.
@@ -200,7 +202,8 @@ export async function runCommand(argv: readonly string[], options: RunOptions): 
         log?.write(`left running by ${shown}: ${(await describe(left)).join("; ")}\n`);
         holders = await holdingOutput(left, links);
       } else if (left.length > 0) {
-        await stopLeftovers(pid, await describe(left), shown, options.killAfterMs ?? 5000, log);
+        const hint = options.leaveRunning ? "A restart script keeps what it started only when it exits 0." : "Only the restart script may leave a server running.";
+        await stopLeftovers(pid, await describe(left), shown, options.killAfterMs ?? 5000, log, hint);
       }
     }
     if (killTimer) clearTimeout(killTimer);
@@ -283,11 +286,10 @@ async function holdingOutput(pids: number[], links: string[]): Promise<string[]>
 }
 
 /** A command that is done left processes behind: name them in the log, SIGTERM the group, SIGKILL what is left after `graceMs`. */
-async function stopLeftovers(pgrp: number, left: string[], shown: string, graceMs: number, log: Writable | undefined): Promise<void> {
+async function stopLeftovers(pgrp: number, left: string[], shown: string, graceMs: number, log: Writable | undefined, hint: string): Promise<void> {
   log?.write(
     `warning: ${shown} left ${left.length === 1 ? "a process" : `${left.length} processes`} running: ${left.join("; ")}; ` +
-      `stopping ${left.length === 1 ? "it" : "them"} (SIGTERM, then SIGKILL after ${graceMs} ms). ` +
-      "Only the restart script may leave a server running.\n",
+      `stopping ${left.length === 1 ? "it" : "them"} (SIGTERM, then SIGKILL after ${graceMs} ms). ${hint}\n`,
   );
   killGroup(pgrp, "SIGTERM");
   let alive = await groupGone(pgrp, graceMs);
