@@ -1,8 +1,9 @@
-import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { PassThrough } from "node:stream";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { spawnTracked } from "../../test/helpers/processes.ts";
 import { isRunning, until } from "../../test/helpers/wait.ts";
 import { ExecError } from "./exec-error.ts";
 import { formatArgv, killLeftoverCommands, runCommand } from "./run-command.ts";
@@ -154,7 +155,9 @@ describe("runCommand", () => {
       const out = redirected ? `> ${path.join(dir, "server.out")} 2>&1` : "";
       // As a deploy.sh would, it waits until the server runs (here: until its redirection is done) before it exits.
       const ready = path.join(dir, `ready-${redirected}`);
-      const script = `nohup sh -c 'touch ${ready}; echo serving; while :; do sleep 1; echo tick; done' ${out} & echo $! > ${pidFile}; until [ -e ${ready} ]; do sleep 0.02; done; echo restarted`;
+      // Each tick writes to its output, then counts in a file: a write to a closed pipe would kill it (SIGPIPE) before it counts.
+      const ticks = path.join(dir, `ticks-${redirected}`);
+      const script = `nohup sh -c 'touch ${ready}; echo serving; while :; do sleep 0.1; echo tick; echo >> ${ticks}; done' ${out} & echo $! > ${pidFile}; until [ -e ${ready} ]; do sleep 0.02; done; echo restarted`;
       await runCommand(["sh", "-c", script], { cwd: dir, log, leaveRunning: true, pidFile: commandPid });
       const pid = await pidIn(pidFile);
       expect(await isRunning(pid)).toBe(true);
@@ -167,14 +170,41 @@ describe("runCommand", () => {
       // The command's pid file is gone: the next start of deployq does not take the server for a leftover of a crash.
       await expect(readFile(commandPid, "utf8")).rejects.toMatchObject({ code: "ENOENT" });
       expect((await killLeftoverCommands(dir, "t")).killed).toEqual([]);
+      // It goes on writing, long after the command is done.
+      await until("three ticks", async () => (await readFile(ticks, "utf8").catch(() => "")).length >= 3);
       expect(await isRunning(pid)).toBe(true);
     });
   }
 
+  it("hands the pipe a server left running writes to over to a reader of its own, so it goes on after deployq exits", async () => {
+    // The restart script runs in a process that then exits, as deployq does when it is stopped or restarted.
+    const pidFile = path.join(dir, "orphan-server.pid");
+    const ticks = path.join(dir, "orphan-ticks");
+    const runner = path.join(dir, "runner.mts");
+    const script = `nohup sh -c 'while :; do echo tick; echo >> ${ticks}; sleep 0.1; done' & echo $! > ${pidFile}; until [ -s ${ticks} ]; do sleep 0.02; done`;
+    await writeFile(
+      runner,
+      `import { runCommand } from ${JSON.stringify(path.resolve("src/exec/run-command.ts"))};
+` +
+        `await runCommand(["sh", "-c", ${JSON.stringify(script)}], { cwd: ${JSON.stringify(dir)}, leaveRunning: true, log: process.stdout });
+` +
+        `process.exit(0);
+`,
+    );
+    const deployq = spawnTracked(process.execPath, ["--import", "tsx", runner]);
+    expect((await deployq.exited).code, deployq.output()).toBe(0);
+    const pid = await pidIn(pidFile);
+    expect(deployq.output()).toMatch(/holds? this command's output open/);
+    // Its writes still find a reader: a closed pipe would have killed it (SIGPIPE) at the next tick.
+    const counted = (await readFile(ticks, "utf8")).length;
+    await until("three more ticks", async () => (await readFile(ticks, "utf8")).length >= counted + 3);
+    expect(await isRunning(pid)).toBe(true);
+  });
+
   it("stops what a failing restart script left, and kills a timed-out restart script's whole group", async () => {
     const { log, text } = collect();
     const failedPid = path.join(dir, "failed-restart.pid");
-    const err = await failure(runCommand(["sh", "-c", `sleep 30 >/dev/null 2>&1 & echo $! > ${failedPid}; exit 1`], { cwd: dir, log, leaveRunning: true, killAfterMs: 500 }));
+    const err = await failure(runCommand(["sh", "-c", `sleep 30 >/dev/null 2>&1 & echo $! > ${failedPid}; ${UNTIL_SLEEPING}; exit 1`], { cwd: dir, log, leaveRunning: true, killAfterMs: 500 }));
     expect(err.exitCode).toBe(1);
     const stopped = await pidIn(failedPid);
     expect(await isRunning(stopped)).toBe(false);

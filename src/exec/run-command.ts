@@ -1,7 +1,8 @@
+import { spawn } from "node:child_process";
 import { readFileSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
 import { readdir, readlink } from "node:fs/promises";
 import type { Socket } from "node:net";
-import type { Writable } from "node:stream";
+import type { Readable, Writable } from "node:stream";
 import { execa } from "execa";
 import { ExecError } from "./exec-error.ts";
 import { liveGroupMembers, readCmdline } from "./proc.ts";
@@ -184,8 +185,12 @@ export async function runCommand(argv: readonly string[], options: RunOptions): 
   if (options.pidFile && options.leaveRunning && !reason && exitCode === 0) rmSync(options.pidFile, { force: true });
   const detach = (why: string) => {
     detached = true;
-    // Read on (a writer that finds the pipe closed may die of it), but without holding deployq's event loop.
-    for (const stream of [child.stdout, child.stderr]) (stream as Socket | null)?.unref();
+    for (const stream of [child.stdout, child.stderr]) {
+      if (!stream) continue;
+      // Read on without holding deployq's event loop, until a drain of its own has the pipe.
+      (stream as Socket).unref();
+      handOver(stream);
+    }
     log?.write(`(${why}: what it writes from now on is not logged; redirect its output to a file, e.g. \`nohup server >server.log 2>&1 &\`)\n`);
   };
   if (pid !== undefined) {
@@ -297,6 +302,26 @@ async function stopLeftovers(pgrp: number, left: string[], shown: string, graceM
     killGroup(pgrp, "SIGKILL");
     alive = await groupGone(pgrp);
     if (alive.length > 0) log?.write(`warning: still alive after SIGKILL (uninterruptible sleep?): ${alive.join(", ")}\n`);
+  }
+}
+
+/**
+ * The read end of a pipe that a process left running still writes to goes to a `cat
+ * >/dev/null` in a session of its own, which lives as long as that writer: were the pipe
+ * closed (deployq stopped or restarted), the writer's next write would fail (EPIPE), and a
+ * server that logs each request to stderr (Python's http.server, gunicorn by default) would
+ * stop answering. Until `cat` runs, deployq goes on reading.
+ */
+function handOver(stream: Readable): void {
+  try {
+    const drain = spawn("cat", [], { stdio: [stream, "ignore", "ignore"], detached: true, env: { PATH: baseEnv().PATH! } });
+    drain.once("spawn", () => stream.destroy());
+    drain.once("error", () => {
+      // No cat: deployq keeps reading (while it runs).
+    });
+    drain.unref();
+  } catch {
+    // As above.
   }
 }
 
