@@ -277,6 +277,7 @@ function outputLinks(pid: number): string[] {
 
 /** Which of `pids` hold the command's stdout or stderr open (`links` from outputLinks; empty: cannot tell, so none is named). */
 async function holdingOutput(pids: number[], links: string[]): Promise<string[]> {
+  if (links.length === 0) return [];
   const holders: string[] = [];
   for (const pid of pids) {
     const fds = await readdir(`/proc/${pid}/fd`).catch(() => [] as string[]);
