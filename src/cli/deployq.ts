@@ -1,6 +1,7 @@
 import { Command, Option } from "commander";
 import { loadSettings } from "../config/load.ts";
 import { DeployqError, errorMessage } from "../errors.ts";
+import { LOG_FORMATS, type LogFormat } from "../log.ts";
 import { VERSION } from "../version.ts";
 import { MAX_DELIVERIES_LIMIT, DEFAULT_DELIVERIES_LIMIT, parseDeliveriesLimit } from "../db/queries/recent-deliveries.ts";
 import { runCheck } from "./check.ts";
@@ -19,6 +20,11 @@ const program = new Command("deployq")
   .version(VERSION)
   .description("Push-to-deploy daemon: signed GitHub webhooks in, durable filesystem queues, deploys out.")
   .option("-c, --config <file>", "configuration file (default: $DEPLOYQ_CONFIG or ./deployq.toml)")
+  .addOption(
+    new Option("--log-format <format>", "deployq's own log (serve, receiver, workers): JSON lines, or pretty lines for people (default: pretty on a terminal, else json)")
+      .choices(LOG_FORMATS)
+      .env("DEPLOYQ_LOG_FORMAT"),
+  )
   .addHelpText(
     "after",
     `
@@ -30,11 +36,13 @@ Environment:
   DEPLOYQ_QUEUES_DIR     queue root, overriding queues_dir from the configuration
   DEPLOYQ_PORT           the port serve and receiver listen on, overriding [server] port (--port wins)
   DEPLOYQ_LOG_LEVEL      trace, debug, info (default), warn, error
+  DEPLOYQ_LOG_FORMAT     json or pretty, if --log-format is not given
 
 Queues are plain directories: ls and cat them; see queues/README.md.`,
   );
 
 const configPath = (): string | undefined => program.opts<{ config?: string }>().config;
+const logFormat = (): LogFormat | undefined => program.opts<{ logFormat?: LogFormat }>().logFormat;
 const settings = () => loadSettings({ configPath: configPath() });
 const noWatch = new Option("--no-watch", "rely on the periodic rescan only (for filesystems without inotify, such as NFS)");
 const port = new Option("--port <port>", "listen on this port instead of [server] port (default: $DEPLOYQ_PORT); 0: a free one, printed at start");
@@ -44,17 +52,17 @@ program
   .description("run the receiver and all workers in one process (the quickstart)")
   .addOption(noWatch)
   .addOption(port)
-  .action((o: { watch: boolean; port?: string }) => runDaemon("serve", { configPath: configPath(), port: o.port, watch: o.watch }));
+  .action((o: { watch: boolean; port?: string }) => runDaemon("serve", { configPath: configPath(), port: o.port, watch: o.watch, logFormat: logFormat() }));
 program
   .command("receiver")
   .description("run only the webhook receiver (pm2 app deployq-receiver, two instances in cluster mode; needs DATABASE_URL beside `deployq workers`)")
   .addOption(port)
-  .action((o: { port?: string }) => runDaemon("receiver", { configPath: configPath(), port: o.port, watch: true }));
+  .action((o: { port?: string }) => runDaemon("receiver", { configPath: configPath(), port: o.port, watch: true, logFormat: logFormat() }));
 program
   .command("workers")
   .description("run only the workers: the router and one worker per deployment (pm2 app deployq-workers)")
   .addOption(noWatch)
-  .action((o: { watch: boolean }) => runDaemon("workers", { configPath: configPath(), watch: o.watch }));
+  .action((o: { watch: boolean }) => runDaemon("workers", { configPath: configPath(), watch: o.watch, logFormat: logFormat() }));
 program
   .command("migrate")
   .description("apply the database migrations (also done at every start)")

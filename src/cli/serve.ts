@@ -1,6 +1,6 @@
 import { loadSettings } from "../config/load.ts";
 import { type Role, startDaemon } from "../daemon.ts";
-import { createLogger } from "../log.ts";
+import { type LogFormat, createLogger } from "../log.ts";
 import { installShutdownLadder } from "../signals.ts";
 
 /** The secret the README's quickstart exports: public already, so the printed next step may show it. */
@@ -11,12 +11,14 @@ export interface DaemonOptions {
   /** --port as typed (validated by loadSettings); wins over DEPLOYQ_PORT and [server] port. */
   port?: string | undefined;
   watch: boolean;
+  /** --log-format (or DEPLOYQ_LOG_FORMAT); undefined: pretty on a terminal, JSON lines otherwise. */
+  logFormat?: LogFormat | undefined;
 }
 
 export async function runDaemon(role: Role, options: DaemonOptions): Promise<void> {
   const { configPath } = options;
   const settings = loadSettings({ configPath, port: options.port });
-  const logger = createLogger();
+  const logger = createLogger({ format: options.logFormat });
   const starting = startDaemon({ settings, role, logger, watch: options.watch });
   // Signals are handled from the start: one that arrives while starting drains once started.
   installShutdownLadder(() => starting.then((d) => d.close()), logger);

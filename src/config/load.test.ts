@@ -46,6 +46,12 @@ describe("loadSettings", () => {
     expect(s.secrets.databaseUrl).toBe("postgres://x@h/db");
   });
 
+  it("keeps 100 deploys per deployment unless the top level or the deployment says otherwise", async () => {
+    expect((await load(DEPLOYMENT)).settings().deployments.get("api")?.keep_deploys).toBe(100);
+    expect((await load(`keep_deploys = 20\n${DEPLOYMENT}`)).settings().deployments.get("api")?.keep_deploys).toBe(20);
+    expect((await load(`keep_deploys = 20\n${DEPLOYMENT}keep_deploys = 3\n`)).settings().deployments.get("api")?.keep_deploys).toBe(3);
+  });
+
   it("lets DEPLOYQ_QUEUES_DIR override queues_dir", async () => {
     const { settings } = await load(DEPLOYMENT, { DEPLOYQ_QUEUES_DIR: "/srv/q" });
     expect(settings().queuesDir).toBe("/srv/q");
@@ -68,6 +74,8 @@ describe("loadSettings", () => {
     [`${DEPLOYMENT}nginx = { conf_dir = "/etc/nginx/conf.d", verify = { "../x" = "http://127.0.0.1/" } }`, /deployments\.api\.nginx\.verify/],
     [`[nginx]\ntest_command = "nginx -t"\n${DEPLOYMENT}`, /nginx\.test_command/],
     [`[certbot]\nemail = "not an email"\n${DEPLOYMENT}`, /certbot\.email/],
+    [`keep_deploys = 0\n${DEPLOYMENT}`, /keep_deploys: must keep at least 1 deploy/],
+    [`${DEPLOYMENT}keep_deploys = 2.5`, /deployments\.api\.keep_deploys: must be a whole number/],
   ])("names the file and the key: %#", async (toml, message) => {
     const { file, settings } = await load(toml);
     let error: unknown;

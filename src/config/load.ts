@@ -21,7 +21,7 @@ export interface Secrets {
 }
 
 /** The validated configuration with every path made absolute and the secrets from the environment. */
-export type Deployment = DeploymentConfig & { name: string };
+export type Deployment = Omit<DeploymentConfig, "keep_deploys"> & { name: string; keep_deploys: number };
 
 export interface Settings {
   configPath: string;
@@ -111,7 +111,7 @@ export function loadSettings(options: LoadOptions = {}): Settings {
 
     // A local remote written as a relative path ("." or "./x", "../x") is relative to this file too.
     const remote = /^\.\.?(\/|$)/.test(deployment.remote) ? path.resolve(base, deployment.remote) : deployment.remote;
-    deployments.set(name, { ...deployment, name, remote, path: path.resolve(base, deployment.path) });
+    deployments.set(name, { ...deployment, name, remote, path: path.resolve(base, deployment.path), keep_deploys: deployment.keep_deploys ?? config.keep_deploys });
   }
   const queuesDir = env.DEPLOYQ_QUEUES_DIR ? path.resolve(env.DEPLOYQ_QUEUES_DIR) : path.resolve(base, config.queues_dir);
   return {

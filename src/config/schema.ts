@@ -71,6 +71,8 @@ export const DeploymentConfig = z.strictObject({
   path: z.string().min(1),
   strategy: z.enum(["releases", "in-place"]).default("releases"),
   keep_releases: z.number().int().min(2).default(5),
+  /** Deploy records (rows and log files) kept on this host; default: the top-level keep_deploys. */
+  keep_deploys: z.number().int("must be a whole number").min(1, "must keep at least 1 deploy (the one that just finished)").optional(),
   commands: z.array(argv).default([]),
   restart: RestartConfig.optional(),
   /** After the restart: poll this URL; no 2xx within the timeout rolls the deploy back. */
@@ -165,6 +167,8 @@ export const Config = z.strictObject({
     .optional(),
   /** pm2's home for `restart = { pm2 = ... }`: the apps run under the pm2 daemon there. Default: PM2_HOME, else ~/.pm2. */
   pm2_home: z.string().min(1).optional(),
+  /** Deploy records (rows and log files) kept per deployment on this host, newest first; a deployment's own keep_deploys wins. */
+  keep_deploys: z.number().int("must be a whole number").min(1, "must keep at least 1 deploy (the one that just finished)").default(100),
   nginx: NginxHost.default(DEFAULT_NGINX),
   certbot: CertbotHost.optional(),
   deployments: z

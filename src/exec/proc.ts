@@ -33,3 +33,13 @@ export async function liveGroupMembers(pgrp: number): Promise<number[]> {
   }
   return pids;
 }
+
+/** A process's command line (its argv, NUL-separated in /proc), or [] when it is gone or has none (a zombie, a kernel thread). */
+export async function readCmdline(pid: number): Promise<string[]> {
+  try {
+    const text = await readFile(`/proc/${pid}/cmdline`, "utf8");
+    return text.split("\0").filter((arg, i, all) => arg !== "" || i < all.length - 1);
+  } catch {
+    return [];
+  }
+}

@@ -9,8 +9,9 @@
 //   node pm2-helper.cjs list
 //     Prints the processes of the pm2 daemon at PM2_HOME (starting the daemon if none runs,
 //     as `pm2 jlist` does), as a JSON array of only the fields deployq needs: `pm2 jlist`
-//     would print every app's whole environment into the deploy log, and can exceed what
-//     runCommand keeps of stdout on a busy host.
+//     would print every app's whole environment, and can exceed what runCommand keeps of
+//     stdout on a busy host. This stdout is for deployq only (pm2.ts runs it with
+//     logStdout: false); errors go to stderr, which the deploy log keeps.
 "use strict";
 
 const fs = require("node:fs");

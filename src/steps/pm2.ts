@@ -228,17 +228,26 @@ export async function pm2Restart(options: Pm2RestartOptions, ctx: CommandContext
 
 /** Runs the project's pm2 CLI against `pm2Home` (its cwd too: nothing may depend on the caller's getcwd()). */
 async function pm2(args: string[], pm2Home: string, ctx: CommandContext): Promise<RunResult> {
-  return runCommand([process.execPath, PM2_BIN, ...args], runOptions(ctx, await ensureDir(pm2Home), { PM2_HOME: pm2Home }));
+  return runCommand([process.execPath, PM2_BIN, ...args], runOptions(ctx, await ensurePm2Home(pm2Home), { PM2_HOME: pm2Home }));
 }
 
-async function ensureDir(dir: string): Promise<string> {
+/**
+ * Creates PM2_HOME, and its `touch` file: the pm2 CLI prints its ASCII-art banner (and asks
+ * its version server) once per PM2_HOME, when that file is missing (pm2 lib/Client.js,
+ * initFileStructure); that is not for a deploy's log. Returns the directory.
+ */
+async function ensurePm2Home(dir: string): Promise<string> {
   await mkdir(dir, { recursive: true });
+  await writeFile(path.join(dir, "touch"), `${Date.now()}`, { flag: "wx" }).catch((err: NodeJS.ErrnoException) => {
+    if (err.code !== "EEXIST") throw err;
+  });
   return dir;
 }
 
 /** pm2's process list (starting its daemon if none runs, as `pm2 jlist` would), without the apps' environments. */
 export async function listProcesses(pm2Home: string, ctx: CommandContext): Promise<Pm2Process[]> {
-  const { stdout } = await runCommand([process.execPath, HELPER, "list"], runOptions(ctx, await ensureDir(pm2Home), { PM2_HOME: pm2Home }));
+  // Its stdout is the list, for deployq only; pm2's errors (stderr) go to the log.
+  const { stdout } = await runCommand([process.execPath, HELPER, "list"], { ...runOptions(ctx, await ensurePm2Home(pm2Home), { PM2_HOME: pm2Home }), logStdout: false });
   const at = stdout.lastIndexOf(LIST_MARKER);
   if (at < 0) throw new DeployqError("DEPLOY", `pm2's process list could not be read (PM2_HOME=${pm2Home}): ${stdout.slice(-500)}`);
   return JSON.parse(stdout.slice(at + LIST_MARKER.length)) as Pm2Process[];

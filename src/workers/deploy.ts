@@ -197,7 +197,8 @@ export async function resumePm2Apps(
   return "started";
 }
 
-async function runAll(commands: readonly string[][], dir: string, env: Record<string, string>, ctx: DeployContext, signal: AbortSignal | undefined): Promise<void> {
+/** `leaveRunning`: the restart script, whose job is to leave the app running (what a build command leaves is stopped). */
+async function runAll(commands: readonly string[][], dir: string, env: Record<string, string>, ctx: DeployContext, signal: AbortSignal | undefined, leaveRunning = false): Promise<void> {
   for (const argv of commands) {
     if (signal) checkAborted(ctx);
     await runCommand(argv, {
@@ -205,6 +206,7 @@ async function runAll(commands: readonly string[][], dir: string, env: Record<st
       env,
       timeoutMs: ctx.deployment.command_timeout_s * 1000,
       log: ctx.log,
+      leaveRunning,
       ...(signal ? { signal } : {}),
       ...(ctx.pidFile ? { pidFile: ctx.pidFile } : {}),
     });
@@ -225,7 +227,7 @@ async function activate(dir: string, appDir: string, env: Record<string, string>
   const d = ctx.deployment;
   if (d.restart) {
     step(ctx, "restart");
-    if ("script" in d.restart) await runAll([d.restart.script], dir, env, ctx, signal);
+    if ("script" in d.restart) await runAll([d.restart.script], dir, env, ctx, signal, true);
     else await pm2Restart({ pm2Home: ctx.host.pm2Home, deployment: d.name, appDir, restart: d.restart, env }, commandContext(ctx, signal));
   }
   if (d.health) {

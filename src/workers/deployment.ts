@@ -23,6 +23,7 @@ import { QueueWorker } from "../queue/watch.ts";
 import { isProcessAlive } from "../pid-lock.ts";
 import { deploymentPaths, removeIncomplete } from "../steps/release.ts";
 import { type DeployRequest, type HostSteps, performDeploy, resumePm2Apps } from "./deploy.ts";
+import { pruneDeploys } from "./prune-deploys.ts";
 
 export interface DeploymentWorkerDeps {
   deployment: Deployment;
@@ -353,6 +354,10 @@ export class DeploymentWorker {
     } finally {
       this.current = undefined;
       await endLog();
+      // The row is final: keep the newest keep_deploys deploys (rows and logs) of this deployment on this host.
+      await pruneDeploys({ db, deployment: this.name, host: HOST, keep: deployment.keep_deploys, logFile: (n) => deployLogPath(this.deps.dataDir, this.name, n) }).catch(
+        (err: unknown) => child.warn({ err: errorMessage(err) }, "could not remove old deploy records; the next deploy tries again"),
+      );
     }
   }
 

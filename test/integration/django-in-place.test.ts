@@ -9,9 +9,10 @@ import { runCommand } from "../../src/exec/run-command.ts";
 import { silentLogger } from "../../src/log.ts";
 import { type TestDatabase, createTestDatabase } from "../helpers/db.ts";
 import { git } from "../helpers/git.ts";
+import { freePort } from "../helpers/load.ts";
 import { LogCollector } from "../helpers/log-collector.ts";
-import { DEPLOYQ_BIN } from "../helpers/processes.ts";
-import { until } from "../helpers/wait.ts";
+import { DEPLOYQ_BIN, REPO_ROOT } from "../helpers/processes.ts";
+import { isRunning, until } from "../helpers/wait.ts";
 import { type Workspace, createWorkspace, listFiles } from "../helpers/workspace.ts";
 
 /**
@@ -29,11 +30,24 @@ describe("Django-style in-place deploy: git push production master → post-rece
   let tdb: TestDatabase;
   let daemon: Daemon;
 
-  // A stand-in for Django's manage.py: records each management command with the code's version.
+  // A stand-in for Django's manage.py: records each management command with the code's version;
+  // `runserver` serves the version (and logs each request to stderr, as Django's does).
   const managePy = (version: string, failMigrate = false) => `import os, sys
 VERSION = "${version}"
 cmd = sys.argv[1]
 os.makedirs("var", exist_ok=True)
+if cmd == "runserver":
+    import http.server
+    host, port = sys.argv[-1].rsplit(":", 1)
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = VERSION.encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+    print(f"Starting development server at http://{host}:{port}/", flush=True)
+    http.server.ThreadingHTTPServer((host, int(port)), Handler).serve_forever()
 with open("var/manage.log", "a") as log:
     log.write(f"{VERSION} {cmd} {os.environ.get('DEPLOYQ_SHA', '')}\\n")
 if cmd == "migrate" and ${failMigrate ? "True" : "False"}:
@@ -43,13 +57,11 @@ if cmd == "collectstatic":
     with open("static/version.txt", "w") as f:
         f.write(VERSION)
 `;
-  const DEPLOY_SH = `#!/bin/sh
-# deploy.sh, run by deployq in the work tree after each push to master
-set -eu
-python3 manage.py migrate --noinput
-python3 manage.py collectstatic --noinput
-mkdir -p tmp && touch tmp/restart.txt   # uWSGI / Passenger touch-reload
-`;
+  let DEPLOY_SH: string;
+  let port: number;
+  /** The server deploy.sh left running, by its pid file. */
+  const serverPid = async () => Number((await readFile(path.join(site, "var", "server.pid"), "utf8")).trim());
+  const answer = async () => (await fetch(`http://127.0.0.1:${port}/`)).text();
 
   /** `git push production <refs>` as the developer sees it: the hook's lines come back as "remote: …". */
   async function push(...refs: string[]): Promise<string> {
@@ -75,6 +87,9 @@ mkdir -p tmp && touch tmp/restart.txt   # uWSGI / Passenger touch-reload
     });
 
   beforeAll(async () => {
+    // README's example deploy.sh, as is: migrate, collectstatic, restart the server with nohup in the background.
+    DEPLOY_SH = await readFile(path.join(REPO_ROOT, "examples", "django", "deploy.sh"), "utf8");
+    port = await freePort();
     dir = await mkdtemp(path.join(tmpdir(), "deployq-django-"));
     bare = path.join(dir, "site.git");
     work = path.join(dir, "laptop");
@@ -87,6 +102,7 @@ remote = "${bare}"
 path = "./www/mysite"
 strategy = "in-place"
 restart = { script = ["./deploy.sh"] }
+env = { PORT = "${port}" }
 max_attempts = 1
 `,
     });
@@ -106,6 +122,12 @@ max_attempts = 1
   });
 
   afterAll(async () => {
+    // The server deploy.sh left running belongs to no deployq process: stop it here.
+    const pid = await serverPid().catch(() => undefined);
+    if (pid) {
+      process.kill(pid, "SIGKILL");
+      await until("the app server gone", async () => !(await isRunning(pid)));
+    }
     await daemon?.close();
     await tdb?.dispose();
     await ws?.dispose();
@@ -113,12 +135,20 @@ max_attempts = 1
   });
 
   it("deploys each push to master in place, and a failing deploy.sh puts the previous commit back and runs it again", async () => {
-    const v1 = await pushProduction({ "manage.py": managePy("v1"), "deploy.sh": DEPLOY_SH, ".gitignore": "var/\nstatic/\ntmp/\n" }, "v1");
+    const v1 = await pushProduction({ "manage.py": managePy("v1"), "deploy.sh": DEPLOY_SH, ".gitignore": "var/\nstatic/\n" }, "v1");
     const first = await finished(v1);
     expect(first.status).toBe("succeeded");
     expect(await readFile(path.join(site, "static", "version.txt"), "utf8")).toBe("v1");
     expect(await readFile(path.join(site, "var", "manage.log"), "utf8")).toBe(`v1 migrate ${v1}\nv1 collectstatic ${v1}\n`);
-    expect(await listFiles(path.join(site, "tmp"))).toEqual(["restart.txt"]);
+    // The server deploy.sh started in the background answers, and goes on answering now that the deploy is over.
+    const firstServer = await serverPid();
+    expect(await answer()).toBe("v1");
+    const firstLog = await readFile(first.logPath!, "utf8");
+    expect(firstLog).toMatch(new RegExp(`left running by \\./deploy\\.sh: ${firstServer} \\S*python3 manage\\.py runserver --noreload 127\\.0\\.0\\.1:${port}`));
+    expect(firstLog).toContain(`server ${firstServer} answers on port ${port}`);
+    expect(firstLog).toMatch(/== succeeded/);
+    expect(await isRunning(firstServer)).toBe(true);
+    expect(await answer()).toBe("v1");
 
     // A migration that fails: the push itself succeeds (the hook only queues), the deploy fails.
     const v2 = await pushProduction({ "manage.py": managePy("v2", true) }, "v2 with a broken migration");
@@ -130,6 +160,10 @@ max_attempts = 1
     // v1's files are back and its deploy.sh ran again, so the app runs v1's code.
     expect(await readFile(path.join(site, "manage.py"), "utf8")).toBe(managePy("v1"));
     await until("v1's deploy.sh ran again", async () => (await readFile(path.join(site, "var", "manage.log"), "utf8")).endsWith(`v1 collectstatic ${v1}\n`));
+    // ... and restarted v1's server, which answers.
+    expect(await serverPid()).not.toBe(firstServer);
+    expect(await isRunning(firstServer)).toBe(false);
+    expect(await answer()).toBe("v1");
     expect(await readFile(path.join(site, "var", "manage.log"), "utf8")).toBe(
       [`v1 migrate ${v1}`, `v1 collectstatic ${v1}`, `v2 migrate ${v2}`, `v1 migrate ${v1}`, `v1 collectstatic ${v1}`, ""].join("\n"),
     );
@@ -141,6 +175,7 @@ max_attempts = 1
     const v3 = await pushProduction({ "manage.py": managePy("v3") }, "v3 fixes the migration");
     expect((await finished(v3)).status).toBe("succeeded");
     expect(await readFile(path.join(site, "static", "version.txt"), "utf8")).toBe("v3");
+    expect(await answer()).toBe("v3");
   });
 
   it("tells the pusher, like the classic hook, that a tag or another branch deploys nothing, and queues nothing for them", async () => {

@@ -90,6 +90,11 @@ health = { url = "${appUrl}/health", timeout_s = 3 }
     expect(v1.result.stdout).toContain("== health check");
     expect(v1.result.code, v1.result.stdout).toBe(0);
     expect(await answer()).toBe("v1");
+    // The log is for people: pm2 started its daemon in a new PM2_HOME, yet no banner, no colour codes, no internal list.
+    expect(v1.result.stdout).toContain("[PM2] Successfully saved in");
+    expect(v1.result.stdout).not.toContain("@@deployq-pm2-list@@");
+    expect(v1.result.stdout).not.toContain("__/\\\\\\");
+    expect(v1.result.stdout).not.toContain("\x1b");
 
     const v2 = await deploy("v2");
     expect(v2.result.code, v2.result.stdout).toBe(0);

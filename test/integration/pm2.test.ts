@@ -130,6 +130,8 @@ describe("pm2: ecosystem.config.cjs in a private PM2_HOME", () => {
       port,
       deployments: followingDeployment("app", repo.bare, `
 keep_releases = 3
+# Every acknowledged delivery's record is checked at the end: none may be pruned meanwhile.
+keep_deploys = 1000000
 commands = [["sh", "-c", "echo $DEPLOYQ_SHA > BUILD"]]
 `),
     });
