@@ -85,7 +85,7 @@ commands = [["sh", "-c", "echo $$ > ${started}/$DEPLOYQ_SHA; while [ ! -e ${gate
     }
   });
 
-  it("a deploy killed after the switch, while its restart runs, resumes from the restart at the next start (or switches back when that fails)", async () => {
+  it("a deploy killed after the switch, while its restart runs, resumes from the restart at the next start (or switches back when that fails)", { timeout: 180_000 }, async () => {
     const dir = await mkdtemp(path.join(tmpdir(), "deployq-kill-restart-"));
     const repo = await createRepo(dir);
     const gate = path.join(dir, "gate");

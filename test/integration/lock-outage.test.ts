@@ -66,7 +66,11 @@ commands = [["sh", "-c", "echo $DEPLOYQ_SHA > BUILT"]]
       expect(log.split("\n").filter((l) => l.includes("the lock service is unreachable"))).toHaveLength(1);
 
       await redis.start();
-      await until("v3 deployed after the outage", async () => (await tdb.database.db.select().from(deploys).where(eq(deploys.entry, last))).some((r) => r.status === "succeeded"));
+      // v3, the branch's head, is deployed: by its own entry, or by an older one taken first (which deploys the head), and then v3's is already deployed.
+      await until("v3 deployed after the outage", async () => (await tdb.database.db.select().from(deploys).where(eq(deploys.sha, v3))).some((r) => r.status === "succeeded"));
+      await until("v3's entry to be final", async () =>
+        (await tdb.database.db.select().from(deploys).where(eq(deploys.entry, last))).some((r) => r.status === "succeeded" || r.status === "already-deployed"),
+      );
       const current = await readFile(path.join(ws.dir, "apps", "app", "current", "BUILT"), "utf8");
       expect(current).toBe(`${v3}\n`);
       expect((await fetch(`${daemon.url}/healthz`)).status).toBe(200);

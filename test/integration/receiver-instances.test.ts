@@ -71,7 +71,7 @@ describe("two receivers starting at once on one queue root and one Postgres", ()
       const name = names[i]!;
       const entry = entries.get(name)!;
       expect(await post(url, await signedDelivery(entry.payload, { delivery: entry.delivery_id, hookId: HOOK_ID }))).toMatchObject({ status: 200, body: { duplicate: true } });
-      const fresh = await post(url, await signedDelivery(pushPayload({ repository: "octo-org/nothing", branch: "main" })));
+      const fresh = await post(url, await signedDelivery(pushPayload({ repository: "octo-org/web", branch: "main" })));
       expect(fresh.status).toBe(202);
     }
     expect(await entryNames(layout.router)).toHaveLength(ORPHANS + 2);
