@@ -91,8 +91,10 @@ describe("a deployment worker prunes after each deploy (keep_deploys)", () => {
     }
     // The third deploy's prune runs right after its row is final.
     const rows = async () => (await tdb.database.db.select({ id: deploys.id }).from(deploys).where(eq(deploys.deployment, "small"))).map((r) => r.id).sort((a, b) => a - b);
-    await until("the first deploy pruned", async () => !(await rows()).includes(done[0]!));
+    // The row goes first, then its log file.
+    const logs = async () => (await readdir(path.join(ws.settings.dataDir, "logs", "small"))).sort();
+    await until("the first deploy pruned, row and log", async () => !(await rows()).includes(done[0]!) && !(await logs()).includes(`${done[0]}.log`));
     expect(await rows()).toEqual(done.slice(1));
-    expect((await readdir(path.join(ws.settings.dataDir, "logs", "small"))).sort()).toEqual(done.slice(1).map((id) => `${id}.log`).sort());
+    expect(await logs()).toEqual(done.slice(1).map((id) => `${id}.log`).sort());
   });
 });
