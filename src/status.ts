@@ -23,9 +23,43 @@ export interface StatusReport {
 /** A deploy as status shows it: with its whole error and its own log file. */
 export type DeployStatusRow = Pick<
   Deploy,
-  "id" | "entry" | "status" | "ref" | "sha" | "event" | "attempt" | "startedAt" | "finishedAt" | "durationMs" | "release" | "logPath" | "error" | "exitCode" | "signal"
+  | "id"
+  | "entry"
+  | "status"
+  | "ref"
+  | "sha"
+  | "requestedSha"
+  | "supersededBy"
+  | "event"
+  | "attempt"
+  | "startedAt"
+  | "finishedAt"
+  | "durationMs"
+  | "release"
+  | "logPath"
+  | "error"
+  | "exitCode"
+  | "signal"
 >;
-const DEPLOY_FIELDS = ["id", "entry", "status", "ref", "sha", "event", "attempt", "startedAt", "finishedAt", "durationMs", "release", "logPath", "error", "exitCode", "signal"] as const;
+const DEPLOY_FIELDS = [
+  "id",
+  "entry",
+  "status",
+  "ref",
+  "sha",
+  "requestedSha",
+  "supersededBy",
+  "event",
+  "attempt",
+  "startedAt",
+  "finishedAt",
+  "durationMs",
+  "release",
+  "logPath",
+  "error",
+  "exitCode",
+  "signal",
+] as const;
 
 export interface DeploymentStatus {
   deployment: string;

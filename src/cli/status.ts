@@ -25,7 +25,10 @@ function deployLines(label: string, r: DeployStatusRow): string[] {
   const what = r.ref && !SHA.test(r.ref) ? ` ${r.ref.replace(/^refs\/heads\//, "")}` : "";
   return [
     field(label, `#${r.id} ${r.status}${what} ${r.sha?.slice(0, 7) ?? ""} ${ago(r.finishedAt ?? r.startedAt)}${r.durationMs != null ? ` in ${(r.durationMs / 1000).toFixed(1)}s` : ""}`.replace(/ +/g, " ")),
-    ...(r.error ? [field("error", r.error)] : []),
+    // A push whose branch had moved on: the head was deployed in its place.
+    ...(r.requestedSha ? [field("pushed", `${r.requestedSha.slice(0, 7)}, superseded by the head of its branch, which this deployed`)] : []),
+    ...(r.status === "superseded" && r.supersededBy ? [field("by", r.supersededBy)] : []),
+    ...(r.error ? [field(r.status === "superseded" ? "why" : "error", r.error)] : []),
     ...(r.logPath ? [field("log", r.logPath)] : []),
   ];
 }

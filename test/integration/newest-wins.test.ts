@@ -8,6 +8,7 @@ import { type Daemon, startDaemon } from "../../src/daemon.ts";
 import { type Deploy, deploys } from "../../src/db/schema.ts";
 import { silentLogger } from "../../src/log.ts";
 import { requeue } from "../../src/queue/admin.ts";
+import { collectStatus } from "../../src/status.ts";
 import { entryName } from "../../src/queue/entry-name.ts";
 import { queueLayout } from "../../src/queue/layout.ts";
 import { ensureQueueDirs, writeEntryDurably } from "../../src/queue/write.ts";
@@ -140,6 +141,9 @@ ${build}
     const e8 = await send(v8);
     expect(await outcome("app", e8)).toMatchObject({ status: "succeeded", sha: v9, requestedSha: v8 });
     expect(await live("app")).toBe(v9);
+    // deployq status says so.
+    const { deployments } = await collectStatus(ws.settings, tdb.database.db, "app");
+    expect(deployments[0]!.last).toMatchObject({ entry: e8, sha: v9, requestedSha: v8 });
     expect(await outcome("site", e8)).toMatchObject({ status: "succeeded", sha: v9, requestedSha: v8 });
     expect((await readFile(path.join(ws.dir, "www", "site", "BUILT"), "utf8")).trim()).toBe(v9);
     // And when v9's delivery comes, it is already live.
