@@ -79,9 +79,10 @@ export function toRequest(name: string, entry: QueueEntry): DeployRequest | stri
 }
 
 /**
- * One worker per deployment: entries are handled one at a time, oldest first, under the
- * lock deployq:deployment:<name>. The newest entry wins: older ones still waiting are
- * recorded as superseded and removed. A transient failure is retried with backoff up to
+ * One worker per deployment: entries are handled one at a time, under the lock
+ * `<lock_prefix>:deployment:<name>`. The newest entry wins: older ones still waiting are
+ * recorded as superseded and removed, and a push deploys its branch's head as it is when
+ * taken (never an older commit: see fetchTarget in deploy.ts). A transient failure is retried with backoff up to
  * max_attempts; a permanent one, or the last attempt, moves the entry to
  * dead-letter/<name>/ with its attempts and error. An entry leaves its queue only once
  * its outcome is recorded, so a crash at any point redoes it.
