@@ -209,12 +209,17 @@ function app(name, role, instances) {
     // within shutdown_grace_s; deployq stops its own commands (their process groups) itself.
     treekill: false,
 
-    // Crashes: restart, with a delay growing from 100 ms (doubling, capped at 15 s by pm2) and
-    // reset once the app stays up. max_restarts counts quick crashes only (up less than
-    // min_uptime): a config error stops being retried instead of looping forever.
+    // Crashes: restart, with a delay growing from 100 ms (×1.5 each time, capped at 15 s by pm2) and
+    // reset once the app stays up, and never give up: an outage (Postgres down at start) can
+    // last longer than any count of quick restarts (pm2 marks an app "errored" and stops after
+    // max_restarts of them, lib/God.js handleExit; with the former 10 it stayed down after
+    // Postgres came back). A configuration error is the one exit a restart cannot fix: the
+    // daemon commands exit 78 (EX_CONFIG) for it, and pm2 does not restart that code (pm2 7
+    // still lists such an app as "waiting restart": the reason is in its error log).
     autorestart: true,
     min_uptime: 10_000,
-    max_restarts: 10,
+    max_restarts: 1_000_000_000, // finite: pm2 sends its config as JSON, where Infinity becomes null
+    stop_exit_codes: [78],
     exp_backoff_restart_delay: 100,
     watch: false,
 

@@ -210,9 +210,20 @@ function commandLine(argv: string[], env: NodeJS.ProcessEnv): string[] {
   return [argv[0]!, env.pm_exec_path, ...args];
 }
 
+/**
+ * Exit codes: 0 done, 1 unexpected, 2 a refused request. A daemon command (serve, receiver,
+ * workers) whose configuration is wrong exits 78 (EX_CONFIG) instead: pm2 (stop_exit_codes in
+ * ecosystem.config.cjs) and systemd (RestartPreventExitStatus) do not restart it, since a
+ * restart cannot fix it, while every other exit (Postgres down at start, a crash) is
+ * restarted, without ever giving up.
+ */
+const EX_CONFIG = 78;
+const DAEMONS = new Set(["serve", "receiver", "workers"]);
+
 program.parseAsync(commandLine(process.argv, process.env)).catch((err: unknown) => {
   const known = err instanceof DeployqError;
   const debug = process.env.DEPLOYQ_LOG_LEVEL === "debug" || process.env.DEPLOYQ_LOG_LEVEL === "trace";
   process.stderr.write(`deployq: ${known || !debug ? errorMessage(err) : ((err as Error).stack ?? errorMessage(err))}\n`);
-  process.exit(known ? 2 : 1);
+  const daemon = DAEMONS.has(program.args[0] ?? "");
+  process.exit(known && daemon && err.code === "CONFIG" ? EX_CONFIG : known ? 2 : 1);
 });

@@ -103,7 +103,7 @@ describe("ecosystem.config.cjs reads deployq's variables from DEPLOYQ_ENV_FILE",
   async function evaluate(env: Record<string, string>): Promise<{ code: number; stdout: string; stderr: string }> {
     const script = `const before = JSON.stringify(process.env);
 const { apps } = require(${JSON.stringify(ECOSYSTEM)});
-process.stdout.write(JSON.stringify({ apps: apps.map((a) => ({ name: a.name, env: a.env, env_production: a.env_production, kill_timeout: a.kill_timeout, out_file: a.out_file })), processEnvUnchanged: JSON.stringify(process.env) === before }));`;
+process.stdout.write(JSON.stringify({ apps: apps.map((a) => ({ name: a.name, env: a.env, env_production: a.env_production, kill_timeout: a.kill_timeout, out_file: a.out_file, max_restarts: a.max_restarts, stop_exit_codes: a.stop_exit_codes, autorestart: a.autorestart })), processEnvUnchanged: JSON.stringify(process.env) === before }));`;
     try {
       const { stdout, stderr } = await run(process.execPath, ["-e", script], { cwd: dir, env: { ...cleanEnv(), ...env }, timeout: 30_000 });
       return { code: 0, stdout, stderr };
@@ -139,7 +139,10 @@ process.stdout.write(JSON.stringify({ apps: apps.map((a) => ({ name: a.name, env
     const r = await evaluate({ DEPLOYQ_ENV_FILE: file });
     expect(r.code, r.stderr).toBe(0);
     expect(r.stderr).toBe(""); // no warning: no secret in the environment
-    const out = JSON.parse(r.stdout) as { apps: Array<{ name: string; env: Record<string, string>; kill_timeout: number; out_file: string }>; processEnvUnchanged: boolean };
+    const out = JSON.parse(r.stdout) as {
+      apps: Array<{ name: string; env: Record<string, string>; kill_timeout: number; out_file: string; max_restarts: number; stop_exit_codes: number[]; autorestart: boolean }>;
+      processEnvUnchanged: boolean;
+    };
     expect(out.processEnvUnchanged).toBe(true);
     expect(out.apps.map((a) => a.name)).toEqual(["deployq-receiver", "deployq-workers"]);
     for (const app of out.apps) {
@@ -153,6 +156,9 @@ process.stdout.write(JSON.stringify({ apps: apps.map((a) => ({ name: a.name, env
         DEPLOYQ_PM2_LOG_DIR: path.join(dir, "logs"),
       });
       expect(app.kill_timeout).toBe(45_000);
+      // pm2 never gives up on a daemon that keeps failing (Postgres down for an hour), except on EX_CONFIG.
+      expect(app).toMatchObject({ autorestart: true, stop_exit_codes: [78] });
+      expect(app.max_restarts).toBeGreaterThanOrEqual(1_000_000_000);
       expect(app.out_file).toBe(path.join(dir, "logs", `${app.name}.out.log`));
     }
   });

@@ -68,12 +68,12 @@ describe("deployq serve: the port and the printed next step", () => {
     }
   });
 
-  it("refuses a port that is not one, before starting anything", async () => {
+  it("refuses a port that is not one, before starting anything, with EX_CONFIG (78: pm2 and systemd do not restart it)", async () => {
     const flag = await runDeployq(["serve", "--config", ws.configPath, "--port", "70000"], ws.env);
-    expect(flag.code).toBe(2);
+    expect(flag.code).toBe(78);
     expect(flag.stderr).toBe(`deployq: --port must be a port number from 1 to 65535, or 0 to let the system pick a free one (printed at start), not "70000"\n`);
     const variable = await runDeployq(["receiver", "--config", ws.configPath], { ...ws.env, DEPLOYQ_PORT: "http" });
-    expect(variable.code).toBe(2);
+    expect(variable.code).toBe(78);
     expect(variable.stderr).toContain(`DEPLOYQ_PORT must be a port number from 1 to 65535`);
   });
 });
