@@ -1,4 +1,4 @@
-import { access, constants } from "node:fs/promises";
+import { access, constants, statfs } from "node:fs/promises";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import net, { type AddressInfo } from "node:net";
 import { sql } from "drizzle-orm";
@@ -34,6 +34,18 @@ export interface HttpDeps {
   status?: (deployment: string | undefined) => Promise<unknown>;
 }
 
+/** Below this, the queue root counts as full: an entry may not fit (a writable directory says nothing about space). */
+const MIN_FREE_BYTES = 1024 * 1024;
+
+async function queuesWritable(layout: QueueLayout): Promise<void> {
+  await access(layout.router, constants.W_OK);
+  const fs = await statfs(layout.root);
+  const free = fs.bavail * fs.bsize;
+  if (free < MIN_FREE_BYTES) throw new Error(`${layout.root} is full (${Math.floor(free / 1024)} KB free): deliveries get 503 until space is freed`);
+  // Some filesystems (btrfs) report no inode counts at all: only a count that ran out means full.
+  if (fs.files > 0 && fs.ffree === 0) throw new Error(`${layout.root} has no free inodes: deliveries get 503 until files are removed`);
+}
+
 export function createApp(deps: HttpDeps): express.Express {
   const app = express();
   app.disable("x-powered-by");
@@ -45,7 +57,7 @@ export function createApp(deps: HttpDeps): express.Express {
 
   const checks: HealthCheck[] = [
     { name: "database", check: async () => void (await deps.db.execute(sql`select 1`)) },
-    { name: "queues", check: () => access(deps.layout.router, constants.W_OK) },
+    { name: "queues", check: () => queuesWritable(deps.layout) },
     ...(deps.health ?? []),
   ];
   app.get("/healthz", async (_req, res) => {

@@ -85,10 +85,15 @@ describe("a batch whose files do not all fit", () => {
     expect(accepted.length + refused.length).toBe(10);
     expect(refused.length).toBeGreaterThan(0);
     const router = path.join(ws.queuesDir, "router");
+    // /healthz says the queue root is full (its directory is still writable).
+    const full = await fetch(`${daemon.url}/healthz`);
+    expect(full.status).toBe(503);
+    expect(((await full.json()) as { checks: Record<string, string> }).checks.queues).toMatch(/is full \(\d+ KB free\): deliveries get 503 until space is freed/);
     // Exactly the acknowledged entries, nothing for a 503.
     expect((await entries(router)).sort()).toEqual(accepted.map((a) => a.body.queued as string).sort());
 
     await rm(filler);
+    expect((await fetch(`${daemon.url}/healthz`)).status).toBe(200);
     const again = await Promise.all(requests.map((r) => post(daemon.url!, r)));
     expect(again.map((a) => a.status).sort()).toEqual([...accepted.map(() => 200), ...refused.map(() => 202)].sort());
     expect(await entries(router)).toHaveLength(10);
