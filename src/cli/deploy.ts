@@ -13,6 +13,7 @@ import { ensureQueueDirs, writeEntryDurably } from "../queue/write.ts";
 import { lockOwner } from "../pid-lock.ts";
 import { type GitContext, SHA, commitsWithPrefix, hasCommit, lsRemote } from "../steps/git.ts";
 import { deploymentPaths, listReleases } from "../steps/release.ts";
+import { deploymentMirror } from "../workers/deploy.ts";
 import { branchMatches, isValidBranchName } from "../workers/match.ts";
 import { configuredDeployment } from "./names.ts";
 
@@ -45,10 +46,6 @@ export interface FollowOptions {
   pollMs?: number;
 }
 
-/** The deployment's bare mirror: the releases strategy keeps it in <path>/repo.git, in-place in data_dir/mirrors/ (as src/workers/deploy.ts does). */
-function mirrorOf(settings: Settings, d: Deployment): string {
-  return d.strategy === "releases" ? deploymentPaths(d.path).mirror : path.join(settings.dataDir, "mirrors", `${d.name}.git`);
-}
 
 const exists = (file: string) =>
   access(file).then(
@@ -126,7 +123,7 @@ async function resolveWanted(settings: Settings, d: Deployment, ref: string | un
     return { ref: branch, note: undefined };
   }
 
-  const mirror = mirrorOf(settings, d);
+  const mirror = deploymentMirror(d, settings.dataDir);
   const mirrored = await exists(path.join(mirror, "HEAD"));
   let sha = raw;
   if (!SHA.test(raw)) {

@@ -130,46 +130,37 @@ export function githubWebhookHandler(deps: WebhookDeps) {
       return;
     }
     const decision = routeEvent(delivery, deployments);
-    if (decision.kind === "void") {
-      let outcome: "inserted" | "duplicate";
-      try {
-        outcome = await batcher.record({ ...row, entry: undefined, outcome: "voided", reason: decision.reason });
-      } catch (err) {
-        throw unavailable("record the delivery", err);
-      }
-      if (outcome === "duplicate") {
-        logger.info(log, "duplicate delivery ignored");
-        res.status(200).json({ duplicate: true });
-        return;
-      }
-      logger.warn({ ...log, reason: decision.reason }, "delivery voided: no deployment follows it");
-      res.status(200).json({ voided: true, reason: decision.reason, deployments: [] });
-      return;
-    }
-    const name = entryName(delivery.deliveryId);
-    const entry: QueueEntry = {
-      event: delivery.event,
-      delivery_id: delivery.deliveryId,
-      hook_id: delivery.hookId,
-      received_at: receivedAt.toISOString(),
-      source: "github",
-      payload: delivery.payload,
-    };
-    // Serialized here, so that whatever this one delivery's payload does, it fails alone, not its batch.
-    const data = Buffer.from(serializeEntry(entry));
+    // A delivery a deployment follows gets its entry; one that none follows only its row.
+    const name = decision.kind === "deliver" ? entryName(delivery.deliveryId) : undefined;
     let outcome: "inserted" | "duplicate";
     try {
-      outcome = await batcher.enqueue({ ...row, entry: name, outcome: "queued" }, name, data);
+      if (decision.kind === "void") {
+        outcome = await batcher.record({ ...row, entry: undefined, outcome: "voided", reason: decision.reason });
+      } else {
+        const entry: QueueEntry = {
+          event: delivery.event,
+          delivery_id: delivery.deliveryId,
+          hook_id: delivery.hookId,
+          received_at: receivedAt.toISOString(),
+          source: "github",
+          payload: delivery.payload,
+        };
+        // Serialized here, so that whatever this one delivery's payload does, it fails alone, not its batch.
+        outcome = await batcher.enqueue({ ...row, entry: name, outcome: "queued" }, name!, Buffer.from(serializeEntry(entry)));
+      }
     } catch (err) {
-      throw unavailable("queue the delivery", err);
+      throw unavailable(decision.kind === "void" ? "record the delivery" : "queue the delivery", err);
     }
     if (outcome === "duplicate") {
       logger.info(log, "duplicate delivery ignored");
       res.status(200).json({ duplicate: true });
-      return;
+    } else if (decision.kind === "void") {
+      logger.warn({ ...log, reason: decision.reason }, "delivery voided: no deployment follows it");
+      res.status(200).json({ voided: true, reason: decision.reason, deployments: [] });
+    } else {
+      logger.info({ ...log, entry: name, deployments: decision.deployments }, "delivery queued");
+      res.status(202).json({ queued: name, deployments: decision.deployments });
     }
-    logger.info({ ...log, entry: name, deployments: decision.deployments }, "delivery queued");
-    res.status(202).json({ queued: name, deployments: decision.deployments });
   };
 }
 

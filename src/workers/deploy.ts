@@ -159,6 +159,11 @@ function deployEnv(deployment: Deployment, pm2Home: string, sha: string, dir: st
   };
 }
 
+/** A deployment's bare mirror: <path>/repo.git for releases; in place, data_dir/mirrors/<name>.git (outside the served tree). */
+export function deploymentMirror(deployment: Deployment, dataDir: string): string {
+  return deployment.strategy === "releases" ? deploymentPaths(deployment.path).mirror : path.join(dataDir, "mirrors", `${deployment.name}.git`);
+}
+
 /** The in-place strategy's record of the commit its work tree holds (it keeps no releases). */
 export const inPlaceStateFile = (dataDir: string, name: string) => path.join(dataDir, "mirrors", `${name}.deployed`);
 
@@ -443,9 +448,8 @@ async function rollback(to: string | undefined, entry: string, ctx: DeployContex
 /** The classic post-receive deploy: one work tree, checked out in place, then the commands and the deploy script. */
 async function deployInPlace(request: Exclude<DeployRequest, { kind: "rollback" }>, ctx: DeployContext): Promise<DeployOutcome> {
   const d = ctx.deployment;
-  const mirrors = path.join(ctx.dataDir, "mirrors");
-  await mkdir(mirrors, { recursive: true });
-  const gitDir = path.join(mirrors, `${d.name}.git`);
+  const gitDir = deploymentMirror(d, ctx.dataDir);
+  await mkdir(path.dirname(gitDir), { recursive: true });
   const stateFile = inPlaceStateFile(ctx.dataDir, d.name);
   const target = await fetchTarget(gitDir, request, ctx);
   const previous = (await readFile(stateFile, "utf8").catch(() => "")).trim() || undefined;
