@@ -2,9 +2,12 @@ import { mkdir, readFile, unlink, writeFile } from "node:fs/promises";
 import path from "node:path";
 import type { Logger } from "pino";
 import { type Settings, requireWebhookSecrets } from "./config/load.ts";
-import { type Database, openDatabase } from "./db/client.ts";
+import { setTimeout as sleep } from "node:timers/promises";
+import { type Database, databaseUnreachable, openDatabase } from "./db/client.ts";
+import { errorMessage } from "./errors.ts";
+import { Readiness } from "./http/readiness.ts";
 import { recordOrphanedEntries } from "./http/github-webhook.ts";
-import { type RunningServer, createApp, listen } from "./http/server.ts";
+import { type HealthCheck, type RunningServer, createApp, listen } from "./http/server.ts";
 import { newestEntryNames } from "./db/queries/newest-entry-names.ts";
 import { seedEntryClock } from "./queue/entry-clock.ts";
 import { queueLayout } from "./queue/layout.ts";
@@ -42,12 +45,20 @@ export interface StartOptions {
   database?: Database;
   /** Lock service (tests); otherwise in-process locks. */
   locks?: LockService;
+  /** Gives up waiting for the database (a signal while starting): startDaemon then rejects with an AbortError. */
+  signal?: AbortSignal;
+  /** Called once the HTTP server listens, which is before the database is reached (pm2's "ready"). */
+  onListening?: (url: string) => void;
 }
 
 /**
- * The composition root: open the database and migrate, prepare the queue root, start the
- * HTTP server and the workers this role runs. Every resource started is released by close(),
- * in reverse order, even when one release fails.
+ * The composition root: prepare the queue root, start the HTTP server, reach the database
+ * and migrate, then start the workers this role runs. The server listens first, so that a
+ * receiver started while Postgres is down (or restarting, or not created yet) answers 503
+ * and /healthz says why, and reaches it as soon as it is up, instead of exiting in a loop.
+ * Resolves once everything runs and the orphans of a previous receiver are recorded (the
+ * receiver takes deliveries meanwhile). Every resource started is released by close(), in
+ * reverse order, even when one release fails.
  */
 export async function startDaemon(options: StartOptions): Promise<Daemon> {
   const { settings, role, logger } = options;
@@ -68,12 +79,40 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
   try {
     const database = options.database ?? (await openDatabase({ databaseUrl: settings.secrets.databaseUrl, dataDir: settings.dataDir }));
     if (!options.database) cleanups.push(() => database.close());
-    await database.migrate();
     await ensureQueueDirs(layout, settings.deployments.keys());
-    // Entries named from now on sort after every one already issued, whatever this clock says.
-    await seedEntryClock(layout, await newestEntryNames(database.db));
     const swept = await sweepTmp(layout);
     if (swept.length > 0) logger.warn({ files: swept }, "removed temporaries left in .tmp/ by a process that died");
+
+    const readiness = new Readiness(`deployq is starting: the database (${database.describe}) is not reached yet`);
+    // Filled in once the workers run; /healthz reads it at each request.
+    const health: HealthCheck[] = [];
+    let server: RunningServer | undefined;
+    if (receives) {
+      const app = createApp({
+        db: database.db,
+        layout,
+        logger,
+        secrets,
+        readiness,
+        deployments: [...settings.deployments.values()],
+        status: (only) => collectStatus(settings, database.db, only),
+        health,
+      });
+      server = await listen(app, settings.host, settings.port);
+      const running = server;
+      cleanups.push(() => running.close());
+      // Where a CLI command finds this daemon (the port may have been chosen by the system).
+      const announced = await announceDaemon(settings.dataDir, { pid: process.pid, role, url: running.url });
+      cleanups.push(announced);
+      options.onListening?.(running.url);
+    }
+
+    // Until Postgres answers: it may be down, restarting, or starting with this machine.
+    await untilReachable(database, readiness, logger, options.signal, async () => {
+      await database.migrate();
+      // Entries named from now on sort after every one already issued, whatever this clock says.
+      await seedEntryClock(layout, await newestEntryNames(database.db));
+    });
 
     let router: QueueWorker | undefined;
     let lockService: LockService | undefined;
@@ -121,33 +160,21 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
       await router.start();
       for (const worker of deployments.values()) await worker.start();
     }
-    let server: RunningServer | undefined;
+    const routerStarted = router;
+    health.push(
+      ...(routerStarted ? [{ name: "router", check: async () => assertHealthy(routerStarted) }] : []),
+      ...(lockService
+        ? [{ name: "locks", check: async () => assertLocks(lockService!) }]
+        : receives && settings.secrets.redisUrls.length > 0
+          ? // The receiver alone: the workers' lock service, as reachable from here.
+            [{ name: "locks", check: () => assertReachable(settings.secrets.redisUrls) }]
+          : []),
+      ...[...deployments.values()].map((w) => ({ name: `deployment:${w.name}`, check: async () => assertHealthy(w) })),
+    );
     if (receives) {
-      await recordOrphanedEntries(database.db, layout, logger);
-      const app = createApp({
-        db: database.db,
-        layout,
-        logger,
-        secrets,
-        deployments: [...settings.deployments.values()],
-        status: (only) => collectStatus(settings, database.db, only),
-        health: [
-          ...(router ? [{ name: "router", check: async () => assertHealthy(router) }] : []),
-          ...(lockService
-            ? [{ name: "locks", check: async () => assertLocks(lockService!) }]
-            : settings.secrets.redisUrls.length > 0
-              ? // The receiver alone: the workers' lock service, as reachable from here.
-                [{ name: "locks", check: () => assertReachable(settings.secrets.redisUrls) }]
-              : []),
-          ...[...deployments.values()].map((w) => ({ name: `deployment:${w.name}`, check: async () => assertHealthy(w) })),
-        ],
-      });
-      server = await listen(app, settings.host, settings.port);
-      const running = server;
-      cleanups.push(() => running.close());
-      // Where a CLI command finds this daemon (the port may have been chosen by the system).
-      const announced = await announceDaemon(settings.dataDir, { pid: process.pid, role, url: running.url });
-      cleanups.push(announced);
+      readiness.accepting();
+      // Serving already: a redelivery of an orphan not recorded yet is known by its name.
+      await untilReachable(database, readiness, logger, options.signal, () => recordOrphanedEntries(database.db, layout, logger, readiness), { accepting: true });
     }
     logger.info(
       { role, url: server?.url, queues: layout.root, database: database.describe, locks: lockService?.kind, lockPrefix: lockService ? settings.lockPrefix : undefined },
@@ -168,6 +195,35 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
   } catch (err) {
     await closeAll();
     throw err;
+  }
+}
+
+/**
+ * Runs `attempt` until it gets through to the database: while Postgres cannot be reached
+ * (down, restarting, refusing connections) it waits, 0.5 s doubling to 10 s, says so in the
+ * log and, before the receiver takes deliveries, in their 503s and /healthz. Any other
+ * error (a wrong password, a missing database, a failed migration) is thrown: waiting
+ * would not mend it.
+ */
+async function untilReachable<T>(
+  database: Database,
+  readiness: Readiness,
+  logger: Logger,
+  signal: AbortSignal | undefined,
+  attempt: () => Promise<T>,
+  options: { accepting?: boolean } = {},
+): Promise<T> {
+  for (let delayMs = 500; ; delayMs = Math.min(delayMs * 2, 10_000)) {
+    signal?.throwIfAborted();
+    try {
+      return await attempt();
+    } catch (err) {
+      if (!databaseUnreachable(err)) throw err;
+      const reason = `the database (${database.describe}) is not reachable: ${errorMessage(err)}`;
+      if (!options.accepting) readiness.waiting(`deployq is starting: ${reason}`);
+      logger.warn({ retryInMs: delayMs }, `${reason}; retrying${options.accepting ? "" : " (deliveries get 503 until then)"}`);
+      await sleep(delayMs, undefined, { signal });
+    }
   }
 }
 

@@ -19,12 +19,33 @@ export async function runDaemon(role: Role, options: DaemonOptions): Promise<voi
   const { configPath } = options;
   const settings = loadSettings({ configPath, port: options.port });
   const logger = createLogger({ format: options.logFormat });
-  const starting = startDaemon({ settings, role, logger, watch: options.watch });
-  // Signals are handled from the start: one that arrives while starting drains once started.
-  installShutdownLadder(() => starting.then((d) => d.close()), logger);
-  const daemon = await starting;
-  // pm2 (wait_ready in ecosystem.config.cjs): started. The receiver listens, the workers have scanned their queues.
-  if (process.send) process.send("ready");
+  // pm2 (wait_ready in ecosystem.config.cjs): started. The receiver listens (it answers 503
+  // while the database is not reached yet, rather than be restarted in a loop); the workers
+  // have scanned their queues.
+  let told = false;
+  const ready = () => {
+    if (!told && process.send) process.send("ready");
+    told = true;
+  };
+  const abort = new AbortController();
+  const starting = startDaemon({ settings, role, logger, watch: options.watch, signal: abort.signal, onListening: ready });
+  // Signals are handled from the start: one that arrives while starting stops the wait for
+  // the database, or drains once started.
+  installShutdownLadder(() => {
+    abort.abort();
+    return starting.then(
+      (d) => d.close(),
+      () => {},
+    );
+  }, logger);
+  let daemon;
+  try {
+    daemon = await starting;
+  } catch (err) {
+    if (abort.signal.aborted) return; // stopped while waiting; the shutdown ladder ends the process
+    throw err;
+  }
+  ready();
   if (daemon.url) {
     const cfg = process.env.DEPLOYQ_CONFIG || configPath ? ` --config ${settings.configPath}` : "";
     // send-test-delivery posts to the configured port: name the real one when it came from elsewhere.

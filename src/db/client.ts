@@ -92,3 +92,34 @@ async function openPglite(dataDir: string): Promise<Database> {
     },
   };
 }
+
+/** Connection-level SQLSTATEs: the server is down, restarting, or full, not the query wrong. */
+const UNREACHABLE_SQLSTATE = /^(08...|57P0[123]|53300)$/;
+const UNREACHABLE_CODES = new Set([
+  "ECONNREFUSED",
+  "ECONNRESET",
+  "ETIMEDOUT",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+  "ENOTFOUND",
+  "EAI_AGAIN",
+  "EPIPE",
+  "CONNECT_TIMEOUT",
+  "CONNECTION_CLOSED",
+  "CONNECTION_DESTROYED",
+  "CONNECTION_ENDED",
+]);
+
+/**
+ * Whether an error says that Postgres cannot be reached right now (down, restarting, a
+ * network failure), which waiting mends, rather than that something is wrong with the
+ * configuration or the query (a bad password, a missing database), which it does not.
+ */
+export function databaseUnreachable(err: unknown): boolean {
+  for (let e: unknown = err, depth = 0; e && typeof e === "object" && depth < 5; e = (e as { cause?: unknown }).cause, depth++) {
+    if (e instanceof AggregateError && e.errors.some((inner) => databaseUnreachable(inner))) return true;
+    const code = (e as { code?: unknown }).code;
+    if (typeof code === "string" && (UNREACHABLE_CODES.has(code) || UNREACHABLE_SQLSTATE.test(code))) return true;
+  }
+  return false;
+}

@@ -4,14 +4,15 @@ import type { Request, Response } from "express";
 import type { Logger } from "pino";
 import type { Deployment } from "../config/load.ts";
 import type { Db } from "../db/client.ts";
-import { insertDeliveries, recordIfMissing } from "../db/queries/record-delivery.ts";
+import { type DeliveryRow, deliveryKey, recordAllIfMissing } from "../db/queries/record-delivery.ts";
 import { RequestError, errorMessage } from "../errors.ts";
 import { MAX_PAYLOAD_DEPTH, type QueueEntry, nestsDeeperThan, parseEntry, serializeEntry, summarizePayload } from "../queue/entry.ts";
-import { entryName, isDeliveryId } from "../queue/entry-name.ts";
+import { entryName, isDeliveryId, parseEntryName } from "../queue/entry-name.ts";
 import type { QueueLayout } from "../queue/layout.ts";
 import { readEntryFile } from "../queue/read.ts";
 import { scanQueue } from "../queue/scan.ts";
-import { createEnqueueBatcher } from "./enqueue-batch.ts";
+import { CommitUncertain, DeadlineExceeded, createEnqueueBatcher } from "./enqueue-batch.ts";
+import { Readiness } from "./readiness.ts";
 import { routeEvent } from "../workers/match.ts";
 import { verifySignature } from "./signature.ts";
 
@@ -22,6 +23,8 @@ export interface WebhookDeps {
   logger: Logger;
   /** The configured deployments: the answer says which ones a delivery is for (the router's own matching). */
   deployments: readonly Deployment[];
+  /** Deliveries known before their rows are (entries a previous receiver left); see recordOrphanedEntries. */
+  readiness?: Readiness | undefined;
 }
 
 const EVENT_NAME = /^[a-z_]{1,64}$/;
@@ -104,9 +107,16 @@ function parsePayload(req: Request, body: Buffer): Record<string, unknown> {
  */
 export function githubWebhookHandler(deps: WebhookDeps) {
   const { db, layout, logger, deployments } = deps;
-  const batcher = createEnqueueBatcher(db, layout);
+  const readiness = deps.readiness ?? new Readiness();
+  readiness.accepting();
+  const batcher = createEnqueueBatcher(db, layout, { onUncertain: (rows) => recordUncertain(db, rows, readiness, logger) });
   return async (req: Request, res: Response): Promise<void> => {
     const delivery = readDelivery(req, deps.secrets);
+    if (readiness.isUnrecorded(delivery.deliveryId)) {
+      logger.info({ delivery: delivery.deliveryId, hook: delivery.hookId, event: delivery.event }, "duplicate delivery ignored (its entry, left by the previous receiver, is being recorded)");
+      res.status(200).json({ duplicate: true });
+      return;
+    }
     const summary = summarizePayload(delivery.payload);
     const receivedAt = new Date();
     const row = {
@@ -121,7 +131,7 @@ export function githubWebhookHandler(deps: WebhookDeps) {
     const log = { delivery: delivery.deliveryId, hook: delivery.hookId, event: delivery.event, repository: summary.repository, ref: summary.ref };
     if (delivery.event === "ping") {
       try {
-        await insertDeliveries(db, [{ ...row, entry: undefined, outcome: "ping" }], [0]);
+        await batcher.record({ ...row, entry: undefined, outcome: "ping" });
       } catch (err) {
         throw unavailable("record the ping", err);
       }
@@ -165,37 +175,77 @@ export function githubWebhookHandler(deps: WebhookDeps) {
 }
 
 function unavailable(what: string, err: unknown): RequestError {
-  return new RequestError("UNAVAILABLE", 503, `could not ${what}: ${errorMessage(err)}; nothing was queued: redeliver it (GitHub does not retry by itself: Recent Deliveries → Redeliver, or the API)`, { cause: err });
+  if (err instanceof CommitUncertain) {
+    return new RequestError("UNAVAILABLE", 503, `could not be sure to ${what}: ${err.message}; it may be queued: redelivered, it is queued or recognized as a duplicate`, { cause: err });
+  }
+  const why = err instanceof DeadlineExceeded ? `${err.message} (is Postgres down or overloaded?)` : errorMessage(err);
+  return new RequestError("UNAVAILABLE", 503, `could not ${what}: ${why}; nothing was queued: ${REDELIVER}`, { cause: err });
 }
+
+/**
+ * Deliveries whose COMMIT was lost: their entries stay in router/, and until their rows are
+ * recorded (retried here, 1 s doubling to 30 s, for as long as the process lives; else by
+ * the next start's recordOrphanedEntries) a redelivery of one is a duplicate.
+ */
+function recordUncertain(db: Db, rows: DeliveryRow[], readiness: Readiness, logger: Logger): void {
+  const ids = rows.map((r) => r.deliveryId);
+  readiness.expectUnrecorded(ids);
+  logger.warn({ deliveries: ids }, "the COMMIT of these deliveries was lost with the database connection: their entries stay, and get their rows once the database answers");
+  const attempt = (delayMs: number) => {
+    recordAllIfMissing(db, rows).then(
+      () => readiness.recorded(ids),
+      () => setTimeout(() => attempt(Math.min(delayMs * 2, 30_000)), delayMs).unref(),
+    );
+  };
+  attempt(1000);
+}
+
+/** What a 503 asks of whoever sent the delivery. */
+export const REDELIVER = "redeliver it (GitHub does not retry by itself: Recent Deliveries → Redeliver, or the API)";
+
+/** Orphans recorded per statement. */
+const ADOPT_BATCH = 500;
 
 /**
  * The receiver's file is durable before its dedupe row commits, so a receiver killed in
  * between leaves an entry in router/ with no row: GitHub, never having had an answer,
- * may be asked to redeliver, and without a row the redelivery would be queued a second time. At start,
- * before accepting anything, every entry still in router/ gets its row.
+ * may be asked to redeliver, and without a row the redelivery would be queued a second time.
+ * At start every entry still in router/ gets its row, a statement per 500. The receiver
+ * already serves meanwhile: `readiness` knows every such delivery from its entry's name
+ * (one readdir), so that its redelivery is a duplicate before its row is recorded too.
  */
-export async function recordOrphanedEntries(db: Db, layout: QueueLayout, logger: Logger): Promise<number> {
+export async function recordOrphanedEntries(db: Db, layout: QueueLayout, logger: Logger, readiness?: Readiness): Promise<number> {
+  const names = await scanQueue(layout.router);
+  const idOf = (name: string) => parseEntryName(name)?.deliveryId;
+  readiness?.expectUnrecorded(names.map(idOf).filter((id): id is string => id !== undefined));
   let adopted = 0;
-  for (const name of await scanQueue(layout.router)) {
-    const read = await readEntryFile(path.join(layout.router, name));
-    if (!read.ok) continue; // routed meanwhile, or not an entry (the router moves it aside)
-    const parsed = parseEntry(read.text);
-    if (!parsed.ok) continue; // the router dead-letters it
-    const { entry } = parsed;
-    const summary = summarizePayload(entry.payload);
-    const receivedAt = new Date(entry.received_at);
-    const added = await recordIfMissing(db, {
-      hookId: entry.hook_id,
-      deliveryId: entry.delivery_id,
-      event: entry.event,
-      repository: summary.repository,
-      ref: summary.ref,
-      afterSha: summary.after,
-      receivedAt: Number.isNaN(receivedAt.getTime()) ? new Date() : receivedAt,
-      entry: name,
-      outcome: "queued",
-    });
-    if (added) adopted++;
+  for (let i = 0; i < names.length; i += ADOPT_BATCH) {
+    const chunk = names.slice(i, i + ADOPT_BATCH);
+    const rows: DeliveryRow[] = [];
+    for (const name of chunk) {
+      const read = await readEntryFile(path.join(layout.router, name));
+      if (!read.ok) continue; // routed meanwhile, or not an entry (the router moves it aside)
+      const parsed = parseEntry(read.text);
+      if (!parsed.ok) continue; // the router dead-letters it
+      const { entry } = parsed;
+      const summary = summarizePayload(entry.payload);
+      const receivedAt = new Date(entry.received_at);
+      rows.push({
+        hookId: entry.hook_id,
+        deliveryId: entry.delivery_id,
+        event: entry.event,
+        repository: summary.repository,
+        ref: summary.ref,
+        afterSha: summary.after,
+        receivedAt: Number.isNaN(receivedAt.getTime()) ? new Date() : receivedAt,
+        entry: name,
+        outcome: "queued",
+      });
+    }
+    // Copies of one delivery (an admin's cp) are one row.
+    const unique = [...new Map(rows.map((r) => [deliveryKey(r.hookId, r.deliveryId), r])).values()];
+    adopted += await recordAllIfMissing(db, unique);
+    readiness?.recorded(chunk.map(idOf).filter((id): id is string => id !== undefined));
   }
   if (adopted > 0) logger.warn({ entries: adopted }, "recorded entries a previous receiver wrote but did not commit; their redeliveries are duplicates");
   return adopted;

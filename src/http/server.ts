@@ -10,7 +10,8 @@ import { DEFAULT_DELIVERIES_LIMIT, type DeliverySummary, MAX_DELIVERIES_LIMIT, p
 import { RequestError, errorMessage } from "../errors.ts";
 import type { QueueLayout } from "../queue/layout.ts";
 import { SERVICE_NAME, VERSION } from "../version.ts";
-import { githubWebhookHandler } from "./github-webhook.ts";
+import { REDELIVER, githubWebhookHandler } from "./github-webhook.ts";
+import type { Readiness } from "./readiness.ts";
 
 /** GitHub caps webhook payloads at 25 MB. */
 export const BODY_LIMIT_BYTES = 25 * 1024 * 1024;
@@ -28,10 +29,12 @@ export interface HttpDeps {
   secrets?: readonly string[];
   /** The configured deployments, which the receiver's answers name. */
   deployments: readonly Deployment[];
-  /** Extra health checks (workers report theirs). */
+  /** Extra health checks (workers report theirs), read at each request: the daemon adds them once its workers run. */
   health?: HealthCheck[];
   /** GET /status[?deployment=name]: what `deployq status` shows (asked for while this process owns PGlite). */
   status?: (deployment: string | undefined) => Promise<unknown>;
+  /** Until it says ready, whatever needs the database answers 503 (a daemon listens before Postgres is reached). */
+  readiness?: Readiness;
 }
 
 /** Below this, the queue root counts as full: an entry may not fit (a writable directory says nothing about space). */
@@ -55,8 +58,16 @@ export function createApp(deps: HttpDeps): express.Express {
     res.json({ service: SERVICE_NAME, version: VERSION });
   });
 
-  const checks: HealthCheck[] = [
-    { name: "database", check: async () => void (await deps.db.execute(sql`select 1`)) },
+  const notReady = () => deps.readiness?.notReady();
+  const checks = (): HealthCheck[] => [
+    {
+      name: "database",
+      check: async () => {
+        const why = notReady();
+        if (why) throw new Error(why);
+        await deps.db.execute(sql`select 1`);
+      },
+    },
     { name: "queues", check: () => queuesWritable(deps.layout) },
     ...(deps.health ?? []),
   ];
@@ -64,7 +75,7 @@ export function createApp(deps: HttpDeps): express.Express {
     const results: Record<string, string> = {};
     let ok = true;
     await Promise.all(
-      checks.map(async (c) => {
+      checks().map(async (c) => {
         try {
           await c.check();
           results[c.name] = "ok";
@@ -75,6 +86,15 @@ export function createApp(deps: HttpDeps): express.Express {
       }),
     );
     res.status(ok ? 200 : 503).json({ status: ok ? "ok" : "unhealthy", checks: results });
+  });
+
+  // Everything below needs the database. Before it is reached, the answer is a 503 at once,
+  // before any body is read.
+  app.use((req, res, next) => {
+    const why = notReady();
+    if (!why) return next();
+    res.set("retry-after", "10");
+    throw new RequestError("UNAVAILABLE", 503, req.method === "POST" ? `${why}; nothing was queued: ${REDELIVER}` : why);
   });
 
   // What `deployq deliveries` shows while this process owns PGlite.
@@ -99,7 +119,7 @@ export function createApp(deps: HttpDeps): express.Express {
     app.post(
       "/github-webhook",
       express.raw({ type: () => true, limit: BODY_LIMIT_BYTES }),
-      githubWebhookHandler({ secrets: deps.secrets, db: deps.db, layout: deps.layout, logger: deps.logger, deployments: deps.deployments }),
+      githubWebhookHandler({ secrets: deps.secrets, db: deps.db, layout: deps.layout, logger: deps.logger, deployments: deps.deployments, readiness: deps.readiness }),
     );
   }
 

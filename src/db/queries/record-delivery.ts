@@ -108,8 +108,9 @@ export async function recordOutcomes(db: Db, rows: readonly DeliveryRow[]): Prom
     });
 }
 
-/** Records a delivery only if it has no row yet (an entry whose receiver died before its commit). */
-export async function recordIfMissing(db: Db, row: DeliveryRow): Promise<boolean> {
-  const inserted = await db.insert(deliveries).values(values(row)).onConflictDoNothing().returning({ id: deliveries.id });
-  return inserted.length > 0;
+/** Records the deliveries that have no row yet (entries whose receiver died before its commit); returns how many were new. */
+export async function recordAllIfMissing(db: Db, rows: readonly DeliveryRow[]): Promise<number> {
+  if (rows.length === 0) return 0;
+  const inserted = await db.insert(deliveries).values(rows.map(values)).onConflictDoNothing().returning({ id: deliveries.id });
+  return inserted.length;
 }
