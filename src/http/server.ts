@@ -10,6 +10,7 @@ import { DEFAULT_DELIVERIES_LIMIT, type DeliverySummary, MAX_DELIVERIES_LIMIT, p
 import { RequestError, errorMessage } from "../errors.ts";
 import type { QueueLayout } from "../queue/layout.ts";
 import { SERVICE_NAME, VERSION } from "../version.ts";
+import { admitBody } from "./admission.ts";
 import { REDELIVER, githubWebhookHandler } from "./github-webhook.ts";
 import type { Readiness } from "./readiness.ts";
 
@@ -118,6 +119,7 @@ export function createApp(deps: HttpDeps): express.Express {
     // The raw body, whatever its content type: the signature is over the exact bytes.
     app.post(
       "/github-webhook",
+      admitBody(BODY_LIMIT_BYTES),
       express.raw({ type: () => true, limit: BODY_LIMIT_BYTES }),
       githubWebhookHandler({ secrets: deps.secrets, db: deps.db, layout: deps.layout, logger: deps.logger, deployments: deps.deployments, readiness: deps.readiness }),
     );
