@@ -1,4 +1,5 @@
 import { randomUUID } from "node:crypto";
+import { mkdir } from "node:fs/promises";
 import { createInterface } from "node:readline";
 import type { Settings } from "../config/load.ts";
 import { DeployqError } from "../errors.ts";
@@ -6,7 +7,7 @@ import { pushPayload } from "../push-payload.ts";
 import { seedEntryClock } from "../queue/entry-clock.ts";
 import { entryName } from "../queue/entry-name.ts";
 import { queueLayout } from "../queue/layout.ts";
-import { ensureQueueDirs, writeEntryDurably } from "../queue/write.ts";
+import { writeEntryDurably } from "../queue/write.ts";
 import { type RouteDecision, routeEvent } from "../workers/match.ts";
 
 const LINE = /^([0-9a-f]{40}|[0-9a-f]{64}) ([0-9a-f]{40}|[0-9a-f]{64}) (refs\/\S+)$/;
@@ -31,8 +32,17 @@ export async function postReceive(
 ): Promise<PostReceiveOutcome[]> {
   if (!REPOSITORY.test(repository)) throw new DeployqError("CONFIG", `--repository must be "owner/name", got ${JSON.stringify(repository)}`);
   const layout = queueLayout(settings.queuesDir);
-  await ensureQueueDirs(layout);
-  await seedEntryClock(layout);
+  // The hook runs as whoever pushed (git, say), under that user's umask, often 077, and the
+  // daemon reads its entries through a group they share: keep the group's bits, so that
+  // entries are 0640 and directories 0770 as asked (nothing for others either way).
+  process.umask(0o007);
+  try {
+    // Only what the hook writes to; a directory it creates lets the daemon's group remove entries from it.
+    for (const dir of [layout.tmp, layout.router]) await mkdir(dir, { recursive: true, mode: 0o770 });
+    await seedEntryClock(layout);
+  } catch (err) {
+    throw refused(err, layout.root);
+  }
   const deployments = [...settings.deployments.values()];
   const outcomes: PostReceiveOutcome[] = [];
   for await (const raw of createInterface({ input })) {
@@ -55,6 +65,8 @@ export async function postReceive(
         hook_id: "",
         received_at: new Date().toISOString(),
         source: "post-receive",
+      }).catch((err: unknown) => {
+        throw refused(err, layout.root);
       });
       outcome = { ref, queued: name, deployments: decision.deployments };
     }
@@ -62,6 +74,19 @@ export async function postReceive(
     report(outcome);
   }
   return outcomes;
+}
+
+/** A queue root the hook's user may not write to: say which user, and what the operator does about it. */
+function refused(err: unknown, root: string): unknown {
+  const code = (err as NodeJS.ErrnoException).code;
+  if (code !== "EACCES" && code !== "EPERM") return err;
+  return new DeployqError(
+    "CONFIG",
+    `this hook runs as uid ${process.getuid?.() ?? "?"}, which may not read and write the queue root ${root} (${(err as Error).message}): ` +
+      "add that user to the daemon's group, and make the root's .tmp/ and router/ writable by that group and setgid (chmod 2770); " +
+      'see "git push to a bare repository" in deployq\'s README',
+    { cause: err },
+  );
 }
 
 /**

@@ -1,16 +1,27 @@
 import { randomUUID } from "node:crypto";
-import { mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile } from "node:fs/promises";
+import { chmod, mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { flush, requeue, resolveQueue } from "./admin.ts";
 import type { QueueEntry } from "./entry.ts";
 import { entryName } from "./entry-name.ts";
 import { fsyncDir } from "./fsync.ts";
 import { type QueueLayout, queueLayout } from "./layout.ts";
-import { linkAllInto, removeEntry } from "./move.ts";
+import { handOverInto, removeEntry } from "./move.ts";
 import { scanQueue } from "./scan.ts";
 import { ensureQueueDirs, sweepTmp, writeEntryDurably } from "./write.ts";
+
+/** link() refuses with this code while set, as protected_hardlinks does for another user's entry (root is never refused). */
+const refusedLinks = vi.hoisted(() => ({ code: undefined as string | undefined }));
+vi.mock("node:fs/promises", async (importOriginal) => {
+  const fs = await importOriginal<typeof import("node:fs/promises")>();
+  return {
+    ...fs,
+    link: (existing: string, created: string) =>
+      refusedLinks.code ? Promise.reject(Object.assign(new Error(`${refusedLinks.code}: link refused, link '${existing}' -> '${created}'`), { code: refusedLinks.code })) : fs.link(existing, created),
+  };
+});
 
 let root: string;
 let layout: QueueLayout;
@@ -20,7 +31,10 @@ beforeEach(async () => {
   layout = queueLayout(root);
   await ensureQueueDirs(layout, ["api"]);
 });
-afterEach(() => rm(root, { recursive: true, force: true }));
+afterEach(async () => {
+  refusedLinks.code = undefined;
+  await rm(root, { recursive: true, force: true });
+});
 
 function entry(extra: Partial<QueueEntry> = {}): QueueEntry {
   return { event: "push", delivery_id: randomUUID(), hook_id: "1", received_at: new Date().toISOString(), payload: { ref: "refs/heads/main" }, ...extra };
@@ -50,12 +64,44 @@ describe("the filesystem queue", () => {
   it("hands over by hard link, idempotently", async () => {
     const e = entry();
     const file = await writeEntryDurably(layout, layout.router, entryName(e.delivery_id), e);
-    await linkAllInto([file], layout.deployment("api"));
-    await linkAllInto([file], layout.deployment("api")); // a repeat after a crash is harmless
+    await handOverInto(layout, [file], layout.deployment("api"));
+    await handOverInto(layout, [file], layout.deployment("api")); // a repeat after a crash is harmless
     await removeEntry(file);
     await removeEntry(file);
     expect(await scanQueue(layout.router)).toEqual([]);
     expect(await scanQueue(layout.deployment("api"))).toEqual([path.basename(file)]);
+  });
+
+  it.each(["EPERM", "EACCES", "EXDEV"])("hands over by a copy of its own when link() is refused (%s), idempotently", async (code) => {
+    const entries = [entry(), entry()];
+    const files = await Promise.all(entries.map((e) => writeEntryDurably(layout, layout.router, entryName(e.delivery_id), e)));
+    await chmod(files[0]!, 0o600); // the copy is the daemon's own file, whatever the original's mode
+    const originals = await Promise.all(files.map((f) => readFile(f, "utf8")));
+    refusedLinks.code = code;
+    const dir = layout.deployment("api");
+    await handOverInto(layout, files, dir);
+    for (const [i, file] of files.entries()) {
+      const copy = path.join(dir, path.basename(file));
+      expect(await readFile(copy, "utf8")).toBe(originals[i]);
+      expect((await stat(copy)).ino).not.toBe((await stat(file)).ino);
+      expect((await stat(copy)).mode & 0o777).toBe(0o640);
+    }
+    expect(await readdir(layout.tmp)).toEqual([]);
+    // A repeat after a crash keeps the copy already there (a deployment worker may have rewritten it meanwhile).
+    const first = path.join(dir, path.basename(files[0]!));
+    await writeFile(first, "rewritten by the deployment worker");
+    await handOverInto(layout, files, dir);
+    expect(await readFile(first, "utf8")).toBe("rewritten by the deployment worker");
+    expect(await scanQueue(dir)).toEqual(files.map((f) => path.basename(f)).sort());
+  });
+
+  it("does not copy what link() refuses for another reason, nor an entry that is gone", async () => {
+    const e = entry();
+    const missing = path.join(layout.router, entryName(e.delivery_id));
+    await expect(handOverInto(layout, [missing], layout.deployment("api"))).rejects.toMatchObject({ code: "ENOENT" });
+    refusedLinks.code = "EPERM";
+    await expect(handOverInto(layout, [missing], layout.deployment("api"))).rejects.toThrow(/cannot copy .* it is gone/);
+    expect(await scanQueue(layout.deployment("api"))).toEqual([]);
   });
 
   it("sweeps temporaries of dead processes and keeps those of live ones", async () => {

@@ -8,7 +8,7 @@ import { readEntryFile } from "../queue/read.ts";
 import { parseEntryName } from "../queue/entry-name.ts";
 import type { QueueLayout } from "../queue/layout.ts";
 import { deadLetterEntry } from "../queue/dead-letter.ts";
-import { linkAllInto, removeEntries } from "../queue/move.ts";
+import { handOverInto, removeEntries } from "../queue/move.ts";
 import { QueueWorker } from "../queue/watch.ts";
 import { type LockService, ROUTER_LOCK } from "../lock/lock.ts";
 import { type RouteDecision, routeEvent } from "./match.ts";
@@ -29,7 +29,7 @@ const BATCH = 200;
 /**
  * Takes the entries of router/, oldest first, in batches: decides for each which
  * deployments follow its repository and branch (or voids it, with the reason), records
- * the outcomes, hands the entries over by hard link, then removes them from router/.
+ * the outcomes, hands the entries over (hard link, or copy), then removes them from router/.
  * Each step is idempotent, so a crash anywhere repeats work and never loses an event.
  */
 export function createRouter(deps: RouterDeps): QueueWorker {
@@ -83,7 +83,7 @@ export function createRouter(deps: RouterDeps): QueueWorker {
       if (r.decision.kind !== "deliver") continue;
       for (const d of r.decision.deployments) byDeployment.set(d, [...(byDeployment.get(d) ?? []), r.file]);
     }
-    for (const [deployment, files] of byDeployment) await linkAllInto(files, layout.deployment(deployment));
+    for (const [deployment, files] of byDeployment) await handOverInto(layout, files, layout.deployment(deployment));
     await removeEntries(routed.map((r) => r.file));
     for (const { name, row, decision } of routed) {
       if (decision.kind === "void") logger.info({ entry: name, event: row.event, repository: row.repository, ref: row.ref, reason: decision.reason }, "event voided");
