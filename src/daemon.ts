@@ -3,7 +3,7 @@ import path from "node:path";
 import type { Logger } from "pino";
 import { type Settings, requireWebhookSecrets } from "./config/load.ts";
 import { setTimeout as sleep } from "node:timers/promises";
-import { type Database, databaseUnreachable, openDatabase } from "./db/client.ts";
+import { type Database, databaseUnreachable, openDatabase, postgresDriverPatched } from "./db/client.ts";
 import { errorMessage } from "./errors.ts";
 import { Readiness } from "./http/readiness.ts";
 import { recordOrphanedEntries } from "./http/github-webhook.ts";
@@ -79,6 +79,9 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
   try {
     const database = options.database ?? (await openDatabase({ databaseUrl: settings.secrets.databaseUrl, dataDir: settings.dataDir }));
     if (!options.database) cleanups.push(() => database.close());
+    if (database.kind === "postgres" && !postgresDriverPatched()) {
+      logger.error("postgres.js is not patched (installed with --ignore-scripts?): a Postgres restart may hang or end this process; run `node scripts/patch-postgres.mjs` in the deployq directory, then restart");
+    }
     await ensureQueueDirs(layout, settings.deployments.keys());
     const swept = await sweepTmp(layout);
     if (swept.length > 0) logger.warn({ files: swept }, "removed temporaries left in .tmp/ by a process that died");

@@ -1,3 +1,5 @@
+import { readFileSync } from "node:fs";
+import { createRequire } from "node:module";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { PGlite } from "@electric-sql/pglite";
@@ -122,4 +124,18 @@ export function databaseUnreachable(err: unknown): boolean {
     if (typeof code === "string" && (UNREACHABLE_CODES.has(code) || UNREACHABLE_SQLSTATE.test(code))) return true;
   }
   return false;
+}
+
+/**
+ * Whether the installed postgres.js carries scripts/patch-postgres.mjs (npm runs it after
+ * install; not after `npm ci --ignore-scripts`). Unpatched, a Postgres restart can wedge
+ * the pool or end the process.
+ */
+export function postgresDriverPatched(): boolean {
+  try {
+    const root = path.resolve(path.dirname(createRequire(import.meta.url).resolve("postgres")), "..", "..");
+    return readFileSync(path.join(root, "src", "connection.js"), "utf8").includes("deployq: patched");
+  } catch {
+    return false;
+  }
 }
