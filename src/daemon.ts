@@ -6,7 +6,8 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { type Database, databaseUnreachable, openDatabase, postgresDriverPatched } from "./db/client.ts";
 import { errorMessage } from "./errors.ts";
 import { Readiness } from "./http/readiness.ts";
-import { recordOrphanedEntries } from "./http/github-webhook.ts";
+import { orphanDeliveryIds, recordOrphanedEntries } from "./http/github-webhook.ts";
+import { scanQueue } from "./queue/scan.ts";
 import { type HealthCheck, type RunningServer, createApp, listen } from "./http/server.ts";
 import { newestEntryNames } from "./db/queries/newest-entry-names.ts";
 import { seedEntryClock } from "./queue/entry-clock.ts";
@@ -175,9 +176,12 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
       ...[...deployments.values()].map((w) => ({ name: `deployment:${w.name}`, check: async () => assertHealthy(w) })),
     );
     if (receives) {
+      // Entries a previous receiver left without their rows: known by name before the first
+      // delivery is taken, recorded while deliveries are.
+      const orphans = await scanQueue(layout.router);
+      readiness.expectUnrecorded(orphanDeliveryIds(orphans));
       readiness.accepting();
-      // Serving already: a redelivery of an orphan not recorded yet is known by its name.
-      await untilReachable(database, readiness, logger, options.signal, () => recordOrphanedEntries(database.db, layout, logger, readiness), { accepting: true });
+      await untilReachable(database, readiness, logger, options.signal, () => recordOrphanedEntries(database.db, layout, logger, orphans, readiness), { accepting: true });
     }
     logger.info(
       { role, url: server?.url, queues: layout.root, database: database.describe, locks: lockService?.kind, lockPrefix: lockService ? settings.lockPrefix : undefined },

@@ -10,7 +10,6 @@ import { MAX_PAYLOAD_DEPTH, type QueueEntry, nestsDeeperThan, parseEntry, serial
 import { entryName, isDeliveryId, parseEntryName } from "../queue/entry-name.ts";
 import type { QueueLayout } from "../queue/layout.ts";
 import { readEntryFile } from "../queue/read.ts";
-import { scanQueue } from "../queue/scan.ts";
 import { CommitUncertain, DeadlineExceeded, createEnqueueBatcher } from "./enqueue-batch.ts";
 import { Readiness } from "./readiness.ts";
 import { routeEvent } from "../workers/match.ts";
@@ -107,8 +106,8 @@ function parsePayload(req: Request, body: Buffer): Record<string, unknown> {
  */
 export function githubWebhookHandler(deps: WebhookDeps) {
   const { db, layout, logger, deployments } = deps;
-  const readiness = deps.readiness ?? new Readiness();
-  readiness.accepting();
+  // Without a daemon's (tests of the app alone): one that takes deliveries from the start.
+  const readiness = deps.readiness ?? new Readiness(undefined);
   const batcher = createEnqueueBatcher(db, layout, { onUncertain: (rows) => recordUncertain(db, rows, readiness, logger) });
   return async (req: Request, res: Response): Promise<void> => {
     const delivery = readDelivery(req, deps.secrets);
@@ -203,6 +202,11 @@ function recordUncertain(db: Db, rows: DeliveryRow[], readiness: Readiness, logg
 /** What a 503 asks of whoever sent the delivery. */
 export const REDELIVER = "redeliver it (GitHub does not retry by itself: Recent Deliveries → Redeliver, or the API)";
 
+/** The deliveries these entry names are for. */
+export function orphanDeliveryIds(names: readonly string[]): string[] {
+  return names.map((name) => parseEntryName(name)?.deliveryId).filter((id): id is string => id !== undefined);
+}
+
 /** Orphans recorded per statement. */
 const ADOPT_BATCH = 500;
 
@@ -210,14 +214,12 @@ const ADOPT_BATCH = 500;
  * The receiver's file is durable before its dedupe row commits, so a receiver killed in
  * between leaves an entry in router/ with no row: GitHub, never having had an answer,
  * may be asked to redeliver, and without a row the redelivery would be queued a second time.
- * At start every entry still in router/ gets its row, a statement per 500. The receiver
- * already serves meanwhile: `readiness` knows every such delivery from its entry's name
- * (one readdir), so that its redelivery is a duplicate before its row is recorded too.
+ * At start every entry still in router/ (`names`, scanned before the receiver takes
+ * deliveries) gets its row, a statement per 500. The receiver already serves meanwhile:
+ * `readiness` knows each of these deliveries from its entry's name (orphanDeliveryIds),
+ * so that a redelivery is a duplicate before its row is recorded too.
  */
-export async function recordOrphanedEntries(db: Db, layout: QueueLayout, logger: Logger, readiness?: Readiness): Promise<number> {
-  const names = await scanQueue(layout.router);
-  const idOf = (name: string) => parseEntryName(name)?.deliveryId;
-  readiness?.expectUnrecorded(names.map(idOf).filter((id): id is string => id !== undefined));
+export async function recordOrphanedEntries(db: Db, layout: QueueLayout, logger: Logger, names: readonly string[], readiness?: Readiness): Promise<number> {
   let adopted = 0;
   for (let i = 0; i < names.length; i += ADOPT_BATCH) {
     const chunk = names.slice(i, i + ADOPT_BATCH);
@@ -245,7 +247,7 @@ export async function recordOrphanedEntries(db: Db, layout: QueueLayout, logger:
     // Copies of one delivery (an admin's cp) are one row.
     const unique = [...new Map(rows.map((r) => [deliveryKey(r.hookId, r.deliveryId), r])).values()];
     adopted += await recordAllIfMissing(db, unique);
-    readiness?.recorded(chunk.map(idOf).filter((id): id is string => id !== undefined));
+    readiness?.recorded(orphanDeliveryIds(chunk));
   }
   if (adopted > 0) logger.warn({ entries: adopted }, "recorded entries a previous receiver wrote but did not commit; their redeliveries are duplicates");
   return adopted;

@@ -9,8 +9,10 @@
 export class Readiness {
   #reason: string | undefined;
   readonly #unrecorded = new Set<string>();
+  readonly #waiters = new Set<() => void>();
 
-  constructor(reason = "deployq is starting") {
+  /** `reason`: why it is not ready yet; undefined, ready at once. */
+  constructor(reason: string | undefined) {
     this.#reason = reason;
   }
 
@@ -25,6 +27,29 @@ export class Readiness {
 
   accepting(): void {
     this.#reason = undefined;
+    for (const wake of this.#waiters) wake();
+    this.#waiters.clear();
+  }
+
+  /**
+   * Resolves true once deliveries are taken, or false after `ms`. A request that arrives
+   * while the receiver starts waits for it, rather than get a 503 it need not: during a
+   * pm2 reload the new instance gets connections as soon as it listens, and reaching a
+   * database that is up takes a moment.
+   */
+  whenAccepting(ms: number): Promise<boolean> {
+    if (this.#reason === undefined) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const wake = () => {
+        clearTimeout(timer);
+        resolve(true);
+      };
+      const timer = setTimeout(() => {
+        this.#waiters.delete(wake);
+        resolve(false);
+      }, ms);
+      this.#waiters.add(wake);
+    });
   }
 
   /** Deliveries whose entries are in router/ but whose rows may not be recorded yet. */

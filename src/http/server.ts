@@ -11,6 +11,7 @@ import { RequestError, errorMessage } from "../errors.ts";
 import type { QueueLayout } from "../queue/layout.ts";
 import { SERVICE_NAME, VERSION } from "../version.ts";
 import { admitBody } from "./admission.ts";
+import { DEFAULT_DEADLINE_MS } from "./enqueue-batch.ts";
 import { REDELIVER, githubWebhookHandler } from "./github-webhook.ts";
 import type { Readiness } from "./readiness.ts";
 
@@ -89,11 +90,11 @@ export function createApp(deps: HttpDeps): express.Express {
     res.status(ok ? 200 : 503).json({ status: ok ? "ok" : "unhealthy", checks: results });
   });
 
-  // Everything below needs the database. Before it is reached, the answer is a 503 at once,
-  // before any body is read.
-  app.use((req, res, next) => {
-    const why = notReady();
-    if (!why) return next();
+  // Everything below needs the database. A request that comes before it is reached waits
+  // for it, up to the receiver's deadline, then gets a 503, before any body is read.
+  app.use(async (req, res, next) => {
+    if (!deps.readiness || (await deps.readiness.whenAccepting(DEFAULT_DEADLINE_MS))) return next();
+    const why = notReady() ?? "deployq is starting";
     res.set("retry-after", "10");
     throw new RequestError("UNAVAILABLE", 503, req.method === "POST" ? `${why}; nothing was queued: ${REDELIVER}` : why);
   });

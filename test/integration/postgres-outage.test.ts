@@ -208,7 +208,7 @@ describe("receiver through Postgres outages", () => {
     expect(((await health.json()) as { checks: Record<string, string> }).checks.database).toMatch(/not reachable/);
     const early = await signedDelivery(pushPayload({ repository: "octo-org/api", after: randomSha() }));
     const refused = await post(url, early);
-    expect(refused).toMatchObject({ status: 503, body: { error: expect.stringMatching(/database .* is not reachable.*nothing was queued/) } });
+    expect(refused).toMatchObject({ status: 503, body: { error: expect.stringMatching(/^deployq is starting: the database .* is not reachable.*nothing was queued/) } });
     expect(await readdir(path.join(ws.queuesDir, "router"))).toEqual([]);
 
     await pg.start();
