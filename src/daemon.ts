@@ -6,6 +6,8 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { type Database, databaseUnreachable, openDatabase, postgresDriverPatched } from "./db/client.ts";
 import { errorMessage } from "./errors.ts";
 import { Readiness } from "./http/readiness.ts";
+import { Events } from "./events/bus.ts";
+import { withLockEvents } from "./events/lock-events.ts";
 import { orphanDeliveryIds, recordOrphanedEntries } from "./http/github-webhook.ts";
 import { scanQueue } from "./queue/scan.ts";
 import { type HealthCheck, type RunningServer, createApp, listen } from "./http/server.ts";
@@ -32,6 +34,8 @@ export interface Daemon {
   database: Database;
   router: QueueWorker | undefined;
   deployments: Map<string, DeploymentWorker>;
+  /** What this process's receiver, router, workers and locks do, as it happens. */
+  events: Events;
   /** First call drains: stops accepting, lets the current step finish, closes the database. */
   close(): Promise<void>;
 }
@@ -67,6 +71,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
   const works = role !== "receiver";
   const secrets = receives ? requireWebhookSecrets(settings) : undefined;
   const layout = queueLayout(settings.queuesDir);
+  const events = new Events();
   const cleanups: Array<() => Promise<void>> = [];
   const closeAll = async () => {
     for (const cleanup of cleanups.reverse()) {
@@ -98,6 +103,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
         logger,
         secrets,
         readiness,
+        events,
         deployments: [...settings.deployments.values()],
         status: (only) => collectStatus(settings, database.db, only),
         health,
@@ -123,9 +129,9 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
     const deployments = new Map<string, DeploymentWorker>();
     if (works) {
       const redisUrls = settings.secrets.redisUrls;
-      const locks = withLockPrefix(
-        options.locks ?? (redisUrls.length > 0 ? createRedlockLocks({ urls: redisUrls, ttlMs: settings.lockTtlMs, logger }) : createLocalLocks()),
-        settings.lockPrefix,
+      const locks = withLockEvents(
+        withLockPrefix(options.locks ?? (redisUrls.length > 0 ? createRedlockLocks({ urls: redisUrls, ttlMs: settings.lockTtlMs, logger }) : createLocalLocks()), settings.lockPrefix),
+        events,
       );
       if (!options.locks && redisUrls.length === 0) {
         // In-process locks protect nothing across processes: one workers process per queue root.
@@ -140,7 +146,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
       }
       lockService = locks;
       cleanups.push(() => locks.close());
-      router = createRouter({ settings, layout, db: database.db, locks, logger, watch: options.watch ?? true });
+      router = createRouter({ settings, layout, db: database.db, locks, logger, events, watch: options.watch ?? true });
       const started = router;
       cleanups.push(() => started.close());
       for (const deployment of settings.deployments.values()) {
@@ -157,6 +163,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
             rescanIntervalMs: settings.rescanIntervalMs,
             shutdownGraceMs: settings.shutdownGraceMs,
             watch: options.watch ?? true,
+            events,
           }),
         );
       }
@@ -194,6 +201,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
       database,
       router,
       deployments,
+      events,
       close() {
         closing ??= closeAll();
         return closing;

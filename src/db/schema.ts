@@ -1,4 +1,4 @@
-import { bigint, bigserial, index, integer, jsonb, pgSequence, pgTable, text, timestamp, uniqueIndex } from "drizzle-orm/pg-core";
+import { bigint, bigserial, boolean, index, integer, jsonb, pgSequence, pgTable, text, timestamp, uniqueIndex } from "drizzle-orm/pg-core";
 
 /**
  * Every delivery the receiver accepted (or a post-receive hook / admin enqueued), and what
@@ -92,3 +92,53 @@ export const deployFencingSeq = pgSequence("deploy_fencing_seq");
 
 export type Deploy = typeof deploys.$inferSelect;
 export type DeployStatus = "running" | "succeeded" | "failed" | "retrying" | "superseded" | "already-deployed" | "interrupted";
+
+/**
+ * The steps of each deploy, in order, with their durations: what the dashboard's timeline
+ * and the step histograms show, kept across restarts. Removed with their deploy (pruning).
+ * A deploy killed with its process keeps the steps it finished.
+ */
+export const deploySteps = pgTable(
+  "deploy_steps",
+  {
+    id: bigserial("id", { mode: "number" }).primaryKey(),
+    deployId: bigint("deploy_id", { mode: "number" })
+      .notNull()
+      .references(() => deploys.id, { onDelete: "cascade" }),
+    /** 0, 1, 2 … in the order they ran. */
+    position: integer("position").notNull(),
+    /** fetch | checkout | build | switch | restart | health-check | nginx | prune | rollback | resume (events/types.ts STEP_KINDS) */
+    kind: text("kind").notNull(),
+    /** As the deploy's log heads it (with its sha, path or release). */
+    title: text("title").notNull(),
+    startedAt: timestamp("started_at", { withTimezone: true }).notNull(),
+    finishedAt: timestamp("finished_at", { withTimezone: true }).notNull(),
+    durationMs: integer("duration_ms").notNull(),
+    ok: boolean("ok").notNull(),
+    /** The exit status of the command that failed the step, if one did. */
+    exitCode: integer("exit_code"),
+  },
+  (t) => [uniqueIndex("deploy_steps_deploy_position_key").on(t.deployId, t.position)],
+);
+
+export type DeployStep = typeof deploySteps.$inferSelect;
+
+/**
+ * The event stream (src/events), as every process emitted it: the id is the sequence
+ * number a dashboard page or a /ws/v0 client resumes from. Pruned to the newest
+ * EVENTS_KEPT rows. Log lines are not events here: they are read from the deploy's log.
+ */
+export const events = pgTable(
+  "events",
+  {
+    id: bigserial("id", { mode: "number" }).primaryKey(),
+    at: timestamp("at", { withTimezone: true }).notNull(),
+    /** delivery | deploy | lock */
+    kind: text("kind").notNull(),
+    name: text("name").notNull(),
+    deployment: text("deployment"),
+    /** The whole event (StampedEvent). */
+    data: jsonb("data").notNull(),
+  },
+  (t) => [index("events_deployment_id_idx").on(t.deployment, t.id)],
+);

@@ -12,6 +12,7 @@ import type { QueueLayout } from "../queue/layout.ts";
 import { readEntryFile } from "../queue/read.ts";
 import { CommitUncertain, DeadlineExceeded, createEnqueueBatcher } from "./enqueue-batch.ts";
 import { Readiness } from "./readiness.ts";
+import { type Events, noEvents } from "../events/bus.ts";
 import { routeEvent } from "../workers/match.ts";
 import { verifySignature } from "./signature.ts";
 
@@ -24,6 +25,8 @@ export interface WebhookDeps {
   deployments: readonly Deployment[];
   /** Deliveries known before their rows are (entries a previous receiver left); see recordOrphanedEntries. */
   readiness?: Readiness | undefined;
+  /** Where received, duplicate and voided deliveries are told (none by default). */
+  events?: Events | undefined;
 }
 
 const EVENT_NAME = /^[a-z_]{1,64}$/;
@@ -112,6 +115,7 @@ export function githubWebhookHandler(deps: WebhookDeps) {
   return async (req: Request, res: Response): Promise<void> => {
     const delivery = readDelivery(req, deps.secrets);
     if (readiness.isUnrecorded(delivery.deliveryId)) {
+      (deps.events ?? noEvents).emit({ kind: "delivery", name: "duplicate", deliveryId: delivery.deliveryId, hookId: delivery.hookId, event: delivery.event });
       logger.info({ delivery: delivery.deliveryId, hook: delivery.hookId, event: delivery.event }, "duplicate delivery ignored (its entry, left by the previous receiver, is being recorded)");
       res.status(200).json({ duplicate: true });
       return;
@@ -160,13 +164,18 @@ export function githubWebhookHandler(deps: WebhookDeps) {
     } catch (err) {
       throw unavailable(decision.kind === "void" ? "record the delivery" : "queue the delivery", err);
     }
+    const about = { kind: "delivery", deliveryId: delivery.deliveryId, hookId: delivery.hookId, event: delivery.event, repository: summary.repository, ref: summary.ref } as const;
+    const events = deps.events ?? noEvents;
     if (outcome === "duplicate") {
+      events.emit({ ...about, name: "duplicate" });
       logger.info(log, "duplicate delivery ignored");
       res.status(200).json({ duplicate: true });
     } else if (decision.kind === "void") {
+      events.emit({ ...about, name: "voided", reason: decision.reason });
       logger.warn({ ...log, reason: decision.reason }, "delivery voided: no deployment follows it");
       res.status(200).json({ voided: true, reason: decision.reason, deployments: [] });
     } else {
+      events.emit({ ...about, name: "received", entry: name, deployments: decision.deployments });
       logger.info({ ...log, entry: name, deployments: decision.deployments }, "delivery queued");
       res.status(202).json({ queued: name, deployments: decision.deployments });
     }

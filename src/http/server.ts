@@ -14,6 +14,7 @@ import { admitBody } from "./admission.ts";
 import { DEFAULT_DEADLINE_MS } from "./enqueue-batch.ts";
 import { REDELIVER, githubWebhookHandler } from "./github-webhook.ts";
 import type { Readiness } from "./readiness.ts";
+import type { Events } from "../events/bus.ts";
 
 /** GitHub caps webhook payloads at 25 MB. */
 export const BODY_LIMIT_BYTES = 25 * 1024 * 1024;
@@ -37,6 +38,8 @@ export interface HttpDeps {
   status?: (deployment: string | undefined) => Promise<unknown>;
   /** Until it says ready, whatever needs the database answers 503 (a daemon listens before Postgres is reached). */
   readiness?: Readiness;
+  /** The process's events (deliveries received, duplicate, voided). */
+  events?: Events;
 }
 
 /** Below this, the queue root counts as full: an entry may not fit (a writable directory says nothing about space). */
@@ -122,7 +125,7 @@ export function createApp(deps: HttpDeps): express.Express {
       "/github-webhook",
       admitBody(BODY_LIMIT_BYTES),
       express.raw({ type: () => true, limit: BODY_LIMIT_BYTES }),
-      githubWebhookHandler({ secrets: deps.secrets, db: deps.db, layout: deps.layout, logger: deps.logger, deployments: deps.deployments, readiness: deps.readiness }),
+      githubWebhookHandler({ secrets: deps.secrets, db: deps.db, layout: deps.layout, logger: deps.logger, deployments: deps.deployments, readiness: deps.readiness, events: deps.events }),
     );
   }
 

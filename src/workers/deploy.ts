@@ -1,3 +1,4 @@
+import type { StepKind } from "../events/types.ts";
 import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import type { Writable } from "node:stream";
@@ -52,8 +53,8 @@ export interface DeployContext {
   log: Writable;
   /** Aborted on shutdown (after the grace period) or when the lock is lost. */
   signal: AbortSignal;
-  /** Called as each step starts (progress for logs and the terminal). */
-  onStep?: (step: string) => void;
+  /** Called as each step starts (progress for logs, events and the terminal); a step ends when the next starts, or the deploy ends. */
+  onStep?: (kind: StepKind, title: string) => void;
   /** Where the running command's pid is kept (killed at the next start if deployq dies). */
   pidFile?: string;
   /** Called right before `current` (or the in-place work tree) changes: throws if this worker may no longer act. */
@@ -73,9 +74,9 @@ export async function performDeploy(request: DeployRequest, ctx: DeployContext):
   return deployRelease(request, ctx);
 }
 
-function step(ctx: DeployContext, name: string): void {
-  ctx.log.write(`\n== ${name} (${new Date().toISOString()})\n`);
-  ctx.onStep?.(name);
+function step(ctx: DeployContext, kind: StepKind, title: string): void {
+  ctx.log.write(`\n== ${title} (${new Date().toISOString()})\n`);
+  ctx.onStep?.(kind, title);
 }
 
 function checkAborted(ctx: DeployContext): void {
@@ -102,7 +103,7 @@ interface Target {
  */
 async function fetchTarget(gitDir: string, request: Exclude<DeployRequest, { kind: "rollback" }>, ctx: DeployContext): Promise<Target | { deleted: string }> {
   const { remote, branch } = ctx.deployment;
-  step(ctx, `fetch ${remote}`);
+  step(ctx, "fetch", `fetch ${remote}`);
   checkAborted(ctx);
   await ensureMirror(gitDir, gitContext(ctx));
   await fetchMirror(gitDir, remote, gitContext(ctx));
@@ -231,12 +232,12 @@ function commandContext(ctx: DeployContext, signal: AbortSignal | undefined): Co
 async function activate(dir: string, appDir: string, env: Record<string, string>, ctx: DeployContext, signal: AbortSignal | undefined): Promise<void> {
   const d = ctx.deployment;
   if (d.restart) {
-    step(ctx, "restart");
+    step(ctx, "restart", "restart");
     if ("script" in d.restart) await runAll([d.restart.script], dir, env, ctx, signal, true);
     else await pm2Restart({ pm2Home: ctx.host.pm2Home, deployment: d.name, appDir, restart: d.restart, env }, commandContext(ctx, signal));
   }
   if (d.health) {
-    step(ctx, "health check");
+    step(ctx, "health-check", "health check");
     await waitHealthy(d.health, ctx.log, signal);
   }
 }
@@ -245,7 +246,7 @@ async function activate(dir: string, appDir: string, env: Record<string, string>
 async function deployNginxSites(dir: string, ctx: DeployContext): Promise<void> {
   const sites = ctx.deployment.nginx;
   if (!sites) return;
-  step(ctx, `nginx sites from ${sites.sites_dir} → ${sites.conf_dir}`);
+  step(ctx, "nginx", `nginx sites from ${sites.sites_dir} → ${sites.conf_dir}`);
   const certbot = sites.certificates ? ctx.host.certbot : undefined;
   await ctx.host.withNginxLock(async (lockSignal) => {
     const signal = AbortSignal.any([ctx.signal, lockSignal]);
@@ -317,14 +318,14 @@ async function deployRelease(request: Exclude<DeployRequest, { kind: "rollback" 
     return { status: "already-deployed", sha, release: previous };
   }
   if (previousMeta?.sha === sha) ctx.log.write(`${sha} is the current release (${previous}): deploying it again (--force)\n`);
-  step(ctx, `check out ${sha}`);
+  step(ctx, "checkout", `check out ${sha}`);
   checkAborted(ctx);
   const release = await createReleaseDir(paths, sha);
   const env = commandEnv(ctx, sha, release.dir, request.ref);
   try {
     await checkoutRelease(paths.mirror, release.dir, sha, gitContext(ctx));
     await linkShared(paths, release.dir, ctx.deployment.shared);
-    if (ctx.deployment.commands.length > 0) step(ctx, "build");
+    if (ctx.deployment.commands.length > 0) step(ctx, "build", "build");
     await runAll(ctx.deployment.commands, release.dir, env, ctx, ctx.signal);
     await writeReleaseMeta(release.dir, { sha, ref: request.ref, entry: request.entry, built_at: new Date().toISOString() });
     checkAborted(ctx);
@@ -335,7 +336,7 @@ async function deployRelease(request: Exclude<DeployRequest, { kind: "rollback" 
     throw err;
   }
 
-  step(ctx, `switch current → releases/${release.name}`);
+  step(ctx, "switch", `switch current → releases/${release.name}`);
   await beginSwitch(paths, { release: release.name, previous, entry: request.entry, at: new Date().toISOString() });
   try {
     await activate(release.dir, paths.current, env, ctx, ctx.signal);
@@ -345,7 +346,7 @@ async function deployRelease(request: Exclude<DeployRequest, { kind: "rollback" 
     throw err;
   }
   await endSwitch(paths);
-  step(ctx, "prune old releases");
+  step(ctx, "prune", "prune old releases");
   const pruned = await pruneReleases(paths, ctx.deployment.keep_releases, [release.name, previous]);
   if (pruned.length > 0) ctx.log.write(`removed ${pruned.join(", ")}\n`);
   return { status: "succeeded", sha, release: release.name, previousRelease: previous, requestedSha: target.requestedSha };
@@ -362,7 +363,7 @@ async function restoreAfterFailedRestart(paths: DeploymentPaths, failed: string,
     await endSwitch(paths);
     return;
   }
-  step(ctx, `releases/${failed} failed: switch current back → releases/${previous} and restart it`);
+  step(ctx, "rollback", `releases/${failed} failed: switch current back → releases/${previous} and restart it`);
   await switchCurrent(paths, previous);
   // Back where it was: a crash from here on leaves the previous release current, which the
   // next deploy restarts when it switches.
@@ -388,7 +389,7 @@ async function resumeSwitch(paths: DeploymentPaths, pending: PendingSwitch, meta
     `current was switched to releases/${pending.release} at ${pending.at} (entry ${pending.entry}), but that deploy stopped before its restart, ` +
       "health check and sites were done: resuming from the restart\n",
   );
-  step(ctx, `resume the switch to releases/${pending.release}: restart, health check, sites`);
+  step(ctx, "resume", `resume the switch to releases/${pending.release}: restart, health check, sites`);
   checkAborted(ctx);
   await ctx.fence?.();
   try {
@@ -430,7 +431,7 @@ async function rollback(to: string | undefined, entry: string, ctx: DeployContex
     return { status: "already-deployed", sha: target.meta!.sha, release: target.name };
   }
   ctx.log.write(`rolling back to releases/${target.name} (${target.meta!.sha}) as asked; the next push deploys its branch's head again\n`);
-  step(ctx, `switch current → releases/${target.name} (rollback)`);
+  step(ctx, "switch", `switch current → releases/${target.name} (rollback)`);
   checkAborted(ctx);
   await ctx.fence?.();
   await beginSwitch(paths, { release: target.name, previous: current?.name, entry, at: new Date().toISOString() });
@@ -462,7 +463,7 @@ async function deployInPlace(request: Exclude<DeployRequest, { kind: "rollback" 
     return { status: "already-deployed", sha, release: undefined };
   }
   if (previous === sha) ctx.log.write(`${sha} is deployed in ${d.path}: deploying it again (--force)\n`);
-  step(ctx, `check out ${sha} into ${d.path}`);
+  step(ctx, "checkout", `check out ${sha} into ${d.path}`);
   checkAborted(ctx);
   await ctx.fence?.();
   await mkdir(d.path, { recursive: true });
@@ -470,14 +471,14 @@ async function deployInPlace(request: Exclude<DeployRequest, { kind: "rollback" 
   const env = commandEnv(ctx, sha, d.path, request.ref);
   let activating = false;
   try {
-    if (d.commands.length > 0) step(ctx, "build");
+    if (d.commands.length > 0) step(ctx, "build", "build");
     await runAll(d.commands, d.path, env, ctx, ctx.signal);
     activating = true;
     await activate(d.path, d.path, env, ctx, ctx.signal);
     await deployNginxSites(d.path, ctx);
   } catch (err) {
     if (previous) {
-      step(ctx, `failed: putting the files of ${previous} back${activating ? " and restarting it" : ""}`);
+      step(ctx, "rollback", `failed: putting the files of ${previous} back${activating ? " and restarting it" : ""}`);
       try {
         await checkoutInPlace(gitDir, d.path, previous, { log: ctx.log, timeoutMs: d.command_timeout_s * 1000 });
         // The app was restarted on the failed commit: restart it on the previous one (no cancellation: it must finish).

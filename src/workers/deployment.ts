@@ -24,6 +24,9 @@ import { isProcessAlive } from "../pid-lock.ts";
 import { deploymentPaths, removeIncomplete } from "../steps/release.ts";
 import { type DeployRequest, type HostSteps, performDeploy, resumePm2Apps } from "./deploy.ts";
 import { pruneDeploys } from "./prune-deploys.ts";
+import { StepRecorder } from "./step-recorder.ts";
+import { type Events, noEvents } from "../events/bus.ts";
+import type { DeployOutcomeName } from "../events/types.ts";
 
 export interface DeploymentWorkerDeps {
   deployment: Deployment;
@@ -37,6 +40,8 @@ export interface DeploymentWorkerDeps {
   rescanIntervalMs: number;
   shutdownGraceMs: number;
   watch: boolean;
+  /** Where deploys, steps and their outcomes are told (the daemon's; none by default). */
+  events?: Events;
 }
 
 const HOST = hostname();
@@ -98,6 +103,10 @@ export class DeploymentWorker {
   /** Per process: several workers processes on one host share the data directory. */
   private get pidFile(): string {
     return path.join(this.deps.dataDir, "run", `${this.name}.${process.pid}.command.pid`);
+  }
+
+  private get events(): Events {
+    return this.deps.events ?? noEvents;
   }
 
   /** The step the running deploy is in (for status and logs). */
@@ -274,6 +283,7 @@ export class DeploymentWorker {
       by,
     );
     await removeEntry(path.join(this.deps.layout.deployment(this.name), name));
+    this.events.emit({ kind: "deploy", name: "finished", deployment: this.name, entry: name, outcome: "superseded", durationMs: 0, sha: after, supersededBy: by });
     this.deps.logger.info({ deployment: this.name, entry: name, sha: after, supersededBy: by }, "entry superseded by a newer one");
   }
 
@@ -313,6 +323,12 @@ export class DeploymentWorker {
     const signal = AbortSignal.any([this.abort.signal, lockSignal]);
     const child = logger.child({ deployment: this.name, deploy: id, entry: name });
     child.info({ event: entry.event, sha, attempt, log: logPath, fencingToken: token }, "deploy started");
+    const events = this.events;
+    const started = Date.now();
+    const tell = (outcome: DeployOutcomeName, more: { sha?: string | undefined; release?: string | undefined; error?: string | undefined; supersededBy?: string | undefined; nextAttemptAt?: string | undefined } = {}) =>
+      events.emit({ kind: "deploy", name: "finished", deployment: this.name, deployId: id, entry: name, outcome, durationMs: Date.now() - started, ...more });
+    events.emit({ kind: "deploy", name: "started", deployment: this.name, deployId: id, entry: name, attempt, sha, ref: request.kind === "deploy" ? request.ref : ref, logPath });
+    const steps = new StepRecorder({ db, events, logger: child, deployment: this.name, deployId: id, entry: name });
     try {
       const outcome = await performDeploy(request, {
         deployment,
@@ -321,9 +337,10 @@ export class DeploymentWorker {
         log,
         signal,
         pidFile: this.pidFile,
-        onStep: (step) => {
-          this.current = { entry: name, step };
-          child.info({ step }, "deploy step");
+        onStep: (kind, title) => {
+          this.current = { entry: name, step: title };
+          child.info({ step: title }, "deploy step");
+          steps.start(kind, title);
         },
         fence: async () => {
           if (lockSignal.aborted) throw new LockLostError("the deployment lock was lost (it could not be extended)");
@@ -331,11 +348,13 @@ export class DeploymentWorker {
           if (newer !== undefined) throw new LockLostError(`a newer deploy holds the lock (fencing token ${newer} > ${token})`);
         },
       });
+      await steps.finish(true);
       if (outcome.status === "superseded") {
         log.write(`\n== superseded: ${outcome.note}\n`);
         await endLog();
         await finishDeploy(db, id, { status: "superseded", sha: outcome.sha, supersededBy: outcome.supersededBy, error: outcome.note, logPath });
         await removeEntry(file);
+        tell("superseded", { sha: outcome.sha, supersededBy: outcome.supersededBy });
         child.info({ sha: outcome.sha, supersededBy: outcome.supersededBy }, `push superseded: ${outcome.note}`);
         return;
       }
@@ -343,6 +362,7 @@ export class DeploymentWorker {
       await endLog();
       await finishDeploy(db, id, { ...outcome, logPath });
       await removeEntry(file);
+      tell(outcome.status, { sha: outcome.sha, release: outcome.release });
       const requestedSha = outcome.status === "succeeded" ? outcome.requestedSha : undefined;
       child.info(
         { status: outcome.status, sha: outcome.sha, release: outcome.release, ...(requestedSha ? { requestedSha } : {}) },
@@ -351,7 +371,11 @@ export class DeploymentWorker {
     } catch (err) {
       log.write(`\n== failed: ${errorMessage(err)}\n`);
       await endLog();
-      await this.fail(id, name, entry, attempt, err, child, lockSignal);
+      await steps.finish(false, err instanceof ExecError ? err.exitCode : undefined);
+      const ended = await this.fail(id, name, entry, attempt, err, child, lockSignal);
+      // A deploy that failed after its switch and put the previous release back was rolled back.
+      const outcome = ended.outcome === "failed" && steps.ran("rollback") ? "rolled-back" : ended.outcome;
+      tell(outcome, { sha, error: errorMessage(err).slice(0, 2000), nextAttemptAt: ended.nextAttemptAt });
     } finally {
       this.current = undefined;
       await endLog();
@@ -362,35 +386,38 @@ export class DeploymentWorker {
     }
   }
 
-  private async fail(id: number, name: string, entry: QueueEntry, attempt: number, err: unknown, logger: Logger, lockSignal: AbortSignal): Promise<void> {
+  /** Records how a deploy failed, and what becomes of its entry; says which it was. */
+  private async fail(id: number, name: string, entry: QueueEntry, attempt: number, err: unknown, logger: Logger, lockSignal: AbortSignal): Promise<{ outcome: DeployOutcomeName; nextAttemptAt?: string }> {
     const exec = err instanceof ExecError ? err : undefined;
     const base = { error: errorMessage(err).slice(0, 8000), exitCode: exec?.exitCode, signal: exec?.signal };
     if (err instanceof LockLostError || lockSignal.aborted) {
       // Someone else may own this deployment now: touch neither `current` nor the queue.
       await finishDeploy(this.deps.db, id, { status: "interrupted", ...base });
       logger.warn({ err: base.error }, "deploy stopped: the lock was lost; whoever holds it now handles the queue");
-      return;
+      return { outcome: "interrupted" };
     }
     // While draining, a command that died of a signal was most likely stopped with us (a
     // process manager signalling the whole group): that is an interruption, not a failure.
     if (this.abort.signal.aborted || (this.draining && exec?.signal !== undefined)) {
       await finishDeploy(this.deps.db, id, { status: "interrupted", ...base });
       logger.warn("deploy interrupted by shutdown; the entry stays queued and is redone at the next start");
-      return;
+      return { outcome: "interrupted" };
     }
     if (err instanceof TransientError && attempt < this.deps.deployment.max_attempts) {
       await finishDeploy(this.deps.db, id, { status: "retrying", ...base });
-      await this.retryLater(name, entry, attempt, err);
-      return;
+      const at = await this.retryLater(name, entry, attempt, err);
+      return { outcome: "retrying", ...(at ? { nextAttemptAt: new Date(at).toISOString() } : {}) };
     }
     await finishDeploy(this.deps.db, id, { status: "failed", ...base });
     await this.deadLetter(name, entry, errorMessage(err), attempt);
+    return { outcome: "failed" };
   }
 
-  private async retryLater(name: string, entry: QueueEntry, attempt: number, err: unknown): Promise<void> {
+  /** Returns when the next attempt is due, or undefined when there is none (dead-lettered). */
+  private async retryLater(name: string, entry: QueueEntry, attempt: number, err: unknown): Promise<number | undefined> {
     if (attempt >= this.deps.deployment.max_attempts) {
       await this.deadLetter(name, entry, errorMessage(err), attempt);
-      return;
+      return undefined;
     }
     const base = this.deps.deployment.retry_backoff_s * 1000 * 2 ** (attempt - 1);
     const delay = Math.round(base / 2 + Math.random() * base); // jitter: 0.5x–1.5x
@@ -399,6 +426,7 @@ export class DeploymentWorker {
     await rewriteInto(this.deps.layout, file, path.dirname(file), { ...entry, attempts: attempt, last_error: errorMessage(err).slice(0, 8000), retry_at: new Date(at).toISOString() });
     this.deps.logger.warn({ deployment: this.name, entry: name, attempt, retryInMs: delay, err: errorMessage(err) }, "transient failure; will retry");
     this.scheduleRetry(at);
+    return at;
   }
 
   private scheduleRetry(at: number): void {

@@ -12,6 +12,7 @@ import { handOverInto, removeEntries } from "../queue/move.ts";
 import { QueueWorker } from "../queue/watch.ts";
 import { type LockService, ROUTER_LOCK } from "../lock/lock.ts";
 import { type RouteDecision, routeEvent } from "./match.ts";
+import { type Events, noEvents } from "../events/bus.ts";
 
 export interface RouterDeps {
   settings: Pick<Settings, "deployments" | "rescanIntervalMs">;
@@ -21,6 +22,8 @@ export interface RouterDeps {
   locks: LockService;
   logger: Logger;
   watch: boolean;
+  /** Where routed, voided and dead-lettered deliveries are told (none by default). */
+  events?: Events;
 }
 
 /** Entries routed together: one database statement, one fsync per directory. */
@@ -85,9 +88,17 @@ export function createRouter(deps: RouterDeps): QueueWorker {
     }
     for (const [deployment, files] of byDeployment) await handOverInto(layout, files, layout.deployment(deployment));
     await removeEntries(routed.map((r) => r.file));
+    const events = deps.events ?? noEvents;
     for (const { name, row, decision } of routed) {
-      if (decision.kind === "void") logger.info({ entry: name, event: row.event, repository: row.repository, ref: row.ref, reason: decision.reason }, "event voided");
-      else logger.info({ entry: name, repository: decision.repository, ref: decision.ref, sha: decision.after, deployments: decision.deployments }, "event routed");
+      const about = { kind: "delivery", deliveryId: row.deliveryId, hookId: row.hookId, event: row.event, repository: row.repository, ref: row.ref, entry: name } as const;
+      if (decision.kind === "void") {
+        events.emit({ ...about, name: "voided", reason: decision.reason });
+        logger.info({ entry: name, event: row.event, repository: row.repository, ref: row.ref, reason: decision.reason }, "event voided");
+      } else {
+        events.emit({ ...about, name: "routed", deployments: decision.deployments });
+        for (const deployment of decision.deployments) events.emit({ kind: "deploy", name: "queued", deployment, entry: name, sha: decision.after });
+        logger.info({ entry: name, repository: decision.repository, ref: decision.ref, sha: decision.after, deployments: decision.deployments }, "event routed");
+      }
     }
   }
 
@@ -109,6 +120,7 @@ export function createRouter(deps: RouterDeps): QueueWorker {
       },
     ]);
     await deadLetterEntry(layout, file, "router", json, error);
+    (deps.events ?? noEvents).emit({ kind: "delivery", name: "dead-lettered", deliveryId: typeof json?.delivery_id === "string" ? json.delivery_id : deliveryId, entry: name, reason: error });
     logger.error({ entry: name, err: error }, `malformed entry moved to dead-letter/router/; fix it, then \`deployq queue requeue router --entry ${name}\``);
   }
 
