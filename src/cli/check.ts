@@ -7,7 +7,7 @@ import { gitReason, shownRemote } from "./deploy.ts";
 import { errorMessage } from "../errors.ts";
 import { pingLockService } from "../lock/ping.ts";
 import { lsRemote } from "../steps/git.ts";
-import { branchMatches } from "../workers/match.ts";
+import { branchMatches } from "../config/branch.ts";
 import { printJson } from "./output.ts";
 import { checkCertbot } from "../steps/certbot.ts";
 import type { CheckResult } from "../steps/check-command.ts";

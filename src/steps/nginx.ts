@@ -11,7 +11,7 @@ import { ExecError } from "../exec/exec-error.ts";
 import { readProcStat } from "../exec/proc.ts";
 import { formatArgv, runCommand } from "../exec/run-command.ts";
 import { DURABLE_TEMP_SUFFIX, fsyncDir, writeFileDurably } from "../queue/fsync.ts";
-import { branchGlobToRegExp } from "../workers/match.ts";
+import { branchGlobToRegExp } from "../config/branch.ts";
 import { type CheckResult, checkCommand } from "./check-command.ts";
 import { type CommandContext, runOptions } from "./command-context.ts";
 
