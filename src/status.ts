@@ -8,7 +8,7 @@ import { parseEntryName } from "./queue/entry-name.ts";
 import { queueLayout } from "./queue/layout.ts";
 import { scanQueue } from "./queue/scan.ts";
 import { certificateStateDir, readCertificateState } from "./steps/certbot.ts";
-import { nginxStateDir, ownedSiteFiles } from "./steps/nginx.ts";
+import { nginxStateDir, ownedSiteFiles } from "./steps/nginx/manifest.ts";
 import { currentRelease, deploymentPaths, readReleaseMeta } from "./steps/release.ts";
 import { inPlaceStateFile } from "./workers/deploy.ts";
 import { errorMessage } from "./errors.ts";

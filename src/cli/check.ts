@@ -7,11 +7,11 @@ import { gitReason, shownRemote } from "./deploy.ts";
 import { errorMessage } from "../errors.ts";
 import { pingLockService } from "../lock/ping.ts";
 import { lsRemote } from "../steps/git.ts";
-import { branchMatches } from "../workers/match.ts";
+import { branchMatches } from "../config/branch.ts";
 import { printJson } from "./output.ts";
 import { checkCertbot } from "../steps/certbot.ts";
 import type { CheckResult } from "../steps/check-command.ts";
-import { checkNginx } from "../steps/nginx.ts";
+import { checkNginx } from "../steps/nginx/check.ts";
 import { checkPm2 } from "../steps/pm2.ts";
 
 async function nearestExisting(dir: string): Promise<string> {

@@ -14,7 +14,7 @@ import { lockOwner } from "../pid-lock.ts";
 import { type GitContext, SHA, commitsWithPrefix, hasCommit, lsRemote } from "../steps/git.ts";
 import { deploymentPaths, listReleases } from "../steps/release.ts";
 import { deploymentMirror } from "../workers/deploy.ts";
-import { branchMatches, isValidBranchName } from "../workers/match.ts";
+import { branchMatches, isValidBranchName } from "../config/branch.ts";
 import { configuredDeployment } from "./names.ts";
 
 /**

@@ -8,7 +8,7 @@ import { seedEntryClock } from "../queue/entry-clock.ts";
 import { entryName } from "../queue/entry-name.ts";
 import { queueLayout } from "../queue/layout.ts";
 import { writeEntryDurably } from "../queue/write.ts";
-import { type RouteDecision, routeEvent } from "../workers/match.ts";
+import { type RouteDecision, routeEvent } from "../queue/route.ts";
 
 const LINE = /^([0-9a-f]{40}|[0-9a-f]{64}) ([0-9a-f]{40}|[0-9a-f]{64}) (refs\/\S+)$/;
 const REPOSITORY = /^[A-Za-z0-9_.-]+\/[A-Za-z0-9_.-]+$/;

@@ -4,7 +4,7 @@ import { type Deployment, type Settings, requireWebhookSecrets } from "../config
 import { DeployqError, errorMessage } from "../errors.ts";
 import { runCommand } from "../exec/run-command.ts";
 import { pushPayload } from "../push-payload.ts";
-import { branchMatches, isValidBranchName } from "../workers/match.ts";
+import { branchMatches, isValidBranchName } from "../config/branch.ts";
 
 export interface SendTestOptions {
   url?: string;

@@ -9,7 +9,8 @@ import { silentLogger } from "../log.ts";
 import { acquirePidLock } from "../pid-lock.ts";
 import { queueLayout } from "../queue/layout.ts";
 import { certificateStateDir, readCertificateState } from "../steps/certbot.ts";
-import { nginxStateDir, ownedSiteFiles, removeSites } from "../steps/nginx.ts";
+import { nginxStateDir, ownedSiteFiles } from "../steps/nginx/manifest.ts";
+import { removeSites } from "../steps/nginx/sites.ts";
 
 /** Each nginx command (test, reload) is killed after this long. */
 const COMMAND_TIMEOUT_MS = 120_000;

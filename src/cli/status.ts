@@ -3,7 +3,7 @@ import { errorMessage } from "../errors.ts";
 import { pingLockService } from "../lock/ping.ts";
 import { type DeployStatusRow, type DeploymentStatus, type StatusReport, collectStatus } from "../status.ts";
 import { SHA } from "../steps/git.ts";
-import { manifestDeployments, nginxStateDir, ownedSiteFiles } from "../steps/nginx.ts";
+import { manifestDeployments, nginxStateDir, ownedSiteFiles } from "../steps/nginx/manifest.ts";
 import { getJson, withDatabase } from "./database-access.ts";
 import { configuredDeployment } from "./names.ts";
 import { formatAge, printJson } from "./output.ts";

@@ -10,10 +10,10 @@ import { MAX_PAYLOAD_DEPTH, type QueueEntry, nestsDeeperThan, parseEntry, serial
 import { entryName, isDeliveryId, parseEntryName } from "../queue/entry-name.ts";
 import type { QueueLayout } from "../queue/layout.ts";
 import { readEntryFile } from "../queue/read.ts";
+import { routeEvent } from "../queue/route.ts";
 import { CommitUncertain, DeadlineExceeded, createEnqueueBatcher } from "./enqueue-batch.ts";
 import { Readiness } from "./readiness.ts";
 import { type Events, noEvents } from "../events/bus.ts";
-import { routeEvent } from "../workers/match.ts";
 import { verifySignature } from "./signature.ts";
 
 export interface WebhookDeps {

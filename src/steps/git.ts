@@ -1,10 +1,10 @@
 import { access, rm } from "node:fs/promises";
 import path from "node:path";
 import type { Writable } from "node:stream";
+import { isValidBranchName } from "../config/branch.ts";
 import { DeployqError, TransientError } from "../errors.ts";
 import { ExecError } from "../exec/exec-error.ts";
 import { runCommand } from "../exec/run-command.ts";
-import { isValidBranchName } from "../workers/match.ts";
 
 export interface GitContext {
   log?: Writable;

@@ -9,7 +9,8 @@ import { runCommand } from "../exec/run-command.ts";
 import { certificateStateDir, ensureCertificate, serverNames } from "../steps/certbot.ts";
 import type { CommandContext } from "../steps/command-context.ts";
 import { waitHealthy } from "../steps/health.ts";
-import { deploySites, nginxStateDir } from "../steps/nginx.ts";
+import { nginxStateDir } from "../steps/nginx/manifest.ts";
+import { deploySites } from "../steps/nginx/sites.ts";
 import { listProcesses, pm2Restart } from "../steps/pm2.ts";
 import { type GitContext, SHA, checkoutInPlace, checkoutRelease, ensureCommit, ensureMirror, fetchMirror, fetchedBranchHead, resolveRef } from "../steps/git.ts";
 import {

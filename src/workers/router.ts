@@ -11,7 +11,7 @@ import { deadLetterEntry } from "../queue/dead-letter.ts";
 import { handOverInto, removeEntries } from "../queue/move.ts";
 import { QueueWorker } from "../queue/watch.ts";
 import { type LockService, ROUTER_LOCK } from "../lock/lock.ts";
-import { type RouteDecision, routeEvent } from "./match.ts";
+import { type RouteDecision, routeEvent } from "../queue/route.ts";
 import { type Events, noEvents } from "../events/bus.ts";
 
 export interface RouterDeps {
