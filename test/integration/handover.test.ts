@@ -1,4 +1,4 @@
-import { mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, readdir, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { eq } from "drizzle-orm";
@@ -6,7 +6,8 @@ import pino from "pino";
 import { describe, expect, it } from "vitest";
 import { startDaemon } from "../../src/daemon.ts";
 import { deploys } from "../../src/db/schema.ts";
-import { serializeEntry } from "../../src/queue/entry.ts";
+import { queueLayout } from "../../src/queue/layout.ts";
+import { writeEntryDurably } from "../../src/queue/write.ts";
 import { createTestDatabase } from "../helpers/db.ts";
 import { createRepo } from "../helpers/git.ts";
 import { pushEntry } from "../helpers/load.ts";
@@ -38,7 +39,8 @@ describe("an entry handed over twice", () => {
 
       // The state a router killed before its removal leaves: the same entry in router/ again.
       const copy = pushEntry(name, { repository: "octo-org/app" });
-      await writeFile(path.join(ws.queuesDir, "router", name), serializeEntry({ ...copy, payload: pushPayload({ repository: "octo-org/app", branch: "main", after: sha }) }));
+      // Through .tmp/ and a rename, as the router's own writes: a file written in place can be read half-written.
+      await writeEntryDurably(queueLayout(ws.queuesDir), path.join(ws.queuesDir, "router"), name, { ...copy, payload: pushPayload({ repository: "octo-org/app", branch: "main", after: sha }) });
       await until("the second copy to be dropped", async () => logs.text.includes("dropped a second copy of an entry"));
       await until("both queues to be empty", async () => (await readdir(path.join(ws.queuesDir, "router"))).length + (await readdir(path.join(ws.queuesDir, "deployments", "app"))).length === 0);
       expect((await rows()).map((r) => r.status)).toEqual(["succeeded"]);
