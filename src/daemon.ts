@@ -8,6 +8,8 @@ import { errorMessage } from "./errors.ts";
 import { Readiness } from "./http/readiness.ts";
 import { Events } from "./events/bus.ts";
 import { withLockEvents } from "./events/lock-events.ts";
+import { EventFeed } from "./events/feed.ts";
+import { EVENTS_CHANNEL, startEventWriter } from "./events/store.ts";
 import { orphanDeliveryIds, recordOrphanedEntries } from "./http/github-webhook.ts";
 import { scanQueue } from "./queue/scan.ts";
 import { type HealthCheck, type RunningServer, createApp, listen } from "./http/server.ts";
@@ -36,6 +38,8 @@ export interface Daemon {
   deployments: Map<string, DeploymentWorker>;
   /** What this process's receiver, router, workers and locks do, as it happens. */
   events: Events;
+  /** Every process's events as written to the database, in sequence (receiver roles only). */
+  feed: EventFeed | undefined;
   /** First call drains: stops accepting, lets the current step finish, closes the database. */
   close(): Promise<void>;
 }
@@ -124,6 +128,22 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
       await seedEntryClock(layout, await newestEntryNames(database.db));
     });
 
+    // Every process writes its events; the one that serves HTTP reads everyone's.
+    let feed: EventFeed | undefined;
+    const writer = startEventWriter({ db: database.db, events, logger, onWritten: () => feed?.wake() });
+    cleanups.push(() => writer.close());
+    if (receives) {
+      const started = new EventFeed({ db: database.db, logger });
+      await started.start();
+      feed = started;
+      const unlisten = await database.listen(EVENTS_CHANNEL, () => started.wake());
+      cleanups.push(async () => {
+        started.close();
+        // On a connection that hangs, UNLISTEN would too: the database's own close ends it.
+        await Promise.race([unlisten(), sleep(1000)]);
+      });
+    }
+
     let router: QueueWorker | undefined;
     let lockService: LockService | undefined;
     const deployments = new Map<string, DeploymentWorker>();
@@ -202,6 +222,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
       router,
       deployments,
       events,
+      feed,
       close() {
         closing ??= closeAll();
         return closing;

@@ -24,6 +24,11 @@ export interface Database {
   /** Where it lives, without credentials: for logs and `deployq check`. */
   describe: string;
   migrate(): Promise<void>;
+  /**
+   * LISTENs on `channel` (Postgres: other processes NOTIFY it) until the returned function
+   * is called; reconnects by itself. PGlite lives in one process: nothing to listen to.
+   */
+  listen(channel: string, onNotify: (payload: string) => void): Promise<() => Promise<void>>;
   close(): Promise<void>;
 }
 
@@ -61,6 +66,10 @@ function openPostgres(url: string, max: number): Database {
         await single.end({ timeout: 5 });
       }
     },
+    async listen(channel, onNotify) {
+      const request = await client.listen(channel, onNotify);
+      return () => request.unlisten();
+    },
     close() {
       closing ??= client.end({ timeout: 5 });
       return closing;
@@ -87,6 +96,9 @@ async function openPglite(dataDir: string): Promise<Database> {
     describe: inMemory ? "PGlite (in memory)" : `PGlite in ${pgliteDir(dataDir)}`,
     async migrate() {
       await migratePglite(db, { migrationsFolder: MIGRATIONS_DIR });
+    },
+    async listen() {
+      return async () => {};
     },
     close() {
       closing ??= pg.close().finally(() => lock?.release());
