@@ -31,7 +31,7 @@ export type Role = "serve" | "receiver" | "workers";
 
 export interface Daemon {
   role: Role;
-  /** Where the HTTP server listens (the receiver, or the workers' health endpoint). */
+  /** Where the receiver listens (none for the workers, whose [metrics] address is metricsUrl). */
   url: string | undefined;
   /** Where this process serves GET /metrics: the receiver's address, or [metrics] for the workers (none without its port). */
   metricsUrl: string | undefined;
