@@ -26,13 +26,17 @@ import { acquirePidLock } from "./pid-lock.ts";
 import { collectStatus } from "./status.ts";
 import { DeploymentWorker } from "./workers/deployment.ts";
 import { createRouter } from "./workers/router.ts";
+import { createMetricsApp } from "./metrics/http.ts";
+import { createMetrics } from "./metrics/registry.ts";
 
 export type Role = "serve" | "receiver" | "workers";
 
 export interface Daemon {
   role: Role;
-  /** Where the HTTP server listens (the receiver, or the workers' health endpoint). */
+  /** Where the receiver listens (none for the workers, whose [metrics] address is metricsUrl). */
   url: string | undefined;
+  /** Where this process serves GET /metrics: the receiver's address, or [metrics] for the workers (none without its port). */
+  metricsUrl: string | undefined;
   database: Database;
   router: QueueWorker | undefined;
   deployments: Map<string, DeploymentWorker>;
@@ -76,6 +80,8 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
   const secrets = receives ? requireWebhookSecrets(settings) : undefined;
   const layout = queueLayout(settings.queuesDir);
   const events = new Events();
+  const metrics = createMetrics({ layout, deployments: [...settings.deployments.values()], deploys: works });
+  events.on(metrics.listener);
   const cleanups: Array<() => Promise<void>> = [];
   const closeAll = async () => {
     for (const cleanup of cleanups.reverse()) {
@@ -108,6 +114,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
         secrets,
         readiness,
         events,
+        metrics,
         deployments: [...settings.deployments.values()],
         status: (only) => collectStatus(settings, database.db, only),
         health,
@@ -119,7 +126,13 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
       const announced = await announceDaemon(settings.dataDir, { pid: process.pid, role, url: running.url });
       cleanups.push(announced);
       options.onListening?.(running.url);
+    } else if (settings.metrics.port !== undefined) {
+      // The workers alone have no HTTP server: one that serves /metrics only, if asked for.
+      const running = await listen(createMetricsApp(metrics, logger), settings.metrics.host, settings.metrics.port);
+      server = running;
+      cleanups.push(() => running.close());
     }
+    const metricsUrl = server ? `${server.url}/metrics` : undefined;
 
     // Until Postgres answers: it may be down, restarting, or starting with this machine.
     await untilReachable(database, readiness, logger, options.signal, async () => {
@@ -211,13 +224,14 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
       await untilReachable(database, readiness, logger, options.signal, () => recordOrphanedEntries(database.db, layout, logger, orphans, readiness), { accepting: true });
     }
     logger.info(
-      { role, url: server?.url, queues: layout.root, database: database.describe, locks: lockService?.kind, lockPrefix: lockService ? settings.lockPrefix : undefined },
+      { role, url: receives ? server?.url : undefined, metrics: metricsUrl, queues: layout.root, database: database.describe, locks: lockService?.kind, lockPrefix: lockService ? settings.lockPrefix : undefined },
       "deployq started",
     );
     let closing: Promise<void> | undefined;
     return {
       role,
-      url: server?.url,
+      url: receives ? server?.url : undefined,
+      metricsUrl,
       database,
       router,
       deployments,

@@ -27,6 +27,8 @@ export interface Settings {
   configPath: string;
   host: string;
   port: number;
+  /** Where `deployq workers` serves /metrics ([metrics]); no port: it serves none. */
+  metrics: { host: string; port: number | undefined };
   dataDir: string;
   queuesDir: string;
   rescanIntervalMs: number;
@@ -118,6 +120,7 @@ export function loadSettings(options: LoadOptions = {}): Settings {
     configPath,
     host: config.server.host,
     port,
+    metrics: { host: config.metrics.host, port: config.metrics.port },
     dataDir: path.resolve(base, config.data_dir),
     queuesDir,
     rescanIntervalMs: config.rescan_interval_ms,

@@ -114,6 +114,17 @@ export const ServerConfig = z.strictObject({
   port: PORT.default(3400),
 });
 
+/**
+ * Where `deployq workers`, which has no HTTP server of its own, serves GET /metrics. Without
+ * a port it serves none. `deployq serve` and `deployq receiver` serve /metrics on [server]'s
+ * address and ignore this table.
+ */
+export const MetricsConfig = z.strictObject({
+  host: z.string().min(1).default("127.0.0.1"),
+  /** 0: a free port the system picks (logged at start). */
+  port: PORT.optional(),
+});
+
 const DEFAULT_NGINX = {
   test_command: ["sudo", "-n", "nginx", "-t"],
   reload_command: ["sudo", "-n", "systemctl", "reload", "nginx"],
@@ -145,6 +156,7 @@ export type CertbotHost = z.infer<typeof CertbotHost>;
 
 export const Config = z.strictObject({
   server: ServerConfig.default({ host: "127.0.0.1", port: 3400 }),
+  metrics: MetricsConfig.default({ host: "127.0.0.1" }),
   /** Where the embedded database, lock files and deploy logs live. */
   data_dir: z.string().min(1).default("./data"),
   /** The queue root; DEPLOYQ_QUEUES_DIR overrides it. */

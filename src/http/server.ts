@@ -15,6 +15,8 @@ import { DEFAULT_DEADLINE_MS } from "./enqueue-batch.ts";
 import { REDELIVER, githubWebhookHandler } from "./github-webhook.ts";
 import type { Readiness } from "./readiness.ts";
 import type { Events } from "../events/bus.ts";
+import { metricsHandler, webhookRequestMetrics } from "../metrics/http.ts";
+import type { Metrics } from "../metrics/registry.ts";
 
 /** GitHub caps webhook payloads at 25 MB. */
 export const BODY_LIMIT_BYTES = 25 * 1024 * 1024;
@@ -40,6 +42,8 @@ export interface HttpDeps {
   readiness?: Readiness;
   /** The process's events (deliveries received, duplicate, voided). */
   events?: Events;
+  /** GET /metrics, and the webhook requests' own (absent: no /metrics). */
+  metrics?: Metrics;
 }
 
 /** Below this, the queue root counts as full: an entry may not fit (a writable directory says nothing about space). */
@@ -58,6 +62,7 @@ export function createApp(deps: HttpDeps): express.Express {
   const app = express();
   app.disable("x-powered-by");
   app.set("etag", false);
+  if (deps.metrics) app.use(webhookRequestMetrics(deps.metrics));
 
   app.get("/", (_req, res) => {
     res.json({ service: SERVICE_NAME, version: VERSION });
@@ -92,6 +97,8 @@ export function createApp(deps: HttpDeps): express.Express {
     );
     res.status(ok ? 200 : 503).json({ status: ok ? "ok" : "unhealthy", checks: results });
   });
+  // Before the readiness gate: metrics need no database, and tell most while it is down.
+  if (deps.metrics) app.get("/metrics", metricsHandler(deps.metrics, deps.logger));
 
   // Everything below needs the database. A request that comes before it is reached waits
   // for it, up to the receiver's deadline, then gets a 503, before any body is read.

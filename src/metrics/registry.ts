@@ -1,0 +1,150 @@
+import { emitterEventNames } from "@octokit/webhooks";
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
+import type { Deployment } from "../config/load.ts";
+import type { EventListener } from "../events/bus.ts";
+import type { DeployOutcomeName, StampedEvent } from "../events/types.ts";
+import { parseEntryName } from "../queue/entry-name.ts";
+import type { QueueLayout } from "../queue/layout.ts";
+import { LOCK_WAIT_BUCKETS, LONG_WORK_BUCKETS, PICKUP_BUCKETS, REQUEST_BUCKETS } from "./buckets.ts";
+import { readQueueGauges } from "./queue-gauges.ts";
+
+/** How a deploy ended, as a label value (Prometheus label values by convention use underscores). */
+export const DEPLOY_OUTCOMES = ["succeeded", "failed", "superseded", "rolled_back", "already_deployed", "interrupted"] as const;
+export type DeployOutcomeLabel = (typeof DEPLOY_OUTCOMES)[number];
+
+/** A `retrying` attempt is not a deploy's end: it is counted apart (deployq_deploy_retries_total). */
+export function outcomeLabel(outcome: DeployOutcomeName): DeployOutcomeLabel | undefined {
+  return outcome === "retrying" ? undefined : (outcome.replace("-", "_") as DeployOutcomeLabel);
+}
+
+/**
+ * X-GitHub-Event comes from the request, signed or not: only GitHub's own event names may
+ * become a label value, so that no one can grow the series without bound.
+ */
+const GITHUB_EVENTS = new Set<string>(emitterEventNames.filter((name) => !name.includes(".")));
+export function eventLabel(header: string | undefined): string {
+  if (header === undefined || header === "") return "none";
+  return GITHUB_EVENTS.has(header) ? header : "other";
+}
+
+/**
+ * prom-client's default gauges named `*_total` break the naming convention that promtool
+ * checks (only counters end in _total); their per-type twins (nodejs_active_handles{type}
+ * and the like) stay and sum to the same figure.
+ */
+const NONCONFORMING_DEFAULTS = ["nodejs_active_handles_total", "nodejs_active_requests_total", "nodejs_active_resources_total"];
+
+export interface MetricsOptions {
+  layout: QueueLayout;
+  deployments: readonly Deployment[];
+  /**
+   * This process runs the deployment workers: its deploy counters start at 0 for every
+   * configured deployment and outcome, so that increase() sees the first failure.
+   */
+  deploys: boolean;
+}
+
+export interface Metrics {
+  registry: Registry;
+  /** Counts what this process's events tell; add it with `events.on(metrics.listener)`. */
+  listener: EventListener;
+  /** One POST /github-webhook answered (the status code it got), and how long it took. */
+  observeWebhookRequest(event: string | undefined, status: number, seconds: number): void;
+  /** The text exposition format, with the queue and release gauges read from disk now. */
+  scrape(): Promise<string>;
+  contentType: string;
+}
+
+/**
+ * The metrics of one daemon, in a registry of its own (not prom-client's global one: tests
+ * run several daemons in one process). Counters and histograms follow the event stream;
+ * queue depths and the current releases are read from disk at each scrape, because the
+ * directories are the truth (another process, or an admin with mv, changes them too).
+ */
+export function createMetrics(options: MetricsOptions): Metrics {
+  const registry = new Registry();
+  const registers = [registry];
+  collectDefaultMetrics({ register: registry });
+  for (const name of NONCONFORMING_DEFAULTS) registry.removeSingleMetric(name);
+
+  const webhookRequests = new Counter({ name: "deployq_webhook_requests_total", help: "POST /github-webhook requests answered, by X-GitHub-Event and HTTP status", labelNames: ["event", "status"], registers });
+  const webhookDuration = new Histogram({ name: "deployq_webhook_request_duration_seconds", help: "Time to answer a POST /github-webhook", buckets: [...REQUEST_BUCKETS], registers });
+  const pickup = new Histogram({ name: "deployq_router_pickup_seconds", help: "Time from an entry's arrival in router/ to the router handling it (routed, voided or dead-lettered)", buckets: [...PICKUP_BUCKETS], registers });
+  const deploys = new Counter({ name: "deployq_deploys_total", help: "Deploys ended, by deployment and outcome", labelNames: ["deployment", "outcome"], registers });
+  const retries = new Counter({ name: "deployq_deploy_retries_total", help: "Deploy attempts that failed and were put back for a retry", labelNames: ["deployment"], registers });
+  const deployDuration = new Histogram({ name: "deployq_deploy_duration_seconds", help: "Duration of a deploy, from its start to its outcome", labelNames: ["deployment", "outcome"], buckets: [...LONG_WORK_BUCKETS], registers });
+  const stepDuration = new Histogram({ name: "deployq_deploy_step_duration_seconds", help: "Duration of one step of a deploy, by kind", labelNames: ["deployment", "step"], buckets: [...LONG_WORK_BUCKETS], registers });
+  const inProgress = new Gauge({ name: "deployq_deploys_in_progress", help: "Deploys running now", labelNames: ["deployment"], registers });
+  const lockWait = new Histogram({ name: "deployq_lock_wait_seconds", help: "Time waited for a lock before it was acquired", labelNames: ["lock"], buckets: [...LOCK_WAIT_BUCKETS], registers });
+  const lastDeploy = new Gauge({ name: "deployq_last_deploy_timestamp_seconds", help: "When a deploy last ended, by deployment and outcome (Unix time)", labelNames: ["deployment", "outcome"], registers });
+  const queueEntries = new Gauge({ name: "deployq_queue_entries", help: "Entries waiting in a queue directory (router, or a deployment's)", labelNames: ["queue"], registers });
+  const oldestAge = new Gauge({ name: "deployq_queue_oldest_entry_age_seconds", help: "Age of the oldest entry waiting in a queue directory, from its name (0 when empty)", labelNames: ["queue"], registers });
+  const deadLetters = new Gauge({ name: "deployq_dead_letter_entries", help: "Entries in a dead-letter directory, waiting for an admin", labelNames: ["queue"], registers });
+  const releaseInfo = new Gauge({ name: "deployq_release_info", help: "The release `current` points at, per deployment (releases strategy); always 1", labelNames: ["deployment", "release"], registers });
+
+  const names = options.deployments.map((d) => d.name);
+  for (const deployment of names) inProgress.set({ deployment }, 0);
+  if (options.deploys) {
+    for (const deployment of names) {
+      retries.inc({ deployment }, 0);
+      for (const outcome of DEPLOY_OUTCOMES) deploys.inc({ deployment, outcome }, 0);
+    }
+  }
+
+  // Deploys started and not yet ended, per deployment (by deploy ID).
+  const running = new Map<string, Set<number>>();
+
+  const listener: EventListener = (e: StampedEvent) => {
+    const at = Date.parse(e.at);
+    if (e.kind === "delivery") {
+      // Only the router's events name an entry of router/: the receiver's voided delivery never had one.
+      if ((e.name === "routed" || e.name === "voided" || e.name === "dead-lettered") && e.entry) {
+        const arrived = parseEntryName(e.entry)?.epochMs;
+        if (arrived !== undefined) pickup.observe(Math.max(0, at - arrived) / 1000);
+      }
+    } else if (e.kind === "lock") {
+      if (e.name === "acquired") lockWait.observe({ lock: e.lock }, e.waitedMs / 1000);
+    } else if (e.name === "started") {
+      if (e.deployId === undefined) return;
+      const set = running.get(e.deployment) ?? new Set<number>();
+      running.set(e.deployment, set.add(e.deployId));
+      inProgress.set({ deployment: e.deployment }, set.size);
+    } else if (e.name === "step-finished") {
+      stepDuration.observe({ deployment: e.deployment, step: e.step }, e.durationMs / 1000);
+    } else if (e.name === "finished") {
+      const set = running.get(e.deployment);
+      if (e.deployId !== undefined && set?.delete(e.deployId)) inProgress.set({ deployment: e.deployment }, set.size);
+      const outcome = outcomeLabel(e.outcome);
+      if (!outcome) {
+        retries.inc({ deployment: e.deployment });
+        return;
+      }
+      deploys.inc({ deployment: e.deployment, outcome });
+      lastDeploy.set({ deployment: e.deployment, outcome }, at / 1000);
+      // An entry superseded while it waited never started: it has no duration to tell.
+      if (e.deployId !== undefined) deployDuration.observe({ deployment: e.deployment, outcome }, e.durationMs / 1000);
+    }
+  };
+
+  return {
+    registry,
+    listener,
+    contentType: registry.contentType,
+    observeWebhookRequest(event, status, seconds) {
+      webhookRequests.inc({ event: eventLabel(event), status: String(status) });
+      webhookDuration.observe(seconds);
+    },
+    async scrape() {
+      const read = await readQueueGauges(options.layout, options.deployments);
+      for (const q of read.queues) {
+        queueEntries.set({ queue: q.queue }, q.entries);
+        oldestAge.set({ queue: q.queue }, q.oldestAgeSeconds);
+      }
+      for (const q of read.deadLetters) deadLetters.set({ queue: q.queue }, q.entries);
+      // Only the current release: the one it replaced must disappear, not stay at 1.
+      releaseInfo.reset();
+      for (const r of read.releases) releaseInfo.set({ deployment: r.deployment, release: r.release }, 1);
+      return registry.metrics();
+    },
+  };
+}
