@@ -1,3 +1,5 @@
+import { type Pause, readPause } from "./queue/pause.ts";
+import type { QueueLayout } from "./queue/layout.ts";
 import { readFile } from "node:fs/promises";
 import path from "node:path";
 import type { Deployment, Settings } from "./config/load.ts";
@@ -71,6 +73,8 @@ export interface DeploymentStatus {
   current: { release: string | undefined; sha: string | undefined; ref: string | undefined };
   queued: number;
   deadLetters: number;
+  /** A deploy freeze (queues/paused/<name>.json): who, why, until when; or what is wrong with the file (it still holds the queue). */
+  paused: Pause | { invalid: string } | undefined;
   /** The newest deploy row (it may be superseded or already-deployed). */
   last: DeployStatusRow | undefined;
   /** The last deploy that ran (not superseded or skipped); the same as `last` when that one ran. */
@@ -133,6 +137,13 @@ async function routerBacklog(dir: string): Promise<StatusReport["router"]> {
 }
 
 /** What `deployq status` and GET /status show: disk for the release and queues, the database for history. */
+async function pauseOf(layout: QueueLayout, name: string): Promise<Pause | { invalid: string } | undefined> {
+  const found = await readPause(layout, name);
+  if (!found) return undefined;
+  if ("invalid" in found) return found;
+  return found.expired ? undefined : found.pause;
+}
+
 export async function collectStatus(settings: Settings, db: Db, only?: string): Promise<StatusReport> {
   const layout = queueLayout(settings.queuesDir);
   const deployments: DeploymentStatus[] = [];
@@ -149,6 +160,7 @@ export async function collectStatus(settings: Settings, db: Db, only?: string): 
       current: await currentOf(d, settings.dataDir, history),
       queued: (await scanQueue(layout.deployment(d.name))).length,
       deadLetters: (await scanQueue(layout.deadLetter(d.name))).length,
+      paused: await pauseOf(layout, d.name),
       last: pick(history[0]),
       lastRun: pick(ran),
       sites: await sitesOf(d, settings.dataDir),

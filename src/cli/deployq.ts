@@ -7,6 +7,7 @@ import { MAX_DELIVERIES_LIMIT, DEFAULT_DELIVERIES_LIMIT, parseDeliveriesLimit } 
 import { runCheck } from "./check.ts";
 import { deliveriesCommand } from "./deliveries.ts";
 import { deployCommand, rollbackCommand } from "./deploy.ts";
+import { pauseCommand, resumeCommand } from "./pause.ts";
 import { releasesCommand } from "./releases.ts";
 import { statusCommand } from "./status.ts";
 import { runMigrate } from "./migrate.ts";
@@ -127,6 +128,22 @@ program
   .option("--no-wait", "queue it and return, without following its progress")
   .action(async (name: string, o: { to?: string; wait: boolean }) => {
     process.exitCode = await rollbackCommand(settings(), name, o.to, { wait: o.wait });
+  });
+program
+  .command("pause <deployment>")
+  .description("freeze a deployment's deploys: pushes keep queueing and the newest still wins, but nothing deploys until `resume` (or --for ends)")
+  .option("--reason <text>", "why (shown by status, the log and the dashboard)")
+  .option("--for <duration>", "end the pause by itself after this long: 90s, 30m, 2h, 1d")
+  .option("--json", "machine-readable output")
+  .action(async (name: string, o: { reason?: string; for?: string; json?: boolean }) => {
+    process.exitCode = await pauseCommand(settings(), name, { reason: o.reason, for: o.for, json: o.json ?? false });
+  });
+program
+  .command("resume <deployment>")
+  .description("end a pause: the newest waiting entry deploys")
+  .option("--json", "machine-readable output")
+  .action(async (name: string, o: { json?: boolean }) => {
+    process.exitCode = await resumeCommand(settings(), name, { json: o.json ?? false });
   });
 program
   .command("releases <deployment>")

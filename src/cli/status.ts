@@ -10,6 +10,10 @@ import { formatAge, printJson } from "./output.ts";
 
 const ago = (t: Date | string | null | undefined) => (t ? `${formatAge(Math.round((Date.now() - new Date(t).getTime()) / 1000))} ago` : "");
 
+/** Text from a file anyone in the group may write, on one line, without control characters (a terminal must not obey them). */
+// eslint-disable-next-line no-control-regex -- control characters are what it removes
+const oneLine = (text: string) => text.replace(/[\u0000-\u001f\u007f-\u009f]+/g, " ").trim();
+
 /** `label` then `text`, its lines after the first indented under the first (a whole error, as the deploy recorded it). */
 function field(label: string, text: string): string {
   const pad = " ".repeat(16);
@@ -71,6 +75,7 @@ export async function statusCommand(settings: Settings, name: string | undefined
         currentLine(s),
         ...(last ? deployLines("last deploy", last) : [field("last deploy", "none")]),
         ...(lastRun && lastRun.id !== last?.id ? deployLines("last run", lastRun) : []),
+        ...(s.paused ? [field("PAUSED", "invalid" in s.paused ? s.paused.invalid : `${oneLine(s.paused.reason) || "(no reason)"}, by ${oneLine(s.paused.by)} at ${s.paused.at}${s.paused.until ? `, until ${s.paused.until}` : ", until `deployq resume`"}: entries wait`)] : []),
         `  queued:       ${s.queued}   dead letters: ${s.deadLetters}${s.deadLetters > 0 ? `  (deployq queue ls dead-letter/${s.deployment})` : ""}`,
         ...siteLines(s, settings.deployments.get(s.deployment)?.nginx !== undefined, ago),
         "", // a blank line after each deployment

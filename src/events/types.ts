@@ -42,6 +42,8 @@ export type DeployEvent = {
   | { name: "started"; attempt: number; sha?: string | undefined; ref?: string | undefined; logPath: string }
   | { name: "step-started"; step: StepKind; title: string }
   | { name: "step-finished"; step: StepKind; title: string; durationMs: number; ok: boolean; exitCode?: number | undefined }
+  | { name: "paused"; reason: string; by: string; until?: string | undefined }
+  | { name: "resumed" }
   | { name: "finished"; outcome: DeployOutcomeName; durationMs: number; sha?: string | undefined; release?: string | undefined; error?: string | undefined; supersededBy?: string | undefined; nextAttemptAt?: string | undefined }
 );
 

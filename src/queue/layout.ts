@@ -7,6 +7,7 @@ import { DEPLOYMENT_NAME } from "../config/schema.ts";
  *   router/                 every accepted event, first stop
  *   deployments/<name>/     one queue per deployment
  *   dead-letter/<name>/     entries that failed for good, with their error (router/ for the router)
+ *   paused/<name>.json      a deploy freeze: the deployment's entries wait (deployq pause / resume)
  */
 export interface QueueLayout {
   root: string;
@@ -14,6 +15,8 @@ export interface QueueLayout {
   router: string;
   deployment(name: string): string;
   deadLetter(name: string): string;
+  /** The pause file of a deployment (present while it is paused). */
+  pause(name: string): string;
 }
 
 export const ROUTER = "router";
@@ -33,5 +36,9 @@ export function queueLayout(root: string): QueueLayout {
       return path.join(abs, "deployments", name);
     },
     deadLetter: (name) => path.join(abs, "dead-letter", checked(name)),
+    pause: (name) => {
+      if (checked(name) === ROUTER) throw new TypeError('"router" is not a deployment');
+      return path.join(abs, "paused", `${name}.json`);
+    },
   };
 }

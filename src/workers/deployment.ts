@@ -25,6 +25,7 @@ import { deploymentPaths, removeIncomplete } from "../steps/release.ts";
 import { type DeployRequest, type HostSteps, performDeploy, resumePm2Apps } from "./deploy.ts";
 import { pruneDeploys } from "./prune-deploys.ts";
 import { StepRecorder } from "./step-recorder.ts";
+import { readPause, removePause } from "../queue/pause.ts";
 import { type Events, noEvents } from "../events/bus.ts";
 import type { DeployOutcomeName } from "../events/types.ts";
 
@@ -183,6 +184,7 @@ export class DeploymentWorker {
    */
   private async handle(name: string): Promise<void> {
     const dir = this.deps.layout.deployment(this.name);
+    if (await this.paused()) return;
     await this.waitForBurstToSettle(dir);
     try {
       if (this.draining) return;
@@ -244,6 +246,45 @@ export class DeploymentWorker {
   }
 
   private lockDelay = 0;
+  /** The pause last seen (its `at`), so that a pause is told once, not at every look. */
+  private pausedAt: string | undefined;
+
+  /**
+   * Whether the deployment is paused now (queues/paused/<name>.json): its entries then
+   * wait, looked at again every second and at the pause's expiry. A pause that has expired
+   * is removed here; a file that is not a pause counts as one (never ignore an operator's
+   * freeze because of a typo) and is logged.
+   */
+  private async paused(): Promise<boolean> {
+    const { layout, logger } = this.deps;
+    const found = await readPause(layout, this.name);
+    if (found && "pause" in found && found.expired) {
+      await removePause(layout, this.name);
+      logger.info({ deployment: this.name, pausedBy: found.pause.by, until: found.pause.until }, "pause expired: deploying again");
+    }
+    const active = found && !("pause" in found && found.expired) ? found : undefined;
+    if (!active) {
+      if (this.pausedAt !== undefined) {
+        this.pausedAt = undefined;
+        this.events.emit({ kind: "deploy", name: "resumed", deployment: this.name });
+        if (!(found && "pause" in found)) logger.info({ deployment: this.name }, "resumed: deploying again");
+      }
+      return false;
+    }
+    const at = "pause" in active ? active.pause.at : "invalid";
+    if (this.pausedAt !== at) {
+      this.pausedAt = at;
+      if ("pause" in active) {
+        this.events.emit({ kind: "deploy", name: "paused", deployment: this.name, reason: active.pause.reason, by: active.pause.by, until: active.pause.until });
+        logger.warn({ deployment: this.name, reason: active.pause.reason, by: active.pause.by, until: active.pause.until }, "paused: entries wait until `deployq resume` (or the pause's end)");
+      } else {
+        logger.error({ deployment: this.name, err: active.invalid }, "paused by a file that is not a pause: entries wait");
+      }
+    }
+    const until = "pause" in active && active.pause.until ? Date.parse(active.pause.until) : Infinity;
+    this.scheduleRetry(Math.min(until, Date.now() + 1000));
+    return true;
+  }
 
   /**
    * Pushes that come in a burst (a rebase pushed branch by branch, a merge train) should
