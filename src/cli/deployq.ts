@@ -7,7 +7,7 @@ import { MAX_DELIVERIES_LIMIT, DEFAULT_DELIVERIES_LIMIT, parseDeliveriesLimit } 
 import { runCheck } from "./check.ts";
 import { deliveriesCommand } from "./deliveries.ts";
 import { deployCommand, rollbackCommand } from "./deploy.ts";
-import { pauseCommand, resumeCommand } from "./pause.ts";
+import { cancelCommand, pauseCommand, resumeCommand } from "./pause.ts";
 import { releasesCommand } from "./releases.ts";
 import { statusCommand } from "./status.ts";
 import { runMigrate } from "./migrate.ts";
@@ -144,6 +144,13 @@ program
   .option("--json", "machine-readable output")
   .action(async (name: string, o: { json?: boolean }) => {
     process.exitCode = await resumeCommand(settings(), name, { json: o.json ?? false });
+  });
+program
+  .command("cancel <deployment>")
+  .description("stop the running deploy before its switch: its commands are killed, the previous release stays current, the entry goes to dead-letter/")
+  .option("--json", "machine-readable output")
+  .action(async (name: string, o: { json?: boolean }) => {
+    process.exitCode = await cancelCommand(settings(), name, { json: o.json ?? false });
   });
 program
   .command("releases <deployment>")

@@ -3,6 +3,8 @@ import type { Settings } from "../config/load.ts";
 import { DeployqError } from "../errors.ts";
 import { queueLayout } from "../queue/layout.ts";
 import { type Pause, readPause, removePause, writePause } from "../queue/pause.ts";
+import { isProcessAlive } from "../pid-lock.ts";
+import { readRunning, writeCancel } from "../workers/cancel.ts";
 import { configuredDeployment } from "./names.ts";
 import { printJson } from "./output.ts";
 
@@ -57,5 +59,26 @@ export async function resumeCommand(settings: Settings, name: string, options: {
   const removed = await removePause(layout, name);
   if (options.json) printJson({ deployment: name, resumed: removed, was: before && "pause" in before ? before.pause : undefined });
   else process.stdout.write(removed ? `resumed ${name}: its newest waiting entry deploys now\n` : `${name} was not paused\n`);
+  return 0;
+}
+
+/**
+ * `deployq cancel <deployment>`: stops the running deploy, if it has not reached the step
+ * that changes what is live (the switch of `current`, or an in-place checkout). Its command's
+ * process group is killed, the previous release stays current, and the entry is kept in
+ * dead-letter/ (requeue it to deploy it after all).
+ */
+export async function cancelCommand(settings: Settings, name: string, options: { json: boolean }): Promise<number> {
+  configuredDeployment(settings, name);
+  const running = await readRunning(settings.dataDir, name);
+  if (!running || !isProcessAlive(running.pid)) {
+    throw new DeployqError("BAD_REQUEST", `no deploy of ${name} is running on this host (\`deployq status ${name}\` shows the last one)`);
+  }
+  if (!running.cancellable) {
+    throw new DeployqError("BAD_REQUEST", `deploy #${running.deployId} of ${name} is past its switch (${running.step ?? "switch"}): it finishes, or rolls back by itself; \`deployq rollback ${name}\` afterwards goes back`);
+  }
+  await writeCancel(settings.dataDir, name, { deployId: running.deployId, by: origin(), at: new Date().toISOString() });
+  if (options.json) printJson({ deployment: name, cancelling: running.deployId });
+  else process.stdout.write(`asked deploy #${running.deployId} of ${name} to stop (within a second); \`deployq status ${name}\` shows how it ended\n`);
   return 0;
 }

@@ -60,7 +60,7 @@ export const deploys = pgTable(
      * the branch's head (`sha`) was deployed instead. A push never moves a deployment back.
      */
     requestedSha: text("requested_sha"),
-    /** running | succeeded | failed | retrying | superseded | already-deployed | interrupted */
+    /** running | succeeded | failed | retrying | superseded | already-deployed | interrupted | cancelled */
     status: text("status").notNull(),
     attempt: integer("attempt").notNull().default(1),
     host: text("host").notNull(),
@@ -91,7 +91,7 @@ export const deploys = pgTable(
 export const deployFencingSeq = pgSequence("deploy_fencing_seq");
 
 export type Deploy = typeof deploys.$inferSelect;
-export type DeployStatus = "running" | "succeeded" | "failed" | "retrying" | "superseded" | "already-deployed" | "interrupted";
+export type DeployStatus = "running" | "succeeded" | "failed" | "retrying" | "superseded" | "already-deployed" | "interrupted" | "cancelled";
 
 /**
  * The steps of each deploy, in order, with their durations: what the dashboard's timeline

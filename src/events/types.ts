@@ -7,7 +7,7 @@
  */
 
 /** How a deploy ended, as recorded in `deploys.status` (and `rolled-back`: it failed after its switch and the previous release was restored). */
-export type DeployOutcomeName = "succeeded" | "failed" | "superseded" | "rolled-back" | "already-deployed" | "interrupted" | "retrying";
+export type DeployOutcomeName = "succeeded" | "failed" | "superseded" | "rolled-back" | "already-deployed" | "interrupted" | "retrying" | "cancelled";
 
 /**
  * The steps of a deploy, by kind: bounded, so that they can label metrics and be compared

@@ -9,7 +9,7 @@ import { LOCK_WAIT_BUCKETS, LONG_WORK_BUCKETS, PICKUP_BUCKETS, REQUEST_BUCKETS }
 import { readQueueGauges } from "./queue-gauges.ts";
 
 /** How a deploy ended, as a label value (Prometheus label values by convention use underscores). */
-export const DEPLOY_OUTCOMES = ["succeeded", "failed", "superseded", "rolled_back", "already_deployed", "interrupted"] as const;
+export const DEPLOY_OUTCOMES = ["succeeded", "failed", "superseded", "rolled_back", "already_deployed", "interrupted", "cancelled"] as const;
 export type DeployOutcomeLabel = (typeof DEPLOY_OUTCOMES)[number];
 
 /** A `retrying` attempt is not a deploy's end: it is counted apart (deployq_deploy_retries_total). */

@@ -26,6 +26,7 @@ import { type DeployRequest, type HostSteps, performDeploy, resumePm2Apps } from
 import { pruneDeploys } from "./prune-deploys.ts";
 import { StepRecorder } from "./step-recorder.ts";
 import { readPause, removePause } from "../queue/pause.ts";
+import { readCancel, removeCancel, removeRunning, writeRunning } from "./cancel.ts";
 import { type Events, noEvents } from "../events/bus.ts";
 import type { DeployOutcomeName } from "../events/types.ts";
 
@@ -361,8 +362,34 @@ export class DeploymentWorker {
     const endLog = () => (ended ??= new Promise<void>((resolve) => log.end(resolve)));
     const what = request.kind === "rollback" ? (request.to ?? "to the previous release") : request.kind === "deploy" ? request.ref : `${ref ?? ""} ${sha}`;
     log.write(`deploy ${id} of ${this.name}: entry ${name}, attempt ${attempt}, ${entry.event} ${what}, lock ${this.deps.locks.kind} token ${token}\n`);
-    const signal = AbortSignal.any([this.abort.signal, lockSignal]);
+    // `deployq cancel` stops it until the step that changes what is live (see cancel.ts).
+    const cancel = new AbortController();
+    let cancellable = true;
+    let cancelledBy: string | undefined;
+    const signal = AbortSignal.any([this.abort.signal, lockSignal, cancel.signal]);
     const child = logger.child({ deployment: this.name, deploy: id, entry: name });
+    const { dataDir } = this.deps;
+    await writeRunning(dataDir, this.name, { deployId: id, entry: name, pid: process.pid, cancellable: true });
+    let checking = false;
+    const poll = setInterval(() => {
+      if (checking) return;
+      checking = true;
+      void (async () => {
+        const asked = await readCancel(dataDir, this.name);
+        if (!asked) return;
+        await removeCancel(dataDir, this.name);
+        if (asked.deployId !== id) return;
+        if (cancellable) {
+          cancelledBy = asked.by;
+          log.write(`\n== cancelled by ${asked.by}: stopping; the previous release stays current\n`);
+          child.warn({ by: asked.by }, "deploy cancelled: stopping it; the previous release stays current");
+          cancel.abort(new Error(`cancelled by ${asked.by}`));
+        } else {
+          log.write(`\n== a cancel by ${asked.by} came after the switch: the deploy finishes (or rolls back by itself)\n`);
+          child.warn({ by: asked.by }, "cancel refused: the deploy is past its switch");
+        }
+      })().finally(() => (checking = false));
+    }, 250);
     child.info({ event: entry.event, sha, attempt, log: logPath, fencingToken: token }, "deploy started");
     const events = this.events;
     const started = Date.now();
@@ -379,6 +406,10 @@ export class DeploymentWorker {
         signal,
         pidFile: this.pidFile,
         onStep: (kind, title) => {
+          if (cancellable && (kind === "switch" || (deployment.strategy === "in-place" && kind === "checkout"))) {
+            cancellable = false;
+            void writeRunning(dataDir, this.name, { deployId: id, entry: name, pid: process.pid, cancellable: false, step: title });
+          }
           this.current = { entry: name, step: title };
           child.info({ step: title }, "deploy step");
           steps.start(kind, title);
@@ -413,11 +444,13 @@ export class DeploymentWorker {
       log.write(`\n== failed: ${errorMessage(err)}\n`);
       await endLog();
       await steps.finish(false, err instanceof ExecError ? err.exitCode : undefined);
-      const ended = await this.fail(id, name, entry, attempt, err, child, lockSignal);
+      const ended = cancel.signal.aborted ? await this.cancelled(id, name, entry, attempt, cancelledBy ?? "unknown", err) : await this.fail(id, name, entry, attempt, err, child, lockSignal);
       // A deploy that failed after its switch and put the previous release back was rolled back.
       const outcome = ended.outcome === "failed" && steps.ran("rollback") ? "rolled-back" : ended.outcome;
       tell(outcome, { sha, error: errorMessage(err).slice(0, 2000), nextAttemptAt: ended.nextAttemptAt });
     } finally {
+      clearInterval(poll);
+      await removeRunning(dataDir, this.name);
       this.current = undefined;
       await endLog();
       // The row is final: keep the newest keep_deploys deploys (rows and logs) of this deployment on this host.
@@ -452,6 +485,15 @@ export class DeploymentWorker {
     await finishDeploy(this.deps.db, id, { status: "failed", ...base });
     await this.deadLetter(name, entry, errorMessage(err), attempt);
     return { outcome: "failed" };
+  }
+
+  /** A cancelled deploy: recorded as such, and its entry kept in dead-letter/ (requeue it to deploy it after all). */
+  private async cancelled(id: number, name: string, entry: QueueEntry, attempt: number, by: string, err: unknown): Promise<{ outcome: DeployOutcomeName; nextAttemptAt?: string }> {
+    const exec = err instanceof ExecError ? err : undefined;
+    await finishDeploy(this.deps.db, id, { status: "cancelled", error: `cancelled by ${by} (${errorMessage(err).slice(0, 2000)})`, exitCode: exec?.exitCode, signal: exec?.signal });
+    await deadLetterEntry(this.deps.layout, path.join(this.deps.layout.deployment(this.name), name), this.name, entry, `cancelled by ${by}`, attempt);
+    this.deps.logger.warn({ deployment: this.name, entry: name, by }, `deploy cancelled; entry kept in dead-letter/${this.name}/ (\`deployq queue requeue ${this.name}\` deploys it after all)`);
+    return { outcome: "cancelled" };
   }
 
   /** Returns when the next attempt is due, or undefined when there is none (dead-lettered). */

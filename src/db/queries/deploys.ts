@@ -112,7 +112,7 @@ export async function recentDeploys(db: Db, deployment: string, limit = 20): Pro
 }
 
 /** Statuses that end an entry's turn in a deployment: each turn of an entry leaves exactly one. */
-export const FINAL_STATUSES = ["succeeded", "already-deployed", "superseded", "failed"] as const satisfies readonly DeployStatus[];
+export const FINAL_STATUSES = ["succeeded", "already-deployed", "superseded", "failed", "cancelled"] as const satisfies readonly DeployStatus[];
 
 /** How many turns each of these entries has already had in a deployment (its final rows). */
 export async function finishedTurns(db: Db, deployment: string, entries: readonly string[]): Promise<Map<string, number>> {
