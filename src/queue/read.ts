@@ -7,7 +7,17 @@ import { open } from "node:fs/promises";
  */
 export const MAX_ENTRY_BYTES = 64 * 1024 * 1024;
 
-export type EntryFile = { ok: true; text: string } | { ok: false; problem: string } | { ok: false; gone: true };
+export type EntryFile = { ok: true; text: string; modifiedMs: number } | { ok: false; problem: string } | { ok: false; gone: true };
+
+/**
+ * A file that does not parse and was modified less than this long ago may still be being
+ * written in place (an admin's `cp` into a queue, where `mv` would be atomic): it is left
+ * for the next pass, and moved aside only if it still does not parse after that.
+ */
+export const SETTLE_MS = 2000;
+
+/** Whether an entry that did not parse may be one still being written (see SETTLE_MS). */
+export const mayBeUnfinished = (read: { modifiedMs: number }, now = Date.now()) => now - read.modifiedMs < SETTLE_MS;
 
 function kind(mode: number): string {
   switch (mode & fsConstants.S_IFMT) {
@@ -50,7 +60,7 @@ export async function readEntryFile(file: string): Promise<EntryFile> {
     const stat = await fh.stat();
     if (!stat.isFile()) return { ok: false, problem: `${kind(stat.mode)}, not an entry` };
     if (stat.size > MAX_ENTRY_BYTES) return { ok: false, problem: `${stat.size} bytes, more than an entry may hold (${MAX_ENTRY_BYTES})` };
-    return { ok: true, text: await fh.readFile("utf8") };
+    return { ok: true, text: await fh.readFile("utf8"), modifiedMs: stat.mtimeMs };
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === "EISDIR") return { ok: false, problem: "a directory, not an entry" };
     throw err;

@@ -13,7 +13,7 @@ import { ExecError } from "../exec/exec-error.ts";
 import { killLeftoverCommands } from "../exec/run-command.ts";
 import { LockBusyError, type LockService, LockUnavailableError, NGINX_LOCK, deploymentLockName, usingWhenFree } from "../lock/lock.ts";
 import { type QueueEntry, parseEntry, summarizePayload } from "../queue/entry.ts";
-import { readEntryFile } from "../queue/read.ts";
+import { SETTLE_MS, mayBeUnfinished, readEntryFile } from "../queue/read.ts";
 import type { QueueLayout } from "../queue/layout.ts";
 import { deadLetterEntry } from "../queue/dead-letter.ts";
 import { parseEntryName } from "../queue/entry-name.ts";
@@ -204,6 +204,7 @@ export class DeploymentWorker {
           }
           const parsed = parseEntry(read.text);
           if (parsed.ok) entries.push({ name: n, entry: parsed.entry });
+          else if (mayBeUnfinished(read)) this.scheduleRetry(read.modifiedMs + SETTLE_MS); // still being copied in, perhaps
           else await this.deadLetter(n, parsed.json as QueueEntry | undefined, parsed.error, 0);
         }
         // A copy of an entry that has had its turn here already (handed over twice) is dropped.

@@ -4,7 +4,7 @@ import type { Settings } from "../config/load.ts";
 import type { Db } from "../db/client.ts";
 import { type DeliveryRow, recordOutcomes } from "../db/queries/record-delivery.ts";
 import { parseEntry, summarizePayload } from "../queue/entry.ts";
-import { readEntryFile } from "../queue/read.ts";
+import { mayBeUnfinished, readEntryFile, SETTLE_MS } from "../queue/read.ts";
 import { parseEntryName } from "../queue/entry-name.ts";
 import type { QueueLayout } from "../queue/layout.ts";
 import { deadLetterEntry } from "../queue/dead-letter.ts";
@@ -49,6 +49,8 @@ export function createRouter(deps: RouterDeps): QueueWorker {
 
   async function routeBatch(names: string[]): Promise<void> {
     const routed: Array<{ name: string; file: string; row: DeliveryRow; decision: RouteDecision }> = [];
+    // An entry that may still be being written is looked at again once it has settled.
+    let unsettled = false;
     for (const name of names) {
       const file = path.join(layout.router, name);
       const read = await readEntryFile(file);
@@ -59,6 +61,10 @@ export function createRouter(deps: RouterDeps): QueueWorker {
       }
       const parsed = parseEntry(read.text);
       if (!parsed.ok) {
+        if (mayBeUnfinished(read)) {
+          unsettled = true;
+          continue;
+        }
         await deadLetter(file, name, parsed.error, parsed.json);
         continue;
       }
@@ -78,6 +84,7 @@ export function createRouter(deps: RouterDeps): QueueWorker {
       };
       routed.push({ name, file, row, decision });
     }
+    if (unsettled) setTimeout(() => void worker.kick(), SETTLE_MS).unref();
     if (routed.length === 0) return;
     // Record first: if the database is down nothing has moved yet, and the pass is retried.
     await recordOutcomes(db, routed.map((r) => r.row));
@@ -124,7 +131,7 @@ export function createRouter(deps: RouterDeps): QueueWorker {
     logger.error({ entry: name, err: error }, `malformed entry moved to dead-letter/router/; fix it, then \`deployq queue requeue router --entry ${name}\``);
   }
 
-  return new QueueWorker({
+  const worker = new QueueWorker({
     name: "router",
     dir: layout.router,
     handle,
@@ -132,6 +139,7 @@ export function createRouter(deps: RouterDeps): QueueWorker {
     watch: deps.watch,
     logger,
   });
+  return worker;
 }
 
 function validDate(value: string): Date {

@@ -76,7 +76,7 @@ coalesce_ms = 0`,
     await until("the build's process to be gone", async () => !(await isRunning(pid)));
     expect(await currentSha()).toBe(v1);
     // Recorded first, then moved aside.
-    await until("the entry in dead-letter/app/", async () => (await readdir(path.join(ws.queuesDir, "dead-letter", "app")).catch(() => [])).includes(second));
+    await until("the entry in dead-letter/app/", async () => (await readdir(path.join(ws.queuesDir, "dead-letter", "app")).catch((): string[] => [])).includes(second));
     expect(await readdir(path.join(ws.queuesDir, "deployments", "app"))).toEqual([]);
     const log = await readFile(row!.logPath!, "utf8");
     expect(log).toMatch(/== cancelled by cli:\S+: stopping; the previous release stays current/);

@@ -1,5 +1,5 @@
 import { randomUUID } from "node:crypto";
-import { readFile, readdir, writeFile } from "node:fs/promises";
+import { readFile, readdir, utimes, writeFile } from "node:fs/promises";
 import { createRequire } from "node:module";
 import path from "node:path";
 import { eq } from "drizzle-orm";
@@ -162,6 +162,9 @@ describe.each(["postgres", "pglite"] as const)("router on %s", (kind) => {
     const invalid = "1000000000000000002-11111111-2222-3333-4444-666666666666.json";
     await writeFile(queue("router", bad), "{ this is not json");
     await writeFile(queue("router", invalid), JSON.stringify({ event: "push", payload: {} }));
+    // Written a minute ago: settled, not a file someone is still copying in.
+    const past = new Date(Date.now() - 60_000);
+    for (const name of [bad, invalid]) await utimes(queue("router", name), past, past);
     await daemon.router!.kick();
     expect(await readdir(queue("router"))).toEqual([]);
     expect(await readFile(queue("dead-letter", "router", bad), "utf8")).toBe("{ this is not json");
@@ -175,6 +178,15 @@ describe.each(["postgres", "pglite"] as const)("router on %s", (kind) => {
     const req = await signedDelivery(pushPayload({ repository: "octo-org/web", branch: "main", after: randomSha() }));
     await post(daemon.url!, req);
     expect(await outcome(req.headers["x-github-delivery"]!)).toMatchObject({ outcome: "routed", routedTo: ["web"] });
+  });
+
+  it("leaves a malformed entry that was just written for its writer to finish (a cp in place), and moves it aside once it has settled", async () => {
+    const name = "1000000000000000004-11111111-2222-3333-4444-888888888888.json";
+    await writeFile(queue("router", name), '{"event":"push","delivery_id":"11111111-2222-3333-4444-8888');
+    await daemon.router!.kick();
+    expect(await readdir(queue("router"))).toEqual([name]);
+    await until("the unfinished entry to be moved aside once settled", async () => (await readdir(queue("router"))).length === 0);
+    expect(await readFile(queue("dead-letter", "router", `${name}.error`), "utf8")).toMatch(/not valid JSON/);
   });
 
   it("ignores what is not a complete entry: dot files, temporaries, backups", async () => {
