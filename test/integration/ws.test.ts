@@ -234,6 +234,22 @@ describe("/ws/v0 under serve", () => {
   });
 });
 
+describe("/ws/v0 without DEPLOYQ_ADMIN_TOKEN", () => {
+  it("is off: the upgrade is refused with a 404", async () => {
+    const ws = await createWorkspace();
+    const tdb = await createTestDatabase("postgres");
+    const receiver = await startDaemon({ settings: ws.settings, role: "receiver", logger: silentLogger(), database: tdb.database });
+    try {
+      expect(receiver.live).toBeUndefined();
+      expect(await upgradeStatus(receiver.url!, {})).toBe(404);
+    } finally {
+      await receiver.close();
+      await tdb.dispose();
+      await ws.dispose();
+    }
+  });
+});
+
 describe("/ws/v0 with the receiver and the workers as two processes", () => {
   let ws: Workspace;
   let tdb: TestDatabase;
