@@ -63,6 +63,12 @@ export function followLog(file: string, options: { from?: number; onLine(line: s
     for (;;) {
       const nl = data.indexOf(0x0a);
       if (nl < 0) break;
+      if (nl > MAX_LINE_BYTES) {
+        emit(data.subarray(0, MAX_LINE_BYTES), at);
+        at += MAX_LINE_BYTES;
+        data = data.subarray(MAX_LINE_BYTES);
+        continue;
+      }
       emit(data.subarray(0, nl), at);
       at += nl + 1;
       data = data.subarray(nl + 1);

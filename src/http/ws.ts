@@ -28,6 +28,7 @@ const RECENT_LINES = 2000;
 const CLOSE_POLICY = 1008;
 const CLOSE_GOING_AWAY = 1001;
 const CLOSE_TRY_AGAIN_LATER = 1013;
+const CLOSE_INTERNAL_ERROR = 1011;
 
 export interface LiveStreamOptions {
   server: Server;
@@ -166,6 +167,13 @@ export function startLiveStream(options: LiveStreamOptions): LiveStream {
   function trackRun(e: SequencedEvent): void {
     if (e.kind !== "deploy" || e.deployId === undefined) return;
     if (e.name === "started") {
+      // A deployment runs one deploy at a time here: one still open never got its finished event (its process died).
+      for (const other of runs.values()) {
+        if (other.deployment !== e.deployment) continue;
+        other.finished = true;
+        if (other.follower) other.follower.finish();
+        else runs.delete(other.deployId);
+      }
       const run: Run = { deployment: e.deployment, deployId: e.deployId, follower: undefined, recent: [], finished: false };
       runs.set(e.deployId, run);
       if (subscribedTo(e.deployment).length > 0) follow(run);
@@ -230,17 +238,26 @@ export function startLiveStream(options: LiveStreamOptions): LiveStream {
   async function subscribe(c: Client, since: number | undefined): Promise<void> {
     c.unsubscribe?.();
     c.unsubscribe = undefined;
-    const end = await feed.subscribe(
-      {
-        deployments: c.deployments,
-        deliver: (e) => {
-          if (e.seq <= c.lastSeq) return;
-          c.lastSeq = e.seq;
-          send(c, eventMessage(e));
+    let end: () => void;
+    try {
+      end = await feed.subscribe(
+        {
+          deployments: c.deployments,
+          deliver: (e) => {
+            if (e.seq <= c.lastSeq) return;
+            c.lastSeq = e.seq;
+            send(c, eventMessage(e));
+          },
         },
-      },
-      since,
-    );
+        since,
+      );
+    } catch (err) {
+      // The catch-up could not be read (the database is away): the client comes back with `since`.
+      logger.warn({ err: errorMessage(err) }, "/ws/v0 client closed: the events it missed could not be read");
+      send(c, JSON.stringify({ type: "Error", reason: "the events could not be read; reconnect with since" }));
+      c.ws.close(CLOSE_INTERNAL_ERROR, "events unavailable");
+      return;
+    }
     if (c.closed) end();
     else c.unsubscribe = end;
   }
