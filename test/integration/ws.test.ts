@@ -1,10 +1,12 @@
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import type { Socket } from "node:net";
+import { createServer } from "node:http";
+import type { AddressInfo, Socket } from "node:net";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { WebSocket } from "ws";
 import { type Daemon, startDaemon } from "../../src/daemon.ts";
+import { startLiveStream } from "../../src/http/ws.ts";
 import { silentLogger } from "../../src/log.ts";
 import { type TestDatabase, createTestDatabase } from "../helpers/db.ts";
 import { type TestRepo, createRepo } from "../helpers/git.ts";
@@ -173,6 +175,26 @@ describe("/ws/v0 under serve", () => {
     expect(await upgradeStatus(daemon.url!, { query: `?token=${TOKEN}` })).toBe(400);
     const page = await connect(daemon.url!, { origin: "https://deploy.example.com" });
     expect(await page.authenticate()).toMatchObject({ status: "success" });
+  });
+
+  it("cuts a connection that stops answering pings, and keeps one that answers", async () => {
+    // The daemon's own stream pings every 15 s; one on a server of its own, every 50 ms, on the same feed.
+    const server = createServer();
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    const live = startLiveStream({ server, feed: daemon.feed!, token: TOKEN, publicOrigin: undefined, dataDir: ws.settings.dataDir, deployments: ["app"], logger: silentLogger(), heartbeatMs: 50 });
+    const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    const mute = new WebSocket(`${base.replace(/^http/, "ws")}/ws/v0/`, { autoPong: false });
+    mute.on("error", () => {});
+    const muteClosed = new Promise<number>((resolve) => mute.once("close", (code) => resolve(code)));
+    await new Promise((resolve) => mute.once("open", resolve));
+    const alive = await connect(base);
+    expect(await alive.authenticate()).toMatchObject({ status: "success" });
+    expect(await muteClosed).toBe(1006); // cut, without a closing handshake
+    await until("the server to forget the mute connection", async () => live.connections === 1);
+    expect(alive.closed).toBeUndefined();
+    await alive.close();
+    await live.close();
+    await new Promise((resolve) => server.close(resolve));
   });
 
   it("narrows the stream to subscribed deployments, sends their log lines, and catches a returning client up from `since`", async () => {
