@@ -10,6 +10,7 @@ import { Events } from "./events/bus.ts";
 import { withLockEvents } from "./events/lock-events.ts";
 import { EventFeed } from "./events/feed.ts";
 import { EVENTS_CHANNEL, startEventWriter } from "./events/store.ts";
+import { type LiveStream, startLiveStreamIfConfigured } from "./http/ws.ts";
 import { orphanDeliveryIds, recordOrphanedEntries } from "./http/github-webhook.ts";
 import { scanQueue } from "./queue/scan.ts";
 import { type HealthCheck, type RunningServer, createApp, listen } from "./http/server.ts";
@@ -44,6 +45,8 @@ export interface Daemon {
   events: Events;
   /** Every process's events as written to the database, in sequence (receiver roles only). */
   feed: EventFeed | undefined;
+  /** /ws/v0 (receiver roles with DEPLOYQ_ADMIN_TOKEN set). */
+  live: LiveStream | undefined;
   /** First call drains: stops accepting, lets the current step finish, closes the database. */
   close(): Promise<void>;
 }
@@ -143,6 +146,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
 
     // Every process writes its events; the one that serves HTTP reads everyone's.
     let feed: EventFeed | undefined;
+    let live: LiveStream | undefined;
     const writer = startEventWriter({ db: database.db, events, logger, onWritten: () => feed?.wake() });
     cleanups.push(() => writer.close());
     if (receives) {
@@ -155,6 +159,8 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
         // On a connection that hangs, UNLISTEN would too: the database's own close ends it.
         await Promise.race([unlisten(), sleep(1000)]);
       });
+      live = startLiveStreamIfConfigured(settings, server!.server, started, logger);
+      if (live) cleanups.push(live.close);
     }
 
     let router: QueueWorker | undefined;
@@ -237,6 +243,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
       deployments,
       events,
       feed,
+      live,
       close() {
         closing ??= closeAll();
         return closing;

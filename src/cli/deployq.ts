@@ -16,6 +16,8 @@ import { queueFlush, queueLs, queueRequeue, queueShow } from "./queue.ts";
 import { sendTestDelivery } from "./send-test-delivery.ts";
 import { sitesRemove } from "./sites.ts";
 import { runDaemon } from "./serve.ts";
+import { logsCommand } from "./logs.ts";
+import { watchCommand } from "./watch.ts";
 
 const program = new Command("deployq")
   .version(VERSION)
@@ -33,6 +35,7 @@ Environment:
   GITHUB_WEBHOOK_SECRET  webhook secret(s), comma-separated during a rotation (required by the receiver)
   DATABASE_URL           Postgres URL; unset: embedded PGlite in the data directory (one process only)
   REDIS_URL              Dragonfly/Redis for redlock (comma-separated for a quorum); unset: in-process locks
+  DEPLOYQ_ADMIN_TOKEN    the token /ws/v0 clients (watch, logs -f) authenticate with; unset: /ws/v0 is off
   DEPLOYQ_CONFIG         configuration file, if --config is not given
   DEPLOYQ_QUEUES_DIR     queue root, overriding queues_dir from the configuration
   DEPLOYQ_PORT           the port serve and receiver listen on, overriding [server] port (--port wins)
@@ -189,6 +192,29 @@ program
     const limit = parseDeliveriesLimit(o.limit);
     if (limit === undefined) throw new DeployqError("CONFIG", `--limit must be a whole number from 1 to ${MAX_DELIVERIES_LIMIT}, got ${JSON.stringify(o.limit)}`);
     return deliveriesCommand(settings(), limit, o.json ?? false);
+  });
+
+const liveUrlOption = () => new Option("--url <url>", "the daemon's address (default: the running daemon announced in the data directory, else [server] host and port)");
+program
+  .command("watch [deployment]")
+  .description(
+    "print events live as they happen, one line each (time, deployment, what happened, outcome, duration), through /ws/v0 " +
+      "(needs DEPLOYQ_ADMIN_TOKEN); with a deployment, only its events and every delivery's; reconnects and resumes when the connection is lost",
+  )
+  .addOption(liveUrlOption())
+  .option("--json", "one JSON message per line, as /ws/v0 sends them (docs/ws-protocol.md)")
+  .action((name: string | undefined, o: { url?: string; json?: boolean }) => watchCommand(settings(), name, { url: o.url, json: o.json ?? false }));
+program
+  .command("logs <deployment>")
+  .description(
+    "print the newest deploy log of a deployment on this host; with -f, follow the deploy running now (from its start) or the next one, " +
+      "through /ws/v0 (needs DEPLOYQ_ADMIN_TOKEN), until it ends: exits 1 when it failed",
+  )
+  .option("-f, --follow", "follow the running deploy's log as it is written")
+  .addOption(liveUrlOption())
+  .option("--json", "with -f: one JSON message per line (LogLine, then the deploy's finished event)")
+  .action(async (name: string, o: { follow?: boolean; url?: string; json?: boolean }) => {
+    process.exitCode = await logsCommand(settings(), name, { follow: o.follow ?? false, url: o.url, json: o.json ?? false });
   });
 
 program

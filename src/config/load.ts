@@ -10,7 +10,7 @@ import { type CertbotHost, Config, type DeploymentConfig, type NginxHost, PORT }
 export const DEFAULT_CONFIG_PATH = "./deployq.toml";
 
 /** deployq's own secrets: in its environment only, never in what it deploys. */
-export const SECRET_VARIABLES = ["GITHUB_WEBHOOK_SECRET", "DATABASE_URL", "REDIS_URL", "GITHUB_TOKEN"] as const;
+export const SECRET_VARIABLES = ["GITHUB_WEBHOOK_SECRET", "DATABASE_URL", "REDIS_URL", "GITHUB_TOKEN", "DEPLOYQ_ADMIN_TOKEN"] as const;
 
 export interface Secrets {
   /** One or more webhook secrets (comma-separated in the environment, for rotation). */
@@ -18,6 +18,8 @@ export interface Secrets {
   databaseUrl: string | undefined;
   redisUrls: string[];
   githubToken: string | undefined;
+  /** The token /ws/v0 clients authenticate with; unset: /ws/v0 is off. */
+  adminToken: string | undefined;
 }
 
 /** The validated configuration with every path made absolute and the secrets from the environment. */
@@ -29,6 +31,8 @@ export interface Settings {
   port: number;
   /** Where `deployq workers` serves /metrics ([metrics]); no port: it serves none. */
   metrics: { host: string; port: number | undefined };
+  /** [server] public_url as an origin ("https://deploy.example.com"): the one browsers may open /ws/v0 from. */
+  publicUrl: string | undefined;
   dataDir: string;
   queuesDir: string;
   rescanIntervalMs: number;
@@ -121,6 +125,7 @@ export function loadSettings(options: LoadOptions = {}): Settings {
     host: config.server.host,
     port,
     metrics: { host: config.metrics.host, port: config.metrics.port },
+    publicUrl: config.server.public_url,
     dataDir: path.resolve(base, config.data_dir),
     queuesDir,
     rescanIntervalMs: config.rescan_interval_ms,
@@ -136,6 +141,7 @@ export function loadSettings(options: LoadOptions = {}): Settings {
       databaseUrl: env.DATABASE_URL || undefined,
       redisUrls: list(env.REDIS_URL),
       githubToken: env.GITHUB_TOKEN || undefined,
+      adminToken: env.DEPLOYQ_ADMIN_TOKEN || undefined,
     },
   };
 }

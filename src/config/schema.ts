@@ -112,6 +112,15 @@ export const ServerConfig = z.strictObject({
   host: z.string().min(1).default("127.0.0.1"),
   /** --port and DEPLOYQ_PORT override it; 0: a free port the system picks (printed, and announced in data_dir/run). */
   port: PORT.default(3400),
+  /**
+   * The address people reach deployq at (behind a proxy: its public one), such as
+   * "https://deploy.example.com". A browser connecting to /ws/v0 must come from this origin;
+   * unset, browsers are refused (scripts and `deployq watch` send no Origin and are let in).
+   */
+  public_url: z
+    .url({ protocol: /^https?$/, error: "must be an http(s) URL such as https://deploy.example.com" })
+    .transform((u) => new URL(u).origin)
+    .optional(),
 });
 
 /**

@@ -103,6 +103,9 @@ export class EventFeed {
         if (batch.length < 500 || seen >= upTo) break;
       }
       for (const e of entry.held!) if (e.seq > seen) sub.deliver(e);
+    } catch (err) {
+      end();
+      throw err;
     } finally {
       entry.held = undefined;
     }

@@ -1,5 +1,5 @@
 import { access, constants, statfs } from "node:fs/promises";
-import type { IncomingMessage, ServerResponse } from "node:http";
+import type { IncomingMessage, Server, ServerResponse } from "node:http";
 import net, { type AddressInfo } from "node:net";
 import { sql } from "drizzle-orm";
 import express, { type NextFunction, type Request, type Response } from "express";
@@ -162,6 +162,8 @@ function toHttpError(err: unknown): { status: number; message: string } {
 export interface RunningServer {
   url: string;
   port: number;
+  /** The node server itself (for upgrades: /ws/v0). */
+  server: Server;
   /** Stops accepting, lets in-flight requests finish, then resolves. Idempotent. */
   close(): Promise<void>;
 }
@@ -185,6 +187,7 @@ export async function listen(app: express.Express, host: string, port: number): 
   return {
     url: `http://${shownHost}:${address.port}`,
     port: address.port,
+    server,
     close() {
       stopping = true;
       closing ??= new Promise<void>((resolve, reject) => {
