@@ -8,7 +8,7 @@
 // command you type, in your shell's environment (under systemd: inside pm2-runtime, which is
 // pm2's daemon itself): the apps get that environment, with the values below on top.
 //
-// Secrets (GITHUB_WEBHOOK_SECRET, DATABASE_URL, REDIS_URL, GITHUB_TOKEN) are never written
+// Secrets (GITHUB_WEBHOOK_SECRET, DATABASE_URL, REDIS_URL, GITHUB_TOKEN, DEPLOYQ_ADMIN_TOKEN) are never written
 // here. In production they are in a file named by DEPLOYQ_ENV_FILE (the unit sets
 // DEPLOYQ_ENV_FILE=/etc/deployq/env), which this file reads and puts into the `env` of these
 // two apps only. They must not be in the environment of the command that starts pm2's
@@ -96,7 +96,7 @@ function refuse(message) {
 
 /** The variables of deployq's own that must never reach another app (see above). */
 // The same list as SECRET_VARIABLES in src/config/load.ts.
-const SECRET_NAMES = ["GITHUB_WEBHOOK_SECRET", "DATABASE_URL", "REDIS_URL", "GITHUB_TOKEN"];
+const SECRET_NAMES = ["GITHUB_WEBHOOK_SECRET", "DATABASE_URL", "REDIS_URL", "GITHUB_TOKEN", "DEPLOYQ_ADMIN_TOKEN"];
 
 /**
  * Reads DEPLOYQ_ENV_FILE: the subset of systemd's EnvironmentFile= syntax that both agree on,

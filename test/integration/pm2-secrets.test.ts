@@ -264,7 +264,7 @@ describe("pm2: deployq's secrets do not reach the apps it deploys under its own 
       deployments: followingDeployment("app", repo.bare, `restart = { pm2 = "ecosystem.config.cjs", env = { PORT_FORK = "${forkPort}", PORT_CLUSTER = "${clusterPort}" } }`),
     });
     const tdb = await createTestDatabase("postgres");
-    const secrets = { GITHUB_WEBHOOK_SECRET: SECRET, DATABASE_URL: tdb.url!, REDIS_URL: redis.url, GITHUB_TOKEN: "ghp_test-token-no-app-may-see" };
+    const secrets = { GITHUB_WEBHOOK_SECRET: SECRET, DATABASE_URL: tdb.url!, REDIS_URL: redis.url, GITHUB_TOKEN: "ghp_test-token-no-app-may-see", DEPLOYQ_ADMIN_TOKEN: "admin-token-no-app-may-see" };
     const settings = { DEPLOYQ_PM2_KILL_TIMEOUT_MS: String(KILL_TIMEOUT_MS), DEPLOYQ_LOG_LEVEL: "warn" };
     const pm2Env = { ...cleanEnv(), PM2_HOME: pm2Home };
     const logDir = path.join(caseDir, "logs");
@@ -459,7 +459,7 @@ describe("pm2: deployq's secrets do not reach the apps it deploys under its own 
       let passed = false;
       try {
         await pm2Start(c);
-        expect(c.startStderr).toMatch(/GITHUB_WEBHOOK_SECRET, DATABASE_URL, REDIS_URL, GITHUB_TOKEN are in the environment of this pm2 command/);
+        expect(c.startStderr).toMatch(/GITHUB_WEBHOOK_SECRET, DATABASE_URL, REDIS_URL, GITHUB_TOKEN, DEPLOYQ_ADMIN_TOKEN are in the environment of this pm2 command/);
         const { fork, cluster } = await deploy(c);
         expect(leaked(fork, c), "fork-mode app").toEqual([]);
         // cluster.fork copies the daemon's process.env (filter_env does not help); the app's own
