@@ -10,7 +10,7 @@ import { type CertbotHost, Config, type DeploymentConfig, type NginxHost, PORT }
 export const DEFAULT_CONFIG_PATH = "./deployq.toml";
 
 /** deployq's own secrets: in its environment only, never in what it deploys. */
-export const SECRET_VARIABLES = ["GITHUB_WEBHOOK_SECRET", "DATABASE_URL", "REDIS_URL", "GITHUB_TOKEN"] as const;
+export const SECRET_VARIABLES = ["GITHUB_WEBHOOK_SECRET", "DATABASE_URL", "REDIS_URL", "GITHUB_TOKEN", "DEPLOYQ_ADMIN_TOKEN"] as const;
 
 export interface Secrets {
   /** One or more webhook secrets (comma-separated in the environment, for rotation). */
@@ -18,6 +18,8 @@ export interface Secrets {
   databaseUrl: string | undefined;
   redisUrls: string[];
   githubToken: string | undefined;
+  /** DEPLOYQ_ADMIN_TOKEN: the dashboard's login (unset: no dashboard). */
+  adminToken: string | undefined;
 }
 
 /** The validated configuration with every path made absolute and the secrets from the environment. */
@@ -39,6 +41,8 @@ export interface Settings {
   nginx: NginxHost;
   /** Absent: no certificates are requested. */
   certbot: CertbotHost | undefined;
+  /** Where the receiver serves the dashboard ([dashboard] path). */
+  dashboard: { path: string };
   deployments: Map<string, Deployment>;
   secrets: Secrets;
 }
@@ -127,12 +131,14 @@ export function loadSettings(options: LoadOptions = {}): Settings {
     pm2Home: path.resolve(base, config.pm2_home ?? (env.PM2_HOME || path.join(homedir(), ".pm2"))),
     nginx: config.nginx,
     certbot: config.certbot,
+    dashboard: { path: config.dashboard.path },
     deployments,
     secrets: {
       webhookSecrets: list(env.GITHUB_WEBHOOK_SECRET),
       databaseUrl: env.DATABASE_URL || undefined,
       redisUrls: list(env.REDIS_URL),
       githubToken: env.GITHUB_TOKEN || undefined,
+      adminToken: env.DEPLOYQ_ADMIN_TOKEN || undefined,
     },
   };
 }

@@ -15,6 +15,7 @@ import { DEFAULT_DEADLINE_MS } from "./enqueue-batch.ts";
 import { REDELIVER, githubWebhookHandler } from "./github-webhook.ts";
 import type { Readiness } from "./readiness.ts";
 import type { Events } from "../events/bus.ts";
+import type { Dashboard } from "./dashboard/app.ts";
 
 /** GitHub caps webhook payloads at 25 MB. */
 export const BODY_LIMIT_BYTES = 25 * 1024 * 1024;
@@ -40,6 +41,8 @@ export interface HttpDeps {
   readiness?: Readiness;
   /** The process's events (deliveries received, duplicate, voided). */
   events?: Events;
+  /** The dashboard (src/http/dashboard/), mounted at its path prefix; absent without DEPLOYQ_ADMIN_TOKEN. */
+  dashboard?: Dashboard | undefined;
 }
 
 /** Below this, the queue root counts as full: an entry may not fit (a writable directory says nothing about space). */
@@ -101,6 +104,8 @@ export function createApp(deps: HttpDeps): express.Express {
     res.set("retry-after", "10");
     throw new RequestError("UNAVAILABLE", 503, req.method === "POST" ? `${why}; nothing was queued: ${REDELIVER}` : why);
   });
+
+  if (deps.dashboard) app.use(deps.dashboard.path, deps.dashboard.router);
 
   // What `deployq deliveries` shows while this process owns PGlite.
   app.get("/deliveries", async (req, res) => {
