@@ -206,6 +206,14 @@ describe("the dashboard in a browser", () => {
       const row = (await recentDeploys(tdb.database.db, "app", 1))[0];
       return row?.logPath ? readFile(row.logPath, "utf8").then((t) => t.includes("waiting")) : false;
     });
+    // The overview shows what runs now, and its step.
+    await page.goto(`${base}/`);
+    const now = await page.locator("tbody tr").first().locator("td").nth(3).textContent();
+    expect(now).toMatch(/^running build/);
+    // Its last deploy is the last one that finished (the rollback), not the running one.
+    await expect(page.locator("tbody tr").first().locator("td").nth(2).textContent()).resolves.toMatch(/^succeeded/);
+    await shot("overview-running");
+
     await page.goto(`${base}/deploys/${id}`);
     await expect(page.locator("pre#log").textContent()).resolves.toContain("waiting");
     expect(await page.locator("pre#log").textContent()).not.toContain("released");
@@ -216,7 +224,8 @@ describe("the dashboard in a browser", () => {
     await writeFile(`${gate}-2`, "");
     // Once the deploy is over, the page reloads itself with its final steps and outcome.
     await finished(slow.entry, before);
-    await page.locator(".badge", { hasText: "succeeded" }).first().waitFor({ timeout: 20_000 });
+    await page.locator("h1 .badge", { hasText: "succeeded" }).waitFor({ timeout: 20_000 });
+    expect(await page.locator("table.steps tbody tr").count()).toBe(5);
     await shot("live-log");
 
     // A reconnecting EventSource sends the last id it saw (a byte offset): the stream goes on from there.

@@ -71,6 +71,9 @@ export function releaseTime(name: string | undefined): Date | undefined {
   return new Date(`${m[1]}-${m[2]}-${m[3]}T${m[4]}:${m[5]}:${m[6]}.${m[7]}Z`);
 }
 
+/** Deploys that ran and ended (not superseded, not skipped as already deployed, not still running). */
+const FINISHED_RUN = new Set(["succeeded", "failed", "retrying", "interrupted"]);
+
 export interface DeliveryRow extends DeliverySummary {
   /** What became of it in each deployment it reached (newest deploy row each). */
   deploys: EntryDeploy[];
@@ -98,7 +101,9 @@ export async function overviewData(settings: Settings, db: Db): Promise<Overview
     status.deployments.map(async (d): Promise<OverviewDeployment> => {
       const last = d.last;
       const running = last?.status === "running" ? { id: last.id, step: await currentStepOf(last.logPath), startedAt: last.startedAt } : undefined;
-      return { ...d, releasedAt: releaseTime(d.current.release), running };
+      // "Last deploy" is the last one that ran to its end: the running one is shown as what runs now.
+      const lastRun = d.lastRun?.status === "running" ? (await recentDeploys(db, d.deployment, 50)).find((r) => FINISHED_RUN.has(r.status)) : d.lastRun;
+      return { ...d, lastRun, releasedAt: releaseTime(d.current.release), running };
     }),
   );
   return { router: status.router, deployments, deliveries: await withDeploys(db, await recentDeliveries(db, DELIVERIES_SHOWN)) };

@@ -3,7 +3,7 @@ import { Ago, Badge, Layout, type PageContext, Sha, formatAge, formatDuration, s
 
 function DeploymentRow(props: { d: OverviewDeployment; ctx: PageContext }) {
   const { d, ctx } = props;
-  const last = d.lastRun ?? d.last;
+  const last = d.lastRun;
   return (
     <tr>
       <td>
@@ -129,11 +129,11 @@ export function OverviewPage(props: { ctx: PageContext; data: OverviewData }) {
         <tbody>
           {data.deliveries.map((row) => (
             <tr>
-              <td>
+              <td class="nowrap">
                 <Ago at={row.receivedAt} now={ctx.now} />
               </td>
               <td>{row.event}</td>
-              <td>{row.repository ?? "-"}</td>
+              <td class="nowrap">{row.repository ?? "-"}</td>
               <td class="ref">{row.ref?.replace(/^refs\/heads\//, "") ?? "-"}</td>
               <td>
                 <Sha sha={row.sha} />
