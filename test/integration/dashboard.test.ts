@@ -7,7 +7,8 @@ import { type Daemon, startDaemon } from "../../src/daemon.ts";
 import { recentDeploys } from "../../src/db/queries/deploys.ts";
 import type { StampedEvent } from "../../src/events/types.ts";
 import { CONTENT_SECURITY_POLICY } from "../../src/http/dashboard/app.ts";
-import { silentLogger } from "../../src/log.ts";
+import { Writable } from "node:stream";
+import { pino } from "pino";
 import { queueLayout } from "../../src/queue/layout.ts";
 import { scanQueue } from "../../src/queue/scan.ts";
 import { collectStatus } from "../../src/status.ts";
@@ -39,6 +40,17 @@ describe("the dashboard in a browser", () => {
   const dialogs: string[] = [];
   const foreignRequests: string[] = [];
   let gate: string;
+  /** The daemon's log, as JSON lines. */
+  const logLines: Array<Record<string, unknown>> = [];
+  const logger = pino(
+    { level: "info" },
+    new Writable({
+      write(chunk, _encoding, callback) {
+        for (const line of String(chunk).split("\n").filter(Boolean)) logLines.push(JSON.parse(line) as Record<string, unknown>);
+        callback();
+      },
+    }),
+  );
 
   beforeAll(async () => {
     reposDir = await mkdtemp(path.join(tmpdir(), "deployq-repos-"));
@@ -53,7 +65,7 @@ describe("the dashboard in a browser", () => {
       env: { DEPLOYQ_ADMIN_TOKEN: TOKEN },
     });
     tdb = await createTestDatabase("postgres");
-    daemon = await startDaemon({ settings: ws.settings, role: "serve", logger: silentLogger(), database: tdb.database });
+    daemon = await startDaemon({ settings: ws.settings, role: "serve", logger, database: tdb.database });
     daemon.events.on((e) => seen.push(e));
     base = `${daemon.url!}${PREFIX}`;
     await mkdir(SHOTS, { recursive: true });
@@ -189,6 +201,8 @@ describe("the dashboard in a browser", () => {
     const entry = /\(entry (.+\.json)\)/.exec(flash!)![1]!;
     await expect(finished(entry, before)).resolves.toMatchObject({ outcome: "succeeded" });
     expect((await collectStatus(ws.settings, tdb.database.db, "app")).deployments[0]!.current.sha).toBe(first.sha);
+    // Recorded with its time and origin.
+    expect(logLines.find((l) => l.origin === "dashboard" && l.action === "rollback")).toMatchObject({ deployment: "app", time: expect.any(Number), msg: `dashboard: ${flash}` });
     await page.goto(`${base}/deployments/app`);
     await expect(page.locator("tr", { has: page.locator(".badge", { hasText: "current" }) }).textContent()).resolves.toContain(first.sha!.slice(0, 7));
     await shot("rolled-back");
@@ -244,6 +258,24 @@ describe("the dashboard in a browser", () => {
     expect(body).toContain("event: end\n");
   });
 
+  it("deploys a ref from the deployment page, saying it is not the branch head", async () => {
+    const first = (await recentDeploys(tdb.database.db, "app", 50)).at(-1)!;
+    await page.goto(`${base}/deployments/app`);
+    await page.fill("input[name=ref]", first.sha!);
+    const before = seen.length;
+    await page.click("button:has-text('Deploy')");
+    await page.waitForURL(`${base}/deployments/app`);
+    const flash = (await page.locator(".flash.ok").textContent())!;
+    expect(flash).toMatch(new RegExp(`^queued deploy ${first.sha} for app \\(entry .+\\.json\\); note: ${first.sha} is not the head of main`));
+    const entry = /\(entry (.+?\.json)\)/.exec(flash)![1]!;
+    await expect(finished(entry, before)).resolves.toMatchObject({ outcome: "succeeded", sha: first.sha });
+    // Logged at info (the hostile ref earlier was logged as refused, at warn).
+    expect(logLines.filter((l) => l.origin === "dashboard" && l.action === "deploy").map((l) => [l.level, l.ref])).toEqual([
+      [40, XSS[1]],
+      [30, first.sha],
+    ]);
+  });
+
   it("refuses a POST without the CSRF token (403), and one with another session's", async () => {
     const none = await page.request.post(`${base}/deployments/app/rollback`, { form: {}, maxRedirects: 0 });
     expect(none.status()).toBe(403);
@@ -255,6 +287,25 @@ describe("the dashboard in a browser", () => {
     // Without a session at all: not even looked at.
     const anonymous = await fetch(`${base}/deployments/app/rollback`, { method: "POST", redirect: "manual" });
     expect(anonymous.status).toBe(401);
+  });
+
+  it("flushes dead letters from the queues page, only when confirmed", async () => {
+    const dead = queueLayout(ws.settings.queuesDir).deadLetter("app");
+    await page.goto(`${base}/queues`);
+    const section = page.locator("section", { hasText: "dead-letter/app" });
+    // Unticked, the server refuses too (the browser's `required` aside).
+    const csrf = await section.locator("input[name=_csrf]").first().inputValue();
+    const unconfirmed = await page.request.post(`${base}/queues/dead-letter/app/flush`, { form: { _csrf: csrf, back: "queues" }, maxRedirects: 0 });
+    expect(unconfirmed.status()).toBe(303);
+    expect(await scanQueue(dead)).toHaveLength(1);
+
+    await page.goto(`${base}/queues`);
+    await section.locator("input[name=confirm]").check();
+    await section.locator("button:has-text('Flush')").click();
+    await page.waitForURL(`${base}/queues`);
+    await expect(page.locator(".flash.ok").textContent()).resolves.toBe("deleted 1 entry from dead-letter/app");
+    expect(await scanQueue(dead)).toEqual([]);
+    expect(logLines.find((l) => l.origin === "dashboard" && l.action === "flush")).toMatchObject({ queue: "dead-letter/app" });
   });
 
   it("works without JavaScript: log in and see the overview", async () => {
