@@ -4,7 +4,9 @@ import path from "node:path";
 import { type Browser, type BrowserContext, type Page, chromium } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Daemon, startDaemon } from "../../src/daemon.ts";
+import { asc } from "drizzle-orm";
 import { recentDeploys } from "../../src/db/queries/deploys.ts";
+import { adminActions } from "../../src/db/schema.ts";
 import type { StampedEvent } from "../../src/events/types.ts";
 import { CONTENT_SECURITY_POLICY } from "../../src/http/dashboard/app.ts";
 import { Writable } from "node:stream";
@@ -205,6 +207,15 @@ describe("the dashboard in a browser", () => {
     expect(logLines.find((l) => l.origin === "dashboard" && l.action === "rollback")).toMatchObject({ deployment: "app", time: expect.any(Number), msg: `dashboard: ${flash}` });
     await page.goto(`${base}/deployments/app`);
     await expect(page.locator("tr", { has: page.locator(".badge", { hasText: "current" }) }).textContent()).resolves.toContain(first.sha!.slice(0, 7));
+    // And in admin_actions, shown on the page: the rollback, and the refused deploy of the hostile ref before it.
+    const actions = await tdb.database.db.select().from(adminActions).orderBy(asc(adminActions.id));
+    expect(actions.map((a) => [a.origin, a.action, a.deployment, a.ok])).toEqual([
+      ["dashboard", "deploy", "app", false],
+      ["dashboard", "requeue", "app", true],
+      ["dashboard", "rollback", "app", true],
+    ]);
+    expect(actions[0]!.details).toEqual({ ref: XSS[1], force: false });
+    await expect(page.locator("table.actions-log tbody tr").first().textContent()).resolves.toContain(flash);
     await shot("rolled-back");
   });
 

@@ -8,6 +8,7 @@ import { queueDeploy, queueRollback } from "../../cli/deploy.ts";
 import type { Settings } from "../../config/load.ts";
 import { DEPLOYMENT_NAME } from "../../config/schema.ts";
 import type { Db } from "../../db/client.ts";
+import { recordAdminAction } from "../../db/queries/admin-actions.ts";
 import { deployById } from "../../db/queries/deploy-by-id.ts";
 import { DeployqError, errorMessage } from "../../errors.ts";
 import { ROUTER } from "../../queue/layout.ts";
@@ -229,18 +230,27 @@ export function createDashboard(deps: DashboardDeps): Dashboard {
     const v = (req.body as Record<string, unknown> | undefined)?.[name];
     return typeof v === "string" && v.trim() !== "" ? v.trim() : undefined;
   };
-  /** Runs an action, logs it with its origin, and reports its outcome; a refusal (DeployqError) is shown, anything else is a 500. */
-  const act = async (req: Request, res: Response, back: string, action: string, details: Record<string, unknown>, run: () => Promise<string>) => {
+  /**
+   * Runs an action, records it (a log line at info with its origin, and a row of
+   * admin_actions), and reports its outcome; a refusal (DeployqError) is shown, anything
+   * else is a 500.
+   */
+  const act = async (req: Request, res: Response, back: string, action: string, deployment: string | null, details: Record<string, unknown>, run: () => Promise<string>) => {
     const ip = clientIp(req);
+    let outcome: { ok: boolean; message: string };
     try {
-      const text = await run();
-      log.info({ origin: "dashboard", action, ip, ...details }, `dashboard: ${text}`);
-      done(res, back, { kind: "ok", text });
+      outcome = { ok: true, message: await run() };
+      log.info({ origin: "dashboard", action, ip, deployment: deployment ?? undefined, ...details }, `dashboard: ${outcome.message}`);
     } catch (err) {
       if (!(err instanceof DeployqError)) throw err;
-      log.warn({ origin: "dashboard", action, ip, ...details, err: errorMessage(err) }, `dashboard: ${action} refused`);
-      done(res, back, { kind: "error", text: err.message });
+      outcome = { ok: false, message: err.message };
+      log.warn({ origin: "dashboard", action, ip, deployment: deployment ?? undefined, ...details, err: errorMessage(err) }, `dashboard: ${action} refused`);
     }
+    // What was done is done: a row that cannot be written is logged, not a failure of the action.
+    await recordAdminAction(deps.db, { origin: "dashboard", action, deployment, details, ok: outcome.ok, message: outcome.message, client: ip }).catch((err: unknown) =>
+      log.error({ action, err: errorMessage(err) }, "cannot record a dashboard action in admin_actions (it was done; the log line above has it)"),
+    );
+    done(res, back, { kind: outcome.ok ? "ok" : "error", text: outcome.message });
   };
   const deploymentUrl = (name: string) => `${prefix}/deployments/${encodeURIComponent(name)}`;
   const knownDeployment = (res: Response, name: string) => {
@@ -254,7 +264,7 @@ export function createDashboard(deps: DashboardDeps): Dashboard {
     if (!knownDeployment(res, name)) return;
     const ref = field(req, "ref");
     const force = field(req, "force") === "yes";
-    await act(req, res, deploymentUrl(name), "deploy", { deployment: name, ref, force }, async () => {
+    await act(req, res, deploymentUrl(name), "deploy", name, { ref, force }, async () => {
       const q = await queueDeploy(deps.settings, name, ref, { force, source: "dashboard" });
       return `queued ${q.what} for ${name} (entry ${q.entry})${q.note ? `; note: ${q.note}` : ""}`;
     });
@@ -264,7 +274,7 @@ export function createDashboard(deps: DashboardDeps): Dashboard {
     const name = req.params.name;
     if (!knownDeployment(res, name)) return;
     const to = field(req, "to");
-    await act(req, res, deploymentUrl(name), "rollback", { deployment: name, to }, async () => {
+    await act(req, res, deploymentUrl(name), "rollback", name, { to }, async () => {
       const q = await queueRollback(deps.settings, name, to, "dashboard");
       return `queued ${q.what} for ${name} (entry ${q.entry})`;
     });
@@ -282,7 +292,7 @@ export function createDashboard(deps: DashboardDeps): Dashboard {
     const name = deadLetterOwner(req, res);
     if (name === undefined) return;
     const entry = field(req, "entry");
-    await act(req, res, backOf(req, name), "requeue", { queue: `dead-letter/${name}`, entry }, async () => {
+    await act(req, res, backOf(req, name), "requeue", name === ROUTER ? null : name, { queue: `dead-letter/${name}`, entry }, async () => {
       const moved = await requeueDeadLetters(deps.settings, name, entry);
       return moved.length === 0 ? `dead-letter/${name} is empty: nothing to requeue` : `requeued ${moved.length} entr${moved.length === 1 ? "y" : "ies"} into ${name}: ${moved.join(", ")}`;
     });
@@ -296,7 +306,7 @@ export function createDashboard(deps: DashboardDeps): Dashboard {
       done(res, back, { kind: "error", text: `Tick "delete all … for good" to flush dead-letter/${name}: nothing was deleted.` });
       return;
     }
-    await act(req, res, back, "flush", { queue: `dead-letter/${name}` }, async () => {
+    await act(req, res, back, "flush", name === ROUTER ? null : name, { queue: `dead-letter/${name}` }, async () => {
       const { queue, removed } = await flushQueue(deps.settings, `dead-letter/${name}`);
       return `deleted ${removed.length} entr${removed.length === 1 ? "y" : "ies"} from ${queue}`;
     });

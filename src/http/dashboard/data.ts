@@ -1,12 +1,13 @@
 import { open } from "node:fs/promises";
 import type { Settings } from "../../config/load.ts";
 import type { Db } from "../../db/client.ts";
+import { recentAdminActions } from "../../db/queries/admin-actions.ts";
 import { deployById } from "../../db/queries/deploy-by-id.ts";
 import { deployStepsOf } from "../../db/queries/deploy-steps.ts";
 import { recentDeploys } from "../../db/queries/deploys.ts";
 import { type EntryDeploy, deliveryOfEntry, latestDeploysOfEntries } from "../../db/queries/entry-history.ts";
 import { type DeliverySummary, recentDeliveries } from "../../db/queries/recent-deliveries.ts";
-import type { Delivery, Deploy, DeployStep } from "../../db/schema.ts";
+import type { AdminAction, Delivery, Deploy, DeployStep } from "../../db/schema.ts";
 import { type EntryInfo, allQueues, listQueue, resolveQueue } from "../../queue/admin.ts";
 import { queueLayout } from "../../queue/layout.ts";
 import { type DeploymentStatus, type StatusReport, collectStatus } from "../../status.ts";
@@ -116,20 +117,23 @@ export interface DeploymentData {
   history: Deploy[];
   queued: EntryInfo[];
   deadLetters: EntryInfo[];
+  /** What admins did to it from the dashboard, newest first. */
+  actions: AdminAction[];
 }
 
 export async function deploymentData(settings: Settings, db: Db, name: string): Promise<DeploymentData | undefined> {
   const d = settings.deployments.get(name);
   if (!d) return undefined;
   const layout = queueLayout(settings.queuesDir);
-  const [report, history, queued, deadLetters, releases] = await Promise.all([
+  const [report, history, queued, deadLetters, releases, actions] = await Promise.all([
     collectStatus(settings, db, name),
     recentDeploys(db, name, 50),
     listQueue(resolveQueue(layout, name)),
     listQueue(resolveQueue(layout, `dead-letter/${name}`)),
     d.strategy === "releases" ? listReleases(deploymentPaths(d.path)) : Promise.resolve([]),
+    recentAdminActions(db, name, 10),
   ]);
-  return { status: report.deployments[0]!, strategy: d.strategy, releases: releases.reverse(), history, queued: queued.slice(0, ENTRIES_SHOWN), deadLetters: deadLetters.slice(0, ENTRIES_SHOWN) };
+  return { status: report.deployments[0]!, strategy: d.strategy, releases: releases.reverse(), history, queued: queued.slice(0, ENTRIES_SHOWN), deadLetters: deadLetters.slice(0, ENTRIES_SHOWN), actions };
 }
 
 export interface DeployData {

@@ -120,6 +120,8 @@ const STATUS_CLASS: Record<string, string> = {
   current: "ok",
   good: "ok",
   incomplete: "warn",
+  done: "ok",
+  refused: "bad",
 };
 
 export function Badge(props: { status: string }) {

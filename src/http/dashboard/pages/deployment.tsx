@@ -244,6 +244,38 @@ export function DeploymentPage(props: { ctx: PageContext; data: DeploymentData }
       <h2 id={`dead-letter-${name}`}>{`Dead letters (${data.deadLetters.length})`}</h2>
       <DeadLetterActions name={name} count={data.deadLetters.length} ctx={ctx} />
       <Entries entries={data.deadLetters} ctx={ctx} requeueInto={name} />
+
+      <h2>Recent actions</h2>
+      {data.actions.length === 0 ? (
+        <p class="muted">None from the dashboard yet.</p>
+      ) : (
+        <table class="actions-log">
+          <thead>
+            <tr>
+              <th>When</th>
+              <th>Action</th>
+              <th>Outcome</th>
+              <th>What</th>
+              <th>From</th>
+            </tr>
+          </thead>
+          <tbody>
+            {data.actions.map((a) => (
+              <tr>
+                <td class="nowrap">
+                  <Ago at={a.at} now={ctx.now} />
+                </td>
+                <td>{a.action}</td>
+                <td>
+                  <Badge status={a.ok ? "done" : "refused"} />
+                </td>
+                <td class="small reason">{a.message}</td>
+                <td class="small">{`${a.origin}${a.client ? `, ${a.client}` : ""}`}</td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      )}
     </Layout>
   );
 }
