@@ -1,3 +1,7 @@
+// The JSX runtime is named here, not only in tsconfig.json: tsx reads the tsconfig.json of the
+// working directory, which is not deployq's when pm2 or systemd start it elsewhere.
+/** @jsxRuntime automatic */
+/** @jsxImportSource preact */
 import type { DeployData } from "../data.ts";
 import { Ago, Badge, Layout, type PageContext, Sha, branchOf, formatDuration, seg } from "./common.tsx";
 
