@@ -319,7 +319,7 @@ describe("the dashboard in a browser", () => {
     expect(logLines.find((l) => l.origin === "dashboard" && l.action === "flush")).toMatchObject({ queue: "dead-letter/app" });
   });
 
-  it("works without JavaScript: log in and see the overview", async () => {
+  it("works without JavaScript: log in, see the overview, log out", async () => {
     const plain = await browser.newContext({ javaScriptEnabled: false });
     try {
       const p = await plain.newPage();
@@ -328,6 +328,13 @@ describe("the dashboard in a browser", () => {
       await p.click("button[type=submit]");
       await p.waitForURL(`${base}/`);
       await expect(p.locator("tbody tr").first().textContent()).resolves.toContain("app");
+      // Logging out ends the session on the server: its cookie is worth nothing after.
+      const cookie = (await plain.cookies()).find((c) => c.name === "deployq_session")!.value;
+      await p.click("button:has-text('Log out')");
+      await p.waitForURL(`${base}/login`);
+      const after = await fetch(`${base}/`, { headers: { cookie: `deployq_session=${cookie}` }, redirect: "manual" });
+      expect(after.status).toBe(303);
+      expect(after.headers.get("location")).toBe(`${PREFIX}/login`);
     } finally {
       await plain.close();
     }
