@@ -13,6 +13,18 @@ export default tseslint.config(
     },
   },
   {
+    // The dashboard's pages are JSX (preact), linted like every other TypeScript file.
+    files: ["**/*.ts", "**/*.tsx"],
+  },
+  {
+    // The dashboard's script runs in the browser.
+    files: ["src/http/dashboard/assets/*.js"],
+    languageOptions: {
+      sourceType: "script",
+      globals: { window: "readonly", document: "readonly", location: "readonly", fetch: "readonly", setInterval: "readonly", DOMParser: "readonly", EventSource: "readonly" },
+    },
+  },
+  {
     files: ["**/*.cjs"],
     languageOptions: { sourceType: "commonjs", globals: { module: "writable", require: "readonly", __dirname: "readonly" } },
     rules: { "@typescript-eslint/no-require-imports": "off" },

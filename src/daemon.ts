@@ -14,6 +14,7 @@ import { type LiveStream, startLiveStreamIfConfigured } from "./http/ws.ts";
 import { orphanDeliveryIds, recordOrphanedEntries } from "./http/github-webhook.ts";
 import { scanQueue } from "./queue/scan.ts";
 import { type HealthCheck, type RunningServer, createApp, listen } from "./http/server.ts";
+import { dashboardFor } from "./http/dashboard/app.ts";
 import { newestEntryNames } from "./db/queries/newest-entry-names.ts";
 import { seedEntryClock } from "./queue/entry-clock.ts";
 import { queueLayout } from "./queue/layout.ts";
@@ -121,6 +122,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
         deployments: [...settings.deployments.values()],
         status: (only) => collectStatus(settings, database.db, only),
         health,
+        dashboard: dashboardFor(settings, database.db, logger),
       });
       server = await listen(app, settings.host, settings.port);
       const running = server;

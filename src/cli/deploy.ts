@@ -23,7 +23,7 @@ import { configuredDeployment } from "./names.ts";
  * entry wins, so a later push supersedes a manual deploy, and a manual deploy supersedes
  * older pushes still waiting.
  */
-async function enqueueInstruction(settings: Settings, d: Deployment, event: "deploy" | "rollback", payload: Record<string, unknown>): Promise<string> {
+async function enqueueInstruction(settings: Settings, d: Deployment, event: "deploy" | "rollback", payload: Record<string, unknown>, source: string): Promise<string> {
   const layout = queueLayout(settings.queuesDir);
   await ensureQueueDirs(layout, [d.name]);
   await seedEntryClock(layout);
@@ -34,7 +34,7 @@ async function enqueueInstruction(settings: Settings, d: Deployment, event: "dep
     delivery_id: id,
     hook_id: "",
     received_at: new Date().toISOString(),
-    source: `cli:${userInfo().username}`,
+    source,
     payload: { ...payload, repository: { full_name: d.repository } },
   });
   return name;
@@ -161,17 +161,34 @@ async function resolveWanted(settings: Settings, d: Deployment, ref: string | un
   };
 }
 
-export async function deployCommand(settings: Settings, name: string, ref: string | undefined, options: FollowOptions & { force?: boolean }): Promise<number> {
-  const d = configuredDeployment(settings, name);
-  const wanted = await resolveWanted(settings, d, ref);
-  const out = options.out ?? process.stdout;
-  if (wanted.note) out.write(`note: ${wanted.note}\n`);
-  const earlier = await existingLogs(settings, d);
-  const entry = await enqueueInstruction(settings, d, "deploy", { ref: wanted.ref, ...(options.force ? { force: true } : {}) });
-  return follow(settings, d, entry, earlier, `${options.force ? "forced " : ""}deploy ${wanted.ref}`, options);
+/** Who asked for a manual deploy or rollback: written into the entry as its `source`. */
+const cliSource = () => `cli:${userInfo().username}`;
+
+/** What a manual deploy or rollback queued: the entry, what it does (for people), and a note said before it. */
+export interface QueuedInstruction {
+  deployment: string;
+  entry: string;
+  what: string;
+  note: string | undefined;
 }
 
-export async function rollbackCommand(settings: Settings, name: string, to: string | undefined, options: FollowOptions): Promise<number> {
+/**
+ * Checks `ref` against the remote and queues a deploy of it: what `deployq deploy` and the
+ * dashboard both do. Throws a DeployqError (nothing queued) when the ref cannot be deployed.
+ */
+export async function queueDeploy(settings: Settings, name: string, ref: string | undefined, options: { force?: boolean; source: string }): Promise<QueuedInstruction> {
+  const d = configuredDeployment(settings, name);
+  const wanted = await resolveWanted(settings, d, ref);
+  const entry = await enqueueInstruction(settings, d, "deploy", { ref: wanted.ref, ...(options.force ? { force: true } : {}) }, options.source);
+  return { deployment: d.name, entry, what: `${options.force ? "forced " : ""}deploy ${wanted.ref}`, note: wanted.note };
+}
+
+/**
+ * Queues a rollback (to the release `to`, or the previous good one): what `deployq rollback`
+ * and the dashboard both do. Refuses an in-place deployment, or a release that is missing,
+ * incomplete or bad, before anything is queued.
+ */
+export async function queueRollback(settings: Settings, name: string, to: string | undefined, source: string): Promise<QueuedInstruction> {
   const d = configuredDeployment(settings, name);
   if (d.strategy === "in-place") {
     throw new DeployqError("BAD_REQUEST", `${name} uses the in-place strategy, which keeps no releases: deploy an older commit with \`deployq deploy ${name} --ref <sha>\``);
@@ -188,9 +205,24 @@ export async function rollbackCommand(settings: Settings, name: string, to: stri
           : undefined;
     if (problem) throw new DeployqError("BAD_REQUEST", `cannot roll ${name} back to ${JSON.stringify(to)}: ${problem}; \`deployq releases ${name}\` lists the releases; nothing was queued`);
   }
+  const entry = await enqueueInstruction(settings, d, "rollback", to ? { to } : {}, source);
+  return { deployment: d.name, entry, what: to ? `rollback to ${to}` : "rollback to the previous good release", note: undefined };
+}
+
+export async function deployCommand(settings: Settings, name: string, ref: string | undefined, options: FollowOptions & { force?: boolean }): Promise<number> {
+  const d = configuredDeployment(settings, name);
+  // Taken before anything is queued: none of these logs can be the new entry's.
   const earlier = await existingLogs(settings, d);
-  const entry = await enqueueInstruction(settings, d, "rollback", to ? { to } : {});
-  return follow(settings, d, entry, earlier, to ? `rollback to ${to}` : "rollback to the previous good release", options);
+  const queued = await queueDeploy(settings, name, ref, { force: options.force, source: cliSource() });
+  if (queued.note) (options.out ?? process.stdout).write(`note: ${queued.note}\n`);
+  return follow(settings, d, queued.entry, earlier, queued.what, options);
+}
+
+export async function rollbackCommand(settings: Settings, name: string, to: string | undefined, options: FollowOptions): Promise<number> {
+  const d = configuredDeployment(settings, name);
+  const earlier = await existingLogs(settings, d);
+  const queued = await queueRollback(settings, name, to, cliSource());
+  return follow(settings, d, queued.entry, earlier, queued.what, options);
 }
 
 /** One deploy log being read incrementally: from where the last read stopped, never from the start again. */

@@ -69,24 +69,35 @@ export async function queueShow(settings: Settings, id: string, json: boolean): 
   }
 }
 
-export async function queueRequeue(settings: Settings, name: string, entry: string | undefined, json: boolean): Promise<void> {
+/** Puts dead-lettered entries of `name` (router or a deployment) back into its queue: `deployq queue requeue` and the dashboard. */
+export async function requeueDeadLetters(settings: Settings, name: string, entry: string | undefined): Promise<string[]> {
   if (name !== "router" && !settings.deployments.has(name)) {
     throw new DeployqError("ENTRY", `"${name}" is neither router nor a configured deployment: see \`deployq queue ls\``);
   }
-  const moved = await requeue(queueLayout(settings.queuesDir), name, entry);
+  return requeue(queueLayout(settings.queuesDir), name, entry);
+}
+
+/** Deletes every entry of a queue for good: `deployq queue flush --yes` and the dashboard. */
+export async function flushQueue(settings: Settings, spec: string): Promise<{ queue: string; removed: string[] }> {
+  const queue = await existingQueue(settings, spec);
+  return { queue: queue.label, removed: await flush(queue) };
+}
+
+export async function queueRequeue(settings: Settings, name: string, entry: string | undefined, json: boolean): Promise<void> {
+  const moved = await requeueDeadLetters(settings, name, entry);
   if (json) return printJson({ requeued: moved, into: name });
   process.stdout.write(moved.length === 0 ? `dead-letter/${name} is empty: nothing to requeue\n` : `requeued ${moved.length} entr${moved.length === 1 ? "y" : "ies"} into ${name}:\n${moved.map((m) => `  ${m}\n`).join("")}`);
 }
 
 export async function queueFlush(settings: Settings, spec: string, yes: boolean, json: boolean): Promise<number> {
-  const queue = await existingQueue(settings, spec);
   if (!yes) {
+    const queue = await existingQueue(settings, spec);
     const count = (await listQueue(queue)).length;
     process.stderr.write(`this deletes all ${count} entries of ${queue.label} (${queue.dir}) for good: add --yes to do it\n`);
     return 2;
   }
-  const removed = await flush(queue);
-  if (json) printJson({ flushed: removed, queue: queue.label });
-  else process.stdout.write(`deleted ${removed.length} entr${removed.length === 1 ? "y" : "ies"} from ${queue.label}\n`);
+  const { queue, removed } = await flushQueue(settings, spec);
+  if (json) printJson({ flushed: removed, queue });
+  else process.stdout.write(`deleted ${removed.length} entr${removed.length === 1 ? "y" : "ies"} from ${queue}\n`);
   return 0;
 }

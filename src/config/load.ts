@@ -18,7 +18,7 @@ export interface Secrets {
   databaseUrl: string | undefined;
   redisUrls: string[];
   githubToken: string | undefined;
-  /** The token /ws/v0 clients authenticate with; unset: /ws/v0 is off. */
+  /** DEPLOYQ_ADMIN_TOKEN: the dashboard's login and what /ws/v0 clients authenticate with (unset: both are off). */
   adminToken: string | undefined;
 }
 
@@ -45,6 +45,8 @@ export interface Settings {
   nginx: NginxHost;
   /** Absent: no certificates are requested. */
   certbot: CertbotHost | undefined;
+  /** Where the receiver serves the dashboard ([dashboard] path). */
+  dashboard: { path: string };
   deployments: Map<string, Deployment>;
   secrets: Secrets;
 }
@@ -135,6 +137,7 @@ export function loadSettings(options: LoadOptions = {}): Settings {
     pm2Home: path.resolve(base, config.pm2_home ?? (env.PM2_HOME || path.join(homedir(), ".pm2"))),
     nginx: config.nginx,
     certbot: config.certbot,
+    dashboard: { path: config.dashboard.path },
     deployments,
     secrets: {
       webhookSecrets: list(env.GITHUB_WEBHOOK_SECRET),

@@ -163,6 +163,26 @@ export const CertbotHost = z.strictObject({
 });
 export type CertbotHost = z.infer<typeof CertbotHost>;
 
+/**
+ * Where the receiver serves the dashboard: one path prefix, so that nginx can proxy it (and
+ * only it) as is. Absolute, no "." or ".." component, no trailing slash, URL-safe characters.
+ */
+export const DASHBOARD_PATH = /^(?:\/[A-Za-z0-9_~-][A-Za-z0-9._~-]*)+$/;
+
+/** The receiver's other endpoints: a dashboard mounted there would hide them. */
+const RESERVED_PATHS = ["/github-webhook", "/healthz", "/status", "/deliveries", "/metrics", "/ws"];
+const RESERVED_PATHS_TEXT = RESERVED_PATHS.join(", ");
+
+export const DashboardConfig = z.strictObject({
+  path: z
+    .string()
+    .regex(DASHBOARD_PATH, 'must start with "/", have no trailing slash, and use letters, digits, - _ . ~ (e.g. "/dashboard" or "/deployq/dashboard")')
+    .refine((p) => !p.split("/").some((part) => part === "." || part === ".."), 'may not contain "." or ".." components')
+    .refine((p) => !RESERVED_PATHS.some((r) => p === r || p.startsWith(`${r}/`)), `may not be (or be under) one of the receiver's own paths: ${RESERVED_PATHS_TEXT}`)
+    .default("/dashboard"),
+});
+export type DashboardConfig = z.infer<typeof DashboardConfig>;
+
 export const Config = z.strictObject({
   server: ServerConfig.default({ host: "127.0.0.1", port: 3400 }),
   metrics: MetricsConfig.default({ host: "127.0.0.1" }),
@@ -191,6 +211,8 @@ export const Config = z.strictObject({
   /** Deploy records (rows and log files) kept per deployment on this host, newest first; a deployment's own keep_deploys wins. */
   keep_deploys: z.number().int("must be a whole number").min(1, "must keep at least 1 deploy (the one that just finished)").default(100),
   nginx: NginxHost.default(DEFAULT_NGINX),
+  /** The dashboard (served by the receiver when DEPLOYQ_ADMIN_TOKEN is set). */
+  dashboard: DashboardConfig.default({ path: "/dashboard" }),
   certbot: CertbotHost.optional(),
   deployments: z
     .record(

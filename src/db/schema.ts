@@ -142,3 +142,31 @@ export const events = pgTable(
   },
   (t) => [index("events_deployment_id_idx").on(t.deployment, t.id)],
 );
+
+/**
+ * What an admin did by hand (the dashboard's actions): when, from where, what, and whether it
+ * was done or refused. Kept apart from deploys: an action queues an entry, whose deploy
+ * has its own row.
+ */
+export const adminActions = pgTable(
+  "admin_actions",
+  {
+    id: bigserial("id", { mode: "number" }).primaryKey(),
+    at: timestamp("at", { withTimezone: true }).notNull().defaultNow(),
+    /** dashboard (the CLI's actions are in the entries' `source` and the shell's history). */
+    origin: text("origin").notNull(),
+    /** deploy | rollback | requeue | flush */
+    action: text("action").notNull(),
+    deployment: text("deployment"),
+    /** The action's arguments (ref, release, queue, entry). */
+    details: jsonb("details").$type<Record<string, unknown>>().notNull(),
+    ok: boolean("ok").notNull(),
+    /** What was done, or why it was refused. */
+    message: text("message").notNull(),
+    /** The client's address as the receiver saw it. */
+    client: text("client"),
+  },
+  (t) => [index("admin_actions_deployment_id_idx").on(t.deployment, t.id)],
+);
+
+export type AdminAction = typeof adminActions.$inferSelect;

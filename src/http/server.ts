@@ -17,6 +17,7 @@ import type { Readiness } from "./readiness.ts";
 import type { Events } from "../events/bus.ts";
 import { metricsHandler, webhookRequestMetrics } from "../metrics/http.ts";
 import type { Metrics } from "../metrics/registry.ts";
+import type { Dashboard } from "./dashboard/app.ts";
 
 /** GitHub caps webhook payloads at 25 MB. */
 export const BODY_LIMIT_BYTES = 25 * 1024 * 1024;
@@ -44,6 +45,8 @@ export interface HttpDeps {
   events?: Events;
   /** GET /metrics, and the webhook requests' own (absent: no /metrics). */
   metrics?: Metrics;
+  /** The dashboard (src/http/dashboard/), mounted at its path prefix; absent without DEPLOYQ_ADMIN_TOKEN. */
+  dashboard?: Dashboard | undefined;
 }
 
 /** Below this, the queue root counts as full: an entry may not fit (a writable directory says nothing about space). */
@@ -108,6 +111,8 @@ export function createApp(deps: HttpDeps): express.Express {
     res.set("retry-after", "10");
     throw new RequestError("UNAVAILABLE", 503, req.method === "POST" ? `${why}; nothing was queued: ${REDELIVER}` : why);
   });
+
+  if (deps.dashboard) app.use(deps.dashboard.path, deps.dashboard.router);
 
   // What `deployq deliveries` shows while this process owns PGlite.
   app.get("/deliveries", async (req, res) => {

@@ -129,7 +129,7 @@ export async function tryPost(url: string, request: SignedRequest, timeoutMs = 3
     const res = await fetch(`${url}/github-webhook`, {
       method: "POST",
       headers: request.headers,
-      body: request.body,
+      body: request.body as BodyInit, // Buffer is a valid body; the DOM types (preact pulls them in) do not say so
       signal: AbortSignal.timeout(timeoutMs),
     });
     const text = await res.text();

@@ -111,7 +111,7 @@ export function randomSha(): string {
 }
 
 export async function post(url: string, request: SignedRequest): Promise<{ status: number; body: Record<string, unknown> }> {
-  const res = await fetch(`${url}/github-webhook`, { method: "POST", headers: request.headers, body: request.body });
+  const res = await fetch(`${url}/github-webhook`, { method: "POST", headers: request.headers, body: request.body as BodyInit });
   const text = await res.text();
   let body: Record<string, unknown>;
   try {

@@ -1,0 +1,150 @@
+import { describe, expect, it } from "vitest";
+import { h } from "preact";
+import type { Deploy } from "../../../db/schema.ts";
+import type { DeployData, OverviewData } from "../data.ts";
+import type { PageContext } from "./common.tsx";
+import { DeployPage } from "./deploy.tsx";
+import { OverviewPage } from "./overview.tsx";
+import { renderPage } from "./render.ts";
+
+const HOSTILE = [`<script>alert(1)</script>`, `"><img src=x onerror=alert(1)>`, `' onmouseover='alert(1)`, `</pre><script>x()</script>`];
+const ctx: PageContext = { prefix: "/dashboard", assets: { css: "/dashboard/assets/dashboard.css?v=1", js: "/dashboard/assets/dashboard.js?v=1" }, csrf: `c"><b>`, now: Date.now() };
+
+/** Every tag of a rendered page with its attribute names (double-quoted values, as preact writes them; text is skipped). */
+function tagsOf(html: string): Array<{ name: string; closing: boolean; attributes: string[] }> {
+  const tags: Array<{ name: string; closing: boolean; attributes: string[] }> = [];
+  let i = 0;
+  while ((i = html.indexOf("<", i)) >= 0) {
+    const closing = html[i + 1] === "/";
+    const name = /^<\/?([!a-zA-Z][^\s/>]*)/.exec(html.slice(i))?.[1] ?? "";
+    let j = i + 1 + (closing ? 1 : 0) + name.length;
+    const attributes: string[] = [];
+    let quoted = false;
+    let attr = "";
+    for (; j < html.length; j++) {
+      const c = html[j]!;
+      if (quoted) {
+        if (c === '"') quoted = false;
+        continue;
+      }
+      if (c === '"') quoted = true;
+      else if (c === ">") break;
+      else if (/[\s/=]/.test(c)) {
+        if (attr) attributes.push(attr.toLowerCase());
+        attr = "";
+      } else attr += c;
+    }
+    if (attr) attributes.push(attr.toLowerCase());
+    tags.push({ name: name.toLowerCase(), closing, attributes });
+    i = j + 1;
+  }
+  return tags;
+}
+
+const PAGE_TAGS = new Set(["!doctype", "html", "head", "meta", "title", "link", "script", "body", "header", "a", "nav", "form", "input", "button", "main", "h1", "h2", "p", "table", "thead", "tbody", "tr", "th", "td", "div", "span", "code", "time", "dl", "dt", "dd", "pre", "label", "section", "svg", "rect", "line", "text"]);
+
+/** Only the page's own elements and attributes: nothing the strings brought in became markup. */
+function expectInert(html: string, bad: string) {
+  const tags = tagsOf(html);
+  for (const t of tags) {
+    expect(PAGE_TAGS, `<${t.name}> in the page`).toContain(t.name);
+    for (const a of t.attributes) expect(a, `an attribute of <${t.name}>`).not.toMatch(/^on/);
+  }
+  // The page's own script is the one external file.
+  expect(tags.filter((t) => t.name === "script" && !t.closing)).toHaveLength(1);
+  // And the string is there, as text.
+  expect(html).toContain(bad.replaceAll("&", "&amp;").replaceAll("<", "&lt;").replaceAll('"', "&quot;"));
+}
+
+function deploy(over: Partial<Deploy>): Deploy {
+  return {
+    id: 7,
+    deployment: "app",
+    entry: "0000000000000000001-x.json",
+    deliveryId: null,
+    event: "push",
+    ref: null,
+    sha: "a".repeat(40),
+    requestedSha: null,
+    status: "failed",
+    attempt: 1,
+    host: "h",
+    pid: 1,
+    startedAt: new Date(),
+    finishedAt: new Date(),
+    durationMs: 1234,
+    release: null,
+    previousRelease: null,
+    logPath: "/x.log",
+    error: null,
+    exitCode: null,
+    signal: null,
+    supersededBy: null,
+    fencingToken: null,
+    ...over,
+  };
+}
+
+describe("pages escape whatever came from a push", () => {
+  it("shows hostile branch names, reasons and errors on the overview as text", () => {
+    for (const bad of HOSTILE) {
+      const data: OverviewData = {
+        router: { entries: 0, oldestAgeSeconds: null },
+        deployments: [
+          {
+            deployment: "app",
+            repository: "octo-org/app",
+            branch: "main",
+            strategy: "releases",
+            enabled: true,
+            current: { release: "20261123T065514.123Z-aaaaaaa", sha: "a".repeat(40), ref: bad },
+            paused: { reason: bad, by: "cli:root@host", at: new Date().toISOString() },
+            queued: 0,
+            deadLetters: 1,
+            last: undefined,
+            lastRun: undefined,
+            sites: [],
+            releasedAt: new Date(),
+            running: { id: 3, step: bad, startedAt: new Date() },
+          },
+        ],
+        deliveries: [
+          {
+            receivedAt: new Date().toISOString(),
+            event: "push",
+            repository: "octo-org/app",
+            ref: `refs/heads/${bad}`,
+            sha: bad,
+            hookId: "1",
+            deliveryId: "d",
+            entry: null,
+            outcome: "voided",
+            deployments: [bad],
+            reason: `no deployment follows ${bad}`,
+            duplicates: 0,
+            deploys: [{ id: 1, deployment: "app", status: "superseded", supersededBy: bad }],
+          },
+        ],
+      };
+      expectInert(renderPage(h(OverviewPage, { ctx, data })), bad);
+    }
+  });
+
+  it("shows a hostile log, error and ref on the deploy page as text", () => {
+    for (const bad of HOSTILE) {
+      const data: DeployData = {
+        deploy: deploy({ ref: `refs/heads/${bad}`, error: bad, supersededBy: bad, release: bad }),
+        steps: [{ id: 1, deployId: 7, position: 0, kind: "build", title: bad, startedAt: new Date(), finishedAt: new Date(), durationMs: 5, ok: false, exitCode: 3 }],
+        delivery: undefined,
+        log: { text: `== build\n${bad}\n`, skipped: 0, size: 10, missing: false },
+      };
+      expectInert(renderPage(h(DeployPage, { ctx, data })), bad);
+    }
+  });
+
+  it("escapes the CSRF token in its attribute", () => {
+    const html = renderPage(h(DeployPage, { ctx, data: { deploy: deploy({}), steps: [], delivery: undefined, log: { text: "", skipped: 0, size: 0, missing: true } } }));
+    expect(html).toContain(`name="_csrf" value="c&quot;>&lt;b>"`);
+    expect(tagsOf(html).map((t) => t.name)).not.toContain("b");
+  });
+});
