@@ -253,10 +253,12 @@ describe("the dashboard in a browser", () => {
     expect(await page.locator("table.steps tbody tr").count()).toBe(5);
     await shot("live-log");
 
-    // A reconnecting EventSource sends the last id it saw (a byte offset): the stream goes on from there.
+    // A reconnecting EventSource sends the last id it saw (the byte offset of the last line it
+    // got): the stream goes on with the line after it, never that one again.
     const row = (await recentDeploys(tdb.database.db, "app", 1))[0]!;
     const whole = await readFile(row.logPath!);
     const offset = whole.indexOf("released");
+    const next = whole.indexOf("\n", offset) + 1;
     const resumed = await page.request.get(`${base}/deploys/${id}/log/stream`, { headers: { "last-event-id": String(offset) } });
     expect(resumed.headers()["content-type"]).toMatch(/^text\/event-stream/);
     const body = await resumed.text();
@@ -264,8 +266,10 @@ describe("the dashboard in a browser", () => {
       .split("\n")
       .filter((l) => l.startsWith("data: "))
       .map((l) => l.slice(6));
-    expect(data[0]).toBe("released");
-    expect(body).toContain(`id: ${whole.length}\n`);
+    expect(data).not.toContain("released");
+    expect(data[0]).toBe(whole.subarray(next, whole.indexOf("\n", next)).toString());
+    expect(body).not.toContain(`id: ${offset}\n`);
+    expect(body).toContain(`id: ${next}\n`);
     expect(body).toContain("event: end\n");
   });
 

@@ -14,7 +14,7 @@ import { DeployqError, errorMessage } from "../../errors.ts";
 import { ROUTER } from "../../queue/layout.ts";
 import { LoginLimiter, SESSION_COOKIE, SESSION_TTL_MS, type Session, SessionStore, constantTimeEqual, csrfMatches, readCookie, sessionCookie } from "./auth.ts";
 import { deployData, deploymentData, overviewData, queuesData } from "./data.ts";
-import { followLogFile } from "./log-follower.ts";
+import { followLog } from "../../events/log-follower.ts";
 import type { PageContext } from "./pages/common.tsx";
 import { DeployPage } from "./pages/deploy.tsx";
 import { DeploymentPage } from "./pages/deployment.tsx";
@@ -213,10 +213,12 @@ export function createDashboard(deps: DashboardDeps): Dashboard {
       res.status(404).type("text/plain").send("no such deploy log");
       return;
     }
-    // Last-Event-ID (the browser's resume after a dropped connection) wins over ?offset.
-    const raw = req.get("last-event-id") ?? (typeof req.query.offset === "string" ? req.query.offset : "0");
+    // Last-Event-ID (the browser's resume after a dropped connection: the offset of the last
+    // line it got) wins over ?offset (where the page's log ends: the next byte to send).
+    const resumed = req.get("last-event-id");
+    const raw = resumed ?? (typeof req.query.offset === "string" ? req.query.offset : "0");
     const offset = /^\d{1,15}$/.test(raw) ? Number(raw) : 0;
-    streamLog(req, res, deps.db, deploy.id, deploy.logPath, offset);
+    streamLog(req, res, deps.db, deploy.id, deploy.logPath, offset, resumed !== undefined);
   });
 
   const notFound = (res: Response, message: string) => send(res, 404, h(MessagePage, { ctx: ctxOf(sessionOf(res)), title: "Not found", message }));
@@ -335,16 +337,18 @@ const STREAM_MAX_MS = 10 * 60 * 1000;
  * just past them, so a reconnecting browser resumes where it stopped. Ends (`event: end`)
  * once the deploy is no longer running and its log is read to the end.
  */
-function streamLog(req: Request, res: Response, db: Db, deployId: number, file: string, offset: number): void {
+function streamLog(req: Request, res: Response, db: Db, deployId: number, file: string, offset: number, resumed: boolean): void {
   res.status(200).set({ "content-type": "text/event-stream; charset=utf-8", "cache-control": "no-store", "x-accel-buffering": "no" });
   res.flushHeaders();
   res.write("retry: 2000\n\n");
-  const follower = followLogFile({
-    file,
-    offset,
-    onLines(text, at) {
-      const lines = text.replace(/\r/g, "").replace(/\n$/, "").split("\n");
-      res.write(`id: ${at}\n${lines.map((l) => `data: ${l}`).join("\n")}\n\n`);
+  // Each line is an event whose id is its offset in the file; a resumed stream starts at the
+  // last line the browser got, which it does not get twice.
+  const follower = followLog(file, {
+    from: offset,
+    onLine(line, at) {
+      if (resumed && at === offset) return;
+      // A carriage return ends a line in SSE too: one inside a log line must not start a field of its own.
+      res.write(`id: ${at}\ndata: ${line.replace(/\r/g, "")}\n\n`);
     },
   });
   let stopped = false;
@@ -360,12 +364,12 @@ function streamLog(req: Request, res: Response, db: Db, deployId: number, file: 
     void (async () => {
       const row = await deployById(db, deployId).catch(() => undefined);
       if (stopped || (row && row.status === "running")) return;
-      await follower.readNow();
+      follower.finish();
+      await follower.done;
       if (!stopped) res.write("event: end\ndata: \n\n");
       stop();
     })();
   }, 1000);
   const limit = setTimeout(stop, STREAM_MAX_MS);
   req.on("close", stop);
-  void follower.readNow().catch(() => {});
 }
