@@ -4,7 +4,7 @@ import { DeployqError } from "../errors.ts";
 import { queueLayout } from "../queue/layout.ts";
 import { type Pause, readPause, removePause, writePause } from "../queue/pause.ts";
 import { isProcessAlive } from "../pid-lock.ts";
-import { readRunning, writeCancel } from "../workers/cancel.ts";
+import { type Running, readRunning, writeCancel } from "../workers/cancel.ts";
 import { configuredDeployment } from "./names.ts";
 import { printJson } from "./output.ts";
 
@@ -16,7 +16,8 @@ export function parseDuration(text: string): number {
   return Number(m[1]) * unit * 1000;
 }
 
-function origin(): string {
+/** Who runs this command: `cli:<user>@<host>`. */
+export function cliOrigin(): string {
   let user = "unknown";
   try {
     user = userInfo().username;
@@ -31,17 +32,7 @@ function origin(): string {
  * still wins, but the worker deploys nothing until `deployq resume` or the pause's end.
  */
 export async function pauseCommand(settings: Settings, name: string, options: { reason?: string | undefined; for?: string | undefined; json: boolean }): Promise<number> {
-  configuredDeployment(settings, name);
-  const reason = (options.reason ?? "").trim();
-  if (reason.length > 1000) throw new DeployqError("BAD_REQUEST", "--reason is longer than 1000 characters: say it in fewer");
-  const now = Date.now();
-  const pause: Pause = {
-    reason,
-    by: origin(),
-    at: new Date(now).toISOString(),
-    ...(options.for !== undefined ? { until: new Date(now + parseDuration(options.for)).toISOString() } : {}),
-  };
-  await writePause(queueLayout(settings.queuesDir), name, pause);
+  const pause = await pauseDeployment(settings, name, { reason: options.reason, for: options.for, by: cliOrigin() });
   if (options.json) printJson({ deployment: name, paused: pause });
   else {
     process.stdout.write(
@@ -53,11 +44,8 @@ export async function pauseCommand(settings: Settings, name: string, options: { 
 
 /** `deployq resume <deployment>`: ends a pause; the worker takes the newest waiting entry within a second. */
 export async function resumeCommand(settings: Settings, name: string, options: { json: boolean }): Promise<number> {
-  configuredDeployment(settings, name);
-  const layout = queueLayout(settings.queuesDir);
-  const before = await readPause(layout, name);
-  const removed = await removePause(layout, name);
-  if (options.json) printJson({ deployment: name, resumed: removed, was: before && "pause" in before ? before.pause : undefined });
+  const { removed, before } = await resumeDeployment(settings, name);
+  if (options.json) printJson({ deployment: name, resumed: removed, was: before });
   else process.stdout.write(removed ? `resumed ${name}: its newest waiting entry deploys now\n` : `${name} was not paused\n`);
   return 0;
 }
@@ -69,6 +57,41 @@ export async function resumeCommand(settings: Settings, name: string, options: {
  * dead-letter/ (requeue it to deploy it after all).
  */
 export async function cancelCommand(settings: Settings, name: string, options: { json: boolean }): Promise<number> {
+  const running = await cancelDeploy(settings, name, cliOrigin());
+  if (options.json) printJson({ deployment: name, cancelling: running.deployId });
+  else process.stdout.write(`asked deploy #${running.deployId} of ${name} to stop (within a second); \`deployq status ${name}\` shows how it ended\n`);
+  return 0;
+}
+
+// The actions themselves, shared by the CLI and the dashboard (`by` says which, and who).
+
+/** Pauses a deployment (see pauseCommand); `for` as --for takes it. */
+export async function pauseDeployment(settings: Settings, name: string, options: { reason?: string | undefined; for?: string | undefined; by: string }): Promise<Pause> {
+  configuredDeployment(settings, name);
+  const reason = (options.reason ?? "").trim();
+  if (reason.length > 1000) throw new DeployqError("BAD_REQUEST", "the reason is longer than 1000 characters: say it in fewer");
+  const now = Date.now();
+  const pause: Pause = {
+    reason,
+    by: options.by,
+    at: new Date(now).toISOString(),
+    ...(options.for !== undefined ? { until: new Date(now + parseDuration(options.for)).toISOString() } : {}),
+  };
+  await writePause(queueLayout(settings.queuesDir), name, pause);
+  return pause;
+}
+
+/** Ends a pause; says whether there was one, and what it was. */
+export async function resumeDeployment(settings: Settings, name: string): Promise<{ removed: boolean; before: Pause | undefined }> {
+  configuredDeployment(settings, name);
+  const layout = queueLayout(settings.queuesDir);
+  const found = await readPause(layout, name);
+  const removed = await removePause(layout, name);
+  return { removed, before: found && "pause" in found ? found.pause : undefined };
+}
+
+/** Asks the running deploy to stop (see cancelCommand); refuses when none runs here, or it is past its switch. */
+export async function cancelDeploy(settings: Settings, name: string, by: string): Promise<Running> {
   configuredDeployment(settings, name);
   const running = await readRunning(settings.dataDir, name);
   if (!running || !isProcessAlive(running.pid)) {
@@ -77,8 +100,6 @@ export async function cancelCommand(settings: Settings, name: string, options: {
   if (!running.cancellable) {
     throw new DeployqError("BAD_REQUEST", `deploy #${running.deployId} of ${name} is past its switch (${running.step ?? "switch"}): it finishes, or rolls back by itself; \`deployq rollback ${name}\` afterwards goes back`);
   }
-  await writeCancel(settings.dataDir, name, { deployId: running.deployId, by: origin(), at: new Date().toISOString() });
-  if (options.json) printJson({ deployment: name, cancelling: running.deployId });
-  else process.stdout.write(`asked deploy #${running.deployId} of ${name} to stop (within a second); \`deployq status ${name}\` shows how it ended\n`);
-  return 0;
+  await writeCancel(settings.dataDir, name, { deployId: running.deployId, by, at: new Date().toISOString() });
+  return running;
 }

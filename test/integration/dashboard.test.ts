@@ -60,7 +60,7 @@ describe("the dashboard in a browser", () => {
     repo = await createRepo(reposDir);
     // (Split words, so that the log's copy of the command line does not contain what the output is checked for.)
     // The build prints NOTE (a hostile string in some commits), and waits for the test's gate file when the commit has WAIT.
-    const build = `if [ -e FAIL ]; then echo failing >&2; exit 3; fi; cat NOTE 2>/dev/null; echo; if [ -e WAIT ]; then echo "wai""ting"; while [ ! -e ${gate} ]; do sleep 0.05; done; echo "re""leased"; while [ ! -e ${gate}-2 ]; do sleep 0.05; done; fi; echo built`;
+    const build = `if [ -e FAIL ]; then echo failing >&2; exit 3; fi; cat NOTE 2>/dev/null; echo; if [ -e WAIT ]; then echo "wai""ting"; while [ ! -e ${gate} ]; do sleep 0.05; done; echo "re""leased"; while [ ! -e ${gate}-2 ]; do sleep 0.05; done; fi; if [ -e HOLD ]; then echo "hol""ding"; while [ ! -e ${gate}-hold ]; do sleep 0.05; done; fi; echo built`;
     ws = await createWorkspace({
       deployments: followingDeployment("app", repo.bare, `commands = [["sh", "-c", ${JSON.stringify(build)}]]`),
       topLevel: `[dashboard]\npath = "${PREFIX}"\n`,
@@ -321,6 +321,44 @@ describe("the dashboard in a browser", () => {
     await expect(page.locator(".flash.ok").textContent()).resolves.toBe("deleted 1 entry from dead-letter/app");
     expect(await scanQueue(dead)).toEqual([]);
     expect(logLines.find((l) => l.origin === "dashboard" && l.action === "flush")).toMatchObject({ queue: "dead-letter/app" });
+  });
+
+  it("pauses and resumes a deployment, and cancels a running deploy, from the deployment page", async () => {
+    // Paused with a hostile reason: a push waits, and the reason is shown as text.
+    await page.goto(`${base}/deployments/app`);
+    await page.fill("input[name=reason]", XSS.join(" "));
+    await page.fill("input[name=for]", "2h");
+    await page.click("button:has-text('Pause')");
+    await page.waitForURL(`${base}/deployments/app`);
+    await expect(page.locator(".flash.ok").textContent()).resolves.toMatch(/^paused app until \S+: its entries wait/);
+    await expect(page.locator(".actions").textContent()).resolves.toContain(`Paused by dashboard at`);
+    await expect(page.locator(".actions").textContent()).resolves.toContain(XSS.join(" "));
+    expect(await page.locator("main img, main script").count()).toBe(0);
+    const before = seen.length;
+    const held = await push({ "index.html": "v5", HOLD: "1", WAIT: null });
+    await until("the worker to tell the pause", async () => seen.slice(before).find((e) => e.kind === "deploy" && e.name === "paused"));
+    expect(seen.slice(before).some((e) => e.kind === "deploy" && e.name === "started" && e.entry === held.entry)).toBe(false);
+    await shot("paused");
+
+    // Resumed: it deploys, and holds in its build; cancelled from the page, the previous release stays.
+    const live = (await collectStatus(ws.settings, tdb.database.db, "app")).deployments[0]!.current.sha;
+    await page.click("button:has-text('Resume')");
+    await page.waitForURL(`${base}/deployments/app`);
+    await expect(page.locator(".flash.ok").textContent()).resolves.toBe("resumed app: its newest waiting entry deploys now");
+    await until("the held build", async () => seen.slice(before).find((e) => e.kind === "deploy" && e.name === "step-started" && e.step === "build" && e.entry === held.entry));
+    await page.goto(`${base}/deployments/app`);
+    await page.click("button:has-text('Cancel deploy')");
+    await page.waitForURL(`${base}/deployments/app`);
+    await expect(page.locator(".flash.ok").textContent()).resolves.toMatch(/^asked deploy #\d+ of app to stop/);
+    await expect(finished(held.entry, before)).resolves.toMatchObject({ outcome: "cancelled" });
+    expect((await collectStatus(ws.settings, tdb.database.db, "app")).deployments[0]!.current.sha).toBe(live);
+    const actions = await tdb.database.db.select().from(adminActions).orderBy(asc(adminActions.id));
+    expect(actions.slice(-3).map((a) => [a.action, a.ok])).toEqual([
+      ["pause", true],
+      ["resume", true],
+      ["cancel", true],
+    ]);
+    await shot("cancelled");
   });
 
   it("works without JavaScript: log in, see the overview, log out", async () => {

@@ -15,6 +15,7 @@ import { ROUTER } from "../../queue/layout.ts";
 import { LoginLimiter, SESSION_COOKIE, SESSION_TTL_MS, type Session, SessionStore, constantTimeEqual, csrfMatches, readCookie, sessionCookie } from "./auth.ts";
 import { deployData, deploymentData, overviewData, queuesData } from "./data.ts";
 import { followLog } from "../../events/log-follower.ts";
+import { cancelDeploy, pauseDeployment, resumeDeployment } from "../../cli/pause.ts";
 import type { PageContext } from "./pages/common.tsx";
 import { DeployPage } from "./pages/deploy.tsx";
 import { DeploymentPage } from "./pages/deployment.tsx";
@@ -279,6 +280,35 @@ export function createDashboard(deps: DashboardDeps): Dashboard {
     await act(req, res, deploymentUrl(name), "rollback", name, { to }, async () => {
       const q = await queueRollback(deps.settings, name, to, "dashboard");
       return `queued ${q.what} for ${name} (entry ${q.entry})`;
+    });
+  });
+
+  router.post("/deployments/:name/pause", async (req, res) => {
+    const name = req.params.name;
+    if (!knownDeployment(res, name)) return;
+    const reason = field(req, "reason");
+    const duration = field(req, "for");
+    await act(req, res, deploymentUrl(name), "pause", name, { reason, for: duration }, async () => {
+      const pause = await pauseDeployment(deps.settings, name, { reason, for: duration, by: "dashboard" });
+      return `paused ${name}${pause.until ? ` until ${pause.until}` : ""}: its entries wait (the newest still wins)`;
+    });
+  });
+
+  router.post("/deployments/:name/resume", async (req, res) => {
+    const name = req.params.name;
+    if (!knownDeployment(res, name)) return;
+    await act(req, res, deploymentUrl(name), "resume", name, {}, async () => {
+      const { removed } = await resumeDeployment(deps.settings, name);
+      return removed ? `resumed ${name}: its newest waiting entry deploys now` : `${name} was not paused`;
+    });
+  });
+
+  router.post("/deployments/:name/cancel", async (req, res) => {
+    const name = req.params.name;
+    if (!knownDeployment(res, name)) return;
+    await act(req, res, deploymentUrl(name), "cancel", name, {}, async () => {
+      const running = await cancelDeploy(deps.settings, name, "dashboard");
+      return `asked deploy #${running.deployId} of ${name} to stop; the previous release stays current`;
     });
   });
 

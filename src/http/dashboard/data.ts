@@ -1,3 +1,5 @@
+import { type Running, readRunning } from "../../workers/cancel.ts";
+import { isProcessAlive } from "../../pid-lock.ts";
 import { open } from "node:fs/promises";
 import type { Settings } from "../../config/load.ts";
 import type { Db } from "../../db/client.ts";
@@ -119,6 +121,8 @@ export interface DeploymentData {
   deadLetters: EntryInfo[];
   /** What admins did to it from the dashboard, newest first. */
   actions: AdminAction[];
+  /** The deploy running on this host now, and whether it may still be cancelled. */
+  running: Running | undefined;
 }
 
 export async function deploymentData(settings: Settings, db: Db, name: string): Promise<DeploymentData | undefined> {
@@ -133,7 +137,17 @@ export async function deploymentData(settings: Settings, db: Db, name: string): 
     d.strategy === "releases" ? listReleases(deploymentPaths(d.path)) : Promise.resolve([]),
     recentAdminActions(db, name, 10),
   ]);
-  return { status: report.deployments[0]!, strategy: d.strategy, releases: releases.reverse(), history, queued: queued.slice(0, ENTRIES_SHOWN), deadLetters: deadLetters.slice(0, ENTRIES_SHOWN), actions };
+  const running = await readRunning(settings.dataDir, name);
+  return {
+    status: report.deployments[0]!,
+    strategy: d.strategy,
+    releases: releases.reverse(),
+    history,
+    queued: queued.slice(0, ENTRIES_SHOWN),
+    deadLetters: deadLetters.slice(0, ENTRIES_SHOWN),
+    actions,
+    running: running && isProcessAlive(running.pid) ? running : undefined,
+  };
 }
 
 export interface DeployData {

@@ -183,6 +183,34 @@ export function DeploymentPage(props: { ctx: PageContext; data: DeploymentData }
             <button type="submit">Roll back to the previous good release</button>
           </form>
         )}
+        {data.running && (
+          <form method="post" action={`${ctx.prefix}/deployments/${seg(name)}/cancel`}>
+            <Csrf ctx={ctx} />
+            <button type="submit" disabled={!data.running.cancellable} title={data.running.cancellable ? "" : "past its switch: it finishes, or rolls back by itself"}>
+              {`Cancel deploy #${data.running.deployId}`}
+            </button>
+          </form>
+        )}
+        {s.paused ? (
+          <form method="post" action={`${ctx.prefix}/deployments/${seg(name)}/resume`}>
+            <Csrf ctx={ctx} />
+            <span class="bad">
+              {"invalid" in s.paused ? `Paused: ${s.paused.invalid}` : `Paused by ${s.paused.by} at ${s.paused.at}${s.paused.reason ? `: ${s.paused.reason}` : ""}${s.paused.until ? ` (until ${s.paused.until})` : ""}`}
+            </span>{" "}
+            <button type="submit">Resume</button>
+          </form>
+        ) : (
+          <form method="post" action={`${ctx.prefix}/deployments/${seg(name)}/pause`}>
+            <Csrf ctx={ctx} />
+            <label>
+              Pause, because <input type="text" name="reason" maxLength={1000} autocomplete="off" />
+            </label>{" "}
+            <label>
+              for <input type="text" name="for" placeholder="until resumed (or 30m, 2h, 1d)" maxLength={10} autocomplete="off" />
+            </label>{" "}
+            <button type="submit">Pause</button>
+          </form>
+        )}
       </div>
 
       {data.strategy === "releases" && (
