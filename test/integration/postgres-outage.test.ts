@@ -258,8 +258,11 @@ describe("receiver through Postgres outages", () => {
     expect(entries.sort()).toEqual([...all].sort());
     const sql = postgres(pg.url, { max: 1, onnotice: () => {} });
     try {
-      const rows = await sql<{ delivery_id: string }[]>`select delivery_id from deliveries`;
-      expect(rows.map((r) => r.delivery_id).sort()).toEqual([...all].sort());
+      // A delivery whose COMMIT's answer was lost gets its row once the receiver retries it (1 s, doubling).
+      const expected = JSON.stringify([...all].sort());
+      const ids = async () => (await sql<{ delivery_id: string }[]>`select delivery_id from deliveries`).map((r) => r.delivery_id).sort();
+      await until("every delivery's row", async () => JSON.stringify(await ids()) === expected, 30_000, 200).catch(() => undefined);
+      expect(await ids()).toEqual([...all].sort());
     } finally {
       await sql.end();
     }
