@@ -2,7 +2,7 @@ import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { spawnTracked } from "./processes.ts";
-import { freePort } from "./redis.ts";
+import { freePort } from "./load.ts";
 
 export interface TestPrometheus {
   url: string;

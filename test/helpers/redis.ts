@@ -1,16 +1,6 @@
-import { createServer } from "node:net";
 import { type Spawned, spawnTracked } from "./processes.ts";
+import { freePort } from "./load.ts";
 
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 /** A Redis of the test's own on a free port (stands in for one Dragonfly node), to stop and start at will. */
 export interface PrivateRedis {
