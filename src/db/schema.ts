@@ -170,3 +170,23 @@ export const adminActions = pgTable(
 );
 
 export type AdminAction = typeof adminActions.$inferSelect;
+
+/**
+ * The dashboard's sessions, in the database so that every receiver instance (pm2 runs two)
+ * knows them and a restart logs nobody out. The id is kept only as its SHA-256: a reader of
+ * this table cannot log in with what it holds.
+ */
+export const dashboardSessions = pgTable(
+  "dashboard_sessions",
+  {
+    /** SHA-256 (hex) of the session id the cookie carries. */
+    idHash: text("id_hash").primaryKey(),
+    /** The CSRF token every state-changing request of this session carries. */
+    csrf: text("csrf").notNull(),
+    createdAt: timestamp("created_at", { withTimezone: true }).notNull(),
+    expiresAt: timestamp("expires_at", { withTimezone: true }).notNull(),
+    /** The result of the last action, shown once on the next page, then cleared. */
+    flash: jsonb("flash").$type<{ kind: "ok" | "error"; text: string }>(),
+  },
+  (t) => [index("dashboard_sessions_expires_at_idx").on(t.expiresAt)],
+);

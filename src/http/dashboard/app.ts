@@ -12,7 +12,7 @@ import { recordAdminAction } from "../../db/queries/admin-actions.ts";
 import { deployById } from "../../db/queries/deploy-by-id.ts";
 import { DeployqError, errorMessage } from "../../errors.ts";
 import { ROUTER } from "../../queue/layout.ts";
-import { LoginLimiter, SESSION_COOKIE, SESSION_TTL_MS, type Session, SessionStore, constantTimeEqual, csrfMatches, readCookie, sessionCookie } from "./auth.ts";
+import { LoginLimiter, SESSION_COOKIE, SESSION_TTL_MS, type Flash, type Session, SessionStore, constantTimeEqual, csrfMatches, readCookie, sessionCookie } from "./auth.ts";
 import { deployData, deploymentData, overviewData, queuesData } from "./data.ts";
 import { followLog } from "../../events/log-follower.ts";
 import { cancelDeploy, pauseDeployment, resumeDeployment } from "../../cli/pause.ts";
@@ -86,9 +86,12 @@ export function dashboardFor(settings: Settings, db: Db, logger: Logger): Dashbo
 
 const ID = /^[1-9]\d{0,15}$/;
 
+/** A request for a page (what shows a flash): a GET that is not the log's event stream. */
+const isPage = (req: Request) => req.method === "GET" && !req.path.endsWith("/log/stream");
+
 export function createDashboard(deps: DashboardDeps): Dashboard {
   const prefix = deps.settings.dashboard.path;
-  const sessions = deps.sessions ?? new SessionStore();
+  const sessions = deps.sessions ?? new SessionStore(deps.db);
   const limiter = deps.limiter ?? new LoginLimiter();
   const log = deps.logger.child({ component: "dashboard" });
   const assets = {
@@ -118,11 +121,8 @@ export function createDashboard(deps: DashboardDeps): Dashboard {
     res.set({ "content-type": asset.type, "cache-control": "public, max-age=31536000, immutable" }).send(asset.body);
   });
 
-  const ctxOf = (session: Session | undefined): PageContext => {
-    const flash = session?.flash;
-    if (session) delete session.flash;
-    return { prefix, assets, csrf: session?.csrf, flash, now: Date.now() };
-  };
+  /** A page's context; the session's flash (loaded with it, taken by the middleware below) shows on this page only. */
+  const ctxOf = (session: Session | undefined): PageContext => ({ prefix, assets, csrf: session?.csrf, flash: session?.flash, now: Date.now() });
   const send = <P,>(res: Response, status: number, page: VNode<P>) => {
     res.status(status).type("text/html; charset=utf-8").send(renderPage(page));
   };
@@ -131,15 +131,15 @@ export function createDashboard(deps: DashboardDeps): Dashboard {
 
   router.use(express.urlencoded({ extended: false, limit: "16kb", parameterLimit: 20 }));
 
-  router.get("/login", (req, res) => {
-    if (sessions.get(readCookie(req.get("cookie"), SESSION_COOKIE))) {
+  router.get("/login", async (req, res) => {
+    if (await sessions.get(readCookie(req.get("cookie"), SESSION_COOKIE))) {
       res.redirect(303, `${prefix}/`);
       return;
     }
     send(res, 200, h(LoginPage, { ctx: ctxOf(undefined) }));
   });
 
-  router.post("/login", (req, res) => {
+  router.post("/login", async (req, res) => {
     const ip = clientIp(req);
     const wait = limiter.retryAfterMs(ip);
     if (wait > 0) {
@@ -157,16 +157,16 @@ export function createDashboard(deps: DashboardDeps): Dashboard {
     }
     // A new id at every login: a session id known before it (fixation) is worth nothing.
     const old = readCookie(req.get("cookie"), SESSION_COOKIE);
-    if (old) sessions.delete(old);
-    const session = sessions.create();
+    if (old) await sessions.delete(old);
+    const session = await sessions.create();
     log.info({ origin: "dashboard", ip }, "dashboard login");
     res.set("set-cookie", sessionCookie(session.id, { path: prefix, maxAgeS: Math.floor(SESSION_TTL_MS / 1000), secure: secure(req) }));
     res.redirect(303, `${prefix}/`);
   });
 
   // Everything below needs a session; every POST also its CSRF token.
-  router.use((req, res, next) => {
-    const session = sessions.get(readCookie(req.get("cookie"), SESSION_COOKIE));
+  router.use(async (req, res, next) => {
+    const session = await sessions.get(readCookie(req.get("cookie"), SESSION_COOKIE));
     if (!session) {
       if (req.method === "GET" || req.method === "HEAD") res.redirect(303, `${prefix}/login`);
       else send(res, 401, h(MessagePage, { ctx: ctxOf(undefined), title: "Not logged in", message: "Log in first: the session is missing or has expired." }));
@@ -177,13 +177,15 @@ export function createDashboard(deps: DashboardDeps): Dashboard {
       send(res, 403, h(MessagePage, { ctx: ctxOf(session), title: "Refused", message: "This form is stale or did not come from the dashboard (its CSRF token does not match): reload the page and try again." }));
       return;
     }
+    // A flash is shown by the one page that takes it (not by the log's event stream, and not twice).
+    if (session.flash && !(isPage(req) && (await sessions.takeFlash(session.id)))) delete session.flash;
     res.locals.session = session;
     next();
   });
   const sessionOf = (res: Response) => res.locals.session as Session;
 
-  router.post("/logout", (req, res) => {
-    sessions.delete(sessionOf(res).id);
+  router.post("/logout", async (req, res) => {
+    await sessions.delete(sessionOf(res).id);
     res.set("set-cookie", sessionCookie("", { path: prefix, maxAgeS: 0, secure: secure(req) }));
     res.redirect(303, `${prefix}/login`);
   });
@@ -225,8 +227,8 @@ export function createDashboard(deps: DashboardDeps): Dashboard {
   const notFound = (res: Response, message: string) => send(res, 404, h(MessagePage, { ctx: ctxOf(sessionOf(res)), title: "Not found", message }));
 
   /** An action's result is shown once on the page it came from (POST, then a redirect: a reload does not repeat it). */
-  const done = (res: Response, to: string, flash: Session["flash"]) => {
-    sessionOf(res).flash = flash;
+  const done = async (res: Response, to: string, flash: Flash) => {
+    await sessions.setFlash(sessionOf(res).id, flash);
     res.redirect(303, to);
   };
   const field = (req: Request, name: string): string | undefined => {
@@ -253,7 +255,7 @@ export function createDashboard(deps: DashboardDeps): Dashboard {
     await recordAdminAction(deps.db, { origin: "dashboard", action, deployment, details, ok: outcome.ok, message: outcome.message, client: ip }).catch((err: unknown) =>
       log.error({ action, err: errorMessage(err) }, "cannot record a dashboard action in admin_actions (it was done; the log line above has it)"),
     );
-    done(res, back, { kind: outcome.ok ? "ok" : "error", text: outcome.message });
+    await done(res, back, { kind: outcome.ok ? "ok" : "error", text: outcome.message });
   };
   const deploymentUrl = (name: string) => `${prefix}/deployments/${encodeURIComponent(name)}`;
   const knownDeployment = (res: Response, name: string) => {
@@ -335,7 +337,7 @@ export function createDashboard(deps: DashboardDeps): Dashboard {
     if (name === undefined) return;
     const back = backOf(req, name);
     if (field(req, "confirm") !== "yes") {
-      done(res, back, { kind: "error", text: `Tick "delete all … for good" to flush dead-letter/${name}: nothing was deleted.` });
+      await done(res, back, { kind: "error", text: `Tick "delete all … for good" to flush dead-letter/${name}: nothing was deleted.` });
       return;
     }
     await act(req, res, back, "flush", name === ROUTER ? null : name, { queue: `dead-letter/${name}` }, async () => {

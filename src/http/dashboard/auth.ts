@@ -1,16 +1,20 @@
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
+import { and, desc, eq, gt, isNotNull, lte, notInArray } from "drizzle-orm";
+import type { Db } from "../../db/client.ts";
+import { dashboardSessions } from "../../db/schema.ts";
 
 /**
  * The dashboard's login: one admin token (DEPLOYQ_ADMIN_TOKEN), exchanged once through a
- * form for a session. A session is a random id kept in this process's memory (a restart
- * logs everyone out), sent back as an HttpOnly, SameSite=Strict cookie, with its own CSRF
- * token that every state-changing request must carry in a hidden field.
+ * form for a session. A session is a random id sent back as an HttpOnly, SameSite=Strict
+ * cookie, with its own CSRF token that every state-changing request must carry in a hidden
+ * field. Sessions live in the database (table dashboard_sessions, the id only as its
+ * SHA-256), so that every receiver instance knows them and a restart logs nobody out.
  */
 
 export const SESSION_COOKIE = "deployq_session";
 /** A session lasts this long from its login, whatever is done with it. */
 export const SESSION_TTL_MS = 8 * 60 * 60 * 1000;
-/** At most this many live sessions; past that, the oldest is dropped (so logins cannot fill the memory). */
+/** At most this many live sessions; past that, the oldest are dropped (so logins cannot fill the table). */
 export const MAX_SESSIONS = 1000;
 
 /** Compares two secrets in time that depends on neither: both are hashed to the same length first. */
@@ -21,59 +25,75 @@ export function constantTimeEqual(a: string, b: string): boolean {
   return timingSafeEqual(ha, hb) && a.length === b.length;
 }
 
+export type Flash = { kind: "ok" | "error"; text: string };
+
 export interface Session {
   id: string;
   csrf: string;
   createdAt: number;
   expiresAt: number;
   /** Shown once on the next page (the result of an action), then cleared. */
-  flash?: { kind: "ok" | "error"; text: string };
+  flash?: Flash;
 }
 
-export class SessionStore {
-  private readonly sessions = new Map<string, Session>();
+/** What the table holds for an id: its SHA-256, never the id itself. */
+const hashOf = (id: string) => createHash("sha256").update(id, "utf8").digest("hex");
+/** A session id as this store makes them (32 random bytes, base64url): anything else is not looked up. */
+const SESSION_ID = /^[A-Za-z0-9_-]{43}$/;
 
+export class SessionStore {
   constructor(
+    private readonly db: Db,
     private readonly ttlMs = SESSION_TTL_MS,
     private readonly now: () => number = Date.now,
   ) {}
 
-  create(): Session {
-    this.sweep();
-    while (this.sessions.size >= MAX_SESSIONS) {
-      const oldest = this.sessions.keys().next().value;
-      if (oldest === undefined) break;
-      this.sessions.delete(oldest);
-    }
+  async create(): Promise<Session> {
     const at = this.now();
     const session: Session = { id: randomBytes(32).toString("base64url"), csrf: randomBytes(32).toString("base64url"), createdAt: at, expiresAt: at + this.ttlMs };
-    this.sessions.set(session.id, session);
+    await this.db.insert(dashboardSessions).values({ idHash: hashOf(session.id), csrf: session.csrf, createdAt: new Date(at), expiresAt: new Date(session.expiresAt) });
+    await this.sweep(at);
     return session;
   }
 
-  /** The live session with this id, if any (an expired one is removed). */
-  get(id: string | undefined): Session | undefined {
-    if (!id) return undefined;
-    const session = this.sessions.get(id);
-    if (!session) return undefined;
-    if (session.expiresAt <= this.now()) {
-      this.sessions.delete(id);
-      return undefined;
-    }
-    return session;
+  /** The live session with this id, if any, with its flash (which is not cleared: see takeFlash). */
+  async get(id: string | undefined): Promise<Session | undefined> {
+    if (!id || !SESSION_ID.test(id)) return undefined;
+    const [row] = await this.db
+      .select()
+      .from(dashboardSessions)
+      .where(and(eq(dashboardSessions.idHash, hashOf(id)), gt(dashboardSessions.expiresAt, new Date(this.now()))));
+    if (!row) return undefined;
+    return { id, csrf: row.csrf, createdAt: row.createdAt.getTime(), expiresAt: row.expiresAt.getTime(), ...(row.flash ? { flash: row.flash } : {}) };
   }
 
-  delete(id: string): void {
-    this.sessions.delete(id);
+  /**
+   * Clears the session's flash; true for the one request that cleared it (two pages loaded at
+   * once do not both show it).
+   */
+  async takeFlash(id: string): Promise<boolean> {
+    const rows = await this.db
+      .update(dashboardSessions)
+      .set({ flash: null })
+      .where(and(eq(dashboardSessions.idHash, hashOf(id)), isNotNull(dashboardSessions.flash)))
+      .returning({ idHash: dashboardSessions.idHash });
+    return rows.length > 0;
   }
 
-  get size(): number {
-    return this.sessions.size;
+  async setFlash(id: string, flash: Flash): Promise<void> {
+    await this.db.update(dashboardSessions).set({ flash }).where(eq(dashboardSessions.idHash, hashOf(id)));
   }
 
-  private sweep(): void {
-    const at = this.now();
-    for (const [id, s] of this.sessions) if (s.expiresAt <= at) this.sessions.delete(id);
+  async delete(id: string): Promise<void> {
+    if (!SESSION_ID.test(id)) return;
+    await this.db.delete(dashboardSessions).where(eq(dashboardSessions.idHash, hashOf(id)));
+  }
+
+  /** Expired sessions go, and the oldest past MAX_SESSIONS. */
+  private async sweep(at: number): Promise<void> {
+    await this.db.delete(dashboardSessions).where(lte(dashboardSessions.expiresAt, new Date(at)));
+    const newest = this.db.select({ idHash: dashboardSessions.idHash }).from(dashboardSessions).orderBy(desc(dashboardSessions.createdAt)).limit(MAX_SESSIONS);
+    await this.db.delete(dashboardSessions).where(notInArray(dashboardSessions.idHash, newest));
   }
 }
 
