@@ -111,6 +111,8 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
     const health: HealthCheck[] = [];
     let server: RunningServer | undefined;
     if (receives) {
+      const dashboard = dashboardFor(settings, database.db, logger);
+      if (dashboard) cleanups.push(() => dashboard.close());
       const app = createApp({
         db: database.db,
         layout,
@@ -122,7 +124,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
         deployments: [...settings.deployments.values()],
         status: (only) => collectStatus(settings, database.db, only),
         health,
-        dashboard: dashboardFor(settings, database.db, logger),
+        dashboard,
       });
       server = await listen(app, settings.host, settings.port);
       const running = server;

@@ -1,3 +1,4 @@
+import { hostname } from "node:os";
 import type { DeployqEvent, StampedEvent } from "./types.ts";
 
 export type EventListener = (event: StampedEvent) => void;
@@ -9,12 +10,15 @@ export type EventListener = (event: StampedEvent) => void;
  * path waits for a listener: those that do slow work (the database writer, /ws/v0 clients)
  * queue what they get, bounded, and drop when full.
  */
+/** Read once: the host name names the process (with its pid) in every event. */
+const HOST = hostname();
+
 export class Events {
   readonly #listeners = new Set<EventListener>();
 
   emit(event: DeployqEvent): void {
     if (this.#listeners.size === 0) return;
-    const stamped = { ...event, at: new Date().toISOString(), pid: process.pid } as StampedEvent;
+    const stamped = { ...event, at: new Date().toISOString(), pid: process.pid, host: HOST } as StampedEvent;
     for (const listener of this.#listeners) {
       try {
         listener(stamped);

@@ -55,5 +55,5 @@ export type LockEvent = {
 
 export type DeployqEvent = DeliveryEvent | DeployEvent | LockEvent;
 
-/** An event as emitted: stamped with the time (ISO 8601) and the process that emitted it. */
-export type StampedEvent = DeployqEvent & { at: string; pid: number };
+/** An event as emitted: stamped with the time (ISO 8601) and the process (pid, host name) that emitted it. */
+export type StampedEvent = DeployqEvent & { at: string; pid: number; host: string };

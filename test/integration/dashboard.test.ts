@@ -1,5 +1,5 @@
 import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { hostname, tmpdir } from "node:os";
 import path from "node:path";
 import { type Browser, type BrowserContext, type Page, chromium } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -237,6 +237,10 @@ describe("the dashboard in a browser", () => {
     expect(now).toMatch(/^running build/);
     // Its last deploy is the last one that finished (the rollback), not the running one.
     await expect(page.locator("tbody tr").first().locator("td").nth(2).textContent()).resolves.toMatch(/^succeeded/);
+    // Its lock, held by this process (serve runs the workers), in-process: no TTL.
+    const lock = await page.locator("tbody tr").first().locator("td").nth(4).textContent();
+    expect(lock).toContain(`pid ${process.pid} on ${hostname()}`);
+    expect(lock).toContain("in-process: no TTL");
     await shot("overview-running");
 
     await page.goto(`${base}/deploys/${id}`);

@@ -16,7 +16,7 @@ function collectingLogger() {
   return { logger: pino({ level: "info" }, stream), lines };
 }
 
-const settings = (adminToken: string | undefined) => ({ dashboard: { path: "/dash" }, secrets: { adminToken } }) as unknown as Settings;
+const settings = (adminToken: string | undefined) => ({ dashboard: { path: "/dash" }, secrets: { adminToken, redisUrls: [] } }) as unknown as Settings;
 
 describe("dashboardFor", () => {
   it("is off without DEPLOYQ_ADMIN_TOKEN, and says so", () => {

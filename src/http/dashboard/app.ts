@@ -11,6 +11,7 @@ import type { Db } from "../../db/client.ts";
 import { recordAdminAction } from "../../db/queries/admin-actions.ts";
 import { deployById } from "../../db/queries/deploy-by-id.ts";
 import { DeployqError, errorMessage } from "../../errors.ts";
+import { type LockInspector, createLockInspector } from "../../lock/inspect.ts";
 import { ROUTER } from "../../queue/layout.ts";
 import { LoginLimiter, SESSION_COOKIE, SESSION_TTL_MS, type Flash, type Session, SessionStore, constantTimeEqual, csrfMatches, readCookie, sessionCookie } from "./auth.ts";
 import { deployData, deploymentData, overviewData, queuesData } from "./data.ts";
@@ -63,11 +64,15 @@ export interface DashboardDeps {
   token: string;
   sessions?: SessionStore;
   limiter?: LoginLimiter;
+  /** Reads the time left of Redis locks (with REDIS_URL); without it, locks are in-process. */
+  locks?: LockInspector;
 }
 
 export interface Dashboard {
   path: string;
   router: express.Router;
+  /** Ends its connections (the lock inspector's). */
+  close(): Promise<void>;
 }
 
 /**
@@ -81,7 +86,8 @@ export function dashboardFor(settings: Settings, db: Db, logger: Logger): Dashbo
     return undefined;
   }
   logger.info({ path: settings.dashboard.path }, "the dashboard is on");
-  return createDashboard({ settings, db, logger, token });
+  const urls = settings.secrets.redisUrls;
+  return createDashboard({ settings, db, logger, token, ...(urls.length > 0 ? { locks: createLockInspector(urls) } : {}) });
 }
 
 const ID = /^[1-9]\d{0,15}$/;
@@ -191,7 +197,7 @@ export function createDashboard(deps: DashboardDeps): Dashboard {
   });
 
   router.get("/", async (_req, res) => {
-    send(res, 200, h(OverviewPage, { ctx: ctxOf(sessionOf(res)), data: await overviewData(deps.settings, deps.db) }));
+    send(res, 200, h(OverviewPage, { ctx: ctxOf(sessionOf(res)), data: await overviewData(deps.settings, deps.db, deps.locks) }));
   });
 
   router.get("/queues", async (_req, res) => {
@@ -358,7 +364,7 @@ export function createDashboard(deps: DashboardDeps): Dashboard {
     if (!res.headersSent) send(res, 500, h(MessagePage, { ctx: ctxOf(undefined), title: "Error", message: "This page failed: the deployq log says why." }));
   });
 
-  return { path: prefix, router };
+  return { path: prefix, router, close: async () => deps.locks?.close() };
 }
 
 /** How long one log stream lasts at most: the browser reconnects (with Last-Event-ID) if the deploy goes on. */

@@ -1,3 +1,5 @@
+import type { LockInspector } from "../../lock/inspect.ts";
+import { type LockState, lockStates } from "./locks.ts";
 import { type Running, readRunning } from "../../workers/cancel.ts";
 import { isProcessAlive } from "../../pid-lock.ts";
 import { open } from "node:fs/promises";
@@ -84,6 +86,7 @@ export interface DeliveryRow extends DeliverySummary {
 
 export interface OverviewDeployment extends DeploymentStatus {
   releasedAt: Date | undefined;
+  lock: LockState | undefined;
   running: { id: number; step: string | undefined; startedAt: Date } | undefined;
 }
 
@@ -98,15 +101,15 @@ async function withDeploys(db: Db, rows: DeliverySummary[]): Promise<DeliveryRow
   return rows.map((r) => ({ ...r, deploys: (r.entry && byEntry.get(r.entry)) || [] }));
 }
 
-export async function overviewData(settings: Settings, db: Db): Promise<OverviewData> {
-  const status = await collectStatus(settings, db);
+export async function overviewData(settings: Settings, db: Db, inspector?: LockInspector): Promise<OverviewData> {
+  const [status, locks] = await Promise.all([collectStatus(settings, db), lockStates(settings, db, inspector, [...settings.deployments.keys()])]);
   const deployments = await Promise.all(
     status.deployments.map(async (d): Promise<OverviewDeployment> => {
       const last = d.last;
       const running = last?.status === "running" ? { id: last.id, step: await currentStepOf(last.logPath), startedAt: last.startedAt } : undefined;
       // "Last deploy" is the last one that ran to its end: the running one is shown as what runs now.
       const lastRun = d.lastRun?.status === "running" ? (await recentDeploys(db, d.deployment, 50)).find((r) => FINISHED_RUN.has(r.status)) : d.lastRun;
-      return { ...d, lastRun, releasedAt: releaseTime(d.current.release), running };
+      return { ...d, lastRun, releasedAt: releaseTime(d.current.release), running, lock: locks.get(d.deployment) };
     }),
   );
   return { router: status.router, deployments, deliveries: await withDeploys(db, await recentDeliveries(db, DELIVERIES_SHOWN)) };

@@ -3,6 +3,7 @@
 /** @jsxRuntime automatic */
 /** @jsxImportSource preact */
 import type { DeliveryRow, OverviewData, OverviewDeployment } from "../data.ts";
+import type { LockState } from "../locks.ts";
 import { Ago, Badge, Layout, type PageContext, Sha, formatAge, formatDuration, seg } from "./common.tsx";
 
 function DeploymentRow(props: { d: OverviewDeployment; ctx: PageContext }) {
@@ -62,9 +63,44 @@ function DeploymentRow(props: { d: OverviewDeployment; ctx: PageContext }) {
           </div>
         ) : null}
       </td>
+      <td>
+        <LockCell lock={d.lock} now={ctx.now} />
+      </td>
       <td class="num">{d.queued}</td>
       <td class="num">{d.deadLetters > 0 ? <a class="bad" href={`${ctx.prefix}/queues#dead-letter-${d.deployment}`}>{d.deadLetters}</a> : 0}</td>
     </tr>
+  );
+}
+
+function LockCell(props: { lock: LockState | undefined; now: number }) {
+  const { lock, now } = props;
+  if (!lock) return <span class="muted">-</span>;
+  if (lock.state === "unknown")
+    return (
+      <>
+        <span class="bad">unknown</span>
+        <div class="muted small">the lock service does not answer{lock.holder ? `; last taken by ${lock.holder}` : ""}</div>
+      </>
+    );
+  if (lock.state === "free")
+    return (
+      <>
+        <span class="muted">free</span>
+        {lock.abandoned && <div class="small">expired: its holder stopped without releasing it</div>}
+      </>
+    );
+  return (
+    <>
+      <span class="lock-holder">{lock.holder}</span>
+      <div class="muted small">
+        {lock.since && (
+          <>
+            since <Ago at={lock.since} now={now} />
+          </>
+        )}
+        {lock.ttlMs !== undefined ? `${lock.since ? ", " : ""}expires in ${formatDuration(lock.ttlMs)} unless extended` : `${lock.since ? ", " : ""}in-process: no TTL`}
+      </div>
+    </>
   );
 }
 
@@ -101,6 +137,7 @@ export function OverviewPage(props: { ctx: PageContext; data: OverviewData }) {
             <th>Current release</th>
             <th>Last deploy</th>
             <th>Now</th>
+            <th>Lock</th>
             <th class="num">Queued</th>
             <th class="num">Dead letters</th>
           </tr>
@@ -111,7 +148,7 @@ export function OverviewPage(props: { ctx: PageContext; data: OverviewData }) {
           ))}
           {data.deployments.length === 0 && (
             <tr>
-              <td colSpan={6} class="muted">
+              <td colSpan={7} class="muted">
                 No deployments are configured.
               </td>
             </tr>

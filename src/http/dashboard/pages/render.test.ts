@@ -106,6 +106,7 @@ describe("pages escape whatever came from a push", () => {
             sites: [],
             releasedAt: new Date(),
             running: { id: 3, step: bad, startedAt: new Date() },
+            lock: { state: "held", holder: `pid 1 on ${bad}`, since: new Date(), ttlMs: 15_000, abandoned: false },
           },
         ],
         deliveries: [
