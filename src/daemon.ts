@@ -163,7 +163,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
       const started = new EventFeed({ db: database.db, logger });
       await started.start();
       feed = started;
-      const unlisten = await database.listen(EVENTS_CHANNEL, () => started.wake());
+      const unlisten = await database.listen(EVENTS_CHANNEL, (payload) => started.notified(payload));
       cleanups.push(async () => {
         started.close();
         // On a connection that hangs, UNLISTEN would too: the database's own close ends it.
