@@ -39,6 +39,7 @@ import { removeEntry } from "../src/queue/move.ts";
 import { QueueWorker } from "../src/queue/watch.ts";
 import { ensureQueueDirs } from "../src/queue/write.ts";
 import { parseEntry } from "../src/queue/entry.ts";
+import { type DashboardFigures, dashboardReport, runDashboardBench } from "./dashboard.ts";
 import { type DeployFigures, deployReport, runDeployBench } from "./deploy.ts";
 import { GROUP_COMMIT_STEP, type StepFigure, runSteps } from "./steps.ts";
 
@@ -67,13 +68,14 @@ const usage = `usage: npm run bench -- [options]
   --deploy-warmup <n> unmeasured pushes before them (default 3)
   --burst <n>         pushes in the burst to one deployment (default 100)
   --repo-files <n>    files in the deploy bench's generated repository (default 300)
+  --dashboard-requests <n>  measured requests of each kind in the dashboard section (default 300)
 profiling variants of the receiver (not the default figures):
   --pglite            the embedded PGlite (on disk) instead of Postgres
   --async-commit      Postgres synchronous_commit = off for the bench database (no WAL flush wait)
   --no-file-fsync     the receiver under Debian's libeatmydata (LD_PRELOAD): its fsync calls do nothing
   --uv-threads <n>    UV_THREADPOOL_SIZE for the receiver (Node's default is 4)
   --pool <n>          Postgres pool size (deployq's default is 20), through bench/receiver-entry.ts
-  --cpu-prof          write a V8 CPU profile of the receiver (and of deployq serve in the deploy part) into bench/profiles/`;
+  --cpu-prof          write a V8 CPU profile of the receiver (and of deployq serve in the deploy part, and of the dashboard section's receiver) into bench/profiles/`;
 
 const { values: opts } = parseArgs({
   options: {
@@ -89,6 +91,7 @@ const { values: opts } = parseArgs({
     "deploy-warmup": { type: "string", default: "3" },
     burst: { type: "string", default: "100" },
     "repo-files": { type: "string", default: "300" },
+    "dashboard-requests": { type: "string", default: "300" },
     pglite: { type: "boolean", default: false },
     "async-commit": { type: "boolean", default: false },
     "no-file-fsync": { type: "boolean", default: false },
@@ -906,6 +909,26 @@ async function main(): Promise<void> {
       progress: (line) => process.stderr.write(`${line}\n`),
     });
   }
+  let dashboard: DashboardFigures | undefined;
+  if (ONLY.has("dashboard")) {
+    const profiles = path.join(REPO_ROOT, "bench", "profiles");
+    if (opts["cpu-prof"]) await mkdir(profiles, { recursive: true });
+    dashboard = await runDashboardBench({
+      cpuProfileDir: opts["cpu-prof"] ? profiles : undefined,
+      workDir,
+      repoRoot: REPO_ROOT,
+      secret: SECRET,
+      deployments: 100,
+      entries: 10_000,
+      deploys: 10_000,
+      requests: Math.round(positive("dashboard-requests")),
+      createDatabase,
+      startChild,
+      childEnv,
+      addCleanup: (what, run) => void cleanups.push({ what, run }),
+      progress: (line) => process.stderr.write(`${line}\n`),
+    });
+  }
   console.log("");
   if (receiver || bare) {
     printHttp([receiver, bare].filter((x): x is HttpFigures => x !== undefined), payload);
@@ -961,6 +984,10 @@ async function main(): Promise<void> {
   if (deploy) {
     console.log("");
     console.log(deployReport(deploy, table));
+  }
+  if (dashboard) {
+    console.log("");
+    console.log(dashboardReport(dashboard, table));
   }
   console.log(`\nload average at the end: ${os.loadavg().map((l) => l.toFixed(2)).join(" ")} (other work on the machine skews every figure)`);
 }
