@@ -41,6 +41,7 @@ import { ensureQueueDirs } from "../src/queue/write.ts";
 import { parseEntry } from "../src/queue/entry.ts";
 import { type DashboardFigures, dashboardReport, runDashboardBench } from "./dashboard.ts";
 import { type DeployFigures, deployReport, runDeployBench } from "./deploy.ts";
+import { type LiveLogFigures, liveLogReport, runLiveLogBench } from "./live-log.ts";
 import { GROUP_COMMIT_STEP, type StepFigure, runSteps } from "./steps.ts";
 
 const REPO_ROOT = fileURLToPath(new URL("..", import.meta.url));
@@ -69,6 +70,7 @@ const usage = `usage: npm run bench -- [options]
   --burst <n>         pushes in the burst to one deployment (default 100)
   --repo-files <n>    files in the deploy bench's generated repository (default 300)
   --dashboard-requests <n>  measured requests of each kind in the dashboard section (default 300)
+  --log-lines <n>     lines the live-log section's build command prints, 5 ms apart (default 1000)
 profiling variants of the receiver (not the default figures):
   --pglite            the embedded PGlite (on disk) instead of Postgres
   --async-commit      Postgres synchronous_commit = off for the bench database (no WAL flush wait)
@@ -92,6 +94,7 @@ const { values: opts } = parseArgs({
     burst: { type: "string", default: "100" },
     "repo-files": { type: "string", default: "300" },
     "dashboard-requests": { type: "string", default: "300" },
+    "log-lines": { type: "string", default: "1000" },
     pglite: { type: "boolean", default: false },
     "async-commit": { type: "boolean", default: false },
     "no-file-fsync": { type: "boolean", default: false },
@@ -929,6 +932,22 @@ async function main(): Promise<void> {
       progress: (line) => process.stderr.write(`${line}\n`),
     });
   }
+  let liveLog: LiveLogFigures | undefined;
+  if (ONLY.has("live-log")) {
+    liveLog = await runLiveLogBench({
+      workDir,
+      repoRoot: REPO_ROOT,
+      secret: SECRET,
+      lines: Math.round(positive("log-lines")),
+      spacingMs: 5,
+      skip: 50,
+      createDatabase,
+      startChild,
+      childEnv,
+      addCleanup: (what, run) => void cleanups.push({ what, run }),
+      progress: (line) => process.stderr.write(`${line}\n`),
+    });
+  }
   console.log("");
   if (receiver || bare) {
     printHttp([receiver, bare].filter((x): x is HttpFigures => x !== undefined), payload);
@@ -988,6 +1007,10 @@ async function main(): Promise<void> {
   if (dashboard) {
     console.log("");
     console.log(dashboardReport(dashboard, table));
+  }
+  if (liveLog) {
+    console.log("");
+    console.log(liveLogReport(liveLog, table));
   }
   console.log(`\nload average at the end: ${os.loadavg().map((l) => l.toFixed(2)).join(" ")} (other work on the machine skews every figure)`);
 }
