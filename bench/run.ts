@@ -413,7 +413,7 @@ function merge(target: HttpTarget): HttpFigures {
 }
 
 /**
- * Warms each target up, then measures them in turns (A B A B …): the measured time per
+ * Warms each target up, then measures them in turns (A B B A …): the measured time per
  * target is split into ROUNDS runs, so that load from elsewhere on the machine falls on
  * both alike rather than on whichever happened to run at the wrong moment.
  */
@@ -427,7 +427,10 @@ async function measureHttp(targets: HttpTarget[], payload: Payload): Promise<voi
   const seconds = Math.max(1, Math.round(DURATION_S / ROUNDS));
   const groups = await Promise.all(targets.map((t) => t.processes()));
   for (let round = 1; round <= ROUNDS; round++) {
-    for (const [i, t] of targets.entries()) {
+    // A B, then B A, …: the machine's load drifts, and whichever ran second in every round would gain from a downward drift.
+    const order = [...targets.entries()];
+    if (round % 2 === 0) order.reverse();
+    for (const [i, t] of order) {
       process.stderr.write(`  ${t.name}: round ${round}/${ROUNDS}, ${seconds} s, ${CONNECTIONS} connections…\n`);
       const before = cpuSnapshot(groups[i]!);
       t.runs.push(await runWrk(t.url, payload, seconds));
