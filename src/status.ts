@@ -9,7 +9,7 @@ import { RAN_WITHIN, latestDeploys } from "./db/queries/latest-deploys.ts";
 import type { Deploy } from "./db/schema.ts";
 import { parseEntryName } from "./queue/entry-name.ts";
 import { queueLayout } from "./queue/layout.ts";
-import { scanQueue } from "./queue/scan.ts";
+import { queueSummary } from "./queue/scan.ts";
 import { certificateStateDir, readCertificateState } from "./steps/certbot.ts";
 import { nginxStateDir, ownedSiteFiles } from "./steps/nginx/manifest.ts";
 import { currentRelease, deploymentPaths, readReleaseMeta } from "./steps/release.ts";
@@ -133,9 +133,9 @@ function pick(row: Deploy | undefined): DeployStatusRow | undefined {
 
 /** How many events wait in router/, and for how long the oldest has (from its name: no file is read). */
 async function routerBacklog(dir: string): Promise<StatusReport["router"]> {
-  const names = await scanQueue(dir);
-  const oldest = names[0] ? parseEntryName(names[0])?.epochMs : undefined;
-  return { entries: names.length, oldestAgeSeconds: oldest === undefined ? null : Math.max(0, Math.round((Date.now() - oldest) / 1000)) };
+  const summary = await queueSummary(dir);
+  const oldest = summary.oldest ? parseEntryName(summary.oldest)?.epochMs : undefined;
+  return { entries: summary.entries, oldestAgeSeconds: oldest === undefined ? null : Math.max(0, Math.round((Date.now() - oldest) / 1000)) };
 }
 
 /** What `deployq status` and GET /status show: disk for the release and queues, the database for history. */
@@ -177,12 +177,12 @@ export async function collectStatus(settings: Settings, db: Db, only?: string): 
       chosen.map(async (d) => {
         const [current, queued, deadLetters, paused, sites] = await Promise.all([
           currentOf(d, settings.dataDir, db),
-          scanQueue(layout.deployment(d.name)),
-          scanQueue(layout.deadLetter(d.name)),
+          queueSummary(layout.deployment(d.name)),
+          queueSummary(layout.deadLetter(d.name)),
           has(pauseFiles, d.name) ? pauseOf(layout, d.name) : undefined,
           has(manifests, d.name) ? sitesOf(d, settings.dataDir) : [],
         ]);
-        return { d, current, queued: queued.length, deadLetters: deadLetters.length, paused, sites };
+        return { d, current, queued: queued.entries, deadLetters: deadLetters.entries, paused, sites };
       }),
     ),
   ]);
