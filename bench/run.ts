@@ -39,7 +39,9 @@ import { removeEntry } from "../src/queue/move.ts";
 import { QueueWorker } from "../src/queue/watch.ts";
 import { ensureQueueDirs } from "../src/queue/write.ts";
 import { parseEntry } from "../src/queue/entry.ts";
+import { type DashboardFigures, dashboardReport, runDashboardBench } from "./dashboard.ts";
 import { type DeployFigures, deployReport, runDeployBench } from "./deploy.ts";
+import { type LiveLogFigures, liveLogReport, runLiveLogBench } from "./live-log.ts";
 import { GROUP_COMMIT_STEP, type StepFigure, runSteps } from "./steps.ts";
 
 const REPO_ROOT = fileURLToPath(new URL("..", import.meta.url));
@@ -51,6 +53,8 @@ const SECRET = "bench-secret-It's a Secret to Everybody";
 const ADMIN_DATABASE_URL = process.env.DATABASE_URL || "postgres://postgres@127.0.0.1:5432/postgres";
 const TARGET_RATIO = 0.35;
 const TARGET_PICKUP_P99_MS = 10;
+/** What metrics and the event stream may cost the receiver's throughput. */
+const TARGET_OBSERVABILITY_COST = 0.05;
 
 const usage = `usage: npm run bench -- [options]
   --duration <s>      measured seconds per HTTP target (default 10)
@@ -60,18 +64,20 @@ const usage = `usage: npm run bench -- [options]
   --threads <n>       wrk threads (default 2)
   --entries <n>       router entries for the pickup latency (default 500)
   --spacing <ms>      pause between two router entries (default 5)
-  --only <list>       comma-separated subset of: receiver,bare,router,steps,deploy (default all)
+  --only <list>       comma-separated subset of: receiver,bare,router,steps,deploy,observability,dashboard,live-log (default all)
   --deploy-pushes <n> measured pushes, each deployed by deployq and the baseline script (default 30)
   --deploy-warmup <n> unmeasured pushes before them (default 3)
   --burst <n>         pushes in the burst to one deployment (default 100)
   --repo-files <n>    files in the deploy bench's generated repository (default 300)
+  --dashboard-requests <n>  measured requests of each kind in the dashboard section (default 300)
+  --log-lines <n>     lines the live-log section's build command prints, 5 ms apart (default 1000)
 profiling variants of the receiver (not the default figures):
   --pglite            the embedded PGlite (on disk) instead of Postgres
   --async-commit      Postgres synchronous_commit = off for the bench database (no WAL flush wait)
   --no-file-fsync     the receiver under Debian's libeatmydata (LD_PRELOAD): its fsync calls do nothing
   --uv-threads <n>    UV_THREADPOOL_SIZE for the receiver (Node's default is 4)
   --pool <n>          Postgres pool size (deployq's default is 20), through bench/receiver-entry.ts
-  --cpu-prof          write a V8 CPU profile of the receiver (and of deployq serve in the deploy part) into bench/profiles/`;
+  --cpu-prof          write a V8 CPU profile of the receiver (and of deployq serve in the deploy part, and of the dashboard section's receiver) into bench/profiles/`;
 
 const { values: opts } = parseArgs({
   options: {
@@ -82,11 +88,13 @@ const { values: opts } = parseArgs({
     threads: { type: "string", default: "2" },
     entries: { type: "string", default: "500" },
     spacing: { type: "string", default: "5" },
-    only: { type: "string", default: "receiver,bare,router,steps,deploy" },
+    only: { type: "string", default: "receiver,bare,router,steps,deploy,observability,dashboard,live-log" },
     "deploy-pushes": { type: "string", default: "30" },
     "deploy-warmup": { type: "string", default: "3" },
     burst: { type: "string", default: "100" },
     "repo-files": { type: "string", default: "300" },
+    "dashboard-requests": { type: "string", default: "300" },
+    "log-lines": { type: "string", default: "1000" },
     pglite: { type: "boolean", default: false },
     "async-commit": { type: "boolean", default: false },
     "no-file-fsync": { type: "boolean", default: false },
@@ -405,7 +413,7 @@ function merge(target: HttpTarget): HttpFigures {
 }
 
 /**
- * Warms each target up, then measures them in turns (A B A B …): the measured time per
+ * Warms each target up, then measures them in turns (A B B A …): the measured time per
  * target is split into ROUNDS runs, so that load from elsewhere on the machine falls on
  * both alike rather than on whichever happened to run at the wrong moment.
  */
@@ -419,7 +427,10 @@ async function measureHttp(targets: HttpTarget[], payload: Payload): Promise<voi
   const seconds = Math.max(1, Math.round(DURATION_S / ROUNDS));
   const groups = await Promise.all(targets.map((t) => t.processes()));
   for (let round = 1; round <= ROUNDS; round++) {
-    for (const [i, t] of targets.entries()) {
+    // A B, then B A, …: the machine's load drifts, and whichever ran second in every round would gain from a downward drift.
+    const order = [...targets.entries()];
+    if (round % 2 === 0) order.reverse();
+    for (const [i, t] of order) {
       process.stderr.write(`  ${t.name}: round ${round}/${ROUNDS}, ${seconds} s, ${CONNECTIONS} connections…\n`);
       const before = cpuSnapshot(groups[i]!);
       t.runs.push(await runWrk(t.url, payload, seconds));
@@ -486,8 +497,14 @@ interface StartedReceiver {
   describe: string;
 }
 
-async function startReceiver(workDir: string): Promise<StartedReceiver> {
-  const dir = path.join(workDir, "receiver");
+/** The observability section's pair: both through bench/receiver-entry.ts, metrics and the event stream on or off. */
+interface ReceiverVariant {
+  label: string;
+  observability: boolean;
+}
+
+async function startReceiver(workDir: string, variant?: ReceiverVariant): Promise<StartedReceiver> {
+  const dir = path.join(workDir, variant ? `receiver-${variant.label}` : "receiver");
   await mkdir(dir, { recursive: true });
   const configPath = path.join(dir, "deployq.toml");
   await writeFile(
@@ -512,6 +529,8 @@ path = "./apps/api"
     GITHUB_WEBHOOK_SECRET: SECRET,
     DEPLOYQ_LOG_LEVEL: "warn",
     ...(databaseUrl ? { DATABASE_URL: databaseUrl } : {}),
+    // Both variants alike; with observability on, this also serves /ws/v0.
+    ...(variant ? { DEPLOYQ_ADMIN_TOKEN: "bench-admin-token" } : {}),
   });
   if (!databaseUrl) delete env.DATABASE_URL;
   if (opts["uv-threads"]) env.UV_THREADPOOL_SIZE = opts["uv-threads"];
@@ -524,10 +543,10 @@ path = "./apps/api"
   }
   // The real CLI, unless a variant needs the bench's own entry (pool size, an exit that writes the profile).
   const entry =
-    opts.pool || opts["cpu-prof"]
-      ? ["--import", "tsx", RECEIVER_ENTRY, configPath, ...(opts.pool ? [opts.pool] : [])]
+    opts.pool || opts["cpu-prof"] || variant
+      ? ["--import", "tsx", RECEIVER_ENTRY, ...(variant && !variant.observability ? ["--no-observability"] : []), configPath, ...(opts.pool ? [opts.pool] : [])]
       : [DEPLOYQ_BIN, "receiver", "--config", configPath];
-  const receiver = startChild("deployq receiver", process.execPath, [...nodeArgs, ...entry], env);
+  const receiver = startChild(variant ? `deployq receiver (${variant.label})` : "deployq receiver", process.execPath, [...nodeArgs, ...entry], env);
   const [, url] = await receiver.waitFor(/listening on (http:\/\/\S+)/, 60_000);
   const describe = [
     entry[0] === DEPLOYQ_BIN ? "node bin/deployq.js receiver" : "bench/receiver-entry.ts",
@@ -537,6 +556,7 @@ path = "./apps/api"
     opts["uv-threads"] ? `UV_THREADPOOL_SIZE=${opts["uv-threads"]}` : "",
     opts.pool ? `pool ${opts.pool}` : "",
     opts["cpu-prof"] ? "CPU profile in bench/profiles/" : "",
+    variant ? `metrics and event stream ${variant.observability ? "on" : "off"}` : "",
   ].filter(Boolean);
   return {
     url: url!,
@@ -724,6 +744,42 @@ function machine(): Record<string, string> {
   };
 }
 
+/** The HTTP tables: requests/s and latency, then CPU per served request, of each target. */
+function printHttp(list: HttpFigures[], payload: Payload): void {
+  const rows = [["target", "status", "ok req/s", "per run", "p50 ms", "p90 ms", "p99 ms", "max ms", "other responses", "load"]];
+  for (const f of list) {
+    const other = Object.entries(f.other)
+      .map(([k, v]) => `${k}: ${v}`)
+      .join(", ");
+    rows.push([
+      f.name,
+      String(f.expected),
+      f.okPerSec.toFixed(0),
+      f.perRun.map((r) => r.toFixed(0)).join(" / "),
+      f.p50Ms.toFixed(2),
+      f.p90Ms.toFixed(2),
+      f.p99Ms.toFixed(2),
+      f.maxMs.toFixed(2),
+      other || "none",
+      f.load.map((l) => l.toFixed(1)).join(" / "),
+    ]);
+  }
+  console.log(`HTTP: ${payload.bytes}-byte signed push, ${CONNECTIONS} connections, ${DURATION_S} s per target in ${ROUNDS} turns (wrk, ${THREADS} threads)`);
+  console.log(table(rows));
+  console.log("ok req/s counts only the expected status (202 queued / 204); load = 1-min load average after each run");
+  const cpuRows = [["CPU ms per served request", "user", "sys", "total"]];
+  for (const f of list) {
+    let total = 0;
+    for (const [group, c] of Object.entries(f.cpuPerOk)) {
+      cpuRows.push([`${f.name}: ${group}`, c.user.toFixed(3), c.sys.toFixed(3), (c.user + c.sys).toFixed(3)]);
+      total += c.user + c.sys;
+    }
+    cpuRows.push([`${f.name}: all of the above`, "", "", total.toFixed(3)]);
+  }
+  console.log(table(cpuRows));
+  console.log(`(from /proc/<pid>/task; ${os.availableParallelism()} CPUs = ${(os.availableParallelism() * 1000).toFixed(0)} CPU ms per second, shared with wrk, the kernel and anything else running)`);
+}
+
 async function main(): Promise<void> {
   const info = machine();
   console.log(`deployq benchmark — ${info.date}`);
@@ -788,6 +844,36 @@ async function main(): Promise<void> {
       else bare = merge(t);
     }
   }
+  let observability: { on: HttpFigures; off: HttpFigures; describe: string } | undefined;
+  if (ONLY.has("observability")) {
+    console.error(`observability: the receiver with metrics and the event stream on, and off (bench/receiver-entry.ts both)`);
+    const variants = [
+      { label: "on", observability: true },
+      { label: "off", observability: false },
+    ];
+    const targets: HttpTarget[] = [];
+    const started: StartedReceiver[] = [];
+    for (const v of variants) {
+      const r = await startReceiver(workDir, v);
+      started.push(r);
+      targets.push({
+        name: `receiver, observability ${v.label}`,
+        url: r.url,
+        expected: 202,
+        runs: [],
+        load: [],
+        cpu: {},
+        processes: async () => ({
+          "event loop": cpu.mainThread(r.pid),
+          "other threads": cpu.otherThreads(r.pid),
+          ...(r.database ? { "Postgres backends": cpu.processes(await backendPids(r.database)) } : {}),
+        }),
+      });
+    }
+    await measureHttp(targets, payload);
+    for (const r of started) await r.stop();
+    observability = { on: merge(targets[0]!), off: merge(targets[1]!), describe: started[0]!.describe };
+  }
   if (ONLY.has("router")) pickup = await benchRouterPickup(workDir);
   let steps: StepFigure[] | undefined;
   if (ONLY.has("steps")) {
@@ -829,40 +915,45 @@ async function main(): Promise<void> {
       progress: (line) => process.stderr.write(`${line}\n`),
     });
   }
+  let dashboard: DashboardFigures | undefined;
+  if (ONLY.has("dashboard")) {
+    const profiles = path.join(REPO_ROOT, "bench", "profiles");
+    if (opts["cpu-prof"]) await mkdir(profiles, { recursive: true });
+    dashboard = await runDashboardBench({
+      cpuProfileDir: opts["cpu-prof"] ? profiles : undefined,
+      workDir,
+      repoRoot: REPO_ROOT,
+      secret: SECRET,
+      deployments: 100,
+      entries: 10_000,
+      deploys: 10_000,
+      requests: Math.round(positive("dashboard-requests")),
+      createDatabase,
+      startChild,
+      childEnv,
+      addCleanup: (what, run) => void cleanups.push({ what, run }),
+      progress: (line) => process.stderr.write(`${line}\n`),
+    });
+  }
+  let liveLog: LiveLogFigures | undefined;
+  if (ONLY.has("live-log")) {
+    liveLog = await runLiveLogBench({
+      workDir,
+      repoRoot: REPO_ROOT,
+      secret: SECRET,
+      lines: Math.round(positive("log-lines")),
+      spacingMs: 5,
+      skip: 50,
+      createDatabase,
+      startChild,
+      childEnv,
+      addCleanup: (what, run) => void cleanups.push({ what, run }),
+      progress: (line) => process.stderr.write(`${line}\n`),
+    });
+  }
   console.log("");
   if (receiver || bare) {
-    const rows = [["target", "status", "ok req/s", "per run", "p50 ms", "p90 ms", "p99 ms", "max ms", "other responses", "load"]];
-    for (const f of [receiver, bare].filter((x): x is HttpFigures => x !== undefined)) {
-      const other = Object.entries(f.other)
-        .map(([k, v]) => `${k}: ${v}`)
-        .join(", ");
-      rows.push([
-        f.name,
-        String(f.expected),
-        f.okPerSec.toFixed(0),
-        f.perRun.map((r) => r.toFixed(0)).join(" / "),
-        f.p50Ms.toFixed(2),
-        f.p90Ms.toFixed(2),
-        f.p99Ms.toFixed(2),
-        f.maxMs.toFixed(2),
-        other || "none",
-        f.load.map((l) => l.toFixed(1)).join(" / "),
-      ]);
-    }
-    console.log(`HTTP: ${payload.bytes}-byte signed push, ${CONNECTIONS} connections, ${DURATION_S} s per target in ${ROUNDS} turns (wrk, ${THREADS} threads)`);
-    console.log(table(rows));
-    console.log("ok req/s counts only the expected status (202 queued / 204); load = 1-min load average after each run");
-    const cpuRows = [["CPU ms per served request", "user", "sys", "total"]];
-    for (const f of [receiver, bare].filter((x): x is HttpFigures => x !== undefined)) {
-      let total = 0;
-      for (const [group, c] of Object.entries(f.cpuPerOk)) {
-        cpuRows.push([`${f.name}: ${group}`, c.user.toFixed(3), c.sys.toFixed(3), (c.user + c.sys).toFixed(3)]);
-        total += c.user + c.sys;
-      }
-      cpuRows.push([`${f.name}: all of the above`, "", "", total.toFixed(3)]);
-    }
-    console.log(table(cpuRows));
-    console.log(`(from /proc/<pid>/task; ${os.availableParallelism()} CPUs = ${(os.availableParallelism() * 1000).toFixed(0)} CPU ms per second, shared with wrk, the kernel and anything else running)`);
+    printHttp([receiver, bare].filter((x): x is HttpFigures => x !== undefined), payload);
     if (receiverInfo) {
       const accepted = (receiver?.ok ?? 0);
       console.log(`receiver: ${receiverInfo.describe}; entries in queues/router/: ${receiverInfo.queued} (${accepted} measured 202s + warm-up)`);
@@ -871,6 +962,17 @@ async function main(): Promise<void> {
       const ratio = receiver.okPerSec / bare.okPerSec;
       console.log(`ratio deployq/bare: ${ratio.toFixed(3)}x  (target >= ${TARGET_RATIO}x: ${ratio >= TARGET_RATIO ? "met" : "NOT met"})`);
     }
+    console.log("");
+  }
+  if (observability) {
+    const { on, off } = observability;
+    console.log(`observability: the receiver with metrics and the event stream on and off (${observability.describe}), the same load in turns`);
+    printHttp([on, off], payload);
+    const cost = 1 - on.okPerSec / off.okPerSec;
+    console.log(
+      `ratio on/off: ${(on.okPerSec / off.okPerSec).toFixed(3)}x; cost ${(cost * 100).toFixed(1)}% ` +
+        `(target < ${TARGET_OBSERVABILITY_COST * 100}%: ${cost < TARGET_OBSERVABILITY_COST ? "met" : "NOT met"})`,
+    );
     console.log("");
   }
   if (pickup) {
@@ -904,6 +1006,14 @@ async function main(): Promise<void> {
   if (deploy) {
     console.log("");
     console.log(deployReport(deploy, table));
+  }
+  if (dashboard) {
+    console.log("");
+    console.log(dashboardReport(dashboard, table));
+  }
+  if (liveLog) {
+    console.log("");
+    console.log(liveLogReport(liveLog, table));
   }
   console.log(`\nload average at the end: ${os.loadavg().map((l) => l.toFixed(2)).join(" ")} (other work on the machine skews every figure)`);
 }

@@ -66,6 +66,11 @@ export interface StartOptions {
   signal?: AbortSignal;
   /** Called once the HTTP server listens, which is before the database is reached (pm2's "ready"). */
   onListening?: (url: string) => void;
+  /**
+   * Metrics and the event stream (/metrics, the event writer, the feed, /ws/v0); on by
+   * default. Off only for the bench's baseline, which measures what they cost the receiver.
+   */
+  observability?: boolean;
 }
 
 /**
@@ -84,8 +89,9 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
   const secrets = receives ? requireWebhookSecrets(settings) : undefined;
   const layout = queueLayout(settings.queuesDir);
   const events = new Events();
-  const metrics = createMetrics({ layout, deployments: [...settings.deployments.values()], deploys: works });
-  events.on(metrics.listener);
+  const observed = options.observability ?? true;
+  const metrics = observed ? createMetrics({ layout, deployments: [...settings.deployments.values()], deploys: works }) : undefined;
+  if (metrics) events.on(metrics.listener);
   const cleanups: Array<() => Promise<void>> = [];
   const closeAll = async () => {
     for (const cleanup of cleanups.reverse()) {
@@ -133,13 +139,13 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
       const announced = await announceDaemon(settings.dataDir, { pid: process.pid, role, url: running.url });
       cleanups.push(announced);
       options.onListening?.(running.url);
-    } else if (settings.metrics.port !== undefined) {
+    } else if (metrics && settings.metrics.port !== undefined) {
       // The workers alone have no HTTP server: one that serves /metrics only, if asked for.
       const running = await listen(createMetricsApp(metrics, logger), settings.metrics.host, settings.metrics.port);
       server = running;
       cleanups.push(() => running.close());
     }
-    const metricsUrl = server ? `${server.url}/metrics` : undefined;
+    const metricsUrl = server && metrics ? `${server.url}/metrics` : undefined;
 
     // Until Postgres answers: it may be down, restarting, or starting with this machine.
     await untilReachable(database, readiness, logger, options.signal, async () => {
@@ -151,13 +157,15 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
     // Every process writes its events; the one that serves HTTP reads everyone's.
     let feed: EventFeed | undefined;
     let live: LiveStream | undefined;
-    const writer = startEventWriter({ db: database.db, events, logger, onWritten: () => feed?.wake() });
-    cleanups.push(() => writer.close());
-    if (receives) {
+    if (observed) {
+      const writer = startEventWriter({ db: database.db, events, logger, onWritten: () => feed?.wake() });
+      cleanups.push(() => writer.close());
+    }
+    if (receives && observed) {
       const started = new EventFeed({ db: database.db, logger });
       await started.start();
       feed = started;
-      const unlisten = await database.listen(EVENTS_CHANNEL, () => started.wake());
+      const unlisten = await database.listen(EVENTS_CHANNEL, (payload) => started.notified(payload));
       cleanups.push(async () => {
         started.close();
         // On a connection that hangs, UNLISTEN would too: the database's own close ends it.

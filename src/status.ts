@@ -1,14 +1,15 @@
 import { type Pause, readPause } from "./queue/pause.ts";
 import type { QueueLayout } from "./queue/layout.ts";
-import { readFile } from "node:fs/promises";
+import { readFile, readdir } from "node:fs/promises";
 import path from "node:path";
 import type { Deployment, Settings } from "./config/load.ts";
 import type { Db } from "./db/client.ts";
 import { recentDeploys } from "./db/queries/deploys.ts";
+import { RAN_WITHIN, latestDeploys } from "./db/queries/latest-deploys.ts";
 import type { Deploy } from "./db/schema.ts";
 import { parseEntryName } from "./queue/entry-name.ts";
 import { queueLayout } from "./queue/layout.ts";
-import { scanQueue } from "./queue/scan.ts";
+import { queueSummary } from "./queue/scan.ts";
 import { certificateStateDir, readCertificateState } from "./steps/certbot.ts";
 import { nginxStateDir, ownedSiteFiles } from "./steps/nginx/manifest.ts";
 import { currentRelease, deploymentPaths, readReleaseMeta } from "./steps/release.ts";
@@ -112,9 +113,10 @@ const branchOf = (ref: string | null | undefined): string | undefined => ref?.re
  * The live commit and where it came from: the release's metadata (releases strategy), or the
  * in-place state file for the sha and the newest succeeded deploy of that sha for its branch.
  */
-async function currentOf(d: Deployment, dataDir: string, history: Deploy[]): Promise<DeploymentStatus["current"]> {
+async function currentOf(d: Deployment, dataDir: string, db: Db): Promise<DeploymentStatus["current"]> {
   if (d.strategy === "in-place") {
     const sha = (await readFile(inPlaceStateFile(dataDir, d.name), "utf8").catch(() => "")).trim() || undefined;
+    const history = sha ? await recentDeploys(db, d.name, RAN_WITHIN) : [];
     const row = sha ? history.find((r) => r.status === "succeeded" && r.sha === sha) : undefined;
     return { release: undefined, sha, ref: branchOf(row?.ref) };
   }
@@ -131,9 +133,9 @@ function pick(row: Deploy | undefined): DeployStatusRow | undefined {
 
 /** How many events wait in router/, and for how long the oldest has (from its name: no file is read). */
 async function routerBacklog(dir: string): Promise<StatusReport["router"]> {
-  const names = await scanQueue(dir);
-  const oldest = names[0] ? parseEntryName(names[0])?.epochMs : undefined;
-  return { entries: names.length, oldestAgeSeconds: oldest === undefined ? null : Math.max(0, Math.round((Date.now() - oldest) / 1000)) };
+  const summary = await queueSummary(dir);
+  const oldest = summary.oldest ? parseEntryName(summary.oldest)?.epochMs : undefined;
+  return { entries: summary.entries, oldestAgeSeconds: oldest === undefined ? null : Math.max(0, Math.round((Date.now() - oldest) / 1000)) };
 }
 
 /** What `deployq status` and GET /status show: disk for the release and queues, the database for history. */
@@ -144,27 +146,64 @@ async function pauseOf(layout: QueueLayout, name: string): Promise<Pause | { inv
   return found.expired ? undefined : found.pause;
 }
 
+/**
+ * The names of the files in a directory, to look only for those that exist: with many
+ * deployments, a failed open per deployment (its pause file, its nginx manifest: usually
+ * none) costs more than the rest of its status. Undefined when the directory cannot be
+ * listed for another reason than its absence: then each file is tried, as before.
+ */
+async function filesIn(dir: string): Promise<Set<string> | undefined> {
+  try {
+    return new Set(await readdir(dir));
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "ENOENT" ? new Set() : undefined;
+  }
+}
+
 export async function collectStatus(settings: Settings, db: Db, only?: string): Promise<StatusReport> {
   const layout = queueLayout(settings.queuesDir);
-  const deployments: DeploymentStatus[] = [];
-  for (const d of settings.deployments.values()) {
-    if (only !== undefined && d.name !== only) continue;
-    const history = await recentDeploys(db, d.name, 50);
-    const ran = history.find((r) => r.status !== "superseded" && r.status !== "already-deployed");
-    deployments.push({
-      deployment: d.name,
-      repository: d.repository,
-      branch: d.branch,
-      strategy: d.strategy,
-      enabled: d.enabled,
-      current: await currentOf(d, settings.dataDir, history),
-      queued: (await scanQueue(layout.deployment(d.name))).length,
-      deadLetters: (await scanQueue(layout.deadLetter(d.name))).length,
-      paused: await pauseOf(layout, d.name),
-      last: pick(history[0]),
-      lastRun: pick(ran),
-      sites: await sitesOf(d, settings.dataDir),
-    });
-  }
-  return { router: await routerBacklog(layout.router), deployments };
+  const chosen = [...settings.deployments.values()].filter((d) => only === undefined || d.name === only);
+  const anyName = chosen[0]?.name ?? "none";
+  const [pauseFiles, manifests] = await Promise.all([filesIn(path.dirname(layout.pause(anyName))), filesIn(nginxStateDir(settings.dataDir))]);
+  const has = (files: Set<string> | undefined, name: string) => files === undefined || files.has(`${name}.json`);
+  // One query for every deployment's latest rows; the directories of all of them read at once.
+  const [latest, router, deployments] = await Promise.all([
+    latestDeploys(
+      db,
+      chosen.map((d) => d.name),
+    ),
+    routerBacklog(layout.router),
+    Promise.all(
+      chosen.map(async (d) => {
+        const [current, queued, deadLetters, paused, sites] = await Promise.all([
+          currentOf(d, settings.dataDir, db),
+          queueSummary(layout.deployment(d.name)),
+          queueSummary(layout.deadLetter(d.name)),
+          has(pauseFiles, d.name) ? pauseOf(layout, d.name) : undefined,
+          has(manifests, d.name) ? sitesOf(d, settings.dataDir) : [],
+        ]);
+        return { d, current, queued: queued.entries, deadLetters: deadLetters.entries, paused, sites };
+      }),
+    ),
+  ]);
+  return {
+    router,
+    deployments: deployments.map(({ d, current, queued, deadLetters, paused, sites }): DeploymentStatus => {
+      const rows = latest.get(d.name);
+      return {
+        deployment: d.name,
+        repository: d.repository,
+        branch: d.branch,
+        strategy: d.strategy,
+        enabled: d.enabled,
+        current,
+        queued,
+        deadLetters,
+        paused,
+        last: pick(rows?.last),
+        lastRun: pick(rows?.lastRun),
+        sites,
+      };
+    }),
+  };
 }

@@ -85,7 +85,12 @@ export const deploys = pgTable(
      */
     fencingToken: bigint("fencing_token", { mode: "number" }),
   },
-  (t) => [index("deploys_deployment_started_idx").on(t.deployment, t.startedAt), index("deploys_status_idx").on(t.status)],
+  (t) => [
+    index("deploys_deployment_started_idx").on(t.deployment, t.startedAt),
+    index("deploys_status_idx").on(t.status),
+    // A deployment's newest rows (status, the dashboard, latestDeploys): `where deployment = … order by id desc limit …`.
+    index("deploys_deployment_id_idx").on(t.deployment, t.id),
+  ],
 );
 
 export const deployFencingSeq = pgSequence("deploy_fencing_seq");

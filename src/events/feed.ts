@@ -47,6 +47,16 @@ export class EventFeed {
     return this.#last;
   }
 
+  /**
+   * A NOTIFY on the events channel, whose payload is the newest id its writer wrote: news
+   * only if it is past what was read (this process's own writer has woken the feed already).
+   */
+  notified(payload: string): void {
+    const newest = Number(payload);
+    if (Number.isSafeInteger(newest) && newest <= this.#last) return;
+    this.wake();
+  }
+
   /** New events may be in the table. */
   wake(): void {
     if (this.#closed) return;

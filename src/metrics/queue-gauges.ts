@@ -1,7 +1,7 @@
 import type { Deployment } from "../config/load.ts";
 import { parseEntryName } from "../queue/entry-name.ts";
 import { type QueueLayout, ROUTER } from "../queue/layout.ts";
-import { scanQueue } from "../queue/scan.ts";
+import { queueSummary } from "../queue/scan.ts";
 import { currentRelease, deploymentPaths } from "../steps/release.ts";
 
 export interface QueueGauges {
@@ -20,16 +20,16 @@ export interface QueueGauges {
  */
 export async function readQueueGauges(layout: QueueLayout, deployments: readonly Deployment[], now = Date.now()): Promise<QueueGauges> {
   const names = [ROUTER, ...deployments.map((d) => d.name)];
-  const scan = (dir: string) => scanQueue(dir).catch(() => [] as string[]);
+  const scan = (dir: string) => queueSummary(dir).catch(() => ({ entries: 0, oldest: undefined }));
   const [queues, deadLetters, releases] = await Promise.all([
     Promise.all(
       names.map(async (queue) => {
-        const entries = await scan(queue === ROUTER ? layout.router : layout.deployment(queue));
-        const oldest = entries[0] ? parseEntryName(entries[0])?.epochMs : undefined;
-        return { queue, entries: entries.length, oldestAgeSeconds: oldest === undefined ? 0 : Math.max(0, now - oldest) / 1000 };
+        const summary = await scan(queue === ROUTER ? layout.router : layout.deployment(queue));
+        const oldest = summary.oldest ? parseEntryName(summary.oldest)?.epochMs : undefined;
+        return { queue, entries: summary.entries, oldestAgeSeconds: oldest === undefined ? 0 : Math.max(0, now - oldest) / 1000 };
       }),
     ),
-    Promise.all(names.map(async (queue) => ({ queue, entries: (await scan(layout.deadLetter(queue))).length }))),
+    Promise.all(names.map(async (queue) => ({ queue, entries: (await scan(layout.deadLetter(queue))).entries }))),
     Promise.all(
       deployments
         .filter((d) => d.strategy === "releases")

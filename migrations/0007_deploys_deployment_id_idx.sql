@@ -1,0 +1,1 @@
+CREATE INDEX "deploys_deployment_id_idx" ON "deploys" USING btree ("deployment","id");
