@@ -97,7 +97,8 @@ describe("the overview shows each deployment's lock holder and its TTL", () => {
   });
 
   it("says so when the last holder took the lock and never released it (a killed worker: the lock expired)", async () => {
-    const at = new Date();
+    // Longer ago than lock_ttl_ms (30 s): a newer acquisition without its key may just be a release not written yet.
+    const at = new Date(Date.now() - 60_000);
     const data = { kind: "lock", name: "acquired", lock: "deployment:app", deployment: "app", waitedMs: 0, at: at.toISOString(), pid: 999_999, host: "gone-host" };
     await tdb.database.db.insert(eventsTable).values({ at, kind: "lock", name: "acquired", deployment: "app", data });
     const text = await until("the overview to show the abandoned lock", async () => {

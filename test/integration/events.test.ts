@@ -50,6 +50,9 @@ commands = [["sh", "-c", "if [ -e FAIL ]; then echo failing >&2; exit 3; fi; ech
     const end = await finished(entry);
     expect(end).toMatchObject({ outcome: "succeeded", deployment: "app", sha, durationMs: expect.any(Number) });
 
+    // The lock is given back after "finished" is emitted (the worker's finally): wait for that too.
+    const finishedAt = seen.indexOf(end as StampedEvent);
+    await until("the deployment lock to be released", async () => seen.slice(finishedAt).find((e) => e.kind === "lock" && e.name === "released" && e.lock === "deployment:app"));
     const mine = seen.filter((e) => ("entry" in e && e.entry === entry) || (e.kind === "lock" && e.lock === "deployment:app"));
     const names = mine.map((e) => (e.kind === "deploy" && (e.name === "step-started" || e.name === "step-finished") ? `${e.name}:${e.step}` : `${e.kind}:${e.name}`));
     expect(names.filter((n) => !n.startsWith("lock:"))).toEqual([

@@ -22,7 +22,7 @@ export interface LockState {
  * event every process wrote to the events table, the time left from Redis (PTTL, read-only)
  * when locks are distributed. In-process locks have no TTL: they end with their process.
  */
-export async function lockStates(settings: Settings, db: Db, inspector: LockInspector | undefined, deployments: readonly string[]): Promise<Map<string, LockState>> {
+export async function lockStates(settings: Settings, db: Db, inspector: LockInspector | undefined, deployments: readonly string[], now = Date.now()): Promise<Map<string, LockState>> {
   const full = (d: string) => lockName(settings.lockPrefix, deploymentLockName(d));
   const [events, ttls] = await Promise.all([lockEventsOf(db, deployments), inspector ? inspector.ttls(deployments.map(full)) : Promise.resolve(undefined)]);
   const states = new Map<string, LockState>();
@@ -39,7 +39,11 @@ export async function lockStates(settings: Settings, db: Db, inspector: LockInsp
       continue;
     }
     const ttl = ttls.get(full(d));
-    if (ttl === undefined) states.set(d, { state: "free", holder: undefined, since: undefined, ttlMs: undefined, abandoned: acquired !== undefined });
+    // Free while the newest event says acquired: either its release is not written yet (the
+    // event writer batches), or its holder died holding it. A dead holder's key outlives its
+    // acquisition by at least lock_ttl_ms, so only an acquisition older than that was abandoned.
+    const abandoned = acquired !== undefined && now - acquired.at.getTime() >= settings.lockTtlMs;
+    if (ttl === undefined) states.set(d, { state: "free", holder: undefined, since: undefined, ttlMs: undefined, abandoned });
     else states.set(d, { state: "held", holder: holder ?? "another process (no event of its acquisition yet)", since: acquired?.at, ttlMs: ttl, abandoned: false });
   }
   return states;
