@@ -30,6 +30,7 @@ import { DeploymentWorker } from "./workers/deployment.ts";
 import { createRouter } from "./workers/router.ts";
 import { createMetricsApp } from "./metrics/http.ts";
 import { createMetrics } from "./metrics/registry.ts";
+import { startGithubStatuses } from "./github/start.ts";
 
 export type Role = "serve" | "receiver" | "workers";
 
@@ -84,7 +85,8 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
   const secrets = receives ? requireWebhookSecrets(settings) : undefined;
   const layout = queueLayout(settings.queuesDir);
   const events = new Events();
-  const metrics = createMetrics({ layout, deployments: [...settings.deployments.values()], deploys: works });
+  const reportsToGithub = works && settings.secrets.githubToken !== undefined;
+  const metrics = createMetrics({ layout, deployments: [...settings.deployments.values()], deploys: works, github: reportsToGithub });
   events.on(metrics.listener);
   const cleanups: Array<() => Promise<void>> = [];
   const closeAll = async () => {
@@ -187,7 +189,9 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
       }
       lockService = locks;
       cleanups.push(() => locks.close());
-      router = createRouter({ settings, layout, db: database.db, locks, logger, events, watch: options.watch ?? true });
+      // Commit statuses (GITHUB_TOKEN): written with the deploy rows, sent by a sender of their own.
+      const github = reportsToGithub ? startGithubStatuses({ settings, db: database.db, logger, events, metrics }) : undefined;
+      router = createRouter({ settings, layout, db: database.db, locks, logger, events, watch: options.watch ?? true, ...(github ? { statuses: github.statuses } : {}) });
       const started = router;
       cleanups.push(() => started.close());
       for (const deployment of settings.deployments.values()) {
@@ -205,10 +209,12 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
             shutdownGraceMs: settings.shutdownGraceMs,
             watch: options.watch ?? true,
             events,
+            ...(github ? { statuses: github.statuses.get(deployment.name)! } : {}),
           }),
         );
       }
       cleanups.push(() => Promise.all([...deployments.values()].map((w) => w.close())).then(() => {}));
+      if (github) cleanups.push(() => github.close());
       await router.start();
       for (const worker of deployments.values()) await worker.start();
     }

@@ -48,6 +48,8 @@ export interface Settings {
   /** Where the receiver serves the dashboard ([dashboard] path). */
   dashboard: { path: string };
   deployments: Map<string, Deployment>;
+  /** Commit statuses ([github], GITHUB_API_URL); sent only when secrets.githubToken is set. */
+  github: { apiUrl: string; writeIntervalMs: number; timeoutMs: number };
   secrets: Secrets;
 }
 
@@ -139,6 +141,7 @@ export function loadSettings(options: LoadOptions = {}): Settings {
     certbot: config.certbot,
     dashboard: { path: config.dashboard.path },
     deployments,
+    github: { apiUrl: (env.GITHUB_API_URL || "https://api.github.com").replace(/\/+$/, ""), writeIntervalMs: config.github.write_interval_ms, timeoutMs: config.github.timeout_ms },
     secrets: {
       webhookSecrets: list(env.GITHUB_WEBHOOK_SECRET),
       databaseUrl: env.DATABASE_URL || undefined,
