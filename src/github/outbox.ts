@@ -98,7 +98,7 @@ export async function markGaveUp(db: Db, row: GithubOutboxRow, error: string): P
  * process sends at a time (two workers processes on one Postgres would otherwise race on a
  * key). A holder that dies loses it when it expires.
  */
-export async function claimSenderLease(db: Db, owner: string, ms: number): Promise<boolean> {
+export async function claimSenderLease(db: Db, owner: string, ms: number, takeOverFrom?: string): Promise<boolean> {
   const until = sql`now() + ${`${ms} milliseconds`}::interval`;
   const rows = await db
     .insert(githubSender)
@@ -106,10 +106,16 @@ export async function claimSenderLease(db: Db, owner: string, ms: number): Promi
     .onConflictDoUpdate({
       target: githubSender.id,
       set: { owner, leaseUntil: until },
-      setWhere: sql`${githubSender.owner} = ${owner} or ${githubSender.leaseUntil} < now()`,
+      setWhere: sql`${githubSender.owner} = ${owner} or ${githubSender.leaseUntil} < now() or ${githubSender.owner} = ${takeOverFrom ?? owner}`,
     })
     .returning({ owner: githubSender.owner });
   return rows[0]?.owner === owner;
+}
+
+/** Who holds the sender's lease now, if anyone. */
+export async function senderLeaseHolder(db: Db): Promise<string | undefined> {
+  const [row] = await db.select({ owner: githubSender.owner }).from(githubSender).where(sql`${githubSender.leaseUntil} >= now()`);
+  return row?.owner;
 }
 
 export async function releaseSenderLease(db: Db, owner: string): Promise<void> {

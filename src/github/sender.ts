@@ -4,7 +4,8 @@ import type { Db } from "../db/client.ts";
 import type { GithubOutboxRow } from "../db/schema.ts";
 import { errorMessage } from "../errors.ts";
 import type { CommitStatus, GithubClient, SendResult } from "./client.ts";
-import { claimSenderLease, markAttempt, markGaveUp, markSent, newestUnsent, releaseSenderLease } from "./outbox.ts";
+import { isProcessAlive } from "../pid-lock.ts";
+import { claimSenderLease, markAttempt, markGaveUp, markSent, newestUnsent, releaseSenderLease, senderLeaseHolder } from "./outbox.ts";
 
 export type SendLabel = "success" | "transient" | "rate_limited" | "permanent";
 
@@ -22,6 +23,13 @@ export interface GithubSenderDeps {
 const LEASE_MS = 60_000;
 const MAX_BACKOFF_MS = 30_000;
 const BATCH = 50;
+const HOST = hostname();
+
+/** A holder of the lease on this host whose process is gone (killed): its lease need not run out. */
+function deadHolderHere(holder: string | undefined): boolean {
+  const m = holder ? /^(.*):(\d+):[a-z0-9]+$/.exec(holder) : null;
+  return m !== null && m[1] === HOST && Number(m[2]) !== process.pid && !isProcessAlive(Number(m[2]));
+}
 
 /**
  * Delivers the outbox to GitHub, one status at a time, in the process that runs the
@@ -33,7 +41,7 @@ const BATCH = 50;
  * unsent), clears its timer and gives up its lease.
  */
 export class GithubSender {
-  private readonly owner = `${hostname()}:${process.pid}:${Math.random().toString(36).slice(2, 8)}`;
+  private readonly owner = `${HOST}:${process.pid}:${Math.random().toString(36).slice(2, 8)}`;
   private readonly abort = new AbortController();
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<void> | undefined;
@@ -103,7 +111,7 @@ export class GithubSender {
       for (const row of rows) {
         if (this.abort.signal.aborted) return;
         // Renewed before each send: another process that held it may still be sending.
-        if (!(await claimSenderLease(db, this.owner, LEASE_MS))) {
+        if (!(await this.claim())) {
           logger.debug("another deployq process sends the GitHub statuses");
           this.notBefore = Date.now() + 5000;
           return;
@@ -113,6 +121,13 @@ export class GithubSender {
         if (!(await this.record(row, result))) return;
       }
     }
+  }
+
+  private async claim(): Promise<boolean> {
+    const { db } = this.deps;
+    if (await claimSenderLease(db, this.owner, LEASE_MS)) return true;
+    const holder = await senderLeaseHolder(db);
+    return deadHolderHere(holder) && (await claimSenderLease(db, this.owner, LEASE_MS, holder));
   }
 
   /** Records one send's result; false when the pass must stop (the API is unavailable for now). */
