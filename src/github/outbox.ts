@@ -21,7 +21,7 @@ import type { StatusRow } from "./statuses.ts";
  * sent at all. A crash between GitHub's answer and that statement sends the same row once
  * more, after restart, and nothing older: the one duplicate possible is of the newest state.
  */
-export type Queryable = Pick<Db, "insert" | "select" | "update" | "execute">;
+export type Queryable = Pick<Db, "insert">;
 
 export async function enqueueStatuses(db: Queryable, rows: readonly StatusRow[]): Promise<void> {
   if (rows.length === 0) return;
@@ -150,6 +150,14 @@ export async function outboxStatus(db: Db): Promise<OutboxStatus> {
       ? { at: new Date(failed.lastAttemptAt!).toISOString(), error: failed.lastError!, repository: failed.repository, sha: failed.sha, context: failed.context, gaveUp: failed.result === "gave-up" }
       : undefined,
   };
+}
+
+/**
+ * Removes what was dealt with (sent, collapsed, given up) more than `days` ago. Order needs
+ * only the unsent rows and the ids to come, so removing old ones changes nothing else.
+ */
+export async function pruneOutbox(db: Db, days: number): Promise<void> {
+  await db.delete(githubOutbox).where(and(sql`${githubOutbox.result} is not null`, sql`${githubOutbox.createdAt} < now() - ${`${days} days`}::interval`));
 }
 
 /** Every row, in order (tests and debugging). */

@@ -5,7 +5,7 @@ import type { GithubOutboxRow } from "../db/schema.ts";
 import { errorMessage } from "../errors.ts";
 import type { CommitStatus, GithubClient, SendResult } from "./client.ts";
 import { isProcessAlive } from "../pid-lock.ts";
-import { claimSenderLease, markAttempt, markGaveUp, markSent, newestUnsent, releaseSenderLease, senderLeaseHolder } from "./outbox.ts";
+import { claimSenderLease, markAttempt, markGaveUp, markSent, newestUnsent, pruneOutbox, releaseSenderLease, senderLeaseHolder } from "./outbox.ts";
 
 export type SendLabel = "success" | "transient" | "rate_limited" | "permanent";
 
@@ -24,6 +24,9 @@ const LEASE_MS = 60_000;
 const MAX_BACKOFF_MS = 30_000;
 const BATCH = 50;
 const HOST = hostname();
+/** Rows dealt with are kept this long (for `deployq status` and whoever debugs a status), then removed, once an hour. */
+const KEEP_DAYS = 7;
+const PRUNE_EVERY_MS = 3600_000;
 
 /** A holder of the lease on this host whose process is gone (killed): its lease need not run out. */
 function deadHolderHere(holder: string | undefined): boolean {
@@ -48,6 +51,7 @@ export class GithubSender {
   private again = false;
   private notBefore = 0;
   private failures = 0;
+  private prunedAt = 0;
   private closing: Promise<void> | undefined;
 
   constructor(private readonly deps: GithubSenderDeps) {}
@@ -104,6 +108,10 @@ export class GithubSender {
 
   private async pass(): Promise<void> {
     const { db, logger } = this.deps;
+    if (Date.now() - this.prunedAt > PRUNE_EVERY_MS) {
+      this.prunedAt = Date.now();
+      await pruneOutbox(db, KEEP_DAYS);
+    }
     for (;;) {
       if (this.abort.signal.aborted) return;
       const rows = await newestUnsent(db, BATCH);
