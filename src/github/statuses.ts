@@ -87,10 +87,13 @@ export class StatusTexts {
     return this.row(sha, "pending", `Attempt ${attempt} failed on a transient error; retrying`, deployId);
   }
 
-  /** A failed deploy: `failure` when its own step failed, `error` when deployq could not run it. The previous release keeps serving. */
-  failed(sha: string | undefined, deployId: number, failedStep: StepKind | undefined, previousSha: string | undefined): StatusRow[] {
+  /**
+   * A failed deploy: `failure` when its own step failed, `error` when deployq could not run
+   * it. `liveSha`: what serves now (the previous release, put back), none on a first deploy.
+   */
+  failed(sha: string | undefined, deployId: number, failedStep: StepKind | undefined, liveSha: string | undefined): StatusRow[] {
     const step = failedStep ? COMMIT_STEPS[failedStep] : undefined;
-    const serving = previousSha ? `${short(previousSha)} is still serving` : "the previous release is still serving";
+    const serving = liveSha && liveSha !== sha ? `the previous release (${short(liveSha)}) is still serving` : "nothing was put live";
     if (step) return this.row(sha, "failure", `The ${step} failed on ${this.deployment.name}; ${serving}`, deployId);
     return this.row(sha, "error", `deployq could not deploy it${failedStep ? ` (${failedStep} step)` : ""}; ${serving}`, deployId);
   }

@@ -1,5 +1,5 @@
 import { createWriteStream } from "node:fs";
-import { mkdir } from "node:fs/promises";
+import { mkdir, readFile } from "node:fs/promises";
 import { hostname } from "node:os";
 import path from "node:path";
 import { Writable } from "node:stream";
@@ -21,8 +21,8 @@ import { removeEntry, rewriteInto } from "../queue/move.ts";
 import { scanQueue } from "../queue/scan.ts";
 import { QueueWorker } from "../queue/watch.ts";
 import { isProcessAlive } from "../pid-lock.ts";
-import { deploymentPaths, readReleaseMeta, removeIncomplete } from "../steps/release.ts";
-import { type DeployRequest, type HostSteps, performDeploy, resumePm2Apps } from "./deploy.ts";
+import { currentRelease, deploymentPaths, readReleaseMeta, removeIncomplete } from "../steps/release.ts";
+import { type DeployRequest, type HostSteps, inPlaceStateFile, performDeploy, resumePm2Apps } from "./deploy.ts";
 import { pruneDeploys } from "./prune-deploys.ts";
 import { StepRecorder } from "./step-recorder.ts";
 import { readPause, removePause } from "../queue/pause.ts";
@@ -363,8 +363,8 @@ export class DeploymentWorker {
     const texts = this.deps.statuses;
     // The step that failed, for the commit status (not the rollback that followed it).
     let failedStep: StepKind | undefined;
-    const report = (ended: "retrying" | "failed" | "cancelled", by = "unknown"): StatusRow[] =>
-      !texts ? [] : ended === "retrying" ? texts.retrying(sha, id, attempt) : ended === "failed" ? texts.failed(sha, id, failedStep, undefined) : texts.cancelled(sha, id, by);
+    const report = async (ended: "retrying" | "failed" | "cancelled", by = "unknown"): Promise<StatusRow[]> =>
+      !texts ? [] : ended === "retrying" ? texts.retrying(sha, id, attempt) : ended === "failed" ? texts.failed(sha, id, failedStep, await this.liveSha()) : texts.cancelled(sha, id, by);
     const logPath = deployLogPath(this.deps.dataDir, this.name, id);
     await mkdir(path.dirname(logPath), { recursive: true });
     await setDeployLog(db, id, logPath);
@@ -478,6 +478,19 @@ export class DeploymentWorker {
     }
   }
 
+  /** The commit live now (after a failed deploy: the one that kept serving), if any can be read. */
+  private async liveSha(): Promise<string | undefined> {
+    const { deployment, dataDir } = this.deps;
+    try {
+      if (deployment.strategy === "in-place") return (await readFile(inPlaceStateFile(dataDir, this.name), "utf8")).trim() || undefined;
+      const paths = deploymentPaths(deployment.path);
+      const current = await currentRelease(paths);
+      return current ? (await readReleaseMeta(path.join(paths.releases, current)))?.sha : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
   /** The commit statuses of a deploy that ended well (a rollback's on both commits). */
   private async reportOutcome(texts: StatusTexts, request: DeployRequest, outcome: Exclude<Awaited<ReturnType<typeof performDeploy>>, { status: "superseded" }>, id: number): Promise<StatusRow[]> {
     if (outcome.status === "already-deployed") return texts.alreadyLive(outcome.sha, id);
@@ -495,7 +508,7 @@ export class DeploymentWorker {
     err: unknown,
     logger: Logger,
     lockSignal: AbortSignal,
-    report: (ended: "retrying" | "failed") => StatusRow[],
+    report: (ended: "retrying" | "failed") => Promise<StatusRow[]>,
   ): Promise<{ outcome: DeployOutcomeName; nextAttemptAt?: string }> {
     const exec = err instanceof ExecError ? err : undefined;
     const base = { error: errorMessage(err).slice(0, 8000), exitCode: exec?.exitCode, signal: exec?.signal };
@@ -513,11 +526,11 @@ export class DeploymentWorker {
       return { outcome: "interrupted" };
     }
     if (err instanceof TransientError && attempt < this.deps.deployment.max_attempts) {
-      await finishDeploy(this.deps.db, id, { status: "retrying", ...base }, report("retrying"));
+      await finishDeploy(this.deps.db, id, { status: "retrying", ...base }, await report("retrying"));
       const at = await this.retryLater(name, entry, attempt, err);
       return { outcome: "retrying", ...(at ? { nextAttemptAt: new Date(at).toISOString() } : {}) };
     }
-    await finishDeploy(this.deps.db, id, { status: "failed", ...base }, report("failed"));
+    await finishDeploy(this.deps.db, id, { status: "failed", ...base }, await report("failed"));
     await this.deadLetter(name, entry, errorMessage(err), attempt);
     return { outcome: "failed" };
   }
@@ -530,14 +543,14 @@ export class DeploymentWorker {
     attempt: number,
     by: string,
     err: unknown,
-    report: (ended: "cancelled", by: string) => StatusRow[],
+    report: (ended: "cancelled", by: string) => Promise<StatusRow[]>,
   ): Promise<{ outcome: DeployOutcomeName; nextAttemptAt?: string }> {
     const exec = err instanceof ExecError ? err : undefined;
     await finishDeploy(
       this.deps.db,
       id,
       { status: "cancelled", error: `cancelled by ${by} (${errorMessage(err).slice(0, 2000)})`, exitCode: exec?.exitCode, signal: exec?.signal },
-      report("cancelled", by),
+      await report("cancelled", by),
     );
     await deadLetterEntry(this.deps.layout, path.join(this.deps.layout.deployment(this.name), name), this.name, entry, `cancelled by ${by}`, attempt);
     this.deps.logger.warn({ deployment: this.name, entry: name, by }, `deploy cancelled; entry kept in dead-letter/${this.name}/ (\`deployq queue requeue ${this.name}\` deploys it after all)`);

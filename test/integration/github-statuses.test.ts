@@ -19,6 +19,7 @@ import { writeEntryDurably } from "../../src/queue/write.ts";
 import { type TestDatabase, createTestDatabase } from "../helpers/db.ts";
 import { type CreatedStatus, type FakeGithub, startFakeGithub } from "../helpers/fake-github.ts";
 import { type TestRepo, createRepo } from "../helpers/git.ts";
+import { runDeployq } from "../helpers/processes.ts";
 import { until } from "../helpers/wait.ts";
 import { type Workspace, createWorkspace, followingDeployment, post, pushPayload, signedDelivery } from "../helpers/workspace.ts";
 
@@ -117,17 +118,18 @@ health = { url = "${healthUrl}", timeout_s = 1 }`,
   });
 
   it("a failing build: failure, naming the step, and the previous release still serving", async () => {
+    const v1 = fake.statuses.at(-1)!.sha;
     const v2 = await repo.commit({ FAIL: "1" });
     await push(v2);
     const got = await settled(v2);
-    expect(await expectInOrder(v2, got)).toEqual(["pending: Queued for app", "pending: Deploying to app", "failure: The build failed on app; the previous release is still serving"]);
+    expect(await expectInOrder(v2, got)).toEqual(["pending: Queued for app", "pending: Deploying to app", `failure: The build failed on app; the previous release (${v1.slice(0, 7)}) is still serving`]);
   });
 
   it("a failing health check, rolled back: failure naming the health check", async () => {
     const v3 = await repo.commit({ FAIL: null, UNHEALTHY: "1" });
     const entry = await push(v3);
     const got = await settled(v3);
-    expect(got.at(-1)).toMatchObject({ state: "failure", description: "The health check failed on app; the previous release is still serving" });
+    expect(got.at(-1)).toMatchObject({ state: "failure", description: expect.stringMatching(/^The health check failed on app; the previous release \([0-9a-f]{7}\) is still serving$/) });
     await expectInOrder(v3, got);
     const row = await deployOf(entry, "failed");
     expect(row.error).toMatch(/health/i);
@@ -242,6 +244,9 @@ health = { url = "${healthUrl}", timeout_s = 1 }`,
     const report = await collectStatus(ws.settings, tdb.database.db);
     expect(report.github).toMatchObject({ backlog: 0, lastError: { sha: d, context: CONTEXT, gaveUp: true } });
     expect(report.github!.lastError!.error).toMatch(/422/);
+    const cli = await runDeployq(["status"], { ...ws.env, DATABASE_URL: tdb.url, DEPLOYQ_CONFIG: ws.configPath });
+    expect(cli.code, cli.stderr).toBe(0);
+    expect(cli.stdout).toMatch(/^github statuses: all sent; last error .* ago \(deployq\/app on octo-org\/app@[0-9a-f]{7}, given up\): GitHub refused the status \(422\)/m);
     fake.setMode({ kind: "up" });
   });
 });
