@@ -191,6 +191,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
       cleanups.push(() => locks.close());
       // Commit statuses (GITHUB_TOKEN): written with the deploy rows, sent by a sender of their own.
       const github = reportsToGithub ? startGithubStatuses({ settings, db: database.db, logger, events, metrics }) : undefined;
+      if (github) cleanups.push(() => github.close());
       router = createRouter({ settings, layout, db: database.db, locks, logger, events, watch: options.watch ?? true, ...(github ? { statuses: github.statuses } : {}) });
       const started = router;
       cleanups.push(() => started.close());
@@ -214,7 +215,6 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
         );
       }
       cleanups.push(() => Promise.all([...deployments.values()].map((w) => w.close())).then(() => {}));
-      if (github) cleanups.push(() => github.close());
       await router.start();
       for (const worker of deployments.values()) await worker.start();
     }
