@@ -30,6 +30,7 @@ import { DeploymentWorker } from "./workers/deployment.ts";
 import { createRouter } from "./workers/router.ts";
 import { createMetricsApp } from "./metrics/http.ts";
 import { createMetrics } from "./metrics/registry.ts";
+import { startGithubStatuses } from "./github/start.ts";
 
 export type Role = "serve" | "receiver" | "workers";
 
@@ -90,7 +91,8 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
   const layout = queueLayout(settings.queuesDir);
   const events = new Events();
   const observed = options.observability ?? true;
-  const metrics = observed ? createMetrics({ layout, deployments: [...settings.deployments.values()], deploys: works }) : undefined;
+  const reportsToGithub = works && settings.secrets.githubToken !== undefined;
+  const metrics = observed ? createMetrics({ layout, deployments: [...settings.deployments.values()], deploys: works, github: reportsToGithub }) : undefined;
   if (metrics) events.on(metrics.listener);
   const cleanups: Array<() => Promise<void>> = [];
   const closeAll = async () => {
@@ -197,7 +199,10 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
       }
       lockService = locks;
       cleanups.push(() => locks.close());
-      router = createRouter({ settings, layout, db: database.db, locks, logger, events, watch: options.watch ?? true });
+      // Commit statuses (GITHUB_TOKEN): written with the deploy rows, sent by a sender of their own.
+      const github = reportsToGithub ? startGithubStatuses({ settings, db: database.db, logger, events, metrics }) : undefined;
+      if (github) cleanups.push(() => github.close());
+      router = createRouter({ settings, layout, db: database.db, locks, logger, events, watch: options.watch ?? true, ...(github ? { statuses: github.statuses } : {}) });
       const started = router;
       cleanups.push(() => started.close());
       for (const deployment of settings.deployments.values()) {
@@ -215,6 +220,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
             shutdownGraceMs: settings.shutdownGraceMs,
             watch: options.watch ?? true,
             events,
+            ...(github ? { statuses: github.statuses.get(deployment.name)! } : {}),
           }),
         );
       }

@@ -15,12 +15,15 @@ import { nginxStateDir, ownedSiteFiles } from "./steps/nginx/manifest.ts";
 import { currentRelease, deploymentPaths, readReleaseMeta } from "./steps/release.ts";
 import { inPlaceStateFile } from "./workers/deploy.ts";
 import { errorMessage } from "./errors.ts";
+import { type OutboxStatus, outboxStatus } from "./github/outbox.ts";
 
 /** What `deployq status` and GET /status show. */
 export interface StatusReport {
   /** Events accepted but not yet handed to a deployment: queues/router/. */
   router: { entries: number; oldestAgeSeconds: number | null };
   deployments: DeploymentStatus[];
+  /** The GitHub commit status outbox (GITHUB_TOKEN set): what waits to be sent, and the last error. */
+  github?: OutboxStatus;
 }
 
 /** A deploy as status shows it: with its whole error and its own log file. */
@@ -188,6 +191,7 @@ export async function collectStatus(settings: Settings, db: Db, only?: string): 
   ]);
   return {
     router,
+    ...(settings.secrets.githubToken ? { github: await outboxStatus(db) } : {}),
     deployments: deployments.map(({ d, current, queued, deadLetters, paused, sites }): DeploymentStatus => {
       const rows = latest.get(d.name);
       return {

@@ -62,6 +62,13 @@ export async function statusCommand(settings: Settings, name: string | undefined
         : `${router.entries} event${router.entries === 1 ? "" : "s"} waiting to be routed, the oldest for ${formatAge(router.oldestAgeSeconds ?? 0)} (\`deployq queue ls router\`)`,
     ).trimStart()}\n`,
   );
+  if (report.github) {
+    const { backlog, oldestAgeSeconds, lastError } = report.github;
+    process.stdout.write(
+      `github statuses: ${backlog === 0 ? "all sent" : `${backlog} waiting to be sent, the oldest for ${formatAge(oldestAgeSeconds ?? 0)}`}` +
+        `${lastError ? `; last error ${ago(lastError.at)} (${lastError.context} on ${lastError.repository}@${lastError.sha.slice(0, 7)}${lastError.gaveUp ? ", given up" : ""}): ${oneLine(lastError.error)}` : ""}\n`,
+    );
+  }
   if (settings.secrets.redisUrls.length > 0) {
     const ping = await pingLockService(settings.secrets.redisUrls);
     process.stdout.write(`lock service: ${ping.ok ? ping.detail : `UNREACHABLE: deploys wait in their queues until it is back (${ping.detail})`}\n`);

@@ -48,6 +48,8 @@ export interface Settings {
   /** Where the receiver serves the dashboard ([dashboard] path). */
   dashboard: { path: string };
   deployments: Map<string, Deployment>;
+  /** Commit statuses ([github], GITHUB_API_URL); sent only when secrets.githubToken is set. */
+  github: { apiUrl: string; writeIntervalMs: number; timeoutMs: number };
   secrets: Secrets;
 }
 
@@ -139,6 +141,7 @@ export function loadSettings(options: LoadOptions = {}): Settings {
     certbot: config.certbot,
     dashboard: { path: config.dashboard.path },
     deployments,
+    github: { apiUrl: githubApiUrl(env.GITHUB_API_URL), writeIntervalMs: config.github.write_interval_ms, timeoutMs: config.github.timeout_ms },
     secrets: {
       webhookSecrets: list(env.GITHUB_WEBHOOK_SECRET),
       databaseUrl: env.DATABASE_URL || undefined,
@@ -147,6 +150,21 @@ export function loadSettings(options: LoadOptions = {}): Settings {
       adminToken: env.DEPLOYQ_ADMIN_TOKEN || undefined,
     },
   };
+}
+
+/** GITHUB_API_URL: GitHub Enterprise Server's REST root (https://github.example.com/api/v3); unset: github.com's. */
+function githubApiUrl(value: string | undefined): string {
+  if (!value) return "https://api.github.com";
+  let url: URL | undefined;
+  try {
+    url = new URL(value);
+  } catch {
+    url = undefined;
+  }
+  if (!url || (url.protocol !== "https:" && url.protocol !== "http:") || url.username || url.password || url.search || url.hash) {
+    throw new ConfigError(`GITHUB_API_URL must be the http(s) address of the REST API, such as https://github.example.com/api/v3 (no credentials or query); the value is not repeated here, in case it holds a secret`);
+  }
+  return url.href.replace(/\/+$/, "");
 }
 
 function installLockPrefix(queuesDir: string): string {

@@ -183,6 +183,14 @@ export const DashboardConfig = z.strictObject({
 });
 export type DashboardConfig = z.infer<typeof DashboardConfig>;
 
+/** Commit statuses to GitHub (on only with GITHUB_TOKEN; GITHUB_API_URL for GitHub Enterprise Server). */
+export const GithubConfig = z.strictObject({
+  /** Between two writes to the API: GitHub asks for at least a second between mutations (secondary rate limits). */
+  write_interval_ms: z.number().int().min(0).default(1000),
+  /** One request to the API is abandoned (and retried later) after this long. */
+  timeout_ms: z.number().int().min(100).default(10_000),
+});
+
 export const Config = z.strictObject({
   server: ServerConfig.default({ host: "127.0.0.1", port: 3400 }),
   metrics: MetricsConfig.default({ host: "127.0.0.1" }),
@@ -214,6 +222,7 @@ export const Config = z.strictObject({
   /** The dashboard (served by the receiver when DEPLOYQ_ADMIN_TOKEN is set). */
   dashboard: DashboardConfig.default({ path: "/dashboard" }),
   certbot: CertbotHost.optional(),
+  github: GithubConfig.default({ write_interval_ms: 1000, timeout_ms: 10_000 }),
   deployments: z
     .record(
       z.string().regex(DEPLOYMENT_NAME, "deployment names use letters, digits, - and _ (at most 64)"),

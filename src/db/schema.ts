@@ -1,3 +1,4 @@
+import { sql } from "drizzle-orm";
 import { bigint, bigserial, boolean, index, integer, jsonb, pgSequence, pgTable, text, timestamp, uniqueIndex } from "drizzle-orm/pg-core";
 
 /**
@@ -195,3 +196,52 @@ export const dashboardSessions = pgTable(
   },
   (t) => [index("dashboard_sessions_expires_at_idx").on(t.expiresAt)],
 );
+
+/**
+ * Commit statuses waiting to be told to GitHub (src/github/): written in the same
+ * transaction as the deploy row change they report (or, for "queued", before the entry is
+ * handed to its deployment), and delivered later by the sender, which never runs inside a
+ * deploy. Rows of one (repository, sha, context) are ordered by id; only the newest unsent
+ * one needs sending (see src/github/outbox.ts for why that order is safe).
+ */
+export const githubOutbox = pgTable(
+  "github_outbox",
+  {
+    id: bigserial("id", { mode: "number" }).primaryKey(),
+    createdAt: timestamp("created_at", { withTimezone: true }).notNull().defaultNow(),
+    /** owner/name, from the configuration (never from a payload). */
+    repository: text("repository").notNull(),
+    /** 40 (or 64) hex digits, validated before the row is written. */
+    sha: text("sha").notNull(),
+    /** deployq/<deployment> */
+    context: text("context").notNull(),
+    /** pending | success | failure | error */
+    state: text("state").notNull(),
+    description: text("description").notNull(),
+    targetUrl: text("target_url"),
+    deployment: text("deployment").notNull(),
+    deployId: bigint("deploy_id", { mode: "number" }),
+    /** null while it waits; sent | collapsed (a newer state of its key was sent instead) | gave-up (a permanent answer) */
+    result: text("result"),
+    attempts: integer("attempts").notNull().default(0),
+    lastError: text("last_error"),
+    lastAttemptAt: timestamp("last_attempt_at", { withTimezone: true }),
+    sentAt: timestamp("sent_at", { withTimezone: true }),
+  },
+  (t) => [
+    index("github_outbox_key_idx").on(t.repository, t.sha, t.context, t.id),
+    index("github_outbox_unsent_idx").on(t.id).where(sql`${t.result} is null`),
+  ],
+);
+
+export type GithubOutboxRow = typeof githubOutbox.$inferSelect;
+
+/**
+ * Which process sends the outbox (one at a time, so that two workers processes never send
+ * one key's states out of order): a lease that its holder renews before each send.
+ */
+export const githubSender = pgTable("github_sender", {
+  id: integer("id").primaryKey(),
+  owner: text("owner").notNull(),
+  leaseUntil: timestamp("lease_until", { withTimezone: true }).notNull(),
+});

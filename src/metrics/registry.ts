@@ -42,7 +42,12 @@ export interface MetricsOptions {
    * configured deployment and outcome, so that increase() sees the first failure.
    */
   deploys: boolean;
+  /** This process sends commit statuses to GitHub: deployq_github_sends_total starts at 0 for each result. */
+  github?: boolean;
 }
+
+/** What one commit status send to GitHub came to (src/github/sender.ts). */
+export const GITHUB_SEND_RESULTS = ["success", "transient", "rate_limited", "permanent"] as const;
 
 export interface Metrics {
   registry: Registry;
@@ -50,6 +55,8 @@ export interface Metrics {
   listener: EventListener;
   /** One POST /github-webhook answered (the status code it got), and how long it took. */
   observeWebhookRequest(event: string | undefined, status: number, seconds: number): void;
+  /** One commit status send to GitHub, by its result. */
+  countGithubSend(result: (typeof GITHUB_SEND_RESULTS)[number]): void;
   /** The text exposition format, with the queue and release gauges read from disk now. */
   scrape(): Promise<string>;
   contentType: string;
@@ -81,6 +88,9 @@ export function createMetrics(options: MetricsOptions): Metrics {
   const oldestAge = new Gauge({ name: "deployq_queue_oldest_entry_age_seconds", help: "Age of the oldest entry waiting in a queue directory, from its name (0 when empty)", labelNames: ["queue"], registers });
   const deadLetters = new Gauge({ name: "deployq_dead_letter_entries", help: "Entries in a dead-letter directory, waiting for an admin", labelNames: ["queue"], registers });
   const releaseInfo = new Gauge({ name: "deployq_release_info", help: "The release `current` points at, per deployment (releases strategy); always 1", labelNames: ["deployment", "release"], registers });
+
+  const githubSends = new Counter({ name: "deployq_github_sends_total", help: "Commit status sends to GitHub, by result (success, transient, rate_limited, permanent)", labelNames: ["result"], registers });
+  if (options.github) for (const result of GITHUB_SEND_RESULTS) githubSends.inc({ result }, 0);
 
   const names = options.deployments.map((d) => d.name);
   for (const deployment of names) inProgress.set({ deployment }, 0);
@@ -133,6 +143,9 @@ export function createMetrics(options: MetricsOptions): Metrics {
     observeWebhookRequest(event, status, seconds) {
       webhookRequests.inc({ event: eventLabel(event), status: String(status) });
       webhookDuration.observe(seconds);
+    },
+    countGithubSend(result) {
+      githubSends.inc({ result });
     },
     async scrape() {
       const read = await readQueueGauges(options.layout, options.deployments);

@@ -1,5 +1,5 @@
 import { createWriteStream } from "node:fs";
-import { mkdir } from "node:fs/promises";
+import { mkdir, readFile } from "node:fs/promises";
 import { hostname } from "node:os";
 import path from "node:path";
 import { Writable } from "node:stream";
@@ -21,14 +21,15 @@ import { removeEntry, rewriteInto } from "../queue/move.ts";
 import { scanQueue } from "../queue/scan.ts";
 import { QueueWorker } from "../queue/watch.ts";
 import { isProcessAlive } from "../pid-lock.ts";
-import { deploymentPaths, removeIncomplete } from "../steps/release.ts";
-import { type DeployRequest, type HostSteps, performDeploy, resumePm2Apps } from "./deploy.ts";
+import { currentRelease, deploymentPaths, readReleaseMeta, removeIncomplete } from "../steps/release.ts";
+import { type DeployRequest, type HostSteps, inPlaceStateFile, performDeploy, resumePm2Apps } from "./deploy.ts";
 import { pruneDeploys } from "./prune-deploys.ts";
 import { StepRecorder } from "./step-recorder.ts";
 import { readPause, removePause } from "../queue/pause.ts";
 import { readCancel, removeCancel, removeRunning, writeRunning } from "./cancel.ts";
 import { type Events, noEvents } from "../events/bus.ts";
-import type { DeployOutcomeName } from "../events/types.ts";
+import type { DeployOutcomeName, StepKind } from "../events/types.ts";
+import type { StatusRow, StatusTexts } from "../github/statuses.ts";
 
 export interface DeploymentWorkerDeps {
   deployment: Deployment;
@@ -44,6 +45,8 @@ export interface DeploymentWorkerDeps {
   watch: boolean;
   /** Where deploys, steps and their outcomes are told (the daemon's; none by default). */
   events?: Events;
+  /** Commit statuses to write with the deploy rows (GITHUB_TOKEN set); none by default. */
+  statuses?: StatusTexts;
 }
 
 const HOST = hostname();
@@ -217,8 +220,9 @@ export class DeploymentWorker {
         }
         // Entries a bulk requeue marked as superseded never run; of the rest, the newest wins.
         const winner = entries.filter((e) => e.entry.superseded_by === undefined).at(-1);
+        const winnerSha = winner ? summarizePayload(winner.entry.payload).after : undefined;
         for (const older of entries) {
-          if (older !== winner) await this.supersede(older.name, older.entry, older.entry.superseded_by ?? winner!.name, token);
+          if (older !== winner) await this.supersede(older.name, older.entry, older.entry.superseded_by ?? winner!.name, token, older.entry.superseded_by === undefined ? winnerSha : undefined);
         }
         if (!winner) return;
         const retryAt = winner.entry.retry_at ? Date.parse(winner.entry.retry_at) : 0;
@@ -318,12 +322,14 @@ export class DeploymentWorker {
     return this.drain.signal.aborted;
   }
 
-  private async supersede(name: string, entry: QueueEntry, by: string, token: number): Promise<void> {
+  /** `bySha`: the commit of the entry that wins, when it is a push (named in the superseded commit's status). */
+  private async supersede(name: string, entry: QueueEntry, by: string, token: number, bySha?: string): Promise<void> {
     const { ref, after } = summarizePayload(entry.payload);
     await recordSuperseded(
       this.deps.db,
       { deployment: this.name, entry: name, deliveryId: entry.delivery_id, event: entry.event, ref, sha: after, attempt: (entry.attempts ?? 0) + 1, host: HOST, pid: process.pid, fencingToken: token },
       by,
+      entry.event === "push" ? this.deps.statuses?.superseded(after, bySha, undefined) : undefined,
     );
     await removeEntry(path.join(this.deps.layout.deployment(this.name), name));
     this.events.emit({ kind: "deploy", name: "finished", deployment: this.name, entry: name, outcome: "superseded", durationMs: 0, sha: after, supersededBy: by });
@@ -353,7 +359,12 @@ export class DeploymentWorker {
       host: HOST,
       pid: process.pid,
       fencingToken: token,
-    });
+    }, request.kind === "push" && this.deps.statuses ? (deployId) => this.deps.statuses!.started(request.sha, deployId, attempt) : undefined);
+    const texts = this.deps.statuses;
+    // The step that failed, for the commit status (not the rollback that followed it).
+    let failedStep: StepKind | undefined;
+    const report = async (ended: "retrying" | "failed" | "cancelled", by = "unknown"): Promise<StatusRow[]> =>
+      !texts ? [] : ended === "retrying" ? texts.retrying(sha, id, attempt) : ended === "failed" ? texts.failed(sha, id, failedStep, await this.liveSha()) : texts.cancelled(sha, id, by);
     const logPath = deployLogPath(this.deps.dataDir, this.name, id);
     await mkdir(path.dirname(logPath), { recursive: true });
     await setDeployLog(db, id, logPath);
@@ -411,6 +422,7 @@ export class DeploymentWorker {
             cancellable = false;
             void writeRunning(dataDir, this.name, { deployId: id, entry: name, pid: process.pid, cancellable: false, step: title });
           }
+          if (kind !== "rollback") failedStep = kind;
           this.current = { entry: name, step: title };
           child.info({ step: title }, "deploy step");
           steps.start(kind, title);
@@ -425,7 +437,12 @@ export class DeploymentWorker {
       if (outcome.status === "superseded") {
         log.write(`\n== superseded: ${outcome.note}\n`);
         await endLog();
-        await finishDeploy(db, id, { status: "superseded", sha: outcome.sha, supersededBy: outcome.supersededBy, error: outcome.note, logPath });
+        await finishDeploy(
+          db,
+          id,
+          { status: "superseded", sha: outcome.sha, supersededBy: outcome.supersededBy, error: outcome.note, logPath },
+          outcome.supersededBy ? texts?.superseded(outcome.sha, outcome.supersededBy, id) : texts?.branchDeleted(outcome.sha, id),
+        );
         await removeEntry(file);
         tell("superseded", { sha: outcome.sha, supersededBy: outcome.supersededBy });
         child.info({ sha: outcome.sha, supersededBy: outcome.supersededBy }, `push superseded: ${outcome.note}`);
@@ -433,7 +450,7 @@ export class DeploymentWorker {
       }
       log.write(`\n== ${outcome.status}: ${outcome.sha}${outcome.release ? ` (releases/${outcome.release})` : ""}\n`);
       await endLog();
-      await finishDeploy(db, id, { ...outcome, logPath });
+      await finishDeploy(db, id, { ...outcome, logPath }, texts ? await this.reportOutcome(texts, request, outcome, id) : undefined);
       await removeEntry(file);
       tell(outcome.status, { sha: outcome.sha, release: outcome.release });
       const requestedSha = outcome.status === "succeeded" ? outcome.requestedSha : undefined;
@@ -445,7 +462,7 @@ export class DeploymentWorker {
       log.write(`\n== failed: ${errorMessage(err)}\n`);
       await endLog();
       await steps.finish(false, err instanceof ExecError ? err.exitCode : undefined);
-      const ended = cancel.signal.aborted ? await this.cancelled(id, name, entry, attempt, cancelledBy ?? "unknown", err) : await this.fail(id, name, entry, attempt, err, child, lockSignal);
+      const ended = cancel.signal.aborted ? await this.cancelled(id, name, entry, attempt, cancelledBy ?? "unknown", err, report) : await this.fail(id, name, entry, attempt, err, child, lockSignal, report);
       // A deploy that failed after its switch and put the previous release back was rolled back.
       const outcome = ended.outcome === "failed" && steps.ran("rollback") ? "rolled-back" : ended.outcome;
       tell(outcome, { sha, error: errorMessage(err).slice(0, 2000), nextAttemptAt: ended.nextAttemptAt });
@@ -461,8 +478,38 @@ export class DeploymentWorker {
     }
   }
 
+  /** The commit live now (after a failed deploy: the one that kept serving), if any can be read. */
+  private async liveSha(): Promise<string | undefined> {
+    const { deployment, dataDir } = this.deps;
+    try {
+      if (deployment.strategy === "in-place") return (await readFile(inPlaceStateFile(dataDir, this.name), "utf8")).trim() || undefined;
+      const paths = deploymentPaths(deployment.path);
+      const current = await currentRelease(paths);
+      return current ? (await readReleaseMeta(path.join(paths.releases, current)))?.sha : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** The commit statuses of a deploy that ended well (a rollback's on both commits). */
+  private async reportOutcome(texts: StatusTexts, request: DeployRequest, outcome: Exclude<Awaited<ReturnType<typeof performDeploy>>, { status: "superseded" }>, id: number): Promise<StatusRow[]> {
+    if (outcome.status === "already-deployed") return texts.alreadyLive(outcome.sha, id);
+    if (request.kind !== "rollback") return texts.succeeded(outcome.sha, id, outcome.requestedSha);
+    const from = outcome.previousRelease ? await readReleaseMeta(path.join(deploymentPaths(this.deps.deployment.path).releases, outcome.previousRelease)) : undefined;
+    return texts.rolledBack(outcome.sha, from?.sha, id);
+  }
+
   /** Records how a deploy failed, and what becomes of its entry; says which it was. */
-  private async fail(id: number, name: string, entry: QueueEntry, attempt: number, err: unknown, logger: Logger, lockSignal: AbortSignal): Promise<{ outcome: DeployOutcomeName; nextAttemptAt?: string }> {
+  private async fail(
+    id: number,
+    name: string,
+    entry: QueueEntry,
+    attempt: number,
+    err: unknown,
+    logger: Logger,
+    lockSignal: AbortSignal,
+    report: (ended: "retrying" | "failed") => Promise<StatusRow[]>,
+  ): Promise<{ outcome: DeployOutcomeName; nextAttemptAt?: string }> {
     const exec = err instanceof ExecError ? err : undefined;
     const base = { error: errorMessage(err).slice(0, 8000), exitCode: exec?.exitCode, signal: exec?.signal };
     if (err instanceof LockLostError || lockSignal.aborted) {
@@ -479,19 +526,32 @@ export class DeploymentWorker {
       return { outcome: "interrupted" };
     }
     if (err instanceof TransientError && attempt < this.deps.deployment.max_attempts) {
-      await finishDeploy(this.deps.db, id, { status: "retrying", ...base });
+      await finishDeploy(this.deps.db, id, { status: "retrying", ...base }, await report("retrying"));
       const at = await this.retryLater(name, entry, attempt, err);
       return { outcome: "retrying", ...(at ? { nextAttemptAt: new Date(at).toISOString() } : {}) };
     }
-    await finishDeploy(this.deps.db, id, { status: "failed", ...base });
+    await finishDeploy(this.deps.db, id, { status: "failed", ...base }, await report("failed"));
     await this.deadLetter(name, entry, errorMessage(err), attempt);
     return { outcome: "failed" };
   }
 
   /** A cancelled deploy: recorded as such, and its entry kept in dead-letter/ (requeue it to deploy it after all). */
-  private async cancelled(id: number, name: string, entry: QueueEntry, attempt: number, by: string, err: unknown): Promise<{ outcome: DeployOutcomeName; nextAttemptAt?: string }> {
+  private async cancelled(
+    id: number,
+    name: string,
+    entry: QueueEntry,
+    attempt: number,
+    by: string,
+    err: unknown,
+    report: (ended: "cancelled", by: string) => Promise<StatusRow[]>,
+  ): Promise<{ outcome: DeployOutcomeName; nextAttemptAt?: string }> {
     const exec = err instanceof ExecError ? err : undefined;
-    await finishDeploy(this.deps.db, id, { status: "cancelled", error: `cancelled by ${by} (${errorMessage(err).slice(0, 2000)})`, exitCode: exec?.exitCode, signal: exec?.signal });
+    await finishDeploy(
+      this.deps.db,
+      id,
+      { status: "cancelled", error: `cancelled by ${by} (${errorMessage(err).slice(0, 2000)})`, exitCode: exec?.exitCode, signal: exec?.signal },
+      await report("cancelled", by),
+    );
     await deadLetterEntry(this.deps.layout, path.join(this.deps.layout.deployment(this.name), name), this.name, entry, `cancelled by ${by}`, attempt);
     this.deps.logger.warn({ deployment: this.name, entry: name, by }, `deploy cancelled; entry kept in dead-letter/${this.name}/ (\`deployq queue requeue ${this.name}\` deploys it after all)`);
     return { outcome: "cancelled" };

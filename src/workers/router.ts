@@ -13,6 +13,8 @@ import { QueueWorker } from "../queue/watch.ts";
 import { type LockService, ROUTER_LOCK } from "../lock/lock.ts";
 import { type RouteDecision, routeEvent } from "../queue/route.ts";
 import { type Events, noEvents } from "../events/bus.ts";
+import { enqueueStatuses } from "../github/outbox.ts";
+import type { StatusTexts } from "../github/statuses.ts";
 
 export interface RouterDeps {
   settings: Pick<Settings, "deployments" | "rescanIntervalMs">;
@@ -24,6 +26,8 @@ export interface RouterDeps {
   watch: boolean;
   /** Where routed, voided and dead-lettered deliveries are told (none by default). */
   events?: Events;
+  /** Commit statuses per deployment (GITHUB_TOKEN set): a routed push is "queued" on its commit. */
+  statuses?: ReadonlyMap<string, StatusTexts>;
 }
 
 /** Entries routed together: one database statement, one fsync per directory. */
@@ -88,6 +92,14 @@ export function createRouter(deps: RouterDeps): QueueWorker {
     if (routed.length === 0) return;
     // Record first: if the database is down nothing has moved yet, and the pass is retried.
     await recordOutcomes(db, routed.map((r) => r.row));
+    // Before the hand-over: the "queued" status is older than anything the deployment's worker writes.
+    if (deps.statuses) {
+      const statuses = deps.statuses;
+      await enqueueStatuses(
+        db,
+        routed.flatMap((r) => (r.decision.kind === "deliver" && r.row.event === "push" ? r.decision.deployments.flatMap((d) => statuses.get(d)?.queued(r.decision.kind === "deliver" ? r.decision.after : undefined) ?? []) : [])),
+      );
+    }
     const byDeployment = new Map<string, string[]>();
     for (const r of routed) {
       if (r.decision.kind !== "deliver") continue;

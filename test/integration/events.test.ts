@@ -49,6 +49,8 @@ commands = [["sh", "-c", "if [ -e FAIL ]; then echo failing >&2; exit 3; fi; ech
     const entry = res.body.queued as string;
     const end = await finished(entry);
     expect(end).toMatchObject({ outcome: "succeeded", deployment: "app", sha, durationMs: expect.any(Number) });
+    // The lock is given back after the deploy's end is told (its row pruned first): wait for that too, not read at once.
+    await until("the deployment lock to be released", async () => seen.some((e) => e.kind === "lock" && e.lock === "deployment:app" && e.name === "released" && seen.indexOf(e) > seen.indexOf(end)));
 
     // The lock is given back after "finished" is emitted (the worker's finally): wait for that too.
     const finishedAt = seen.indexOf(end as StampedEvent);

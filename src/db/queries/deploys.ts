@@ -1,6 +1,21 @@
 import { and, desc, eq, inArray, sql } from "drizzle-orm";
 import type { Db } from "../client.ts";
 import { type Deploy, type DeployStatus, deploys } from "../schema.ts";
+import { enqueueStatuses } from "../../github/outbox.ts";
+import type { StatusRow } from "../../github/statuses.ts";
+
+/**
+ * Runs `write`, and adds the commit statuses it reports to the GitHub outbox in the same
+ * transaction (none: no transaction), so that a crash can never keep the one without the other.
+ */
+async function withStatuses<T>(db: Db, statuses: ((result: T) => readonly StatusRow[]) | undefined, write: (q: Db) => Promise<T>): Promise<T> {
+  if (!statuses) return write(db);
+  return db.transaction(async (tx) => {
+    const result = await write(tx as unknown as Db);
+    await enqueueStatuses(tx, statuses(result));
+    return result;
+  });
+}
 
 /** A new fencing token: every lock acquisition takes one. */
 export async function nextFencingToken(db: Db): Promise<number> {
@@ -31,12 +46,15 @@ export interface NewDeploy {
   fencingToken?: number;
 }
 
-export async function startDeploy(db: Db, row: NewDeploy): Promise<number> {
-  const [inserted] = await db
-    .insert(deploys)
-    .values({ ...row, deliveryId: row.deliveryId ?? null, ref: row.ref ?? null, sha: row.sha ?? null, status: "running" })
-    .returning({ id: deploys.id });
-  return inserted!.id;
+/** `statuses`: the commit statuses its start reports, given the new row's id. */
+export async function startDeploy(db: Db, row: NewDeploy, statuses?: (id: number) => readonly StatusRow[]): Promise<number> {
+  return withStatuses(db, statuses, async (q) => {
+    const [inserted] = await q
+      .insert(deploys)
+      .values({ ...row, deliveryId: row.deliveryId ?? null, ref: row.ref ?? null, sha: row.sha ?? null, status: "running" })
+      .returning({ id: deploys.id });
+    return inserted!.id;
+  });
 }
 
 export interface DeployResult {
@@ -58,8 +76,9 @@ export async function setDeployLog(db: Db, id: number, logPath: string): Promise
   await db.update(deploys).set({ logPath }).where(eq(deploys.id, id));
 }
 
-export async function finishDeploy(db: Db, id: number, result: DeployResult): Promise<void> {
-  await db
+export async function finishDeploy(db: Db, id: number, result: DeployResult, statuses?: readonly StatusRow[]): Promise<void> {
+  await withStatuses(db, statuses && statuses.length > 0 ? () => statuses : undefined, async (q) => {
+    await q
     .update(deploys)
     .set({
       status: result.status,
@@ -75,11 +94,13 @@ export async function finishDeploy(db: Db, id: number, result: DeployResult): Pr
       signal: result.signal ?? null,
     })
     .where(eq(deploys.id, id));
+  });
 }
 
 /** An entry that never ran: superseded by a newer one. */
-export async function recordSuperseded(db: Db, row: NewDeploy, supersededBy: string): Promise<void> {
-  await db.insert(deploys).values({
+export async function recordSuperseded(db: Db, row: NewDeploy, supersededBy: string, statuses?: readonly StatusRow[]): Promise<void> {
+  await withStatuses(db, statuses && statuses.length > 0 ? () => statuses : undefined, async (q) => {
+    await q.insert(deploys).values({
     ...row,
     deliveryId: row.deliveryId ?? null,
     ref: row.ref ?? null,
@@ -88,6 +109,7 @@ export async function recordSuperseded(db: Db, row: NewDeploy, supersededBy: str
     supersededBy,
     finishedAt: sql`now()`,
     durationMs: 0,
+  });
   });
 }
 

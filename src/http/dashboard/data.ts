@@ -94,6 +94,8 @@ export interface OverviewData {
   router: StatusReport["router"];
   deployments: OverviewDeployment[];
   deliveries: DeliveryRow[];
+  /** The GitHub commit status outbox (GITHUB_TOKEN set). */
+  github?: StatusReport["github"];
 }
 
 async function withDeploys(db: Db, rows: DeliverySummary[]): Promise<DeliveryRow[]> {
@@ -112,7 +114,7 @@ export async function overviewData(settings: Settings, db: Db, inspector?: LockI
       return { ...d, lastRun, releasedAt: releaseTime(d.current.release), running, lock: locks.get(d.deployment) };
     }),
   );
-  return { router: status.router, deployments, deliveries: await withDeploys(db, await recentDeliveries(db, DELIVERIES_SHOWN)) };
+  return { router: status.router, deployments, deliveries: await withDeploys(db, await recentDeliveries(db, DELIVERIES_SHOWN)), ...(status.github ? { github: status.github } : {}) };
 }
 
 export interface DeploymentData {

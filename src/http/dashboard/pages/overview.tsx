@@ -125,6 +125,18 @@ function Outcome(props: { row: DeliveryRow; ctx: PageContext }) {
   );
 }
 
+/** The commit statuses waiting for GitHub, and the last error (GitHub's own message: shown as text). */
+function GithubOutbox(props: { github: NonNullable<OverviewData["github"]> }) {
+  const { backlog, oldestAgeSeconds, lastError } = props.github;
+  return (
+    <p class="muted small" id="github-outbox">
+      {`GitHub commit statuses: ${backlog === 0 ? "all sent" : `${backlog} waiting`}`}
+      {backlog > 0 && oldestAgeSeconds !== null && `, the oldest for ${formatAge(oldestAgeSeconds)}`}
+      {lastError && `; last error at ${lastError.at} (${lastError.context} on ${lastError.repository}@${lastError.sha.slice(0, 7)}${lastError.gaveUp ? ", given up" : ""}): ${lastError.error}`}
+    </p>
+  );
+}
+
 export function OverviewPage(props: { ctx: PageContext; data: OverviewData }) {
   const { ctx, data } = props;
   return (
@@ -159,6 +171,7 @@ export function OverviewPage(props: { ctx: PageContext; data: OverviewData }) {
         {`router/: ${data.router.entries} waiting`}
         {data.router.oldestAgeSeconds !== null && `, the oldest for ${formatAge(data.router.oldestAgeSeconds)}`}
       </p>
+      {data.github && <GithubOutbox github={data.github} />}
 
       <h2>Recent deliveries</h2>
       <table>

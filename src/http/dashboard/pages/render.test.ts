@@ -131,6 +131,20 @@ describe("pages escape whatever came from a push", () => {
     }
   });
 
+  it("shows the GitHub outbox's backlog, and its last error (GitHub's message) as text", () => {
+    for (const bad of HOSTILE) {
+      const data: OverviewData = {
+        router: { entries: 0, oldestAgeSeconds: null },
+        deployments: [],
+        deliveries: [],
+        github: { backlog: 3, oldestAgeSeconds: 12, lastError: { at: new Date().toISOString(), error: bad, repository: "octo-org/app", sha: "a".repeat(40), context: "deployq/app", gaveUp: false } },
+      };
+      const html = renderPage(h(OverviewPage, { ctx, data }));
+      expect(html).toContain("GitHub commit statuses: 3 waiting, the oldest for");
+      expectInert(html, bad);
+    }
+  });
+
   it("shows a hostile log, error and ref on the deploy page as text", () => {
     for (const bad of HOSTILE) {
       const data: DeployData = {

@@ -1,0 +1,134 @@
+import { retry } from "@octokit/plugin-retry";
+import { throttling } from "@octokit/plugin-throttling";
+import { Octokit } from "@octokit/rest";
+import Bottleneck from "bottleneck";
+import type { Logger } from "pino";
+import { errorMessage } from "../errors.ts";
+
+/** One commit status, as POST /repos/{owner}/{repo}/statuses/{sha} takes it. */
+export interface CommitStatus {
+  repository: string;
+  sha: string;
+  context: string;
+  state: "pending" | "success" | "failure" | "error";
+  description: string;
+  targetUrl: string | null;
+}
+
+/**
+ * What became of one send. `transient`: try again later (a 5xx, a timeout, the network,
+ * an unexpected 403); `rate-limited`: not before `retryAt` (Retry-After or the rate-limit
+ * reset); `permanent`: GitHub will never take it (401, 404, 422), with what to fix.
+ */
+export type SendResult =
+  | { ok: true }
+  | { ok: false; kind: "transient"; status: number | undefined; message: string }
+  | { ok: false; kind: "rate-limited"; status: number; retryAt: number; message: string }
+  | { ok: false; kind: "permanent"; status: number; message: string };
+
+export interface GithubClientOptions {
+  apiUrl: string;
+  token: string;
+  /** Between two writes (GitHub's guidance for mutations: at least 1 s). */
+  writeIntervalMs: number;
+  timeoutMs: number;
+  logger: Logger;
+}
+
+export interface GithubClient {
+  createStatus(status: CommitStatus, signal: AbortSignal): Promise<SendResult>;
+}
+
+const RestWithPlugins = Octokit.plugin(retry, throttling);
+
+/** What to fix, by the permanent answers the statuses endpoint gives. */
+const PERMANENT: Record<number, string> = {
+  401: "GitHub refused the token (401): GITHUB_TOKEN is wrong, expired or revoked; create a new one and restart deployq",
+  404: "GitHub answered 404: the repository does not exist, or GITHUB_TOKEN cannot see it; give the token access to it with \"Commit statuses: read and write\"",
+  422: "GitHub refused the status (422): the commit is not in that repository, or it already has 1000 statuses for this context",
+};
+
+/**
+ * The GitHub REST client, through octokit with its retry and throttling plugins. The
+ * plugins pace writes and retry a 5xx once, at once; everything longer (a rate limit, an
+ * outage) is left to the outbox sender, which waits durably and can be stopped at any
+ * moment: so onRateLimit / onSecondaryRateLimit answer "do not retry" and the answer's
+ * headers come back here. The token goes into octokit only: octokit redacts it from its
+ * errors, and what is logged here is the status and GitHub's message.
+ */
+export function createGithubClient(options: GithubClientOptions): GithubClient {
+  const { logger } = options;
+  const octokit = new RestWithPlugins({
+    auth: options.token,
+    baseUrl: options.apiUrl,
+    userAgent: "deployq",
+    log: { debug: () => {}, info: () => {}, warn: (m: string) => logger.debug({ github: m }, "octokit"), error: (m: string) => logger.debug({ github: m }, "octokit") },
+    retry: { retries: 1, retryAfterBaseValue: 200 },
+    throttle: {
+      // A group of its own (not the plugin's process-wide one): its pace is this daemon's setting.
+      write: new Bottleneck.Group({ maxConcurrent: 1, minTime: options.writeIntervalMs }),
+      onRateLimit: () => false,
+      onSecondaryRateLimit: () => false,
+    },
+  });
+  return {
+    async createStatus(status, signal) {
+      const [owner, repo] = status.repository.split("/") as [string, string];
+      const timeout = AbortSignal.timeout(options.timeoutMs);
+      try {
+        await octokit.rest.repos.createCommitStatus({
+          owner,
+          repo,
+          sha: status.sha,
+          state: status.state,
+          context: status.context,
+          description: status.description,
+          ...(status.targetUrl ? { target_url: status.targetUrl } : {}),
+          request: { signal: AbortSignal.any([signal, timeout]) },
+        });
+        return { ok: true };
+      } catch (err) {
+        return classify(err, timeout.aborted ? `no answer within ${options.timeoutMs} ms` : undefined);
+      }
+    },
+  };
+}
+
+interface HttpLikeError {
+  status?: unknown;
+  message?: unknown;
+  response?: { headers?: Record<string, string | number | undefined>; data?: unknown };
+}
+
+/** Sorts an octokit error into what the sender does next. */
+export function classify(err: unknown, timedOut?: string, now = Date.now()): SendResult {
+  const e = (err ?? {}) as HttpLikeError;
+  const status = typeof e.status === "number" ? e.status : undefined;
+  const headers = e.response?.headers ?? {};
+  const message = timedOut ?? githubMessage(e) ?? errorMessage(err);
+  if (status === undefined || !e.response) return { ok: false, kind: "transient", status: undefined, message };
+  const retryAfter = Number(headers["retry-after"]);
+  if ((status === 403 || status === 429) && Number.isFinite(retryAfter) && retryAfter >= 0) {
+    return { ok: false, kind: "rate-limited", status, retryAt: now + retryAfter * 1000, message };
+  }
+  if ((status === 403 || status === 429) && String(headers["x-ratelimit-remaining"]) === "0") {
+    const reset = Number(headers["x-ratelimit-reset"]) * 1000;
+    // A second after the reset, as GitHub's documentation advises.
+    return { ok: false, kind: "rate-limited", status, retryAt: Number.isFinite(reset) ? Math.max(now, reset + 1000) : now + 60_000, message };
+  }
+  if (status === 429) return { ok: false, kind: "rate-limited", status, retryAt: now + 60_000, message };
+  const fix = PERMANENT[status];
+  if (fix) return { ok: false, kind: "permanent", status, message: `${fix} (${message})` };
+  if (status === 403) {
+    return { ok: false, kind: "transient", status, message: `GitHub answered 403 (${message}): if it lasts, give GITHUB_TOKEN "Commit statuses: read and write" on this repository` };
+  }
+  return { ok: false, kind: "transient", status, message };
+}
+
+function githubMessage(e: HttpLikeError): string | undefined {
+  const data = e.response?.data;
+  if (data && typeof data === "object" && typeof (data as { message?: unknown }).message === "string") {
+    return `${String(e.status)} ${(data as { message: string }).message}`.slice(0, 500);
+  }
+  return undefined;
+}

@@ -1,0 +1,181 @@
+import { hostname } from "node:os";
+import type { Logger } from "pino";
+import type { Db } from "../db/client.ts";
+import type { GithubOutboxRow } from "../db/schema.ts";
+import { errorMessage } from "../errors.ts";
+import type { CommitStatus, GithubClient, SendResult } from "./client.ts";
+import { isProcessAlive } from "../pid-lock.ts";
+import { claimSenderLease, markAttempt, markGaveUp, markSent, newestUnsent, pruneOutbox, releaseSenderLease, senderLeaseHolder } from "./outbox.ts";
+
+export type SendLabel = "success" | "transient" | "rate_limited" | "permanent";
+
+export interface GithubSenderDeps {
+  db: Db;
+  client: GithubClient;
+  logger: Logger;
+  /** Counts each send by its result (deployq_github_sends_total). */
+  onSend?: (result: SendLabel) => void;
+  /** How often the outbox is looked at when nothing wakes the sender (a row written by another process). */
+  pollIntervalMs?: number;
+}
+
+/** Longer than one request may take (timeout_ms, and the retry plugin's one quick retry): renewed before each send. */
+const LEASE_MS = 60_000;
+const MAX_BACKOFF_MS = 30_000;
+const BATCH = 50;
+const HOST = hostname();
+/** Rows dealt with are kept this long (for `deployq status` and whoever debugs a status), then removed, once an hour. */
+const KEEP_DAYS = 7;
+const PRUNE_EVERY_MS = 3600_000;
+
+/** A holder of the lease on this host whose process is gone (killed): its lease need not run out. */
+function deadHolderHere(holder: string | undefined): boolean {
+  const m = holder ? /^(.*):(\d+):[a-z0-9]+$/.exec(holder) : null;
+  return m !== null && m[1] === HOST && Number(m[2]) !== process.pid && !isProcessAlive(Number(m[2]));
+}
+
+/**
+ * Delivers the outbox to GitHub, one status at a time, in the process that runs the
+ * deployment workers. It never runs inside a deploy: deploys only write rows, and wake()
+ * is a hint. A transient failure (5xx, timeout, network) or a rate limit stops the whole
+ * pass until the backoff or the reset is over: it is the API or the token that is
+ * unavailable, not one status. Everything it has to remember is in the database, so a
+ * restart resumes where it stopped. close() aborts the request in flight (its row stays
+ * unsent), clears its timer and gives up its lease.
+ */
+export class GithubSender {
+  private readonly owner = `${HOST}:${process.pid}:${Math.random().toString(36).slice(2, 8)}`;
+  private readonly abort = new AbortController();
+  private timer: NodeJS.Timeout | undefined;
+  private running: Promise<void> | undefined;
+  private again = false;
+  private notBefore = 0;
+  private failures = 0;
+  private prunedAt = 0;
+  private closing: Promise<void> | undefined;
+
+  constructor(private readonly deps: GithubSenderDeps) {}
+
+  start(): void {
+    this.wake();
+  }
+
+  /** Something was written to the outbox: send it (now, or once a backoff or a rate limit is over). */
+  wake(): void {
+    if (this.abort.signal.aborted) return;
+    if (this.running) {
+      this.again = true;
+      return;
+    }
+    const wait = this.notBefore - Date.now();
+    if (wait > 0) return this.schedule(wait);
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+    this.running = this.pass()
+      .catch((err: unknown) => {
+        // The database, most likely: look again after a backoff.
+        this.backoff();
+        this.deps.logger.warn({ err: errorMessage(err) }, "could not read or update the GitHub status outbox; trying again");
+      })
+      .finally(() => {
+        this.running = undefined;
+        if (this.abort.signal.aborted) return;
+        if (this.again) {
+          this.again = false;
+          this.wake();
+        } else {
+          this.schedule(Math.max(this.notBefore - Date.now(), this.deps.pollIntervalMs ?? 1000));
+        }
+      });
+  }
+
+  private schedule(ms: number): void {
+    if (this.abort.signal.aborted) return;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      this.wake();
+    }, ms);
+    this.timer.unref();
+  }
+
+  private backoff(retryAt?: number): void {
+    this.failures++;
+    const base = Math.min(1000 * 2 ** (this.failures - 1), MAX_BACKOFF_MS);
+    const delay = retryAt !== undefined ? Math.max(0, retryAt - Date.now()) : Math.round(base / 2 + Math.random() * (base / 2));
+    this.notBefore = Date.now() + delay;
+  }
+
+  private async pass(): Promise<void> {
+    const { db, logger } = this.deps;
+    if (Date.now() - this.prunedAt > PRUNE_EVERY_MS) {
+      this.prunedAt = Date.now();
+      await pruneOutbox(db, KEEP_DAYS);
+    }
+    for (;;) {
+      if (this.abort.signal.aborted) return;
+      const rows = await newestUnsent(db, BATCH);
+      if (rows.length === 0) return;
+      for (const row of rows) {
+        if (this.abort.signal.aborted) return;
+        // Renewed before each send: another process that held it may still be sending.
+        if (!(await this.claim())) {
+          logger.debug("another deployq process sends the GitHub statuses");
+          this.notBefore = Date.now() + 5000;
+          return;
+        }
+        const result = await this.deps.client.createStatus({ ...row, state: row.state as CommitStatus["state"] }, this.abort.signal);
+        if (this.abort.signal.aborted && !result.ok) return;
+        if (!(await this.record(row, result))) return;
+      }
+    }
+  }
+
+  private async claim(): Promise<boolean> {
+    const { db } = this.deps;
+    if (await claimSenderLease(db, this.owner, LEASE_MS)) return true;
+    const holder = await senderLeaseHolder(db);
+    return deadHolderHere(holder) && (await claimSenderLease(db, this.owner, LEASE_MS, holder));
+  }
+
+  /** Records one send's result; false when the pass must stop (the API is unavailable for now). */
+  private async record(row: GithubOutboxRow, result: SendResult): Promise<boolean> {
+    const { db, logger } = this.deps;
+    const about = { repository: row.repository, sha: row.sha, context: row.context, state: row.state };
+    if (result.ok) {
+      await markSent(db, row);
+      this.failures = 0;
+      this.deps.onSend?.("success");
+      return true;
+    }
+    if (result.kind === "permanent") {
+      await markGaveUp(db, row, result.message);
+      this.deps.onSend?.("permanent");
+      logger.error({ ...about, status: result.status }, `GitHub will not take this commit status; deployq gives up on it: ${result.message}`);
+      return true;
+    }
+    await markAttempt(db, row, result.message);
+    if (result.kind === "rate-limited") {
+      this.backoff(result.retryAt);
+      this.deps.onSend?.("rate_limited");
+      logger.warn({ ...about, status: result.status, retryAt: new Date(result.retryAt).toISOString() }, `GitHub rate limit: commit statuses wait until it resets (${result.message})`);
+    } else {
+      this.backoff();
+      this.deps.onSend?.("transient");
+      logger.warn({ ...about, status: result.status, retryInMs: this.notBefore - Date.now() }, `could not send a commit status to GitHub; retrying: ${result.message}`);
+    }
+    return false;
+  }
+
+  /** Idempotent: stops sending, aborts the request in flight, and gives the lease up. */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      this.abort.abort();
+      if (this.timer) clearTimeout(this.timer);
+      this.timer = undefined;
+      await this.running;
+      await releaseSenderLease(this.deps.db, this.owner).catch(() => {});
+    })();
+    return this.closing;
+  }
+}

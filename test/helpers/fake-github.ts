@@ -1,0 +1,123 @@
+import { type IncomingMessage, type Server, type ServerResponse, createServer } from "node:http";
+import type { AddressInfo } from "node:net";
+
+/** Every request the fake received, and how it answered (undefined: never answered, a timeout). */
+export interface RecordedRequest {
+  at: number;
+  method: string;
+  path: string;
+  authorization: string | undefined;
+  body: Record<string, unknown> | undefined;
+  answered: number | undefined;
+}
+
+/** A commit status GitHub took (answered 201). */
+export interface CreatedStatus {
+  at: number;
+  repository: string;
+  sha: string;
+  state: string;
+  context: string;
+  description: string;
+  targetUrl: string | undefined;
+}
+
+export type FakeMode = { kind: "up" } | { kind: "fail"; status: number } | { kind: "hang" } | { kind: "rate-limit"; resetEpochS: number };
+
+export interface FakeGithub {
+  url: string;
+  token: string;
+  requests: RecordedRequest[];
+  statuses: CreatedStatus[];
+  /** The statuses one commit got for one context, in the order GitHub took them. */
+  statusesOf(sha: string, context: string): CreatedStatus[];
+  /** up: answers; fail: every request gets `status`; hang: no answer; rate-limit: 403 with the rate-limit headers until the reset, then up. */
+  setMode(mode: FakeMode): void;
+  close(): Promise<void>;
+}
+
+/**
+ * GitHub, as far as deployq uses it: POST /repos/{owner}/{repo}/statuses/{sha}, behind
+ * token authentication, on a real HTTP server on a free port. It records every request,
+ * and answers 5xx, rate limits or nothing at all on demand.
+ */
+export async function startFakeGithub(token = "ghp_fake-token-for-tests"): Promise<FakeGithub> {
+  const requests: RecordedRequest[] = [];
+  const statuses: CreatedStatus[] = [];
+  let mode: FakeMode = { kind: "up" };
+  const hung = new Set<ServerResponse>();
+
+  const answer = (res: ServerResponse, record: RecordedRequest, status: number, body: unknown, headers: Record<string, string> = {}) => {
+    record.answered = status;
+    res.writeHead(status, { "content-type": "application/json; charset=utf-8", ...headers });
+    res.end(JSON.stringify(body));
+  };
+
+  const handle = async (req: IncomingMessage, res: ServerResponse) => {
+    const chunks: Buffer[] = [];
+    for await (const chunk of req) chunks.push(chunk as Buffer);
+    const text = Buffer.concat(chunks).toString();
+    let body: Record<string, unknown> | undefined;
+    try {
+      body = text ? (JSON.parse(text) as Record<string, unknown>) : undefined;
+    } catch {
+      body = undefined;
+    }
+    const url = new URL(req.url ?? "/", "http://fake");
+    const record: RecordedRequest = { at: Date.now(), method: req.method ?? "", path: url.pathname, authorization: req.headers.authorization, body, answered: undefined };
+    requests.push(record);
+    if (mode.kind === "rate-limit" && Date.now() >= mode.resetEpochS * 1000) mode = { kind: "up" };
+    if (mode.kind === "hang") {
+      hung.add(res);
+      res.once("close", () => hung.delete(res));
+      return;
+    }
+    if (mode.kind === "fail") return answer(res, record, mode.status, { message: "Server Error" });
+    if (mode.kind === "rate-limit") {
+      return answer(
+        res,
+        record,
+        403,
+        { message: "API rate limit exceeded for user ID 1.", documentation_url: "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api" },
+        { "x-ratelimit-limit": "5000", "x-ratelimit-remaining": "0", "x-ratelimit-used": "5000", "x-ratelimit-reset": String(mode.resetEpochS), "x-ratelimit-resource": "core" },
+      );
+    }
+    const auth = req.headers.authorization ?? "";
+    if (auth !== `token ${token}` && auth !== `Bearer ${token}`) return answer(res, record, 401, { message: "Bad credentials" });
+    const match = /^\/repos\/([^/]+)\/([^/]+)\/statuses\/([0-9a-f]{40})$/.exec(url.pathname);
+    if (req.method !== "POST" || !match) return answer(res, record, 404, { message: "Not Found" });
+    const state = String(body?.state ?? "");
+    if (!["pending", "success", "failure", "error"].includes(state)) return answer(res, record, 422, { message: "Validation Failed" });
+    const created: CreatedStatus = {
+      at: Date.now(),
+      repository: `${decodeURIComponent(match[1]!)}/${decodeURIComponent(match[2]!)}`,
+      sha: match[3]!,
+      state,
+      context: String(body?.context ?? "default"),
+      description: String(body?.description ?? ""),
+      targetUrl: typeof body?.target_url === "string" ? body.target_url : undefined,
+    };
+    statuses.push(created);
+    answer(res, record, 201, { id: statuses.length, state, context: created.context, description: created.description, target_url: created.targetUrl ?? null, created_at: new Date().toISOString() });
+  };
+
+  const server: Server = createServer((req, res) => void handle(req, res));
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as AddressInfo;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    token,
+    requests,
+    statuses,
+    statusesOf: (sha, context) => statuses.filter((s) => s.sha === sha && s.context === context),
+    setMode(next) {
+      mode = next;
+      if (next.kind !== "hang") for (const res of hung) res.destroy();
+    },
+    async close() {
+      for (const res of hung) res.destroy();
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
