@@ -1,6 +1,7 @@
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { hostname, tmpdir } from "node:os";
 import path from "node:path";
+import { and, eq } from "drizzle-orm";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Daemon, startDaemon } from "../../src/daemon.ts";
 import { events as eventsTable } from "../../src/db/schema.ts";
@@ -97,6 +98,10 @@ describe("the overview shows each deployment's lock holder and its TTL", () => {
   });
 
   it("says so when the last holder took the lock and never released it (a killed worker: the lock expired)", async () => {
+    // The real deploy's release is written by the batching event writer: after it, or it would be the newest.
+    await until("the first deploy's release in the events table", async () =>
+      (await tdb.database.db.select({ id: eventsTable.id }).from(eventsTable).where(and(eq(eventsTable.kind, "lock"), eq(eventsTable.name, "released")))).length > 0,
+    );
     // Longer ago than lock_ttl_ms (30 s): a newer acquisition without its key may just be a release not written yet.
     const at = new Date(Date.now() - 60_000);
     const data = { kind: "lock", name: "acquired", lock: "deployment:app", deployment: "app", waitedMs: 0, at: at.toISOString(), pid: 999_999, host: "gone-host" };
