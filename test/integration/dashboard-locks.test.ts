@@ -36,6 +36,7 @@ describe("the overview shows each deployment's lock holder and its TTL", () => {
   let base: string;
   let cookie: string;
   const seen: StampedEvent[] = [];
+  let deployReleased: StampedEvent | undefined;
 
   beforeAll(async () => {
     dir = await mkdtemp(path.join(tmpdir(), "deployq-locks-"));
@@ -88,7 +89,9 @@ describe("the overview shows each deployment's lock holder and its TTL", () => {
     expect(held).toContain("since");
 
     await writeFile(path.join(dir, "gate"), "");
-    await until("the deploy to finish", async () => seen.find((e) => e.kind === "deploy" && e.name === "finished"));
+    const end = await until("the deploy to finish", async () => seen.find((e) => e.kind === "deploy" && e.name === "finished"));
+    // Its lock's release follows "finished" (the worker's finally).
+    deployReleased = await until("the deploy's lock release", async () => seen.slice(seen.indexOf(end)).find((e) => e.kind === "lock" && e.name === "released"));
     const free = await until("the overview to show the lock free", async () => {
       const text = await overview();
       return text.includes("free") ? text : undefined;
@@ -98,9 +101,11 @@ describe("the overview shows each deployment's lock holder and its TTL", () => {
   });
 
   it("says so when the last holder took the lock and never released it (a killed worker: the lock expired)", async () => {
-    // The real deploy's release is written by the batching event writer: after it, or it would be the newest.
-    await until("the first deploy's release in the events table", async () =>
-      (await tdb.database.db.select({ id: eventsTable.id }).from(eventsTable).where(and(eq(eventsTable.kind, "lock"), eq(eventsTable.name, "released")))).length > 0,
+    // The real deploy's release is written by the batching event writer: plant after it, or it would be the newest.
+    // (Not any release: the worker's recovery at start takes and releases the lock too.)
+    const releasedAt = new Date(deployReleased!.at);
+    await until("the deploy's lock release in the events table", async () =>
+      (await tdb.database.db.select({ id: eventsTable.id }).from(eventsTable).where(and(eq(eventsTable.kind, "lock"), eq(eventsTable.name, "released"), eq(eventsTable.at, releasedAt)))).length > 0,
     );
     // Longer ago than lock_ttl_ms (30 s): a newer acquisition without its key may just be a release not written yet.
     const at = new Date(Date.now() - 60_000);
