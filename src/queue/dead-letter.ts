@@ -1,4 +1,4 @@
-import { writeFile } from "node:fs/promises";
+import { mkdir, writeFile } from "node:fs/promises";
 import path from "node:path";
 import type { QueueEntry } from "./entry.ts";
 import type { QueueLayout } from "./layout.ts";
@@ -28,7 +28,9 @@ export async function deadLetterEntry(
       failed_at: failedAt,
     });
   }
-  const target = await moveEntry(file, dir);
+  // The error first: an entry is never seen in dead-letter/ without it (a crash between the
+  // two leaves the entry where it was, dead-lettered again, and its .error rewritten).
+  await mkdir(dir, { recursive: true, mode: 0o750 });
   await writeFile(path.join(dir, `${path.basename(file)}.error`), `${failedAt} ${error}\n`);
-  return target;
+  return moveEntry(file, dir);
 }
