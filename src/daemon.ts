@@ -1,7 +1,7 @@
 import { mkdir, readFile, unlink, writeFile } from "node:fs/promises";
 import path from "node:path";
 import type { Logger } from "pino";
-import { type Settings, requireWebhookSecrets } from "./config/load.ts";
+import { type Settings, requireChecksToken, requireWebhookSecrets } from "./config/load.ts";
 import { setTimeout as sleep } from "node:timers/promises";
 import { type Database, databaseUnreachable, openDatabase, postgresDriverPatched } from "./db/client.ts";
 import { errorMessage } from "./errors.ts";
@@ -88,6 +88,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
   const receives = role !== "workers";
   const works = role !== "receiver";
   const secrets = receives ? requireWebhookSecrets(settings) : undefined;
+  if (works) requireChecksToken(settings);
   const layout = queueLayout(settings.queuesDir);
   const events = new Events();
   const observed = options.observability ?? true;
@@ -220,7 +221,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
             shutdownGraceMs: settings.shutdownGraceMs,
             watch: options.watch ?? true,
             events,
-            ...(github ? { statuses: github.statuses.get(deployment.name)! } : {}),
+            ...(github ? { statuses: github.statuses.get(deployment.name)!, checks: github.client } : {}),
           }),
         );
       }

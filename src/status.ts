@@ -9,7 +9,8 @@ import { RAN_WITHIN, latestDeploys } from "./db/queries/latest-deploys.ts";
 import type { Deploy } from "./db/schema.ts";
 import { parseEntryName } from "./queue/entry-name.ts";
 import { queueLayout } from "./queue/layout.ts";
-import { queueSummary } from "./queue/scan.ts";
+import { queueSummary, scanQueue } from "./queue/scan.ts";
+import { parseEntry, summarizePayload } from "./queue/entry.ts";
 import { certificateStateDir, readCertificateState } from "./steps/certbot.ts";
 import { nginxStateDir, ownedSiteFiles } from "./steps/nginx/manifest.ts";
 import { currentRelease, deploymentPaths, readReleaseMeta } from "./steps/release.ts";
@@ -79,6 +80,8 @@ export interface DeploymentStatus {
   deadLetters: number;
   /** A deploy freeze (queues/paused/<name>.json): who, why, until when; or what is wrong with the file (it still holds the queue). */
   paused: Pause | { invalid: string } | undefined;
+  /** The push held until its required checks pass (require_checks), if one is: its commit, since when, what is pending, the next look. */
+  waitingForChecks: { entry: string; sha: string; since: string; pending: string[]; nextLookAt: string | undefined } | undefined;
   /** The newest deploy row (it may be superseded or already-deployed). */
   last: DeployStatusRow | undefined;
   /** The last deploy that ran (not superseded or skipped); the same as `last` when that one ran. */
@@ -142,6 +145,22 @@ async function routerBacklog(dir: string): Promise<StatusReport["router"]> {
 }
 
 /** What `deployq status` and GET /status show: disk for the release and queues, the database for history. */
+/** The newest entry of a deployment's queue, when it is a push waiting for its required checks. */
+async function waitingForChecksOf(layout: QueueLayout, d: Deployment, queued: number): Promise<DeploymentStatus["waitingForChecks"]> {
+  if (d.require_checks.length === 0 || queued === 0) return undefined;
+  const dir = layout.deployment(d.name);
+  const newest = (await scanQueue(dir)).at(-1);
+  if (!newest) return undefined;
+  try {
+    const parsed = parseEntry(await readFile(path.join(dir, newest), "utf8"));
+    const waiting = parsed.ok ? parsed.entry.checks_waiting : undefined;
+    if (!parsed.ok || !waiting) return undefined;
+    return { entry: newest, sha: summarizePayload(parsed.entry.payload).after ?? "?", since: waiting.since, pending: waiting.pending, nextLookAt: parsed.entry.retry_at };
+  } catch {
+    return undefined; // taken meanwhile
+  }
+}
+
 async function pauseOf(layout: QueueLayout, name: string): Promise<Pause | { invalid: string } | undefined> {
   const found = await readPause(layout, name);
   if (!found) return undefined;
@@ -185,14 +204,14 @@ export async function collectStatus(settings: Settings, db: Db, only?: string): 
           has(pauseFiles, d.name) ? pauseOf(layout, d.name) : undefined,
           has(manifests, d.name) ? sitesOf(d, settings.dataDir) : [],
         ]);
-        return { d, current, queued: queued.entries, deadLetters: deadLetters.entries, paused, sites };
+        return { d, current, queued: queued.entries, deadLetters: deadLetters.entries, paused, sites, waitingForChecks: await waitingForChecksOf(layout, d, queued.entries) };
       }),
     ),
   ]);
   return {
     router,
     ...(settings.secrets.githubToken ? { github: await outboxStatus(db) } : {}),
-    deployments: deployments.map(({ d, current, queued, deadLetters, paused, sites }): DeploymentStatus => {
+    deployments: deployments.map(({ d, current, queued, deadLetters, paused, sites, waitingForChecks }): DeploymentStatus => {
       const rows = latest.get(d.name);
       return {
         deployment: d.name,
@@ -204,6 +223,7 @@ export async function collectStatus(settings: Settings, db: Db, only?: string): 
         queued,
         deadLetters,
         paused,
+        waitingForChecks,
         last: pick(rows?.last),
         lastRun: pick(rows?.lastRun),
         sites,

@@ -83,6 +83,9 @@ export async function statusCommand(settings: Settings, name: string | undefined
         ...(last ? deployLines("last deploy", last) : [field("last deploy", "none")]),
         ...(lastRun && lastRun.id !== last?.id ? deployLines("last run", lastRun) : []),
         ...(s.paused ? [field("PAUSED", "invalid" in s.paused ? s.paused.invalid : `${oneLine(s.paused.reason) || "(no reason)"}, by ${oneLine(s.paused.by)} at ${s.paused.at}${s.paused.until ? `, until ${s.paused.until}` : ", until `deployq resume`"}: entries wait`)] : []),
+        ...(s.waitingForChecks
+          ? [field("WAITING", `for checks ${s.waitingForChecks.pending.join(", ")} on ${s.waitingForChecks.sha.slice(0, 12)} since ${s.waitingForChecks.since}${s.waitingForChecks.nextLookAt ? `; next look ${s.waitingForChecks.nextLookAt}` : ""}`)]
+          : []),
         `  queued:       ${s.queued}   dead letters: ${s.deadLetters}${s.deadLetters > 0 ? `  (deployq queue ls dead-letter/${s.deployment})` : ""}`,
         ...siteLines(s, settings.deployments.get(s.deployment)?.nginx !== undefined, ago),
         "", // a blank line after each deployment

@@ -189,6 +189,20 @@ function parsePort(value: string, source: string): number {
 }
 
 /** The receiver refuses to start without a secret: an unsigned receiver would deploy anyone's push. */
+/**
+ * The deployments whose pushes wait for their checks read them from GitHub: refused at
+ * start without GITHUB_TOKEN (not at config load: `deployq status` needs no token).
+ */
+export function requireChecksToken(settings: Settings): void {
+  const gated = [...settings.deployments.values()].filter((d) => d.require_checks.length > 0 && d.enabled);
+  if (gated.length > 0 && !settings.secrets.githubToken) {
+    throw new ConfigError(
+      `${gated.map((d) => d.name).join(", ")} ${gated.length === 1 ? "has" : "have"} require_checks, which reads each push's checks from GitHub: ` +
+        `set GITHUB_TOKEN (a token with "Checks: read" and "Commit statuses: read" on ${[...new Set(gated.map((d) => d.repository))].join(", ")}), or remove require_checks`,
+    );
+  }
+}
+
 export function requireWebhookSecrets(settings: Settings): string[] {
   if (settings.secrets.webhookSecrets.length === 0) {
     throw new ConfigError(

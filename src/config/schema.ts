@@ -99,6 +99,17 @@ export const DeploymentConfig = z.strictObject({
    * A single waiting push is deployed at once.
    */
   coalesce_ms: z.number().int().min(0).default(300),
+  /**
+   * Deploy a push only once these check runs or commit status contexts (by name, as GitHub
+   * shows them on the commit) have succeeded on its commit; a failed one fails the deploy.
+   * Needs GITHUB_TOKEN. `deployq deploy` and rollbacks are an operator's choice and are not held.
+   */
+  require_checks: z
+    .array(z.string().trim().min(1, "a check name may not be empty").max(200, "a check name is at most 200 characters"))
+    .refine((names) => new Set(names).size === names.length, "lists a check twice")
+    .default([]),
+  /** A push waiting for its required checks fails after this many seconds if they have not all succeeded. */
+  checks_timeout_s: z.number().int().min(1).default(1800),
 });
 export type DeploymentConfig = z.infer<typeof DeploymentConfig>;
 

@@ -44,6 +44,8 @@ export type DeployEvent = {
   | { name: "step-finished"; step: StepKind; title: string; durationMs: number; ok: boolean; exitCode?: number | undefined }
   | { name: "paused"; reason: string; by: string; until?: string | undefined }
   | { name: "resumed" }
+  /** A push held until its required checks pass (require_checks): `pending` are those not successful yet. */
+  | { name: "waiting-for-checks"; sha: string; pending: string[]; since: string }
   | { name: "finished"; outcome: DeployOutcomeName; durationMs: number; sha?: string | undefined; release?: string | undefined; error?: string | undefined; supersededBy?: string | undefined; nextAttemptAt?: string | undefined }
 );
 

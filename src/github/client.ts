@@ -35,9 +35,26 @@ export interface GithubClientOptions {
   logger: Logger;
 }
 
+/** One check run or commit status context on a commit, as the required-checks gate reads it. */
+export interface CheckReading {
+  name: string;
+  source: "check run" | "status";
+  state: "success" | "failure" | "pending";
+  /** GitHub's own word for it: a check run's status or conclusion, a status's state. */
+  detail: string;
+  url: string | undefined;
+}
+
+export type ChecksResult = { ok: true; checks: CheckReading[] } | Exclude<SendResult, { ok: true }>;
+
 export interface GithubClient {
   createStatus(status: CommitStatus, signal: AbortSignal): Promise<SendResult>;
+  /** Every check run (the newest of each name) and status context on a commit. */
+  readChecks(repository: string, sha: string, signal: AbortSignal): Promise<ChecksResult>;
 }
+
+/** Conclusions GitHub's branch protection counts as passing. */
+const PASSING_CONCLUSIONS = new Set(["success", "neutral", "skipped"]);
 
 const RestWithPlugins = Octokit.plugin(retry, throttling);
 
@@ -91,6 +108,44 @@ export function createGithubClient(options: GithubClientOptions): GithubClient {
         return classify(err, timeout.aborted ? `no answer within ${options.timeoutMs} ms` : undefined);
       }
     },
+    async readChecks(repository, sha, signal) {
+      const [owner, repo] = repository.split("/") as [string, string];
+      const timeout = AbortSignal.timeout(options.timeoutMs);
+      const request = { signal: AbortSignal.any([signal, timeout]) };
+      try {
+        const [runs, combined] = await Promise.all([
+          octokit.paginate(octokit.rest.checks.listForRef, { owner, repo, ref: sha, per_page: 100, filter: "latest", request }),
+          octokit.rest.repos.getCombinedStatusForRef({ owner, repo, ref: sha, per_page: 100, request }),
+        ]);
+        // A check re-run is a new run of the same name: the newest (greatest id) is the one that counts.
+        const newest = new Map<string, (typeof runs)[number]>();
+        for (const run of runs) if ((newest.get(run.name)?.id ?? -1) < run.id) newest.set(run.name, run);
+        const checks: CheckReading[] = [...newest.values()].map((run) => ({
+          name: run.name,
+          source: "check run",
+          state: run.status !== "completed" ? "pending" : PASSING_CONCLUSIONS.has(run.conclusion ?? "") ? "success" : "failure",
+          detail: run.status !== "completed" ? run.status : (run.conclusion ?? "completed"),
+          url: run.html_url ?? run.details_url ?? undefined,
+        }));
+        for (const status of combined.data.statuses) {
+          checks.push({
+            name: status.context,
+            source: "status",
+            state: status.state === "success" ? "success" : status.state === "pending" ? "pending" : "failure",
+            detail: status.state,
+            url: status.target_url ?? undefined,
+          });
+        }
+        return { ok: true, checks };
+      } catch (err) {
+        const result = classify(err, timeout.aborted ? `no answer within ${options.timeoutMs} ms` : undefined);
+        // The read needs other permissions than the statuses the table above speaks of.
+        if (result.status === 404 || result.status === 403) {
+          return { ...result, message: `GitHub answered ${result.status} reading the checks of ${sha.slice(0, 7)}: give GITHUB_TOKEN "Checks: read" and "Commit statuses: read" on ${repository} (${githubMessage(err as HttpLikeError) ?? errorMessage(err)})` };
+        }
+        return result;
+      }
+    },
   };
 }
 
@@ -101,7 +156,7 @@ interface HttpLikeError {
 }
 
 /** Sorts an octokit error into what the sender does next. */
-export function classify(err: unknown, timedOut?: string, now = Date.now()): SendResult {
+export function classify(err: unknown, timedOut?: string, now = Date.now()): Exclude<SendResult, { ok: true }> {
   const e = (err ?? {}) as HttpLikeError;
   const status = typeof e.status === "number" ? e.status : undefined;
   const headers = e.response?.headers ?? {};

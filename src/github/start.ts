@@ -3,7 +3,7 @@ import type { Settings } from "../config/load.ts";
 import type { Db } from "../db/client.ts";
 import type { Events } from "../events/bus.ts";
 import type { Metrics } from "../metrics/registry.ts";
-import { createGithubClient } from "./client.ts";
+import { type GithubClient, createGithubClient } from "./client.ts";
 import { GithubSender } from "./sender.ts";
 import { StatusTexts } from "./statuses.ts";
 
@@ -11,6 +11,8 @@ export interface GithubStatuses {
   /** Per deployment, what its router and worker write to the outbox. */
   statuses: ReadonlyMap<string, StatusTexts>;
   sender: GithubSender;
+  /** The API client, for what the workers read (the checks that require_checks waits for). */
+  client: GithubClient;
   close(): Promise<void>;
 }
 
@@ -32,6 +34,7 @@ export function startGithubStatuses(deps: { settings: Settings; db: Db; logger: 
   return {
     statuses,
     sender,
+    client,
     async close() {
       unsubscribe();
       await sender.close();

@@ -83,6 +83,16 @@ export class StatusTexts {
     return this.row(sha, "error", `Not deployed to ${this.deployment.name}: its branch no longer exists`, deployId);
   }
 
+  /** A push held until the checks its deployment requires have succeeded (require_checks). */
+  waitingForChecks(sha: string | undefined, pending: readonly string[]): StatusRow[] {
+    return this.row(sha, "pending", `Waiting for ${pending.join(", ")} to pass before deploying to ${this.deployment.name}`, undefined);
+  }
+
+  /** A push whose required check failed or never passed in time: nothing was deployed. `why`: which check, in a few words. */
+  checksFailed(sha: string | undefined, deployId: number, why: string): StatusRow[] {
+    return this.row(sha, "failure", `Not deployed to ${this.deployment.name}: ${why}`, deployId);
+  }
+
   retrying(sha: string | undefined, deployId: number, attempt: number): StatusRow[] {
     return this.row(sha, "pending", `Attempt ${attempt} failed on a transient error; retrying`, deployId);
   }

@@ -144,7 +144,7 @@ export function githubWebhookHandler(deps: WebhookDeps) {
     }
     const decision = routeEvent(delivery, deployments);
     // A delivery a deployment follows gets its entry; one that none follows only its row.
-    const name = decision.kind === "deliver" ? entryName(delivery.deliveryId) : undefined;
+    const name = decision.kind !== "void" ? entryName(delivery.deliveryId) : undefined;
     let outcome: "inserted" | "duplicate";
     try {
       if (decision.kind === "void") {

@@ -150,7 +150,7 @@ export async function requeue(layout: QueueLayout, name: string, only?: string):
       // unparseable: moved back as it is (an admin may have fixed it; the router says if not)
     }
     if (json) {
-      const { attempts: _a, last_error: _e, failed_at: _f, retry_at: _r, superseded_by: _s, ...fresh } = json;
+      const { attempts: _a, last_error: _e, failed_at: _f, retry_at: _r, superseded_by: _s, checks_waiting: _c, ...fresh } = json;
       const requeues = (typeof fresh.requeues === "number" ? fresh.requeues : 0) + 1;
       await rewriteInto(layout, file, to.dir, { ...fresh, requeues, ...(winner !== undefined && n !== winner ? { superseded_by: winner } : {}) } as QueueEntry);
     } else {

@@ -32,6 +32,15 @@ export const QueueEntry = z.looseObject({
    * duplicate, and the worker drops it.
    */
   requeues: z.number().int().nonnegative().optional(),
+  /**
+   * A push held until the checks its deployment requires have succeeded on its commit
+   * (`require_checks`): since when, the checks not successful yet at the last look, and
+   * how many looks there were. Its next look is at `retry_at`, or sooner when a check
+   * event for its commit arrives.
+   */
+  checks_waiting: z
+    .object({ since: z.string(), pending: z.array(z.string()), polls: z.number().int().nonnegative() })
+    .optional(),
 });
 export type QueueEntry = z.infer<typeof QueueEntry>;
 

@@ -64,4 +64,18 @@ describe("routeEvent", () => {
     const elsewhere = routeEvent(push("someone/else", "refs/heads/main"), deployments);
     expect(elsewhere).toMatchObject({ code: "unfollowed", followed: [], reason: expect.stringMatching(/no deployment has repository = "someone\/else"/) });
   });
+
+  it("sends a check event to the enabled deployments of its repository that require checks, and voids it for the others", () => {
+    const gated = { ...deployment("gated", "octo-org/api", "main"), require_checks: ["test"] };
+    const off = { ...deployment("gated-off", "octo-org/api", "main", false), require_checks: ["test"] };
+    const all = [...deployments, gated, off];
+    const checkRun = { event: "check_run", payload: { action: "completed", check_run: { head_sha: SHA }, repository: { full_name: "Octo-Org/Api" } } };
+    expect(routeEvent(checkRun, all)).toEqual({ kind: "wake", deployments: ["gated"], repository: "Octo-Org/Api", sha: SHA });
+    expect(routeEvent({ event: "status", payload: { sha: SHA, repository: { full_name: "octo-org/api" } } }, all)).toMatchObject({ kind: "wake", deployments: ["gated"] });
+    const none = routeEvent(checkRun, deployments);
+    expect(none).toMatchObject({ kind: "void", code: "event" });
+    expect(none.kind === "void" && none.reason).toContain("no enabled deployment of its repository has require_checks");
+    const noSha = routeEvent({ event: "check_suite", payload: { check_suite: {}, repository: { full_name: "octo-org/api" } } }, all);
+    expect(noSha.kind === "void" && noSha.reason).toContain("names no commit sha");
+  });
 });

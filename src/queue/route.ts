@@ -2,6 +2,7 @@ import { branchMatches, isValidBranchName } from "../config/branch.ts";
 import type { DeploymentConfig } from "../config/schema.ts";
 import type { QueueEntry } from "./entry.ts";
 import { summarizePayload } from "./entry.ts";
+import { CHECK_EVENTS, checkEventSha } from "../github/checks.ts";
 
 /**
  * Why an event deploys nothing, for callers that say it in their own words (the
@@ -11,6 +12,8 @@ export type VoidCode = "event" | "payload" | "tag" | "deleted" | "not-a-branch" 
 
 export type RouteDecision =
   | { kind: "deliver"; deployments: string[]; repository: string; ref: string; after: string }
+  /** A check event for the deployments that hold pushes until their checks pass (require_checks): it deploys nothing itself. */
+  | { kind: "wake"; deployments: string[]; repository: string; sha: string }
   | {
       kind: "void";
       code: VoidCode;
@@ -36,6 +39,13 @@ export function routeEvent(
   const enabled = ofRepository.filter((d) => d.enabled);
   const followed = [...new Set(enabled.map((d) => d.branch))];
   const voided = (code: VoidCode, reason: string): RouteDecision => ({ kind: "void", code, reason, followed });
+  if (CHECK_EVENTS.has(entry.event)) {
+    const gated = enabled.filter((d) => d.require_checks.length > 0).map((d) => d.name);
+    const sha = checkEventSha(entry.event, entry.payload);
+    if (gated.length > 0 && repository && sha) return { kind: "wake", deployments: gated, repository, sha };
+    const why = gated.length === 0 ? "no enabled deployment of its repository has require_checks" : "the payload names no commit sha";
+    return voided("event", `"${entry.event}" events do not deploy (only push events do), and this one wakes no waiting push: ${why}`);
+  }
   if (entry.event !== "push") return voided("event", `"${entry.event}" events do not deploy (only push events do)`);
   if (!repository) return voided("payload", "the payload has no repository.full_name");
   if (!ref) return voided("payload", "the payload has no ref");

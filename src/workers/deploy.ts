@@ -33,7 +33,8 @@ import {
 
 /** What one queue entry asks for. */
 export type DeployRequest =
-  | { kind: "push"; entry: string; ref: string | undefined; sha: string }
+  /** `checked`: its commit passed the checks the deployment requires, so only that commit may go live. */
+  | { kind: "push"; entry: string; ref: string | undefined; sha: string; checked?: boolean }
   | { kind: "deploy"; entry: string; ref: string; force: boolean }
   | { kind: "rollback"; entry: string; to: string | undefined };
 
@@ -102,7 +103,10 @@ interface Target {
  * deploys. A branch that no longer exists leaves nothing to deploy. Only `deployq deploy
  * --ref <sha>` and `rollback` deploy something other than a branch's head, and say so.
  */
-async function fetchTarget(gitDir: string, request: Exclude<DeployRequest, { kind: "rollback" }>, ctx: DeployContext): Promise<Target | { deleted: string }> {
+/** Why a push deploys nothing: its branch is gone, or (its checks required) the branch moved on to a commit not checked yet. */
+type NoTarget = { deleted: string } | { movedOn: string; note: string };
+
+async function fetchTarget(gitDir: string, request: Exclude<DeployRequest, { kind: "rollback" }>, ctx: DeployContext): Promise<Target | NoTarget> {
   const { remote, branch } = ctx.deployment;
   step(ctx, "fetch", `fetch ${remote}`);
   checkAborted(ctx);
@@ -119,6 +123,10 @@ async function fetchTarget(gitDir: string, request: Exclude<DeployRequest, { kin
     const head = await fetchedBranchHead(gitDir, pushed, gitContext(ctx));
     if (head === undefined) return { deleted: `${pushed} no longer exists on ${remote}: the push of ${request.sha} has nothing left to deploy` };
     if (head === request.sha) return { sha: head, requestedSha: undefined };
+    if (request.checked) {
+      // The head's checks were not looked at: its own push deploys it once they pass.
+      return { movedOn: head, note: `${pushed} has moved on to ${head}, whose own push deploys it once its required checks pass; ${request.sha} is not deployed` };
+    }
     ctx.log.write(`${pushed} has moved on since this push: it is at ${head} now, not ${request.sha}; the push is superseded by the branch's head\n`);
     return { sha: head, requestedSha: request.sha };
   }
@@ -132,11 +140,15 @@ async function fetchTarget(gitDir: string, request: Exclude<DeployRequest, { kin
 }
 
 /** A push whose branch was deleted, or moved on to the commit that is live already: recorded as superseded, nothing deployed. */
-function superseded(request: Exclude<DeployRequest, { kind: "rollback" }>, target: Target | { deleted: string }, ctx: DeployContext): DeployOutcome | undefined {
+function superseded(request: Exclude<DeployRequest, { kind: "rollback" }>, target: Target | NoTarget, ctx: DeployContext): DeployOutcome | undefined {
   if (request.kind !== "push") return undefined;
   if ("deleted" in target) {
     ctx.log.write(`${target.deleted}\n`);
     return { status: "superseded", sha: request.sha, supersededBy: undefined, note: target.deleted };
+  }
+  if ("movedOn" in target) {
+    ctx.log.write(`${target.note}\n`);
+    return { status: "superseded", sha: request.sha, supersededBy: target.movedOn, note: target.note };
   }
   if (target.requestedSha === undefined) return undefined;
   const note = `superseded by the head of its branch, ${target.sha}, which is live already`;
@@ -306,7 +318,7 @@ async function deployRelease(request: Exclude<DeployRequest, { kind: "rollback" 
   const target = await fetchTarget(paths.mirror, request, ctx);
   const previous = await currentRelease(paths);
   const previousMeta = previous ? await readReleaseMeta(path.join(paths.releases, previous)) : undefined;
-  if ("deleted" in target) return superseded(request, target, ctx)!;
+  if ("deleted" in target || "movedOn" in target) return superseded(request, target, ctx)!;
   const { sha } = target;
   const pending = await readPendingSwitch(paths);
   if (pending && previous && pending.release === previous && previousMeta?.sha === sha) {
@@ -457,7 +469,7 @@ async function deployInPlace(request: Exclude<DeployRequest, { kind: "rollback" 
   const stateFile = inPlaceStateFile(ctx.dataDir, d.name);
   const target = await fetchTarget(gitDir, request, ctx);
   const previous = (await readFile(stateFile, "utf8").catch(() => "")).trim() || undefined;
-  if ("deleted" in target) return superseded(request, target, ctx)!;
+  if ("deleted" in target || "movedOn" in target) return superseded(request, target, ctx)!;
   const { sha } = target;
   if (previous === sha && !(request.kind === "deploy" && request.force)) {
     const moot = superseded(request, target, ctx);

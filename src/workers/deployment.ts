@@ -7,8 +7,8 @@ import { setTimeout as sleep } from "node:timers/promises";
 import type { Logger } from "pino";
 import type { Deployment } from "../config/load.ts";
 import type { Db } from "../db/client.ts";
-import { finishDeploy, finishedTurns, markInterrupted, newerFencingToken, nextFencingToken, recordSuperseded, setDeployLog, startDeploy } from "../db/queries/deploys.ts";
-import { DeployqError, TransientError, errorMessage } from "../errors.ts";
+import { finishDeploy, finishedTurns, markInterrupted, newerFencingToken, nextFencingToken, recordUnrun, setDeployLog, startDeploy } from "../db/queries/deploys.ts";
+import { ConfigError, DeployqError, TransientError, errorMessage } from "../errors.ts";
 import { ExecError } from "../exec/exec-error.ts";
 import { killLeftoverCommands } from "../exec/run-command.ts";
 import { LockBusyError, type LockService, LockUnavailableError, NGINX_LOCK, deploymentLockName, usingWhenFree } from "../lock/lock.ts";
@@ -30,6 +30,9 @@ import { readCancel, removeCancel, removeRunning, writeRunning } from "./cancel.
 import { type Events, noEvents } from "../events/bus.ts";
 import type { DeployOutcomeName, StepKind } from "../events/types.ts";
 import type { StatusRow, StatusTexts } from "../github/statuses.ts";
+import type { GithubClient } from "../github/client.ts";
+import { CHECK_EVENTS, checkEventSha, judgeChecks, nextChecksPoll } from "../github/checks.ts";
+import { enqueueStatuses } from "../github/outbox.ts";
 
 export interface DeploymentWorkerDeps {
   deployment: Deployment;
@@ -47,6 +50,8 @@ export interface DeploymentWorkerDeps {
   events?: Events;
   /** Commit statuses to write with the deploy rows (GITHUB_TOKEN set); none by default. */
   statuses?: StatusTexts;
+  /** Where a deployment with require_checks reads its pushes' checks (GITHUB_TOKEN set: required then). */
+  checks?: Pick<GithubClient, "readChecks">;
 }
 
 const HOST = hostname();
@@ -118,6 +123,9 @@ export class DeploymentWorker {
   current: { entry: string; step: string } | undefined;
 
   constructor(deps: DeploymentWorkerDeps) {
+    if (deps.deployment.require_checks.length > 0 && !deps.checks) {
+      throw new ConfigError(`deployment ${deps.deployment.name} has require_checks: its worker needs a GitHub client (set GITHUB_TOKEN)`);
+    }
     this.deps = deps;
     this.name = deps.deployment.name;
     this.queue = new QueueWorker({
@@ -218,6 +226,14 @@ export class DeploymentWorker {
           entries.splice(entries.indexOf(e), 1);
           this.deps.logger.warn({ deployment: this.name, entry: e.name }, "dropped a second copy of an entry this deployment has handled already (the router handed it over again after a crash)");
         }
+        // Check events deploy nothing: they only tell a push waiting for its checks to look again now.
+        const woken = new Set<string>();
+        for (const e of entries.filter((x) => CHECK_EVENTS.has(x.entry.event))) {
+          const sha = checkEventSha(e.entry.event, e.entry.payload);
+          if (sha) woken.add(sha);
+          await removeEntry(path.join(dir, e.name));
+          entries.splice(entries.indexOf(e), 1);
+        }
         // Entries a bulk requeue marked as superseded never run; of the rest, the newest wins.
         const winner = entries.filter((e) => e.entry.superseded_by === undefined).at(-1);
         const winnerSha = winner ? summarizePayload(winner.entry.payload).after : undefined;
@@ -226,11 +242,15 @@ export class DeploymentWorker {
         }
         if (!winner) return;
         const retryAt = winner.entry.retry_at ? Date.parse(winner.entry.retry_at) : 0;
-        if (retryAt > Date.now()) {
+        // A push waiting for its checks (not one waiting to retry a failure) looks again when a check of its commit moves.
+        const wokenNow = winner.entry.checks_waiting !== undefined && winner.entry.attempts === undefined && winnerSha !== undefined && woken.has(winnerSha);
+        if (retryAt > Date.now() && !wokenNow) {
           this.scheduleRetry(retryAt);
           return;
         }
-        await this.run(winner.name, winner.entry, token, lockSignal);
+        const checked = this.requiresChecks(winner.entry) ? await this.awaitChecks(winner.name, winner.entry, token) : false;
+        if (checked === "wait") return;
+        await this.run(winner.name, winner.entry, token, lockSignal, checked);
       });
       this.lockDelay = 0;
     } catch (err) {
@@ -325,22 +345,104 @@ export class DeploymentWorker {
   /** `bySha`: the commit of the entry that wins, when it is a push (named in the superseded commit's status). */
   private async supersede(name: string, entry: QueueEntry, by: string, token: number, bySha?: string): Promise<void> {
     const { ref, after } = summarizePayload(entry.payload);
-    await recordSuperseded(
+    const texts = entry.event === "push" ? this.deps.statuses : undefined;
+    await recordUnrun(
       this.deps.db,
       { deployment: this.name, entry: name, deliveryId: entry.delivery_id, event: entry.event, ref, sha: after, attempt: (entry.attempts ?? 0) + 1, host: HOST, pid: process.pid, fencingToken: token },
-      by,
-      entry.event === "push" ? this.deps.statuses?.superseded(after, bySha, undefined) : undefined,
+      { status: "superseded", supersededBy: by },
+      texts ? (id) => texts.superseded(after, bySha, id) : undefined,
     );
     await removeEntry(path.join(this.deps.layout.deployment(this.name), name));
     this.events.emit({ kind: "deploy", name: "finished", deployment: this.name, entry: name, outcome: "superseded", durationMs: 0, sha: after, supersededBy: by });
     this.deps.logger.info({ deployment: this.name, entry: name, sha: after, supersededBy: by }, "entry superseded by a newer one");
   }
 
-  /** Deploys one entry; the caller holds the lock (`lockSignal` aborts when it is lost). */
-  private async run(name: string, entry: QueueEntry, token: number, lockSignal: AbortSignal): Promise<void> {
+  /** Pushes wait for their commit's checks when the deployment requires some; `deployq deploy` and rollbacks do not. */
+  private requiresChecks(entry: QueueEntry): boolean {
+    return this.deps.deployment.require_checks.length > 0 && entry.event === "push" && summarizePayload(entry.payload).after !== undefined;
+  }
+
+  /**
+   * A push whose deployment requires checks: true when they have all succeeded on its
+   * commit (it deploys that commit, and no other), "wait" when it goes on waiting (its
+   * entry rewritten with what is pending and when to look again) or when it failed (its
+   * check failed, it waited longer than checks_timeout_s, or GitHub refuses the token:
+   * recorded and dead-lettered). A GitHub that cannot be reached is waited for, up to the
+   * same timeout: a push is never deployed unchecked. The caller holds the lock.
+   */
+  private async awaitChecks(name: string, entry: QueueEntry, token: number): Promise<true | "wait"> {
+    const { deployment, logger } = this.deps;
+    const checks = this.deps.checks!;
+    const sha = summarizePayload(entry.payload).after!;
+    const waiting = entry.checks_waiting;
+    const since = waiting ? Date.parse(waiting.since) || Date.now() : Date.now();
+    const polls = waiting?.polls ?? 0;
+    const read = await checks.readChecks(deployment.repository, sha, this.abort.signal);
+    const fail = async (why: string, detail: string) => {
+      await this.failUnrun(name, entry, token, sha, why, detail);
+      return "wait" as const;
+    };
+    let pending: string[];
+    let notBefore = 0;
+    if (read.ok) {
+      const verdict = judgeChecks(deployment.require_checks, read.checks);
+      if (verdict.state === "passed") {
+        logger.info({ deployment: this.name, entry: name, sha, checks: deployment.require_checks, waitedMs: Date.now() - since }, "required checks passed: deploying");
+        return true;
+      }
+      if (verdict.state === "failed") {
+        const { check } = verdict;
+        return fail(`check ${check.name} failed`, `required ${check.source} "${check.name}" is ${check.detail} on ${sha}${check.url ? `: ${check.url}` : ""}; nothing was deployed`);
+      }
+      pending = verdict.pending;
+    } else {
+      if (read.kind === "permanent") return fail("its checks could not be read", `could not read the required checks of ${sha}: ${read.message}`);
+      pending = waiting?.pending ?? [...deployment.require_checks];
+      if (read.kind === "rate-limited") notBefore = read.retryAt;
+      logger.warn({ deployment: this.name, entry: name, sha, err: read.message }, "could not read the required checks from GitHub; the push goes on waiting");
+    }
+    const deadline = since + deployment.checks_timeout_s * 1000;
+    if (Date.now() >= deadline) {
+      return fail(
+        `${pending.join(", ")} did not pass in time`,
+        `required checks not successful within checks_timeout_s (${deployment.checks_timeout_s} s): ${pending.join(", ")} still pending on ${sha}; nothing was deployed`,
+      );
+    }
+    const next = Math.min(Math.max(Date.now() + nextChecksPoll(polls), notBefore), deadline);
+    const sinceIso = new Date(since).toISOString();
+    const file = path.join(this.deps.layout.deployment(this.name), name);
+    await rewriteInto(this.deps.layout, file, path.dirname(file), { ...entry, checks_waiting: { since: sinceIso, pending, polls: polls + 1 }, retry_at: new Date(next).toISOString() });
+    const changed = !waiting || waiting.pending.join("\0") !== pending.join("\0");
+    if (changed) {
+      if (this.deps.statuses) await enqueueStatuses(this.deps.db, this.deps.statuses.waitingForChecks(sha, pending));
+      this.events.emit({ kind: "deploy", name: "waiting-for-checks", deployment: this.name, entry: name, sha, pending, since: sinceIso });
+      logger.info({ deployment: this.name, entry: name, sha, pending, timeoutAt: new Date(deadline).toISOString() }, "waiting for required checks");
+    }
+    this.scheduleRetry(next);
+    return "wait";
+  }
+
+  /** An entry that failed before it ran (its required checks): one final row, its commit status, dead-letter/. */
+  private async failUnrun(name: string, entry: QueueEntry, token: number, sha: string, why: string, error: string): Promise<void> {
+    const { ref } = summarizePayload(entry.payload);
+    const attempt = (entry.attempts ?? 0) + 1;
+    const texts = this.deps.statuses;
+    const id = await recordUnrun(
+      this.deps.db,
+      { deployment: this.name, entry: name, deliveryId: entry.delivery_id, event: entry.event, ref, sha, attempt, host: HOST, pid: process.pid, fencingToken: token },
+      { status: "failed", error },
+      texts ? (deployId) => texts.checksFailed(sha, deployId, why) : undefined,
+    );
+    this.events.emit({ kind: "deploy", name: "finished", deployment: this.name, deployId: id, entry: name, outcome: "failed", durationMs: 0, sha, error });
+    await this.deadLetter(name, entry, error, attempt);
+  }
+
+  /** Deploys one entry; the caller holds the lock (`lockSignal` aborts when it is lost). `checked`: a push whose required checks passed. */
+  private async run(name: string, entry: QueueEntry, token: number, lockSignal: AbortSignal, checked = false): Promise<void> {
     const { db, deployment, logger } = this.deps;
     const file = path.join(this.deps.layout.deployment(this.name), name);
-    const request = toRequest(name, entry);
+    const parsed = toRequest(name, entry);
+    const request = typeof parsed !== "string" && parsed.kind === "push" && checked ? { ...parsed, checked } : parsed;
     const attempt = (entry.attempts ?? 0) + 1;
     if (typeof request === "string") {
       await this.deadLetter(name, entry, request, attempt);

@@ -102,7 +102,7 @@ export function createRouter(deps: RouterDeps): QueueWorker {
     }
     const byDeployment = new Map<string, string[]>();
     for (const r of routed) {
-      if (r.decision.kind !== "deliver") continue;
+      if (r.decision.kind === "void") continue;
       for (const d of r.decision.deployments) byDeployment.set(d, [...(byDeployment.get(d) ?? []), r.file]);
     }
     for (const [deployment, files] of byDeployment) await handOverInto(layout, files, layout.deployment(deployment));
@@ -113,6 +113,9 @@ export function createRouter(deps: RouterDeps): QueueWorker {
       if (decision.kind === "void") {
         events.emit({ ...about, name: "voided", reason: decision.reason });
         logger.info({ entry: name, event: row.event, repository: row.repository, ref: row.ref, reason: decision.reason }, "event voided");
+      } else if (decision.kind === "wake") {
+        events.emit({ ...about, name: "routed", deployments: decision.deployments });
+        logger.info({ entry: name, event: row.event, repository: decision.repository, sha: decision.sha, deployments: decision.deployments }, "check event routed to the deployments that wait for checks");
       } else {
         events.emit({ ...about, name: "routed", deployments: decision.deployments });
         for (const deployment of decision.deployments) events.emit({ kind: "deploy", name: "queued", deployment, entry: name, sha: decision.after });

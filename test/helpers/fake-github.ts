@@ -22,6 +22,16 @@ export interface CreatedStatus {
   targetUrl: string | undefined;
 }
 
+/** A check run on a commit, as CI would have reported it (tests set them with addCheckRun). */
+export interface FakeCheckRun {
+  id: number;
+  sha: string;
+  name: string;
+  status: "queued" | "in_progress" | "completed";
+  conclusion: string | null;
+  html_url: string;
+}
+
 export type FakeMode = { kind: "up" } | { kind: "fail"; status: number } | { kind: "hang" } | { kind: "rate-limit"; resetEpochS: number };
 
 export interface FakeGithub {
@@ -31,6 +41,12 @@ export interface FakeGithub {
   statuses: CreatedStatus[];
   /** The statuses one commit got for one context, in the order GitHub took them. */
   statusesOf(sha: string, context: string): CreatedStatus[];
+  /** Check runs GitHub shows on commits (GET /repos/{o}/{r}/commits/{sha}/check-runs). */
+  checkRuns: FakeCheckRun[];
+  /** CI reports a check run on `sha`; returns it, to be updated in place (status, conclusion). */
+  addCheckRun(sha: string, name: string, status: FakeCheckRun["status"], conclusion?: string): FakeCheckRun;
+  /** CI sets a commit status, as POST /statuses would (it shows in the combined status). */
+  addStatus(repository: string, sha: string, context: string, state: string): void;
   /** up: answers; fail: every request gets `status`; hang: no answer; rate-limit: 403 with the rate-limit headers until the reset, then up. */
   setMode(mode: FakeMode): void;
   close(): Promise<void>;
@@ -44,6 +60,7 @@ export interface FakeGithub {
 export async function startFakeGithub(token = "ghp_fake-token-for-tests"): Promise<FakeGithub> {
   const requests: RecordedRequest[] = [];
   const statuses: CreatedStatus[] = [];
+  const checkRuns: FakeCheckRun[] = [];
   let mode: FakeMode = { kind: "up" };
   const hung = new Set<ServerResponse>();
 
@@ -84,6 +101,21 @@ export async function startFakeGithub(token = "ghp_fake-token-for-tests"): Promi
     }
     const auth = req.headers.authorization ?? "";
     if (auth !== `token ${token}` && auth !== `Bearer ${token}`) return answer(res, record, 401, { message: "Bad credentials" });
+    const read = /^\/repos\/([^/]+)\/([^/]+)\/commits\/([0-9a-f]{40})\/(check-runs|status)$/.exec(url.pathname);
+    if (req.method === "GET" && read) {
+      const [, owner, repo, sha, what] = read as unknown as [string, string, string, string, string];
+      if (what === "check-runs") {
+        const runs = checkRuns.filter((r) => r.sha === sha).map((r) => ({ ...r, head_sha: r.sha, details_url: r.html_url }));
+        return answer(res, record, 200, { total_count: runs.length, check_runs: runs });
+      }
+      const repository = `${decodeURIComponent(owner)}/${decodeURIComponent(repo)}`;
+      // The newest status of each context, newest first, as GitHub's combined status lists them.
+      const latest = new Map<string, CreatedStatus>();
+      for (const st of statuses) if (st.repository === repository && st.sha === sha) latest.set(st.context, st);
+      const list = [...latest.values()].reverse().map((st) => ({ context: st.context, state: st.state, description: st.description, target_url: st.targetUrl ?? null }));
+      const state = list.some((st) => st.state === "failure" || st.state === "error") ? "failure" : list.every((st) => st.state === "success") && list.length > 0 ? "success" : "pending";
+      return answer(res, record, 200, { state, sha, total_count: list.length, statuses: list });
+    }
     const match = /^\/repos\/([^/]+)\/([^/]+)\/statuses\/([0-9a-f]{40})$/.exec(url.pathname);
     if (req.method !== "POST" || !match) return answer(res, record, 404, { message: "Not Found" });
     const state = String(body?.state ?? "");
@@ -110,6 +142,15 @@ export async function startFakeGithub(token = "ghp_fake-token-for-tests"): Promi
     requests,
     statuses,
     statusesOf: (sha, context) => statuses.filter((s) => s.sha === sha && s.context === context),
+    checkRuns,
+    addCheckRun(sha, name, status, conclusion) {
+      const run: FakeCheckRun = { id: checkRuns.length + 1, sha, name, status, conclusion: conclusion ?? null, html_url: `https://github.example/checks/${checkRuns.length + 1}` };
+      checkRuns.push(run);
+      return run;
+    },
+    addStatus(repository, sha, context, state) {
+      statuses.push({ at: Date.now(), repository, sha, state, context, description: "", targetUrl: undefined });
+    },
     setMode(next) {
       mode = next;
       if (next.kind !== "hang") for (const res of hung) res.destroy();

@@ -4,7 +4,7 @@ import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promis
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { finishDeploy, recordSuperseded, setDeployLog, startDeploy } from "../../src/db/queries/deploys.ts";
+import { finishDeploy, recordUnrun, setDeployLog, startDeploy } from "../../src/db/queries/deploys.ts";
 import { inPlaceStateFile } from "../../src/workers/deploy.ts";
 import { type TestDatabase, createTestDatabase } from "../helpers/db.ts";
 import { type TestRepo, createRepo, git } from "../helpers/git.ts";
@@ -244,7 +244,7 @@ describe("deployq CLI: names and refs are checked before anything is queued", ()
     await setDeployLog(db, failed, failedLog);
     await finishDeploy(db, failed, { status: "failed", error: "./deploy.sh exited with code 1:\nmanage.py migrate: table app_user already exists\nrun the migration by hand" });
     // The newest row never ran (no log, no error): the failed one is shown too, with its own log.
-    await recordSuperseded(db, row(randomSha(), "refs/heads/main"), "newer.json");
+    await recordUnrun(db, row(randomSha(), "refs/heads/main"), { status: "superseded", supersededBy: "newer.json" });
 
     const text = (await runDeployq(["status", "site"], env)).stdout;
     expect(text).toContain(`  current:      (work tree)  ${live}\n`);

@@ -97,19 +97,30 @@ export async function finishDeploy(db: Db, id: number, result: DeployResult, sta
   });
 }
 
-/** An entry that never ran: superseded by a newer one. */
-export async function recordSuperseded(db: Db, row: NewDeploy, supersededBy: string, statuses?: readonly StatusRow[]): Promise<void> {
-  await withStatuses(db, statuses && statuses.length > 0 ? () => statuses : undefined, async (q) => {
-    await q.insert(deploys).values({
-    ...row,
-    deliveryId: row.deliveryId ?? null,
-    ref: row.ref ?? null,
-    sha: row.sha ?? null,
-    status: "superseded",
-    supersededBy,
-    finishedAt: sql`now()`,
-    durationMs: 0,
-  });
+/**
+ * An entry that never ran: superseded by a newer one, or failed before it could start (its
+ * required checks failed or timed out). `statuses`: its commit statuses, given the row's id.
+ */
+export async function recordUnrun(
+  db: Db,
+  row: NewDeploy,
+  outcome: { status: "superseded"; supersededBy: string } | { status: "failed"; error: string },
+  statuses?: (id: number) => readonly StatusRow[],
+): Promise<number> {
+  return withStatuses(db, statuses, async (q) => {
+    const [inserted] = await q
+      .insert(deploys)
+      .values({
+        ...row,
+        deliveryId: row.deliveryId ?? null,
+        ref: row.ref ?? null,
+        sha: row.sha ?? null,
+        ...outcome,
+        finishedAt: sql`now()`,
+        durationMs: 0,
+      })
+      .returning({ id: deploys.id });
+    return inserted!.id;
   });
 }
 

@@ -271,6 +271,11 @@ export function DeploymentPage(props: { ctx: PageContext; data: DeploymentData }
       <History history={data.history} ctx={ctx} />
 
       <h2>{`Queued (${data.queued.length})`}</h2>
+      {s.waitingForChecks ? (
+        <p data-waiting-for-checks={s.waitingForChecks.sha}>
+          {`Waiting for checks ${s.waitingForChecks.pending.join(", ")} on ${s.waitingForChecks.sha} since ${s.waitingForChecks.since}${s.waitingForChecks.nextLookAt ? `; next look at ${s.waitingForChecks.nextLookAt}` : ""} (a check event for the commit looks sooner)`}
+        </p>
+      ) : null}
       <Entries entries={data.queued} ctx={ctx} />
 
       <h2 id={`dead-letter-${name}`}>{`Dead letters (${data.deadLetters.length})`}</h2>

@@ -62,6 +62,11 @@ function DeploymentRow(props: { d: OverviewDeployment; ctx: PageContext }) {
             {"invalid" in d.paused ? `paused: ${d.paused.invalid}` : `paused by ${d.paused.by}${d.paused.reason ? `: ${d.paused.reason}` : ""}${d.paused.until ? ` (until ${d.paused.until})` : ""}`}
           </div>
         ) : null}
+        {d.waitingForChecks ? (
+          <div class="small" data-waiting-for-checks={d.waitingForChecks.sha}>
+            waiting for checks {d.waitingForChecks.pending.join(", ")} on <code>{d.waitingForChecks.sha.slice(0, 7)}</code>, since <Ago at={d.waitingForChecks.since} now={ctx.now} />
+          </div>
+        ) : null}
       </td>
       <td>
         <LockCell lock={d.lock} now={ctx.now} />

@@ -98,6 +98,7 @@ describe("pages escape whatever came from a push", () => {
             strategy: "releases",
             enabled: true,
             current: { release: "20261123T065514.123Z-aaaaaaa", sha: "a".repeat(40), ref: bad },
+            waitingForChecks: { entry: "e.json", sha: "b".repeat(40), since: "2026-11-23T06:55:14.123Z", pending: [bad], nextLookAt: undefined },
             paused: { reason: bad, by: "cli:root@host", at: new Date().toISOString() },
             queued: 0,
             deadLetters: 1,
