@@ -29,7 +29,8 @@ import { readPause, removePause } from "../queue/pause.ts";
 import { readCancel, removeCancel, removeRunning, writeRunning } from "./cancel.ts";
 import { type Events, noEvents } from "../events/bus.ts";
 import type { DeployOutcomeName, StepKind } from "../events/types.ts";
-import type { StatusRow, StatusTexts } from "../github/statuses.ts";
+import type { GithubWrite } from "../github/outbox.ts";
+import type { GithubReports } from "../github/reports.ts";
 
 export interface DeploymentWorkerDeps {
   deployment: Deployment;
@@ -45,8 +46,8 @@ export interface DeploymentWorkerDeps {
   watch: boolean;
   /** Where deploys, steps and their outcomes are told (the daemon's; none by default). */
   events?: Events;
-  /** Commit statuses to write with the deploy rows (GITHUB_TOKEN set); none by default. */
-  statuses?: StatusTexts;
+  /** What to tell GitHub with the deploy rows (GITHUB_TOKEN set): commit statuses, deployments; none by default. */
+  statuses?: GithubReports;
 }
 
 const HOST = hostname();
@@ -329,7 +330,7 @@ export class DeploymentWorker {
       this.deps.db,
       { deployment: this.name, entry: name, deliveryId: entry.delivery_id, event: entry.event, ref, sha: after, attempt: (entry.attempts ?? 0) + 1, host: HOST, pid: process.pid, fencingToken: token },
       by,
-      entry.event === "push" ? this.deps.statuses?.superseded(after, bySha, undefined) : undefined,
+      entry.event === "push" ? this.deps.statuses?.superseded(name, after, bySha, undefined) : undefined,
     );
     await removeEntry(path.join(this.deps.layout.deployment(this.name), name));
     this.events.emit({ kind: "deploy", name: "finished", deployment: this.name, entry: name, outcome: "superseded", durationMs: 0, sha: after, supersededBy: by });
@@ -359,12 +360,12 @@ export class DeploymentWorker {
       host: HOST,
       pid: process.pid,
       fencingToken: token,
-    }, request.kind === "push" && this.deps.statuses ? (deployId) => this.deps.statuses!.started(request.sha, deployId, attempt) : undefined);
+    }, request.kind === "push" && this.deps.statuses ? (deployId) => this.deps.statuses!.started(name, request.sha, deployId, attempt) : undefined);
     const texts = this.deps.statuses;
     // The step that failed, for the commit status (not the rollback that followed it).
     let failedStep: StepKind | undefined;
-    const report = async (ended: "retrying" | "failed" | "cancelled", by = "unknown"): Promise<StatusRow[]> =>
-      !texts ? [] : ended === "retrying" ? texts.retrying(sha, id, attempt) : ended === "failed" ? texts.failed(sha, id, failedStep, await this.liveSha()) : texts.cancelled(sha, id, by);
+    const report = async (ended: "retrying" | "failed" | "cancelled", by = "unknown"): Promise<GithubWrite[]> =>
+      !texts ? [] : ended === "retrying" ? texts.retrying(name, sha, id, attempt) : ended === "failed" ? texts.failed(name, sha, id, failedStep, await this.liveSha()) : texts.cancelled(name, sha, id, by);
     const logPath = deployLogPath(this.deps.dataDir, this.name, id);
     await mkdir(path.dirname(logPath), { recursive: true });
     await setDeployLog(db, id, logPath);
@@ -441,7 +442,7 @@ export class DeploymentWorker {
           db,
           id,
           { status: "superseded", sha: outcome.sha, supersededBy: outcome.supersededBy, error: outcome.note, logPath },
-          outcome.supersededBy ? texts?.superseded(outcome.sha, outcome.supersededBy, id) : texts?.branchDeleted(outcome.sha, id),
+          outcome.supersededBy ? texts?.superseded(name, outcome.sha, outcome.supersededBy, id) : texts?.branchDeleted(name, outcome.sha, id),
         );
         await removeEntry(file);
         tell("superseded", { sha: outcome.sha, supersededBy: outcome.supersededBy });
@@ -450,7 +451,7 @@ export class DeploymentWorker {
       }
       log.write(`\n== ${outcome.status}: ${outcome.sha}${outcome.release ? ` (releases/${outcome.release})` : ""}\n`);
       await endLog();
-      await finishDeploy(db, id, { ...outcome, logPath }, texts ? await this.reportOutcome(texts, request, outcome, id) : undefined);
+      await finishDeploy(db, id, { ...outcome, logPath }, texts ? await this.reportOutcome(texts, name, request, outcome, id) : undefined);
       await removeEntry(file);
       tell(outcome.status, { sha: outcome.sha, release: outcome.release });
       const requestedSha = outcome.status === "succeeded" ? outcome.requestedSha : undefined;
@@ -491,12 +492,12 @@ export class DeploymentWorker {
     }
   }
 
-  /** The commit statuses of a deploy that ended well (a rollback's on both commits). */
-  private async reportOutcome(texts: StatusTexts, request: DeployRequest, outcome: Exclude<Awaited<ReturnType<typeof performDeploy>>, { status: "superseded" }>, id: number): Promise<StatusRow[]> {
-    if (outcome.status === "already-deployed") return texts.alreadyLive(outcome.sha, id);
-    if (request.kind !== "rollback") return texts.succeeded(outcome.sha, id, outcome.requestedSha);
+  /** What a deploy that ended well tells GitHub (a rollback: on both commits). */
+  private async reportOutcome(texts: GithubReports, name: string, request: DeployRequest, outcome: Exclude<Awaited<ReturnType<typeof performDeploy>>, { status: "superseded" }>, id: number): Promise<GithubWrite[]> {
+    if (outcome.status === "already-deployed") return texts.alreadyLive(name, outcome.sha, id);
+    if (request.kind !== "rollback") return texts.succeeded(name, outcome.sha, id, outcome.requestedSha);
     const from = outcome.previousRelease ? await readReleaseMeta(path.join(deploymentPaths(this.deps.deployment.path).releases, outcome.previousRelease)) : undefined;
-    return texts.rolledBack(outcome.sha, from?.sha, id);
+    return texts.rolledBack(name, outcome.sha, from?.sha, id);
   }
 
   /** Records how a deploy failed, and what becomes of its entry; says which it was. */
@@ -508,7 +509,7 @@ export class DeploymentWorker {
     err: unknown,
     logger: Logger,
     lockSignal: AbortSignal,
-    report: (ended: "retrying" | "failed") => Promise<StatusRow[]>,
+    report: (ended: "retrying" | "failed") => Promise<GithubWrite[]>,
   ): Promise<{ outcome: DeployOutcomeName; nextAttemptAt?: string }> {
     const exec = err instanceof ExecError ? err : undefined;
     const base = { error: errorMessage(err).slice(0, 8000), exitCode: exec?.exitCode, signal: exec?.signal };
@@ -543,7 +544,7 @@ export class DeploymentWorker {
     attempt: number,
     by: string,
     err: unknown,
-    report: (ended: "cancelled", by: string) => Promise<StatusRow[]>,
+    report: (ended: "cancelled", by: string) => Promise<GithubWrite[]>,
   ): Promise<{ outcome: DeployOutcomeName; nextAttemptAt?: string }> {
     const exec = err instanceof ExecError ? err : undefined;
     await finishDeploy(

@@ -22,7 +22,33 @@ export interface CreatedStatus {
   targetUrl: string | undefined;
 }
 
-export type FakeMode = { kind: "up" } | { kind: "fail"; status: number } | { kind: "hang" } | { kind: "rate-limit"; resetEpochS: number };
+/** A GitHub Deployment GitHub created (POST /repos/{owner}/{repo}/deployments answered 201). */
+export interface CreatedDeployment {
+  id: number;
+  at: number;
+  repository: string;
+  ref: string;
+  environment: string;
+  productionEnvironment: boolean | undefined;
+  autoMerge: unknown;
+  requiredContexts: unknown;
+  description: string;
+  payload: unknown;
+}
+
+/** A status of a GitHub Deployment (POST …/deployments/{id}/statuses answered 201). */
+export interface CreatedDeploymentStatus {
+  id: number;
+  at: number;
+  deploymentId: number;
+  state: string;
+  description: string;
+  logUrl: string | undefined;
+  environmentUrl: string | undefined;
+}
+
+/** lose-answer: the request is carried out (a deployment created…), but its answer never comes (a timeout after GitHub acted). */
+export type FakeMode = { kind: "up" } | { kind: "fail"; status: number } | { kind: "hang" } | { kind: "rate-limit"; resetEpochS: number } | { kind: "lose-answer" };
 
 export interface FakeGithub {
   url: string;
@@ -31,23 +57,36 @@ export interface FakeGithub {
   statuses: CreatedStatus[];
   /** The statuses one commit got for one context, in the order GitHub took them. */
   statusesOf(sha: string, context: string): CreatedStatus[];
+  deployments: CreatedDeployment[];
+  deploymentStatuses: CreatedDeploymentStatus[];
+  /** The statuses one deployment got, in the order GitHub took them. */
+  deploymentStatusesOf(deploymentId: number): CreatedDeploymentStatus[];
   /** up: answers; fail: every request gets `status`; hang: no answer; rate-limit: 403 with the rate-limit headers until the reset, then up. */
   setMode(mode: FakeMode): void;
   close(): Promise<void>;
 }
 
 /**
- * GitHub, as far as deployq uses it: POST /repos/{owner}/{repo}/statuses/{sha}, behind
+ * GitHub, as far as deployq uses it: POST /repos/{owner}/{repo}/statuses/{sha}, the
+ * Deployments API (POST and GET /repos/{owner}/{repo}/deployments, POST and GET
+ * …/deployments/{id}/statuses), behind
  * token authentication, on a real HTTP server on a free port. It records every request,
  * and answers 5xx, rate limits or nothing at all on demand.
  */
 export async function startFakeGithub(token = "ghp_fake-token-for-tests"): Promise<FakeGithub> {
   const requests: RecordedRequest[] = [];
   const statuses: CreatedStatus[] = [];
+  const deployments: CreatedDeployment[] = [];
+  const deploymentStatuses: CreatedDeploymentStatus[] = [];
   let mode: FakeMode = { kind: "up" };
   const hung = new Set<ServerResponse>();
 
   const answer = (res: ServerResponse, record: RecordedRequest, status: number, body: unknown, headers: Record<string, string> = {}) => {
+    if (mode.kind === "lose-answer") {
+      hung.add(res);
+      res.once("close", () => hung.delete(res));
+      return;
+    }
     record.answered = status;
     res.writeHead(status, { "content-type": "application/json; charset=utf-8", ...headers });
     res.end(JSON.stringify(body));
@@ -84,6 +123,7 @@ export async function startFakeGithub(token = "ghp_fake-token-for-tests"): Promi
     }
     const auth = req.headers.authorization ?? "";
     if (auth !== `token ${token}` && auth !== `Bearer ${token}`) return answer(res, record, 401, { message: "Bad credentials" });
+    if (/^\/repos\/[^/]+\/[^/]+\/deployments(?:\/|$)/.test(url.pathname)) return handleDeployments(req.method ?? "", url, body, res, record);
     const match = /^\/repos\/([^/]+)\/([^/]+)\/statuses\/([0-9a-f]{40})$/.exec(url.pathname);
     if (req.method !== "POST" || !match) return answer(res, record, 404, { message: "Not Found" });
     const state = String(body?.state ?? "");
@@ -101,6 +141,55 @@ export async function startFakeGithub(token = "ghp_fake-token-for-tests"): Promi
     answer(res, record, 201, { id: statuses.length, state, context: created.context, description: created.description, target_url: created.targetUrl ?? null, created_at: new Date().toISOString() });
   };
 
+  /** The Deployments API: create and list deployments, create and list their statuses (as GitHub validates them). */
+  const handleDeployments = (method: string, url: URL, body: Record<string, unknown> | undefined, res: ServerResponse, record: RecordedRequest) => {
+    const list = /^\/repos\/([^/]+)\/([^/]+)\/deployments$/.exec(url.pathname);
+    const one = /^\/repos\/([^/]+)\/([^/]+)\/deployments\/(\d+)\/statuses$/.exec(url.pathname);
+    const repoOf = (m: RegExpExecArray) => `${decodeURIComponent(m[1]!)}/${decodeURIComponent(m[2]!)}`;
+    const asJson = (d: CreatedDeployment) => ({ id: d.id, sha: d.ref, ref: d.ref, task: "deploy", environment: d.environment, production_environment: d.productionEnvironment ?? d.environment === "production", description: d.description, payload: d.payload, created_at: new Date(d.at).toISOString() });
+    if (list && method === "POST") {
+      const ref = String(body?.ref ?? "");
+      if (!/^[0-9a-f]{40}$/.test(ref)) return answer(res, record, 422, { message: "Validation Failed", errors: [{ field: "ref" }] });
+      const created: CreatedDeployment = {
+        id: 1000 + deployments.length,
+        at: Date.now(),
+        repository: repoOf(list),
+        ref,
+        environment: typeof body?.environment === "string" ? body.environment : "production",
+        productionEnvironment: typeof body?.production_environment === "boolean" ? body.production_environment : undefined,
+        autoMerge: body?.auto_merge,
+        requiredContexts: body?.required_contexts,
+        description: String(body?.description ?? ""),
+        payload: body?.payload ?? {},
+      };
+      deployments.push(created);
+      return answer(res, record, 201, asJson(created));
+    }
+    if (list && method === "GET") {
+      const sha = url.searchParams.get("sha");
+      const environment = url.searchParams.get("environment");
+      const found = deployments.filter((d) => d.repository === repoOf(list) && (!sha || d.ref === sha) && (!environment || d.environment === environment));
+      return answer(res, record, 200, found.reverse().map(asJson));
+    }
+    const deployment = one ? deployments.find((d) => d.id === Number(one[3]) && d.repository === repoOf(one)) : undefined;
+    if (!one || !deployment) return answer(res, record, 404, { message: "Not Found" });
+    if (method === "GET") return answer(res, record, 200, deploymentStatuses.filter((s) => s.deploymentId === deployment.id).reverse());
+    if (method !== "POST") return answer(res, record, 404, { message: "Not Found" });
+    const state = String(body?.state ?? "");
+    if (!["error", "failure", "inactive", "in_progress", "queued", "pending", "success"].includes(state)) return answer(res, record, 422, { message: "Validation Failed" });
+    const created: CreatedDeploymentStatus = {
+      id: 5000 + deploymentStatuses.length,
+      at: Date.now(),
+      deploymentId: deployment.id,
+      state,
+      description: String(body?.description ?? ""),
+      logUrl: typeof body?.log_url === "string" ? body.log_url : undefined,
+      environmentUrl: typeof body?.environment_url === "string" ? body.environment_url : undefined,
+    };
+    deploymentStatuses.push(created);
+    return answer(res, record, 201, { id: created.id, state, description: created.description, log_url: created.logUrl ?? "", environment_url: created.environmentUrl ?? "" });
+  };
+
   const server: Server = createServer((req, res) => void handle(req, res));
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
   const { port } = server.address() as AddressInfo;
@@ -110,9 +199,12 @@ export async function startFakeGithub(token = "ghp_fake-token-for-tests"): Promi
     requests,
     statuses,
     statusesOf: (sha, context) => statuses.filter((s) => s.sha === sha && s.context === context),
+    deployments,
+    deploymentStatuses,
+    deploymentStatusesOf: (deploymentId) => deploymentStatuses.filter((s) => s.deploymentId === deploymentId),
     setMode(next) {
       mode = next;
-      if (next.kind !== "hang") for (const res of hung) res.destroy();
+      if (next.kind !== "hang" && next.kind !== "lose-answer") for (const res of hung) res.destroy();
     },
     async close() {
       for (const res of hung) res.destroy();
