@@ -47,7 +47,7 @@ export interface CreatedDeploymentStatus {
   environmentUrl: string | undefined;
 }
 
-/** lose-answer: the request is carried out (a deployment created…), but its answer never comes (a timeout after GitHub acted). */
+/** lose-answer: a POST is carried out (a deployment created…), but its answer never comes (a timeout after GitHub acted); GETs are answered. */
 export type FakeMode = { kind: "up" } | { kind: "fail"; status: number } | { kind: "hang" } | { kind: "rate-limit"; resetEpochS: number } | { kind: "lose-answer" };
 
 export interface FakeGithub {
@@ -82,7 +82,7 @@ export async function startFakeGithub(token = "ghp_fake-token-for-tests"): Promi
   const hung = new Set<ServerResponse>();
 
   const answer = (res: ServerResponse, record: RecordedRequest, status: number, body: unknown, headers: Record<string, string> = {}) => {
-    if (mode.kind === "lose-answer") {
+    if (mode.kind === "lose-answer" && record.method === "POST") {
       hung.add(res);
       res.once("close", () => hung.delete(res));
       return;
