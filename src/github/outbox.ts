@@ -122,7 +122,7 @@ async function writeDeploymentStatus(db: Db, w: DeploymentStatusWrite): Promise<
     payload: { deploymentRow: id, environment: t.environment, marker: deploymentMarker(t), ...payload } as Record<string, unknown>,
   });
   if (created) {
-    await db.insert(githubOutbox).values(row("create", w.description, t.productionEnvironment === undefined ? {} : { productionEnvironment: t.productionEnvironment }, null, "deployment"));
+    await db.insert(githubOutbox).values(row("create", `Deploy of ${t.sha.slice(0, 7)} to ${t.deployment} by deployq`, t.productionEnvironment === undefined ? {} : { productionEnvironment: t.productionEnvironment }, null, "deployment"));
   }
   await db.insert(githubOutbox).values(row(w.state, w.description, w.environmentUrl ? { environmentUrl: w.environmentUrl } : {}, w.logUrl));
   if (!w.replaces) return;
@@ -180,12 +180,14 @@ export async function markDeploymentCreated(db: Db, row: GithubOutboxRow, github
  * before the key's first unsent barrier (a row that is not collapsible), the newest; if
  * there are none, the barrier.
  */
-export async function newestUnsent(db: Db, limit: number): Promise<GithubOutboxRow[]> {
+export async function newestUnsent(db: Db, limit: number, kinds?: readonly string[]): Promise<GithubOutboxRow[]> {
+  // Kinds this deployq cannot send (written by a newer one) are left alone, for that one.
+  const ofKinds = kinds ? sql`and kind in (${sql.join(kinds.map((k) => sql`${k}`), sql`, `)})` : sql``;
   const rows = await db.execute<Record<string, unknown>>(sql`
     select * from (
       select distinct on (key) *
       from github_outbox o
-      where result is null
+      where result is null ${ofKinds}
         and not exists (select 1 from github_outbox b where b.key = o.key and b.result is null and not b.collapsible and b.id < o.id)
       order by key, collapsible desc, id desc
     ) newest order by id limit ${limit}`);
@@ -317,6 +319,18 @@ export async function outboxStatus(db: Db): Promise<OutboxStatus> {
  */
 export async function pruneOutbox(db: Db, days: number): Promise<void> {
   await db.delete(githubOutbox).where(and(sql`${githubOutbox.result} is not null`, sql`${githubOutbox.createdAt} < now() - ${`${days} days`}::interval`));
+  // A deployment nothing will be sent to any more: not its environment's live one (the next
+  // success marks that inactive), and with no row waiting. An entry requeued after that long
+  // is a new deploy, and gets a new GitHub deployment.
+  await db
+    .delete(githubDeployments)
+    .where(
+      and(
+        eq(githubDeployments.live, false),
+        sql`${githubDeployments.createdAt} < now() - ${`${days} days`}::interval`,
+        sql`not exists (select 1 from github_outbox o where o.key = 'deployment:' || ${githubDeployments.id} and o.result is null)`,
+      ),
+    );
 }
 
 /** Every row, in order (tests and debugging). */

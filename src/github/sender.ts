@@ -177,7 +177,7 @@ export class GithubSender {
     }
     for (;;) {
       if (this.abort.signal.aborted) return;
-      const rows = await newestUnsent(db, BATCH);
+      const rows = await newestUnsent(db, BATCH, Object.keys(this.kinds));
       if (rows.length === 0) return;
       for (const row of rows) {
         if (this.abort.signal.aborted) return;
@@ -187,13 +187,7 @@ export class GithubSender {
           this.notBefore = Date.now() + 5000;
           return;
         }
-        const handler = this.kinds[row.kind];
-        if (!handler) {
-          // Written by a newer deployq (a rollback of the daemon): leave it for that one.
-          logger.warn({ kind: row.kind, id: row.id }, "an outbox row of a kind this deployq does not know; it stays unsent");
-          this.notBefore = Date.now() + 60_000;
-          return;
-        }
+        const handler = this.kinds[row.kind]!;
         const result = await handler.send(row, this.abort.signal);
         if (this.abort.signal.aborted && !result.ok) return;
         if (!(await this.record(row, result, handler))) return;

@@ -11,6 +11,7 @@ import { FINAL_STATUSES } from "../../src/db/queries/deploys.ts";
 import { deploys, githubDeployments, githubOutbox } from "../../src/db/schema.ts";
 import { outboxRows } from "../../src/github/outbox.ts";
 import { silentLogger } from "../../src/log.ts";
+import { collectStatus } from "../../src/status.ts";
 import { entryName } from "../../src/queue/entry-name.ts";
 import { queueLayout } from "../../src/queue/layout.ts";
 import { writeEntryDurably } from "../../src/queue/write.ts";
@@ -243,6 +244,25 @@ environment_url = "${APP_URL}"`,
     await allSent();
     expect(activeOnGithub().map((x) => x.ref)).toEqual([c]);
     expect(await tdb.database.db.select().from(githubOutbox).where(eq(githubOutbox.result, "gave-up"))).toEqual([]);
+  });
+
+  it("a token without the Deployments permission (404): the deployment is given up, saying what to fix; deploys go on", async () => {
+    fake.setMode({ kind: "fail", status: 404 });
+    const created = fake.deployments.length;
+    const e = await repo.commit({ "index.html": "no permission" });
+    const entry = await push(e);
+    await deployOf(entry, "succeeded");
+    const [row] = await until("e's deployment row", async () => tdb.database.db.select().from(githubDeployments).where(eq(githubDeployments.sha, e)));
+    const rows = await until("e's deployment to be given up", async () => {
+      const written = await writtenFor(row!.id);
+      return written.length > 0 && FINAL.includes(written.at(-1)!.state) && written.every((r) => r.result === "gave-up") ? written : undefined;
+    });
+    expect(rows.map((r) => r.kind === "deployment" ? "create" : r.state)).toEqual(["create", "queued", "in_progress", "success"]);
+    expect(rows[0]!.lastError).toMatch(/GitHub answered 404: .*"Deployments: read and write"/);
+    expect(fake.deployments).toHaveLength(created);
+    const report = await collectStatus(ws.settings, tdb.database.db);
+    expect(report.github!.backlog).toBe(0);
+    fake.setMode({ kind: "up" });
   });
 });
 

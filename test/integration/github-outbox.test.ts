@@ -14,6 +14,7 @@ import {
   newestUnsent,
   outboxRows,
   outboxStatus,
+  pruneOutbox,
   releaseSenderLease,
 } from "../../src/github/outbox.ts";
 import type { StatusRow } from "../../src/github/statuses.ts";
@@ -114,6 +115,10 @@ describe.each(["postgres", "pglite"] as const)("the GitHub outbox on %s", (kind)
     await markGaveUp(db, creation, "GitHub answered 404: give the token \"Deployments: read and write\"");
     expect(await ofKey(`deployment:${row!.id}`)).toEqual(["create: gave-up", "queued: gave-up", "in_progress: gave-up"]);
     expect((await outboxStatus(db)).lastError).toMatchObject({ kind: "deployment", sha: e, gaveUp: true });
+    // Pruned: the deployments nothing waits for and that are not live (c still has its inactive to send, d is live).
+    await pruneOutbox(db, 0);
+    expect((await db.select().from(githubDeployments)).map((r) => r.sha).sort()).toEqual([c, d]);
+    expect((await outboxRows(db)).every((r) => r.result === null)).toBe(true);
   });
 
   it("lets one sender hold the lease at a time", async () => {
