@@ -137,7 +137,7 @@ export function createGithubClient(options: GithubClientOptions): GithubClient {
       try {
         // One this daemon created already, whose answer it never recorded (a timeout, a crash): not a second one.
         const { data: existing } = await octokit.rest.repos.listDeployments({ owner, repo, sha: deployment.sha, environment: deployment.environment, per_page: 100, request });
-        const found = existing.find((d) => typeof d.payload === "object" && d.payload !== null && (d.payload as Record<string, unknown>).deployq === deployment.marker);
+        const found = existing.find((d) => markerOf(d.payload) === deployment.marker);
         if (found) return { ok: true, id: found.id };
         const { data, status } = await octokit.rest.repos.createDeployment({
           owner,
@@ -182,6 +182,18 @@ export function createGithubClient(options: GithubClientOptions): GithubClient {
       }
     },
   };
+}
+
+/** The `deployq` marker of a listed deployment's payload (GitHub answers the payload as given: an object, or a string of JSON). */
+function markerOf(payload: unknown): unknown {
+  if (typeof payload === "string") {
+    try {
+      payload = JSON.parse(payload) as unknown;
+    } catch {
+      return undefined;
+    }
+  }
+  return typeof payload === "object" && payload !== null ? (payload as Record<string, unknown>).deployq : undefined;
 }
 
 interface HttpLikeError {
