@@ -260,8 +260,10 @@ environment_url = "${APP_URL}"`,
     expect(rows.map((r) => r.kind === "deployment" ? "create" : r.state)).toEqual(["create", "queued", "in_progress", "success"]);
     expect(rows[0]!.lastError).toMatch(/GitHub answered 404: .*"Deployments: read and write"/);
     expect(fake.deployments).toHaveLength(created);
+    // Nothing is left waiting for a GitHub that will never take it, and `deployq status` says so.
+    await allSent();
     const report = await collectStatus(ws.settings, tdb.database.db);
-    expect(report.github!.backlog).toBe(0);
+    expect(report.github).toMatchObject({ backlog: 0, lastError: { gaveUp: true, error: expect.stringMatching(/404/) } });
     fake.setMode({ kind: "up" });
   });
 });
