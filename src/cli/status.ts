@@ -66,7 +66,7 @@ export async function statusCommand(settings: Settings, name: string | undefined
     const { backlog, oldestAgeSeconds, lastError } = report.github;
     process.stdout.write(
       `github statuses: ${backlog === 0 ? "all sent" : `${backlog} waiting to be sent, the oldest for ${formatAge(oldestAgeSeconds ?? 0)}`}` +
-        `${lastError ? `; last error ${ago(lastError.at)} (${lastError.context} on ${lastError.repository}@${lastError.sha.slice(0, 7)}${lastError.gaveUp ? ", given up" : ""}): ${oneLine(lastError.error)}` : ""}\n`,
+        `${lastError ? `; last error ${ago(lastError.at)} (${lastError.kind && lastError.kind !== "status" ? "GitHub deployment of " : ""}${lastError.context} on ${lastError.repository}@${lastError.sha.slice(0, 7)}${lastError.gaveUp ? ", given up" : ""}): ${oneLine(lastError.error)}` : ""}\n`,
     );
   }
   if (settings.secrets.redisUrls.length > 0) {

@@ -48,8 +48,8 @@ export interface Settings {
   /** Where the receiver serves the dashboard ([dashboard] path). */
   dashboard: { path: string };
   deployments: Map<string, Deployment>;
-  /** Commit statuses ([github], GITHUB_API_URL); sent only when secrets.githubToken is set. */
-  github: { apiUrl: string; writeIntervalMs: number; timeoutMs: number };
+  /** Commit statuses and Deployments ([github], GITHUB_API_URL); sent only when secrets.githubToken is set. */
+  github: { apiUrl: string; writeIntervalMs: number; timeoutMs: number; deployments: boolean };
   secrets: Secrets;
 }
 
@@ -141,7 +141,7 @@ export function loadSettings(options: LoadOptions = {}): Settings {
     certbot: config.certbot,
     dashboard: { path: config.dashboard.path },
     deployments,
-    github: { apiUrl: githubApiUrl(env.GITHUB_API_URL), writeIntervalMs: config.github.write_interval_ms, timeoutMs: config.github.timeout_ms },
+    github: { apiUrl: githubApiUrl(env.GITHUB_API_URL), writeIntervalMs: config.github.write_interval_ms, timeoutMs: config.github.timeout_ms, deployments: config.github.deployments },
     secrets: {
       webhookSecrets: list(env.GITHUB_WEBHOOK_SECRET),
       databaseUrl: env.DATABASE_URL || undefined,

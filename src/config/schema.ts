@@ -59,6 +59,28 @@ export const NginxSites = z.strictObject({
 });
 export type NginxSites = z.infer<typeof NginxSites>;
 
+/**
+ * [deployments.x.github]: this deployment's GitHub Deployments. Each key overrides the
+ * top-level [github] one; unset, the environment is the deployment's name.
+ */
+export const DeploymentGithub = z.strictObject({
+  /** Create a GitHub Deployment per deploy (default: [github] deployments). */
+  deployments: z.boolean().optional(),
+  /** The GitHub environment (the Environments page's name); default: the deployment's name. */
+  environment: z
+    .string()
+    .min(1, "may not be empty (leave it out to use the deployment's name)")
+    .max(255, "GitHub environment names have at most 255 characters")
+    // eslint-disable-next-line no-control-regex
+    .refine((e) => e.trim() === e && !/[\u0000-\u001f\u007f]/.test(e), "may not start or end with spaces or hold control characters")
+    .optional(),
+  /** GitHub's production_environment; unset: GitHub's default (true for an environment named "production"). */
+  production_environment: z.boolean().optional(),
+  /** Where the deployed app is reached; GitHub links the environment to it. */
+  environment_url: z.url({ protocol: /^https?$/, error: "must be an http:// or https:// URL, such as https://api.example.com" }).optional(),
+});
+export type DeploymentGithub = z.infer<typeof DeploymentGithub>;
+
 export const DeploymentConfig = z.strictObject({
   repository: z
     .string()
@@ -110,6 +132,8 @@ export const DeploymentConfig = z.strictObject({
     .default([]),
   /** A push waiting for its required checks fails after this many seconds if they have not all succeeded. */
   checks_timeout_s: z.number().int().min(1).default(1800),
+  /** GitHub Deployments of this deployment (with GITHUB_TOKEN). */
+  github: DeploymentGithub.optional(),
 });
 export type DeploymentConfig = z.infer<typeof DeploymentConfig>;
 
@@ -200,6 +224,8 @@ export const GithubConfig = z.strictObject({
   write_interval_ms: z.number().int().min(0).default(1000),
   /** One request to the API is abandoned (and retried later) after this long. */
   timeout_ms: z.number().int().min(100).default(10_000),
+  /** Also a GitHub Deployment per deploy, with its statuses (each deployment may say otherwise in [deployments.x.github]). */
+  deployments: z.boolean().default(false),
 });
 
 export const Config = z.strictObject({
@@ -233,7 +259,7 @@ export const Config = z.strictObject({
   /** The dashboard (served by the receiver when DEPLOYQ_ADMIN_TOKEN is set). */
   dashboard: DashboardConfig.default({ path: "/dashboard" }),
   certbot: CertbotHost.optional(),
-  github: GithubConfig.default({ write_interval_ms: 1000, timeout_ms: 10_000 }),
+  github: GithubConfig.default({ write_interval_ms: 1000, timeout_ms: 10_000, deployments: false }),
   deployments: z
     .record(
       z.string().regex(DEPLOYMENT_NAME, "deployment names use letters, digits, - and _ (at most 64)"),

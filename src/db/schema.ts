@@ -198,11 +198,13 @@ export const dashboardSessions = pgTable(
 );
 
 /**
- * Commit statuses waiting to be told to GitHub (src/github/): written in the same
- * transaction as the deploy row change they report (or, for "queued", before the entry is
- * handed to its deployment), and delivered later by the sender, which never runs inside a
- * deploy. Rows of one (repository, sha, context) are ordered by id; only the newest unsent
- * one needs sending (see src/github/outbox.ts for why that order is safe).
+ * What deployq has to tell GitHub (src/github/): commit statuses, Deployments and their
+ * statuses, each row one request of its `kind`, written in the same transaction as the
+ * deploy row change it reports (or, for "queued", before the entry is handed to its
+ * deployment), and delivered later by the one sender, which never runs inside a deploy.
+ * Rows of one `key` are sent in id order; of a run of collapsible rows only the newest
+ * unsent one needs sending, and a row that is not collapsible (a creation) is always sent,
+ * before anything written after it (see src/github/outbox.ts for why that order is safe).
  */
 export const githubOutbox = pgTable(
   "github_outbox",
@@ -213,9 +215,17 @@ export const githubOutbox = pgTable(
     repository: text("repository").notNull(),
     /** 40 (or 64) hex digits, validated before the row is written. */
     sha: text("sha").notNull(),
+    /** status | deployment (create one) | deployment_status: which request the sender makes (src/github/sender.ts). */
+    kind: text("kind").notNull().default("status"),
+    /** Rows of one key are sent in id order: status:<repository>@<sha>:<context>, deployment:<github_deployments id>. */
+    key: text("key").notNull(),
+    /** false: always sent, never replaced by a newer row of its key (a deployment's creation). */
+    collapsible: boolean("collapsible").notNull().default(true),
+    /** What the kind needs beyond the columns below (for a deployment: its github_deployments row, environment …). */
+    payload: jsonb("payload").$type<Record<string, unknown>>(),
     /** deployq/<deployment> */
     context: text("context").notNull(),
-    /** pending | success | failure | error */
+    /** A commit status's pending | success | failure | error; a deployment status's queued | in_progress | success | failure | error | inactive; "create" for a creation. */
     state: text("state").notNull(),
     description: text("description").notNull(),
     targetUrl: text("target_url"),
@@ -229,7 +239,7 @@ export const githubOutbox = pgTable(
     sentAt: timestamp("sent_at", { withTimezone: true }),
   },
   (t) => [
-    index("github_outbox_key_idx").on(t.repository, t.sha, t.context, t.id),
+    index("github_outbox_key_idx").on(t.key, t.id),
     index("github_outbox_unsent_idx").on(t.id).where(sql`${t.result} is null`),
   ],
 );
@@ -245,3 +255,36 @@ export const githubSender = pgTable("github_sender", {
   owner: text("owner").notNull(),
   leaseUntil: timestamp("lease_until", { withTimezone: true }).notNull(),
 });
+
+/**
+ * The GitHub Deployments deployq creates ([github] deployments): one per queue entry, per
+ * deployment and per commit it deployed (a push whose branch moved on deploys the head: a
+ * second one, for that commit). The row is written with the outbox row that creates it;
+ * `github_id` is stored when GitHub answers, so that a restart never creates it twice and
+ * every status of it goes to that id. `live`: the one of its environment that is live now
+ * (its newest success), which the next success marks inactive.
+ */
+export const githubDeployments = pgTable(
+  "github_deployments",
+  {
+    id: bigserial("id", { mode: "number" }).primaryKey(),
+    createdAt: timestamp("created_at", { withTimezone: true }).notNull().defaultNow(),
+    deployment: text("deployment").notNull(),
+    /** The queue entry's file name. */
+    entry: text("entry").notNull(),
+    sha: text("sha").notNull(),
+    repository: text("repository").notNull(),
+    environment: text("environment").notNull(),
+    /** The first deploy that reported on it (null: created when the entry was queued). */
+    deployId: bigint("deploy_id", { mode: "number" }),
+    /** GitHub's id, once POST /repos/{owner}/{repo}/deployments has answered. */
+    githubId: bigint("github_id", { mode: "number" }),
+    live: boolean("live").notNull().default(false),
+  },
+  (t) => [
+    uniqueIndex("github_deployments_key").on(t.deployment, t.entry, t.sha),
+    index("github_deployments_live_idx").on(t.repository, t.environment).where(sql`${t.live}`),
+  ],
+);
+
+export type GithubDeploymentRow = typeof githubDeployments.$inferSelect;

@@ -15,6 +15,28 @@ export interface CommitStatus {
   targetUrl: string | null;
 }
 
+/** A GitHub Deployment to create (POST /repos/{owner}/{repo}/deployments). */
+export interface NewDeployment {
+  repository: string;
+  /** The exact commit: a branch name would deploy whatever it points at when GitHub reads it. */
+  sha: string;
+  environment: string;
+  productionEnvironment: boolean | undefined;
+  description: string;
+  /** Stored in the deployment's payload as `deployq`: how deployq finds it again if GitHub's answer was lost. */
+  marker: string;
+}
+
+/** A status of a GitHub Deployment (POST /repos/{owner}/{repo}/deployments/{id}/statuses). */
+export interface DeploymentStatus {
+  repository: string;
+  deploymentId: number;
+  state: "queued" | "in_progress" | "success" | "failure" | "error" | "inactive";
+  description: string;
+  logUrl: string | null;
+  environmentUrl: string | null;
+}
+
 /**
  * What became of one send. `transient`: try again later (a 5xx, a timeout, the network,
  * an unexpected 403); `rate-limited`: not before `retryAt` (Retry-After or the rate-limit
@@ -51,19 +73,35 @@ export interface GithubClient {
   createStatus(status: CommitStatus, signal: AbortSignal): Promise<SendResult>;
   /** Every check run (the newest of each name) and status context on a commit. */
   readChecks(repository: string, sha: string, signal: AbortSignal): Promise<ChecksResult>;
+  /** Creates the deployment, unless one with its marker exists already; either way answers its id. */
+  createDeployment(deployment: NewDeployment, signal: AbortSignal): Promise<SendResult & { id?: number }>;
+  createDeploymentStatus(status: DeploymentStatus, signal: AbortSignal): Promise<SendResult>;
 }
+
+/** What the sender asks GitHub for: the permanent answers' advice depends on it. */
+export type RequestKind = "status" | "deployment";
 
 /** Conclusions GitHub's branch protection counts as passing. */
 const PASSING_CONCLUSIONS = new Set(["success", "neutral", "skipped"]);
 
 const RestWithPlugins = Octokit.plugin(retry, throttling);
 
-/** What to fix, by the permanent answers the statuses endpoint gives. */
-const PERMANENT: Record<number, string> = {
-  401: "GitHub refused the token (401): GITHUB_TOKEN is wrong, expired or revoked; create a new one and restart deployq",
-  404: "GitHub answered 404: the repository does not exist, or GITHUB_TOKEN cannot see it; give the token access to it with \"Commit statuses: read and write\"",
-  422: "GitHub refused the status (422): the commit is not in that repository, or it already has 1000 statuses for this context",
+const BAD_TOKEN = "GitHub refused the token (401): GITHUB_TOKEN is wrong, expired or revoked; create a new one and restart deployq";
+
+/** What to fix, by the permanent answers each endpoint gives. */
+const PERMANENT: Record<RequestKind, Record<number, string>> = {
+  status: {
+    401: BAD_TOKEN,
+    404: "GitHub answered 404: the repository does not exist, or GITHUB_TOKEN cannot see it; give the token access to it with \"Commit statuses: read and write\"",
+    422: "GitHub refused the status (422): the commit is not in that repository, or it already has 1000 statuses for this context",
+  },
+  deployment: {
+    401: BAD_TOKEN,
+    404: "GitHub answered 404: the repository or the deployment does not exist, or GITHUB_TOKEN may not write deployments; give the token \"Deployments: read and write\" on the repository",
+    422: "GitHub refused the deployment (422): the commit is not in that repository, the environment name is not valid, or the environment's protection rules refuse it",
+  },
 };
+const PERMISSION: Record<RequestKind, string> = { status: "Commit statuses: read and write", deployment: "Deployments: read and write" };
 
 /**
  * The GitHub REST client, through octokit with its retry and throttling plugins. The
@@ -146,7 +184,71 @@ export function createGithubClient(options: GithubClientOptions): GithubClient {
         return result;
       }
     },
+
+    async createDeployment(deployment, signal) {
+      const [owner, repo] = deployment.repository.split("/") as [string, string];
+      const timeout = AbortSignal.timeout(options.timeoutMs);
+      const request = { signal: AbortSignal.any([signal, timeout]) };
+      try {
+        // One this daemon created already, whose answer it never recorded (a timeout, a crash): not a second one.
+        const { data: existing } = await octokit.rest.repos.listDeployments({ owner, repo, sha: deployment.sha, environment: deployment.environment, per_page: 100, request });
+        const found = existing.find((d) => markerOf(d.payload) === deployment.marker);
+        if (found) return { ok: true, id: found.id };
+        const { data, status } = await octokit.rest.repos.createDeployment({
+          owner,
+          repo,
+          ref: deployment.sha,
+          environment: deployment.environment,
+          description: deployment.description,
+          // deployq deploys the exact commit, and has checked nothing GitHub could check for it.
+          auto_merge: false,
+          required_contexts: [],
+          payload: { deployq: deployment.marker },
+          ...(deployment.productionEnvironment === undefined ? {} : { production_environment: deployment.productionEnvironment }),
+          request,
+        });
+        const id = status === 201 && typeof data === "object" && data !== null && "id" in data ? Number(data.id) : undefined;
+        if (id === undefined || !Number.isFinite(id)) {
+          return { ok: false, kind: "permanent", status, message: `GitHub did not create the deployment (${status}: ${JSON.stringify(data).slice(0, 300)})` };
+        }
+        return { ok: true, id };
+      } catch (err) {
+        return classify(err, timeout.aborted ? `no answer within ${options.timeoutMs} ms` : undefined, Date.now(), "deployment");
+      }
+    },
+
+    async createDeploymentStatus(status, signal) {
+      const [owner, repo] = status.repository.split("/") as [string, string];
+      const timeout = AbortSignal.timeout(options.timeoutMs);
+      try {
+        await octokit.rest.repos.createDeploymentStatus({
+          owner,
+          repo,
+          deployment_id: status.deploymentId,
+          state: status.state,
+          description: status.description,
+          ...(status.logUrl ? { log_url: status.logUrl } : {}),
+          ...(status.environmentUrl ? { environment_url: status.environmentUrl } : {}),
+          request: { signal: AbortSignal.any([signal, timeout]) },
+        });
+        return { ok: true };
+      } catch (err) {
+        return classify(err, timeout.aborted ? `no answer within ${options.timeoutMs} ms` : undefined, Date.now(), "deployment");
+      }
+    },
   };
+}
+
+/** The `deployq` marker of a listed deployment's payload (GitHub answers the payload as given: an object, or a string of JSON). */
+function markerOf(payload: unknown): unknown {
+  if (typeof payload === "string") {
+    try {
+      payload = JSON.parse(payload) as unknown;
+    } catch {
+      return undefined;
+    }
+  }
+  return typeof payload === "object" && payload !== null ? (payload as Record<string, unknown>).deployq : undefined;
 }
 
 interface HttpLikeError {
@@ -156,7 +258,7 @@ interface HttpLikeError {
 }
 
 /** Sorts an octokit error into what the sender does next. */
-export function classify(err: unknown, timedOut?: string, now = Date.now()): Exclude<SendResult, { ok: true }> {
+export function classify(err: unknown, timedOut?: string, now = Date.now(), kind: RequestKind = "status"): Exclude<SendResult, { ok: true }> {
   const e = (err ?? {}) as HttpLikeError;
   const status = typeof e.status === "number" ? e.status : undefined;
   const headers = e.response?.headers ?? {};
@@ -172,10 +274,10 @@ export function classify(err: unknown, timedOut?: string, now = Date.now()): Exc
     return { ok: false, kind: "rate-limited", status, retryAt: Number.isFinite(reset) ? Math.max(now, reset + 1000) : now + 60_000, message };
   }
   if (status === 429) return { ok: false, kind: "rate-limited", status, retryAt: now + 60_000, message };
-  const fix = PERMANENT[status];
+  const fix = PERMANENT[kind][status];
   if (fix) return { ok: false, kind: "permanent", status, message: `${fix} (${message})` };
   if (status === 403) {
-    return { ok: false, kind: "transient", status, message: `GitHub answered 403 (${message}): if it lasts, give GITHUB_TOKEN "Commit statuses: read and write" on this repository` };
+    return { ok: false, kind: "transient", status, message: `GitHub answered 403 (${message}): if it lasts, give GITHUB_TOKEN "${PERMISSION[kind]}" on this repository` };
   }
   return { ok: false, kind: "transient", status, message };
 }

@@ -3,9 +3,21 @@ import type { Logger } from "pino";
 import type { Db } from "../db/client.ts";
 import type { GithubOutboxRow } from "../db/schema.ts";
 import { errorMessage } from "../errors.ts";
-import type { CommitStatus, GithubClient, SendResult } from "./client.ts";
+import type { CommitStatus, DeploymentStatus, GithubClient, SendResult } from "./client.ts";
 import { isProcessAlive } from "../pid-lock.ts";
-import { claimSenderLease, markAttempt, markGaveUp, markSent, newestUnsent, pruneOutbox, releaseSenderLease, senderLeaseHolder } from "./outbox.ts";
+import {
+  type DeploymentPayload,
+  claimSenderLease,
+  githubDeploymentId,
+  markAttempt,
+  markDeploymentCreated,
+  markGaveUp,
+  markSent,
+  newestUnsent,
+  pruneOutbox,
+  releaseSenderLease,
+  senderLeaseHolder,
+} from "./outbox.ts";
 
 export type SendLabel = "success" | "transient" | "rate_limited" | "permanent";
 
@@ -34,8 +46,17 @@ function deadHolderHere(holder: string | undefined): boolean {
   return m !== null && m[1] === HOST && Number(m[2]) !== process.pid && !isProcessAlive(Number(m[2]));
 }
 
+/** How the sender makes one kind of row into a request, and records GitHub's answer. */
+interface KindHandler {
+  /** What the logs call it. */
+  what: string;
+  send(row: GithubOutboxRow, signal: AbortSignal): Promise<SendResult & { id?: number }>;
+  /** Records a success (default: markSent). */
+  sent?(row: GithubOutboxRow, result: { id?: number }): Promise<void>;
+}
+
 /**
- * Delivers the outbox to GitHub, one status at a time, in the process that runs the
+ * Delivers the outbox to GitHub, one row at a time, in the process that runs the
  * deployment workers. It never runs inside a deploy: deploys only write rows, and wake()
  * is a hint. A transient failure (5xx, timeout, network) or a rate limit stops the whole
  * pass until the backoff or the reset is over: it is the API or the token that is
@@ -54,7 +75,49 @@ export class GithubSender {
   private prunedAt = 0;
   private closing: Promise<void> | undefined;
 
-  constructor(private readonly deps: GithubSenderDeps) {}
+  private readonly kinds: Record<string, KindHandler>;
+
+  constructor(private readonly deps: GithubSenderDeps) {
+    const { db, client } = deps;
+    const payload = (row: GithubOutboxRow) => (row.payload ?? {}) as unknown as DeploymentPayload;
+    this.kinds = {
+      status: { what: "commit status", send: (row, signal) => client.createStatus({ ...row, state: row.state as CommitStatus["state"] }, signal) },
+      deployment: {
+        what: "GitHub deployment",
+        send: (row, signal) =>
+          client.createDeployment(
+            {
+              repository: row.repository,
+              sha: row.sha,
+              environment: payload(row).environment,
+              productionEnvironment: payload(row).productionEnvironment,
+              description: row.description,
+              marker: payload(row).marker,
+            },
+            signal,
+          ),
+        // Its id, kept with the sent mark: statuses go to it, and a restart does not create it again.
+        sent: (row, result) => markDeploymentCreated(db, row, result.id!),
+      },
+      deployment_status: {
+        what: "deployment status",
+        send: async (row, signal) => {
+          const deploymentId = await githubDeploymentId(db, payload(row).deploymentRow);
+          // Its creation is older in the same key, so it was sent first: without an id, GitHub refused it.
+          if (deploymentId === undefined) return { ok: false, kind: "permanent", status: 0, message: "its GitHub deployment was never created (GitHub refused the creation: see the error logged for it)" };
+          const status: DeploymentStatus = {
+            repository: row.repository,
+            deploymentId,
+            state: row.state as DeploymentStatus["state"],
+            description: row.description,
+            logUrl: row.targetUrl,
+            environmentUrl: payload(row).environmentUrl ?? null,
+          };
+          return client.createDeploymentStatus(status, signal);
+        },
+      },
+    };
+  }
 
   start(): void {
     this.wake();
@@ -114,7 +177,7 @@ export class GithubSender {
     }
     for (;;) {
       if (this.abort.signal.aborted) return;
-      const rows = await newestUnsent(db, BATCH);
+      const rows = await newestUnsent(db, BATCH, Object.keys(this.kinds));
       if (rows.length === 0) return;
       for (const row of rows) {
         if (this.abort.signal.aborted) return;
@@ -124,9 +187,10 @@ export class GithubSender {
           this.notBefore = Date.now() + 5000;
           return;
         }
-        const result = await this.deps.client.createStatus({ ...row, state: row.state as CommitStatus["state"] }, this.abort.signal);
+        const handler = this.kinds[row.kind]!;
+        const result = await handler.send(row, this.abort.signal);
         if (this.abort.signal.aborted && !result.ok) return;
-        if (!(await this.record(row, result))) return;
+        if (!(await this.record(row, result, handler))) return;
       }
     }
   }
@@ -139,11 +203,12 @@ export class GithubSender {
   }
 
   /** Records one send's result; false when the pass must stop (the API is unavailable for now). */
-  private async record(row: GithubOutboxRow, result: SendResult): Promise<boolean> {
+  private async record(row: GithubOutboxRow, result: SendResult & { id?: number }, handler: KindHandler): Promise<boolean> {
     const { db, logger } = this.deps;
-    const about = { repository: row.repository, sha: row.sha, context: row.context, state: row.state };
+    const about = { kind: row.kind, repository: row.repository, sha: row.sha, context: row.context, state: row.state };
+    const { what } = handler;
     if (result.ok) {
-      await markSent(db, row);
+      await (handler.sent ? handler.sent(row, result) : markSent(db, row));
       this.failures = 0;
       this.deps.onSend?.("success");
       return true;
@@ -151,18 +216,18 @@ export class GithubSender {
     if (result.kind === "permanent") {
       await markGaveUp(db, row, result.message);
       this.deps.onSend?.("permanent");
-      logger.error({ ...about, status: result.status }, `GitHub will not take this commit status; deployq gives up on it: ${result.message}`);
+      logger.error({ ...about, status: result.status }, `GitHub will not take this ${what}; deployq gives up on it: ${result.message}`);
       return true;
     }
     await markAttempt(db, row, result.message);
     if (result.kind === "rate-limited") {
       this.backoff(result.retryAt);
       this.deps.onSend?.("rate_limited");
-      logger.warn({ ...about, status: result.status, retryAt: new Date(result.retryAt).toISOString() }, `GitHub rate limit: commit statuses wait until it resets (${result.message})`);
+      logger.warn({ ...about, status: result.status, retryAt: new Date(result.retryAt).toISOString() }, `GitHub rate limit: the outbox waits until it resets (a ${what}: ${result.message})`);
     } else {
       this.backoff();
       this.deps.onSend?.("transient");
-      logger.warn({ ...about, status: result.status, retryInMs: this.notBefore - Date.now() }, `could not send a commit status to GitHub; retrying: ${result.message}`);
+      logger.warn({ ...about, status: result.status, retryInMs: this.notBefore - Date.now() }, `could not send a ${what} to GitHub; retrying: ${result.message}`);
     }
     return false;
   }

@@ -10,7 +10,19 @@ export const MAX_DESCRIPTION = 140;
 
 export type StatusRow = CommitStatus & { deployment: string; deployId: number | null };
 
-const short = (sha: string | undefined) => (sha ? sha.slice(0, 7) : "?");
+export const short = (sha: string | undefined) => (sha ? sha.slice(0, 7) : "?");
+
+/** A full commit id of a commit (not a deleted branch's all-zero "after"): the only thing reported on. */
+export function isCommitSha(sha: string | undefined): sha is string {
+  return sha !== undefined && FULL_SHA.test(sha) && !/^0+$/.test(sha);
+}
+
+/** Where a report links to: the deploy's page on the dashboard, else the deployment's (with [server] public_url). */
+export function dashboardLink(settings: Pick<Settings, "publicUrl" | "dashboard">, deployment: string, deployId: number | undefined): string | null {
+  const { publicUrl, dashboard } = settings;
+  if (!publicUrl) return null;
+  return deployId !== undefined ? `${publicUrl}${dashboard.path}/deploys/${deployId}` : `${publicUrl}${dashboard.path}/deployments/${encodeURIComponent(deployment)}`;
+}
 
 export function clampDescription(text: string): string {
   const one = text.replace(/\s+/g, " ").trim();
@@ -18,7 +30,7 @@ export function clampDescription(text: string): string {
 }
 
 /** The step kinds whose failure is the commit's (its build, its app), not deployq's. */
-const COMMIT_STEPS: Partial<Record<StepKind, string>> = { build: "build", restart: "restart", "health-check": "health check", nginx: "nginx step" };
+export const COMMIT_STEPS: Partial<Record<StepKind, string>> = { build: "build", restart: "restart", "health-check": "health check", nginx: "nginx step" };
 
 /**
  * The commit statuses deployq writes for a deployment, as outbox rows. Texts stay plain:
@@ -32,8 +44,7 @@ export class StatusTexts {
 
   private row(sha: string | undefined, state: CommitStatus["state"], description: string, deployId: number | undefined): StatusRow[] {
     // The all-zero sha is a deleted branch's "after": no commit to put a status on.
-    if (!sha || !FULL_SHA.test(sha) || /^0+$/.test(sha)) return [];
-    const { publicUrl, dashboard } = this.settings;
+    if (!isCommitSha(sha)) return [];
     return [
       {
         repository: this.deployment.repository,
@@ -41,7 +52,7 @@ export class StatusTexts {
         context: `deployq/${this.deployment.name}`,
         state,
         description: clampDescription(description),
-        targetUrl: publicUrl && deployId !== undefined ? `${publicUrl}${dashboard.path}/deploys/${deployId}` : publicUrl ? `${publicUrl}${dashboard.path}/deployments/${encodeURIComponent(this.deployment.name)}` : null,
+        targetUrl: dashboardLink(this.settings, this.deployment.name, deployId),
         deployment: this.deployment.name,
         deployId: deployId ?? null,
       },

@@ -29,10 +29,10 @@ import { readPause, removePause } from "../queue/pause.ts";
 import { readCancel, removeCancel, removeRunning, writeRunning } from "./cancel.ts";
 import { type Events, noEvents } from "../events/bus.ts";
 import type { DeployOutcomeName, StepKind } from "../events/types.ts";
-import type { StatusRow, StatusTexts } from "../github/statuses.ts";
 import type { GithubClient } from "../github/client.ts";
 import { CHECK_EVENTS, checkEventSha, judgeChecks, nextChecksPoll } from "../github/checks.ts";
-import { enqueueStatuses } from "../github/outbox.ts";
+import { type GithubWrite, enqueueGithubWrites } from "../github/outbox.ts";
+import type { GithubReports } from "../github/reports.ts";
 
 export interface DeploymentWorkerDeps {
   deployment: Deployment;
@@ -48,8 +48,8 @@ export interface DeploymentWorkerDeps {
   watch: boolean;
   /** Where deploys, steps and their outcomes are told (the daemon's; none by default). */
   events?: Events;
-  /** Commit statuses to write with the deploy rows (GITHUB_TOKEN set); none by default. */
-  statuses?: StatusTexts;
+  /** What to tell GitHub with the deploy rows (GITHUB_TOKEN set): commit statuses, deployments; none by default. */
+  statuses?: GithubReports;
   /** Where a deployment with require_checks reads its pushes' checks (GITHUB_TOKEN set: required then). */
   checks?: Pick<GithubClient, "readChecks">;
 }
@@ -350,7 +350,7 @@ export class DeploymentWorker {
       this.deps.db,
       { deployment: this.name, entry: name, deliveryId: entry.delivery_id, event: entry.event, ref, sha: after, attempt: (entry.attempts ?? 0) + 1, host: HOST, pid: process.pid, fencingToken: token },
       { status: "superseded", supersededBy: by },
-      texts ? (id) => texts.superseded(after, bySha, id) : undefined,
+      texts ? (id) => texts.superseded(name, after, bySha, id) : undefined,
     );
     await removeEntry(path.join(this.deps.layout.deployment(this.name), name));
     this.events.emit({ kind: "deploy", name: "finished", deployment: this.name, entry: name, outcome: "superseded", durationMs: 0, sha: after, supersededBy: by });
@@ -414,7 +414,7 @@ export class DeploymentWorker {
     await rewriteInto(this.deps.layout, file, path.dirname(file), { ...entry, checks_waiting: { since: sinceIso, pending, polls: polls + 1 }, retry_at: new Date(next).toISOString() });
     const changed = !waiting || waiting.pending.join("\0") !== pending.join("\0");
     if (changed) {
-      if (this.deps.statuses) await enqueueStatuses(this.deps.db, this.deps.statuses.waitingForChecks(sha, pending));
+      if (this.deps.statuses) await this.deps.db.transaction(async (tx) => enqueueGithubWrites(tx as unknown as Db, this.deps.statuses!.waitingForChecks(name, sha, pending)));
       this.events.emit({ kind: "deploy", name: "waiting-for-checks", deployment: this.name, entry: name, sha, pending, since: sinceIso });
       logger.info({ deployment: this.name, entry: name, sha, pending, timeoutAt: new Date(deadline).toISOString() }, "waiting for required checks");
     }
@@ -431,7 +431,7 @@ export class DeploymentWorker {
       this.deps.db,
       { deployment: this.name, entry: name, deliveryId: entry.delivery_id, event: entry.event, ref, sha, attempt, host: HOST, pid: process.pid, fencingToken: token },
       { status: "failed", error },
-      texts ? (deployId) => texts.checksFailed(sha, deployId, why) : undefined,
+      texts ? (deployId) => texts.checksFailed(name, sha, deployId, why) : undefined,
     );
     this.events.emit({ kind: "deploy", name: "finished", deployment: this.name, deployId: id, entry: name, outcome: "failed", durationMs: 0, sha, error });
     await this.deadLetter(name, entry, error, attempt);
@@ -461,12 +461,12 @@ export class DeploymentWorker {
       host: HOST,
       pid: process.pid,
       fencingToken: token,
-    }, request.kind === "push" && this.deps.statuses ? (deployId) => this.deps.statuses!.started(request.sha, deployId, attempt) : undefined);
+    }, request.kind === "push" && this.deps.statuses ? (deployId) => this.deps.statuses!.started(name, request.sha, deployId, attempt) : undefined);
     const texts = this.deps.statuses;
     // The step that failed, for the commit status (not the rollback that followed it).
     let failedStep: StepKind | undefined;
-    const report = async (ended: "retrying" | "failed" | "cancelled", by = "unknown"): Promise<StatusRow[]> =>
-      !texts ? [] : ended === "retrying" ? texts.retrying(sha, id, attempt) : ended === "failed" ? texts.failed(sha, id, failedStep, await this.liveSha()) : texts.cancelled(sha, id, by);
+    const report = async (ended: "retrying" | "failed" | "cancelled", by = "unknown"): Promise<GithubWrite[]> =>
+      !texts ? [] : ended === "retrying" ? texts.retrying(name, sha, id, attempt) : ended === "failed" ? texts.failed(name, sha, id, failedStep, await this.liveSha()) : texts.cancelled(name, sha, id, by);
     const logPath = deployLogPath(this.deps.dataDir, this.name, id);
     await mkdir(path.dirname(logPath), { recursive: true });
     await setDeployLog(db, id, logPath);
@@ -543,7 +543,7 @@ export class DeploymentWorker {
           db,
           id,
           { status: "superseded", sha: outcome.sha, supersededBy: outcome.supersededBy, error: outcome.note, logPath },
-          outcome.supersededBy ? texts?.superseded(outcome.sha, outcome.supersededBy, id) : texts?.branchDeleted(outcome.sha, id),
+          outcome.supersededBy ? texts?.superseded(name, outcome.sha, outcome.supersededBy, id) : texts?.branchDeleted(name, outcome.sha, id),
         );
         await removeEntry(file);
         tell("superseded", { sha: outcome.sha, supersededBy: outcome.supersededBy });
@@ -552,7 +552,7 @@ export class DeploymentWorker {
       }
       log.write(`\n== ${outcome.status}: ${outcome.sha}${outcome.release ? ` (releases/${outcome.release})` : ""}\n`);
       await endLog();
-      await finishDeploy(db, id, { ...outcome, logPath }, texts ? await this.reportOutcome(texts, request, outcome, id) : undefined);
+      await finishDeploy(db, id, { ...outcome, logPath }, texts ? await this.reportOutcome(texts, name, request, outcome, id) : undefined);
       await removeEntry(file);
       tell(outcome.status, { sha: outcome.sha, release: outcome.release });
       const requestedSha = outcome.status === "succeeded" ? outcome.requestedSha : undefined;
@@ -593,12 +593,12 @@ export class DeploymentWorker {
     }
   }
 
-  /** The commit statuses of a deploy that ended well (a rollback's on both commits). */
-  private async reportOutcome(texts: StatusTexts, request: DeployRequest, outcome: Exclude<Awaited<ReturnType<typeof performDeploy>>, { status: "superseded" }>, id: number): Promise<StatusRow[]> {
-    if (outcome.status === "already-deployed") return texts.alreadyLive(outcome.sha, id);
-    if (request.kind !== "rollback") return texts.succeeded(outcome.sha, id, outcome.requestedSha);
+  /** What a deploy that ended well tells GitHub (a rollback: on both commits). */
+  private async reportOutcome(texts: GithubReports, name: string, request: DeployRequest, outcome: Exclude<Awaited<ReturnType<typeof performDeploy>>, { status: "superseded" }>, id: number): Promise<GithubWrite[]> {
+    if (outcome.status === "already-deployed") return texts.alreadyLive(name, outcome.sha, id);
+    if (request.kind !== "rollback") return texts.succeeded(name, outcome.sha, id, outcome.requestedSha);
     const from = outcome.previousRelease ? await readReleaseMeta(path.join(deploymentPaths(this.deps.deployment.path).releases, outcome.previousRelease)) : undefined;
-    return texts.rolledBack(outcome.sha, from?.sha, id);
+    return texts.rolledBack(name, outcome.sha, from?.sha, id);
   }
 
   /** Records how a deploy failed, and what becomes of its entry; says which it was. */
@@ -610,7 +610,7 @@ export class DeploymentWorker {
     err: unknown,
     logger: Logger,
     lockSignal: AbortSignal,
-    report: (ended: "retrying" | "failed") => Promise<StatusRow[]>,
+    report: (ended: "retrying" | "failed") => Promise<GithubWrite[]>,
   ): Promise<{ outcome: DeployOutcomeName; nextAttemptAt?: string }> {
     const exec = err instanceof ExecError ? err : undefined;
     const base = { error: errorMessage(err).slice(0, 8000), exitCode: exec?.exitCode, signal: exec?.signal };
@@ -645,7 +645,7 @@ export class DeploymentWorker {
     attempt: number,
     by: string,
     err: unknown,
-    report: (ended: "cancelled", by: string) => Promise<StatusRow[]>,
+    report: (ended: "cancelled", by: string) => Promise<GithubWrite[]>,
   ): Promise<{ outcome: DeployOutcomeName; nextAttemptAt?: string }> {
     const exec = err instanceof ExecError ? err : undefined;
     await finishDeploy(

@@ -13,8 +13,8 @@ import { QueueWorker } from "../queue/watch.ts";
 import { type LockService, ROUTER_LOCK } from "../lock/lock.ts";
 import { type RouteDecision, routeEvent } from "../queue/route.ts";
 import { type Events, noEvents } from "../events/bus.ts";
-import { enqueueStatuses } from "../github/outbox.ts";
-import type { StatusTexts } from "../github/statuses.ts";
+import { enqueueGithubWrites } from "../github/outbox.ts";
+import type { GithubReports } from "../github/reports.ts";
 
 export interface RouterDeps {
   settings: Pick<Settings, "deployments" | "rescanIntervalMs">;
@@ -26,8 +26,8 @@ export interface RouterDeps {
   watch: boolean;
   /** Where routed, voided and dead-lettered deliveries are told (none by default). */
   events?: Events;
-  /** Commit statuses per deployment (GITHUB_TOKEN set): a routed push is "queued" on its commit. */
-  statuses?: ReadonlyMap<string, StatusTexts>;
+  /** What each deployment tells GitHub (GITHUB_TOKEN set): a routed push is "queued" on its commit (and its GitHub deployment). */
+  statuses?: ReadonlyMap<string, GithubReports>;
 }
 
 /** Entries routed together: one database statement, one fsync per directory. */
@@ -95,10 +95,10 @@ export function createRouter(deps: RouterDeps): QueueWorker {
     // Before the hand-over: the "queued" status is older than anything the deployment's worker writes.
     if (deps.statuses) {
       const statuses = deps.statuses;
-      await enqueueStatuses(
-        db,
-        routed.flatMap((r) => (r.decision.kind === "deliver" && r.row.event === "push" ? r.decision.deployments.flatMap((d) => statuses.get(d)?.queued(r.decision.kind === "deliver" ? r.decision.after : undefined) ?? []) : [])),
+      const writes = routed.flatMap((r) =>
+        r.decision.kind === "deliver" && r.row.event === "push" ? r.decision.deployments.flatMap((d) => statuses.get(d)?.queued(r.name, r.decision.kind === "deliver" ? r.decision.after : undefined) ?? []) : [],
       );
+      if (writes.length > 0) await db.transaction((tx) => enqueueGithubWrites(tx as unknown as typeof db, writes));
     }
     const byDeployment = new Map<string, string[]>();
     for (const r of routed) {

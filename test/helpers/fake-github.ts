@@ -32,7 +32,33 @@ export interface FakeCheckRun {
   html_url: string;
 }
 
-export type FakeMode = { kind: "up" } | { kind: "fail"; status: number } | { kind: "hang" } | { kind: "rate-limit"; resetEpochS: number };
+/** A GitHub Deployment GitHub created (POST /repos/{owner}/{repo}/deployments answered 201). */
+export interface CreatedDeployment {
+  id: number;
+  at: number;
+  repository: string;
+  ref: string;
+  environment: string;
+  productionEnvironment: boolean | undefined;
+  autoMerge: unknown;
+  requiredContexts: unknown;
+  description: string;
+  payload: unknown;
+}
+
+/** A status of a GitHub Deployment (POST …/deployments/{id}/statuses answered 201). */
+export interface CreatedDeploymentStatus {
+  id: number;
+  at: number;
+  deploymentId: number;
+  state: string;
+  description: string;
+  logUrl: string | undefined;
+  environmentUrl: string | undefined;
+}
+
+/** lose-answer: a POST is carried out (a deployment created…), but its answer never comes (a timeout after GitHub acted); GETs are answered. */
+export type FakeMode = { kind: "up" } | { kind: "fail"; status: number } | { kind: "hang" } | { kind: "rate-limit"; resetEpochS: number } | { kind: "lose-answer" };
 
 export interface FakeGithub {
   url: string;
@@ -47,13 +73,19 @@ export interface FakeGithub {
   addCheckRun(sha: string, name: string, status: FakeCheckRun["status"], conclusion?: string): FakeCheckRun;
   /** CI sets a commit status, as POST /statuses would (it shows in the combined status). */
   addStatus(repository: string, sha: string, context: string, state: string): void;
+  deployments: CreatedDeployment[];
+  deploymentStatuses: CreatedDeploymentStatus[];
+  /** The statuses one deployment got, in the order GitHub took them. */
+  deploymentStatusesOf(deploymentId: number): CreatedDeploymentStatus[];
   /** up: answers; fail: every request gets `status`; hang: no answer; rate-limit: 403 with the rate-limit headers until the reset, then up. */
   setMode(mode: FakeMode): void;
   close(): Promise<void>;
 }
 
 /**
- * GitHub, as far as deployq uses it: POST /repos/{owner}/{repo}/statuses/{sha}, behind
+ * GitHub, as far as deployq uses it: POST /repos/{owner}/{repo}/statuses/{sha}, the
+ * Deployments API (POST and GET /repos/{owner}/{repo}/deployments, POST and GET
+ * …/deployments/{id}/statuses), behind
  * token authentication, on a real HTTP server on a free port. It records every request,
  * and answers 5xx, rate limits or nothing at all on demand.
  */
@@ -61,10 +93,17 @@ export async function startFakeGithub(token = "ghp_fake-token-for-tests"): Promi
   const requests: RecordedRequest[] = [];
   const statuses: CreatedStatus[] = [];
   const checkRuns: FakeCheckRun[] = [];
+  const deployments: CreatedDeployment[] = [];
+  const deploymentStatuses: CreatedDeploymentStatus[] = [];
   let mode: FakeMode = { kind: "up" };
   const hung = new Set<ServerResponse>();
 
   const answer = (res: ServerResponse, record: RecordedRequest, status: number, body: unknown, headers: Record<string, string> = {}) => {
+    if (mode.kind === "lose-answer" && record.method === "POST") {
+      hung.add(res);
+      res.once("close", () => hung.delete(res));
+      return;
+    }
     record.answered = status;
     res.writeHead(status, { "content-type": "application/json; charset=utf-8", ...headers });
     res.end(JSON.stringify(body));
@@ -116,6 +155,7 @@ export async function startFakeGithub(token = "ghp_fake-token-for-tests"): Promi
       const state = list.some((st) => st.state === "failure" || st.state === "error") ? "failure" : list.every((st) => st.state === "success") && list.length > 0 ? "success" : "pending";
       return answer(res, record, 200, { state, sha, total_count: list.length, statuses: list });
     }
+    if (/^\/repos\/[^/]+\/[^/]+\/deployments(?:\/|$)/.test(url.pathname)) return handleDeployments(req.method ?? "", url, body, res, record);
     const match = /^\/repos\/([^/]+)\/([^/]+)\/statuses\/([0-9a-f]{40})$/.exec(url.pathname);
     if (req.method !== "POST" || !match) return answer(res, record, 404, { message: "Not Found" });
     const state = String(body?.state ?? "");
@@ -131,6 +171,55 @@ export async function startFakeGithub(token = "ghp_fake-token-for-tests"): Promi
     };
     statuses.push(created);
     answer(res, record, 201, { id: statuses.length, state, context: created.context, description: created.description, target_url: created.targetUrl ?? null, created_at: new Date().toISOString() });
+  };
+
+  /** The Deployments API: create and list deployments, create and list their statuses (as GitHub validates them). */
+  const handleDeployments = (method: string, url: URL, body: Record<string, unknown> | undefined, res: ServerResponse, record: RecordedRequest) => {
+    const list = /^\/repos\/([^/]+)\/([^/]+)\/deployments$/.exec(url.pathname);
+    const one = /^\/repos\/([^/]+)\/([^/]+)\/deployments\/(\d+)\/statuses$/.exec(url.pathname);
+    const repoOf = (m: RegExpExecArray) => `${decodeURIComponent(m[1]!)}/${decodeURIComponent(m[2]!)}`;
+    const asJson = (d: CreatedDeployment) => ({ id: d.id, sha: d.ref, ref: d.ref, task: "deploy", environment: d.environment, production_environment: d.productionEnvironment ?? d.environment === "production", description: d.description, payload: d.payload, created_at: new Date(d.at).toISOString() });
+    if (list && method === "POST") {
+      const ref = String(body?.ref ?? "");
+      if (!/^[0-9a-f]{40}$/.test(ref)) return answer(res, record, 422, { message: "Validation Failed", errors: [{ field: "ref" }] });
+      const created: CreatedDeployment = {
+        id: 1000 + deployments.length,
+        at: Date.now(),
+        repository: repoOf(list),
+        ref,
+        environment: typeof body?.environment === "string" ? body.environment : "production",
+        productionEnvironment: typeof body?.production_environment === "boolean" ? body.production_environment : undefined,
+        autoMerge: body?.auto_merge,
+        requiredContexts: body?.required_contexts,
+        description: String(body?.description ?? ""),
+        payload: body?.payload ?? {},
+      };
+      deployments.push(created);
+      return answer(res, record, 201, asJson(created));
+    }
+    if (list && method === "GET") {
+      const sha = url.searchParams.get("sha");
+      const environment = url.searchParams.get("environment");
+      const found = deployments.filter((d) => d.repository === repoOf(list) && (!sha || d.ref === sha) && (!environment || d.environment === environment));
+      return answer(res, record, 200, found.reverse().map(asJson));
+    }
+    const deployment = one ? deployments.find((d) => d.id === Number(one[3]) && d.repository === repoOf(one)) : undefined;
+    if (!one || !deployment) return answer(res, record, 404, { message: "Not Found" });
+    if (method === "GET") return answer(res, record, 200, deploymentStatuses.filter((s) => s.deploymentId === deployment.id).reverse());
+    if (method !== "POST") return answer(res, record, 404, { message: "Not Found" });
+    const state = String(body?.state ?? "");
+    if (!["error", "failure", "inactive", "in_progress", "queued", "pending", "success"].includes(state)) return answer(res, record, 422, { message: "Validation Failed" });
+    const created: CreatedDeploymentStatus = {
+      id: 5000 + deploymentStatuses.length,
+      at: Date.now(),
+      deploymentId: deployment.id,
+      state,
+      description: String(body?.description ?? ""),
+      logUrl: typeof body?.log_url === "string" ? body.log_url : undefined,
+      environmentUrl: typeof body?.environment_url === "string" ? body.environment_url : undefined,
+    };
+    deploymentStatuses.push(created);
+    return answer(res, record, 201, { id: created.id, state, description: created.description, log_url: created.logUrl ?? "", environment_url: created.environmentUrl ?? "" });
   };
 
   const server: Server = createServer((req, res) => void handle(req, res));
@@ -151,9 +240,12 @@ export async function startFakeGithub(token = "ghp_fake-token-for-tests"): Promi
     addStatus(repository, sha, context, state) {
       statuses.push({ at: Date.now(), repository, sha, state, context, description: "", targetUrl: undefined });
     },
+    deployments,
+    deploymentStatuses,
+    deploymentStatusesOf: (deploymentId) => deploymentStatuses.filter((s) => s.deploymentId === deploymentId),
     setMode(next) {
       mode = next;
-      if (next.kind !== "hang") for (const res of hung) res.destroy();
+      if (next.kind !== "hang" && next.kind !== "lose-answer") for (const res of hung) res.destroy();
     },
     async close() {
       for (const res of hung) res.destroy();

@@ -1,18 +1,18 @@
 import { and, desc, eq, inArray, sql } from "drizzle-orm";
 import type { Db } from "../client.ts";
 import { type Deploy, type DeployStatus, deploys } from "../schema.ts";
-import { enqueueStatuses } from "../../github/outbox.ts";
-import type { StatusRow } from "../../github/statuses.ts";
+import { type GithubWrite, enqueueGithubWrites } from "../../github/outbox.ts";
 
 /**
- * Runs `write`, and adds the commit statuses it reports to the GitHub outbox in the same
- * transaction (none: no transaction), so that a crash can never keep the one without the other.
+ * Runs `write`, and adds what it reports to GitHub (commit statuses, deployment statuses)
+ * to the GitHub outbox in the same transaction (none: no transaction), so that a crash can
+ * never keep the one without the other.
  */
-async function withStatuses<T>(db: Db, statuses: ((result: T) => readonly StatusRow[]) | undefined, write: (q: Db) => Promise<T>): Promise<T> {
+async function withStatuses<T>(db: Db, statuses: ((result: T) => readonly GithubWrite[]) | undefined, write: (q: Db) => Promise<T>): Promise<T> {
   if (!statuses) return write(db);
   return db.transaction(async (tx) => {
     const result = await write(tx as unknown as Db);
-    await enqueueStatuses(tx, statuses(result));
+    await enqueueGithubWrites(tx as unknown as Db, statuses(result));
     return result;
   });
 }
@@ -46,8 +46,8 @@ export interface NewDeploy {
   fencingToken?: number;
 }
 
-/** `statuses`: the commit statuses its start reports, given the new row's id. */
-export async function startDeploy(db: Db, row: NewDeploy, statuses?: (id: number) => readonly StatusRow[]): Promise<number> {
+/** `statuses`: what its start reports to GitHub, given the new row's id. */
+export async function startDeploy(db: Db, row: NewDeploy, statuses?: (id: number) => readonly GithubWrite[]): Promise<number> {
   return withStatuses(db, statuses, async (q) => {
     const [inserted] = await q
       .insert(deploys)
@@ -76,7 +76,7 @@ export async function setDeployLog(db: Db, id: number, logPath: string): Promise
   await db.update(deploys).set({ logPath }).where(eq(deploys.id, id));
 }
 
-export async function finishDeploy(db: Db, id: number, result: DeployResult, statuses?: readonly StatusRow[]): Promise<void> {
+export async function finishDeploy(db: Db, id: number, result: DeployResult, statuses?: readonly GithubWrite[]): Promise<void> {
   await withStatuses(db, statuses && statuses.length > 0 ? () => statuses : undefined, async (q) => {
     await q
     .update(deploys)
@@ -105,7 +105,7 @@ export async function recordUnrun(
   db: Db,
   row: NewDeploy,
   outcome: { status: "superseded"; supersededBy: string } | { status: "failed"; error: string },
-  statuses?: (id: number) => readonly StatusRow[],
+  statuses?: (id: number) => readonly GithubWrite[],
 ): Promise<number> {
   return withStatuses(db, statuses, async (q) => {
     const [inserted] = await q
