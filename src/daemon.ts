@@ -31,6 +31,7 @@ import { createRouter } from "./workers/router.ts";
 import { createMetricsApp } from "./metrics/http.ts";
 import { createMetrics } from "./metrics/registry.ts";
 import { startGithubStatuses } from "./github/start.ts";
+import { startRedelivererIfConfigured } from "./github/redeliver.ts";
 
 export type Role = "serve" | "receiver" | "workers";
 
@@ -93,7 +94,9 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
   const events = new Events();
   const observed = options.observability ?? true;
   const reportsToGithub = works && settings.secrets.githubToken !== undefined;
-  const metrics = observed ? createMetrics({ layout, deployments: [...settings.deployments.values()], deploys: works, github: reportsToGithub }) : undefined;
+  // Lost-delivery recovery runs beside the workers (see src/github/redeliver.ts and ARCHITECTURE.md).
+  const recovers = reportsToGithub && settings.publicUrl !== undefined && settings.github.redeliverIntervalMs > 0 && settings.deployments.size > 0;
+  const metrics = observed ? createMetrics({ layout, deployments: [...settings.deployments.values()], deploys: works, github: reportsToGithub, redeliveries: recovers }) : undefined;
   if (metrics) events.on(metrics.listener);
   const cleanups: Array<() => Promise<void>> = [];
   const closeAll = async () => {
@@ -247,6 +250,11 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
       readiness.expectUnrecorded(orphanDeliveryIds(orphans));
       readiness.accepting();
       await untilReachable(database, readiness, logger, options.signal, () => recordOrphanedEntries(database.db, layout, logger, orphans, readiness), { accepting: true });
+    }
+    // Last: in `serve`, the receiver takes deliveries by now, so the first redeliveries are not refused.
+    if (reportsToGithub && settings.github.redeliverIntervalMs > 0) {
+      const redeliverer = startRedelivererIfConfigured({ settings, db: database.db, logger, metrics });
+      if (redeliverer) cleanups.push(() => redeliverer.close());
     }
     logger.info(
       { role, url: receives ? server?.url : undefined, metrics: metricsUrl, queues: layout.root, database: database.describe, locks: lockService?.kind, lockPrefix: lockService ? settings.lockPrefix : undefined },

@@ -17,6 +17,7 @@ import { sendTestDelivery } from "./send-test-delivery.ts";
 import { sitesRemove } from "./sites.ts";
 import { runDaemon } from "./serve.ts";
 import { logsCommand } from "./logs.ts";
+import { hookInstall, hookList, hookPing, hookRemove } from "./github-hook.ts";
 import { watchCommand } from "./watch.ts";
 
 const program = new Command("deployq")
@@ -32,9 +33,12 @@ const program = new Command("deployq")
     "after",
     `
 Environment:
-  GITHUB_WEBHOOK_SECRET  webhook secret(s), comma-separated during a rotation (required by the receiver)
+  GITHUB_WEBHOOK_SECRET  webhook secret(s), comma-separated during a rotation (required by the receiver; github hook install sets the first)
   DATABASE_URL           Postgres URL; unset: embedded PGlite in the data directory (one process only)
   REDIS_URL              Dragonfly/Redis for redlock (comma-separated for a quorum); unset: in-process locks
+  GITHUB_TOKEN           commit statuses ("Commit statuses: read and write"), github hook and the recovery of lost
+                         deliveries ("Webhooks: read and write"); unset: none of them
+  GITHUB_API_URL         GitHub Enterprise Server's REST API root; unset: https://api.github.com
   DEPLOYQ_ADMIN_TOKEN    the token /ws/v0 clients (watch, logs -f) authenticate with; unset: /ws/v0 is off
   DEPLOYQ_CONFIG         configuration file, if --config is not given
   DEPLOYQ_QUEUES_DIR     queue root, overriding queues_dir from the configuration
@@ -179,6 +183,41 @@ sites
   .action(async (name: string) => {
     process.exitCode = await sitesRemove(settings(), name);
   });
+
+const github = program
+  .command("github")
+  .summary("GitHub: github hook install|list|ping|remove <deployment> manages the repository webhook")
+  .description("GitHub, through its API with GITHUB_TOKEN (GITHUB_API_URL for GitHub Enterprise Server)");
+const hook = github
+  .command("hook")
+  .summary("install|list|ping|remove <deployment>: the repository webhook that posts to [server] public_url + /github-webhook")
+  .description(
+    "the webhook of a deployment's repository that posts to [server] public_url + /github-webhook, found by that URL; " +
+      'GITHUB_TOKEN needs the repository permission "Webhooks: read and write"',
+  );
+hook
+  .command("install <deployment>")
+  .description(
+    "create the repository's webhook for deployq, or update it (found by its URL: running it again changes nothing else): " +
+      "content type json, secret from GITHUB_WEBHOOK_SECRET, the events the repository's deployments need (push)",
+  )
+  .option("--json", "machine-readable output")
+  .action(async (name: string, o: { json?: boolean }) => hookInstall(settings(), name, { json: o.json ?? false }));
+hook
+  .command("list <deployment>")
+  .description("list the repository's webhooks (* marks the one that posts to deployq), with GitHub's last response to each")
+  .option("--json", "machine-readable output")
+  .action(async (name: string, o: { json?: boolean }) => hookList(settings(), name, { json: o.json ?? false }));
+hook
+  .command("ping <deployment>")
+  .description("ask GitHub to send deployq's webhook a ping (`deployq deliveries` shows it once received); refused when there is no such webhook")
+  .option("--json", "machine-readable output")
+  .action(async (name: string, o: { json?: boolean }) => hookPing(settings(), name, { json: o.json ?? false }));
+hook
+  .command("remove <deployment>")
+  .description("delete the repository's webhook(s) that post to deployq (other webhooks are left alone)")
+  .option("--json", "machine-readable output")
+  .action(async (name: string, o: { json?: boolean }) => hookRemove(settings(), name, { json: o.json ?? false }));
 
 program
   .command("deliveries")

@@ -48,8 +48,8 @@ export interface Settings {
   /** Where the receiver serves the dashboard ([dashboard] path). */
   dashboard: { path: string };
   deployments: Map<string, Deployment>;
-  /** Commit statuses and Deployments ([github], GITHUB_API_URL); sent only when secrets.githubToken is set. */
-  github: { apiUrl: string; writeIntervalMs: number; timeoutMs: number; deployments: boolean };
+  /** Commit statuses, Deployments and lost-delivery recovery ([github], GITHUB_API_URL); only when secrets.githubToken is set. */
+  github: { apiUrl: string; writeIntervalMs: number; timeoutMs: number; deployments: boolean; /** 0: lost-delivery recovery off. */ redeliverIntervalMs: number };
   secrets: Secrets;
 }
 
@@ -141,7 +141,13 @@ export function loadSettings(options: LoadOptions = {}): Settings {
     certbot: config.certbot,
     dashboard: { path: config.dashboard.path },
     deployments,
-    github: { apiUrl: githubApiUrl(env.GITHUB_API_URL), writeIntervalMs: config.github.write_interval_ms, timeoutMs: config.github.timeout_ms, deployments: config.github.deployments },
+    github: {
+      apiUrl: githubApiUrl(env.GITHUB_API_URL),
+      writeIntervalMs: config.github.write_interval_ms,
+      timeoutMs: config.github.timeout_ms,
+      deployments: config.github.deployments,
+      redeliverIntervalMs: config.github.redeliver_interval_s * 1000,
+    },
     secrets: {
       webhookSecrets: list(env.GITHUB_WEBHOOK_SECRET),
       databaseUrl: env.DATABASE_URL || undefined,

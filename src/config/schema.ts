@@ -226,6 +226,12 @@ export const GithubConfig = z.strictObject({
   timeout_ms: z.number().int().min(100).default(10_000),
   /** Also a GitHub Deployment per deploy, with its statuses (each deployment may say otherwise in [deployments.x.github]). */
   deployments: z.boolean().default(false),
+  /**
+   * Seconds between two looks at the repository webhooks' recent deliveries, to have GitHub
+   * redeliver what deployq never received (src/github/redeliver.ts), also once at start.
+   * 0: off. Off anyway without GITHUB_TOKEN or [server] public_url.
+   */
+  redeliver_interval_s: z.number().int("must be a whole number of seconds").min(0).default(300),
 });
 
 export const Config = z.strictObject({
@@ -259,7 +265,7 @@ export const Config = z.strictObject({
   /** The dashboard (served by the receiver when DEPLOYQ_ADMIN_TOKEN is set). */
   dashboard: DashboardConfig.default({ path: "/dashboard" }),
   certbot: CertbotHost.optional(),
-  github: GithubConfig.default({ write_interval_ms: 1000, timeout_ms: 10_000, deployments: false }),
+  github: GithubConfig.default({ write_interval_ms: 1000, timeout_ms: 10_000, deployments: false, redeliver_interval_s: 300 }),
   deployments: z
     .record(
       z.string().regex(DEPLOYMENT_NAME, "deployment names use letters, digits, - and _ (at most 64)"),

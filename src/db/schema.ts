@@ -288,3 +288,44 @@ export const githubDeployments = pgTable(
 );
 
 export type GithubDeploymentRow = typeof githubDeployments.$inferSelect;
+
+/**
+ * Lost-delivery recovery (src/github/redeliver.ts), per repository webhook deployq found
+ * pointing at its public_url: the newest GitHub delivery id it has looked at, so that the
+ * next pass lists deliveries back to it only (GitHub's delivery ids grow with time).
+ */
+export const githubHookCursors = pgTable("github_hook_cursors", {
+  hookId: bigint("hook_id", { mode: "number" }).primaryKey(),
+  repository: text("repository").notNull(),
+  lastDeliveryId: bigint("last_delivery_id", { mode: "number" }).notNull(),
+  updatedAt: timestamp("updated_at", { withTimezone: true }).notNull().defaultNow(),
+});
+
+/**
+ * The redeliveries deployq asked GitHub for, one row per (hook, GUID): a GUID is asked for
+ * again only once GitHub shows how the previous redelivery went (a delivery of that GUID
+ * with an id above `seenUpTo`) and it failed, at most a few times.
+ */
+export const githubRedeliveries = pgTable(
+  "github_redeliveries",
+  {
+    hookId: bigint("hook_id", { mode: "number" }).notNull(),
+    guid: text("guid").notNull(),
+    repository: text("repository").notNull(),
+    event: text("event").notNull(),
+    /** The delivery redelivered last (GitHub's id). */
+    deliveryId: bigint("delivery_id", { mode: "number" }).notNull(),
+    /** The greatest delivery id of this GUID when it was asked for: a greater one is that redelivery's outcome. */
+    seenUpTo: bigint("seen_up_to", { mode: "number" }).notNull(),
+    requests: integer("requests").notNull().default(1),
+    requestedAt: timestamp("requested_at", { withTimezone: true }).notNull().defaultNow(),
+  },
+  (t) => [uniqueIndex("github_redeliveries_hook_guid_key").on(t.hookId, t.guid)],
+);
+
+/** Named leases (one process at a time does a named job, such as `redeliver:<public_url>`); a holder that dies loses it when it expires. */
+export const githubLeases = pgTable("github_leases", {
+  name: text("name").primaryKey(),
+  owner: text("owner").notNull(),
+  leaseUntil: timestamp("lease_until", { withTimezone: true }).notNull(),
+});

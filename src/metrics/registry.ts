@@ -44,10 +44,15 @@ export interface MetricsOptions {
   deploys: boolean;
   /** This process sends commit statuses to GitHub: deployq_github_sends_total starts at 0 for each result. */
   github?: boolean;
+  /** This process may ask GitHub to redeliver lost deliveries: deployq_github_redeliveries_total starts at 0 for each result. */
+  redeliveries?: boolean;
 }
 
 /** What one commit status send to GitHub came to (src/github/sender.ts). */
 export const GITHUB_SEND_RESULTS = ["success", "transient", "rate_limited", "permanent"] as const;
+
+/** What one request to GitHub for a redelivery came to (src/github/redeliver.ts). */
+export const GITHUB_REDELIVERY_RESULTS = ["requested", "failed"] as const;
 
 export interface Metrics {
   registry: Registry;
@@ -57,6 +62,8 @@ export interface Metrics {
   observeWebhookRequest(event: string | undefined, status: number, seconds: number): void;
   /** One commit status send to GitHub, by its result. */
   countGithubSend(result: (typeof GITHUB_SEND_RESULTS)[number]): void;
+  /** One redelivery deployq asked GitHub for: requested (GitHub took the request) or failed. */
+  countGithubRedelivery(result: (typeof GITHUB_REDELIVERY_RESULTS)[number]): void;
   /** The text exposition format, with the queue and release gauges read from disk now. */
   scrape(): Promise<string>;
   contentType: string;
@@ -91,6 +98,8 @@ export function createMetrics(options: MetricsOptions): Metrics {
 
   const githubSends = new Counter({ name: "deployq_github_sends_total", help: "Commit status sends to GitHub, by result (success, transient, rate_limited, permanent)", labelNames: ["result"], registers });
   if (options.github) for (const result of GITHUB_SEND_RESULTS) githubSends.inc({ result }, 0);
+  const githubRedeliveries = new Counter({ name: "deployq_github_redeliveries_total", help: "Redeliveries of lost webhook deliveries asked of GitHub, by result (requested, failed)", labelNames: ["result"], registers });
+  if (options.redeliveries) for (const result of GITHUB_REDELIVERY_RESULTS) githubRedeliveries.inc({ result }, 0);
 
   const names = options.deployments.map((d) => d.name);
   for (const deployment of names) inProgress.set({ deployment }, 0);
@@ -146,6 +155,9 @@ export function createMetrics(options: MetricsOptions): Metrics {
     },
     countGithubSend(result) {
       githubSends.inc({ result });
+    },
+    countGithubRedelivery(result) {
+      githubRedeliveries.inc({ result });
     },
     async scrape() {
       const read = await readQueueGauges(options.layout, options.deployments);

@@ -1,3 +1,4 @@
+import { createHmac, randomUUID } from "node:crypto";
 import { type IncomingMessage, type Server, type ServerResponse, createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 
@@ -59,6 +60,36 @@ export interface CreatedDeploymentStatus {
 
 /** lose-answer: a POST is carried out (a deployment created…), but its answer never comes (a timeout after GitHub acted); GETs are answered. */
 export type FakeMode = { kind: "up" } | { kind: "fail"; status: number } | { kind: "hang" } | { kind: "rate-limit"; resetEpochS: number } | { kind: "lose-answer" };
+/** A repository webhook, as the fake keeps it (GitHub answers its secret as "********"). */
+export interface FakeHook {
+  id: number;
+  repository: string;
+  url: string;
+  contentType: string;
+  secret: string | undefined;
+  events: string[];
+  active: boolean;
+  createdAt: string;
+  updatedAt: string;
+  lastResponse: { code: number | null; status: string; message: string | null };
+}
+
+/** One delivery of a hook, as GET .../hooks/{id}/deliveries lists it, with what was sent. */
+export interface FakeDelivery {
+  id: number;
+  guid: string;
+  hookId: number;
+  repository: string;
+  event: string;
+  action: string | null;
+  deliveredAt: string;
+  redelivery: boolean;
+  /** What the hook's URL answered; 502 when nothing answered there (as a proxy in front of a stopped daemon answers). */
+  statusCode: number;
+  status: string;
+  body: string;
+  headers: Record<string, string>;
+}
 
 export interface FakeGithub {
   url: string;
@@ -77,6 +108,26 @@ export interface FakeGithub {
   deploymentStatuses: CreatedDeploymentStatus[];
   /** The statuses one deployment got, in the order GitHub took them. */
   deploymentStatusesOf(deploymentId: number): CreatedDeploymentStatus[];
+  /** Repository webhooks (POST/GET/PATCH/DELETE /repos/{owner}/{repo}/hooks[/{id}], .../pings). */
+  hooks: FakeHook[];
+  /** Every delivery of every hook, oldest first (.../hooks/{id}/deliveries lists them newest first, paginated). */
+  deliveries: FakeDelivery[];
+  /** A webhook, as if created in the repository's settings. */
+  addHook(repository: string, spec: { url: string; secret?: string; events?: string[] }): FakeHook;
+  /**
+   * GitHub sending an event to a hook: signed with the hook's secret, POSTed to its URL,
+   * recorded with the status code it got (`recordAs` overrides it: GitHub timed out, say,
+   * though the receiver got it).
+   */
+  deliver(hookId: number, event: string, payload: Record<string, unknown>, options?: { recordAs?: number }): Promise<FakeDelivery>;
+  /** The POST .../deliveries/{id}/attempts requests, in order. */
+  redeliveryRequests(): RecordedRequest[];
+  /** true: redelivery attempts are answered 202 but sent only once this is set back to false (a redelivery in flight). */
+  holdRedeliveries(hold: boolean): void;
+  /** Every delivery GitHub started (pings, redeliveries) has been POSTed and recorded (held redeliveries excepted). */
+  settled(): Promise<void>;
+  /** From now on, the hooks endpoints of `repository` answer `status` (403: no "Webhooks" permission; 404: no such repository); undefined: they work again. */
+  setHookAccess(repository: string, status: 403 | 404 | undefined): void;
   /** up: answers; fail: every request gets `status`; hang: no answer; rate-limit: 403 with the rate-limit headers until the reset, then up. */
   setMode(mode: FakeMode): void;
   close(): Promise<void>;
@@ -86,6 +137,8 @@ export interface FakeGithub {
  * GitHub, as far as deployq uses it: POST /repos/{owner}/{repo}/statuses/{sha}, the
  * Deployments API (POST and GET /repos/{owner}/{repo}/deployments, POST and GET
  * …/deployments/{id}/statuses), behind
+ * repository webhooks with their deliveries and redelivery attempts (which really POST to
+ * the hook's URL, signed like GitHub's), behind
  * token authentication, on a real HTTP server on a free port. It records every request,
  * and answers 5xx, rate limits or nothing at all on demand.
  */
@@ -97,6 +150,197 @@ export async function startFakeGithub(token = "ghp_fake-token-for-tests"): Promi
   const deploymentStatuses: CreatedDeploymentStatus[] = [];
   let mode: FakeMode = { kind: "up" };
   const hung = new Set<ServerResponse>();
+  const hooks: FakeHook[] = [];
+  const deliveries: FakeDelivery[] = [];
+  const hookAccess = new Map<string, 403 | 404>();
+  const inFlight = new Set<Promise<unknown>>();
+  let holding = false;
+  const held: Array<() => Promise<unknown>> = [];
+  // Realistic magnitudes: GitHub's delivery ids are past 2^32 (a bigint in deployq's tables).
+  let nextHookId = 400_000_000;
+  let nextDeliveryId = 12_000_000_000;
+  let base = "";
+
+  const hookJson = (h: FakeHook) => ({
+    type: "Repository",
+    id: h.id,
+    name: "web",
+    active: h.active,
+    events: h.events,
+    config: { content_type: h.contentType, insecure_ssl: "0", url: h.url, ...(h.secret ? { secret: "********" } : {}) },
+    updated_at: h.updatedAt,
+    created_at: h.createdAt,
+    url: `${base}/repos/${h.repository}/hooks/${h.id}`,
+    test_url: `${base}/repos/${h.repository}/hooks/${h.id}/test`,
+    ping_url: `${base}/repos/${h.repository}/hooks/${h.id}/pings`,
+    deliveries_url: `${base}/repos/${h.repository}/hooks/${h.id}/deliveries`,
+    last_response: h.lastResponse,
+  });
+  const deliveryJson = (d: FakeDelivery) => ({
+    id: d.id,
+    guid: d.guid,
+    delivered_at: d.deliveredAt,
+    redelivery: d.redelivery,
+    duration: 0.05,
+    status: d.status,
+    status_code: d.statusCode,
+    event: d.event,
+    action: d.action,
+    installation_id: null,
+    repository_id: 1,
+    throttled_at: null,
+  });
+
+  /** POSTs one delivery to the hook's URL as GitHub does, and records it. */
+  const send = async (hook: FakeHook, event: string, guid: string, body: string, redelivery: boolean, recordAs?: number): Promise<FakeDelivery> => {
+    const headers: Record<string, string> = {
+      "content-type": "application/json",
+      "user-agent": "GitHub-Hookshot/fake",
+      "x-github-event": event,
+      "x-github-delivery": guid,
+      "x-github-hook-id": String(hook.id),
+      "x-github-hook-installation-target-type": "repository",
+      "x-github-hook-installation-target-id": "1",
+      ...(hook.secret
+        ? {
+            "x-hub-signature": `sha1=${createHmac("sha1", hook.secret).update(body).digest("hex")}`,
+            "x-hub-signature-256": `sha256=${createHmac("sha256", hook.secret).update(body).digest("hex")}`,
+          }
+        : {}),
+    };
+    let statusCode: number;
+    let status: string;
+    try {
+      const res = await fetch(hook.url, { method: "POST", headers, body, signal: AbortSignal.timeout(10_000) });
+      await res.arrayBuffer();
+      statusCode = res.status;
+      status = res.ok ? "OK" : `Invalid HTTP Response: ${res.status}`;
+    } catch {
+      statusCode = 502;
+      status = "Invalid HTTP Response: 502";
+    }
+    if (recordAs !== undefined) {
+      statusCode = recordAs;
+      status = recordAs >= 200 && recordAs < 300 ? "OK" : `Invalid HTTP Response: ${recordAs}`;
+    }
+    let action: string | null = null;
+    try {
+      const parsed = JSON.parse(body) as { action?: unknown };
+      action = typeof parsed.action === "string" ? parsed.action : null;
+    } catch {
+      action = null;
+    }
+    const delivery: FakeDelivery = { id: ++nextDeliveryId, guid, hookId: hook.id, repository: hook.repository, event, action, deliveredAt: new Date().toISOString(), redelivery, statusCode, status, body, headers };
+    deliveries.push(delivery);
+    hook.lastResponse = { code: statusCode, status: statusCode >= 200 && statusCode < 300 ? "active" : "failed", message: status };
+    return delivery;
+  };
+  /** GitHub sends pings and redeliveries after it has answered the request that asked for them. */
+  const later = (fn: () => Promise<unknown>) => {
+    const p = fn().catch(() => {});
+    inFlight.add(p);
+    void p.finally(() => inFlight.delete(p));
+  };
+  const ping = (hook: FakeHook) =>
+    later(() => send(hook, "ping", randomUUID(), JSON.stringify({ zen: "Keep it logically awesome.", hook_id: hook.id, hook: hookJson(hook), repository: { full_name: hook.repository } }), false));
+  const addHook = (repository: string, spec: { url: string; secret?: string; events?: string[]; contentType?: string }): FakeHook => {
+    const now = new Date().toISOString();
+    const hook: FakeHook = {
+      id: ++nextHookId,
+      repository,
+      url: spec.url,
+      contentType: spec.contentType ?? "json",
+      secret: spec.secret,
+      events: spec.events ?? ["push"],
+      active: true,
+      createdAt: now,
+      updatedAt: now,
+      lastResponse: { code: null, status: "unused", message: null },
+    };
+    hooks.push(hook);
+    return hook;
+  };
+
+  /** The hooks endpoints: false when the path is not one of them. */
+  const handleHooks = (req: IncomingMessage, res: ServerResponse, url: URL, record: RecordedRequest, body: Record<string, unknown> | undefined): boolean => {
+    const m = /^\/repos\/([^/]+)\/([^/]+)\/hooks(?:\/(\d+)(?:\/(pings|deliveries)(?:\/(\d+)\/(attempts))?)?)?$/.exec(url.pathname);
+    if (!m) return false;
+    const repository = `${decodeURIComponent(m[1]!)}/${decodeURIComponent(m[2]!)}`;
+    const denied = hookAccess.get(repository.toLowerCase());
+    if (denied === 403) return (answer(res, record, 403, { message: "Resource not accessible by personal access token", documentation_url: "https://docs.github.com/rest/repos/webhooks", status: "403" }), true);
+    if (denied === 404) return (answer(res, record, 404, { message: "Not Found", status: "404" }), true);
+    const method = req.method ?? "";
+    const id = m[3] === undefined ? undefined : Number(m[3]);
+    const hook = id === undefined ? undefined : hooks.find((h) => h.id === id && h.repository.toLowerCase() === repository.toLowerCase());
+    if (id !== undefined && !hook) return (answer(res, record, 404, { message: "Not Found" }), true);
+    const config = (body?.config ?? {}) as Record<string, unknown>;
+    if (id === undefined) {
+      if (method === "GET") {
+        return (answer(res, record, 200, hooks.filter((h) => h.repository.toLowerCase() === repository.toLowerCase()).map(hookJson)), true);
+      }
+      if (method === "POST") {
+        if (typeof config.url !== "string" || !/^https?:\/\//.test(config.url)) return (answer(res, record, 422, { message: "Validation Failed", errors: [{ resource: "Hook", code: "custom", message: "url is not a valid URL" }] }), true);
+        const created = addHook(repository, { url: config.url, secret: typeof config.secret === "string" ? config.secret : undefined, events: Array.isArray(body?.events) ? (body.events as string[]) : ["push"], contentType: typeof config.content_type === "string" ? config.content_type : "form" });
+        if (body?.active === false) created.active = false;
+        answer(res, record, 201, hookJson(created));
+        // GitHub pings a new hook at once.
+        ping(created);
+        return true;
+      }
+      return (answer(res, record, 404, { message: "Not Found" }), true);
+    }
+    if (m[4] === undefined) {
+      if (method === "GET") return (answer(res, record, 200, hookJson(hook!)), true);
+      if (method === "PATCH") {
+        if (typeof config.url === "string") hook!.url = config.url;
+        if (typeof config.content_type === "string") hook!.contentType = config.content_type;
+        if (typeof config.secret === "string") hook!.secret = config.secret;
+        if (Array.isArray(body?.events)) hook!.events = body.events as string[];
+        if (typeof body?.active === "boolean") hook!.active = body.active;
+        hook!.updatedAt = new Date().toISOString();
+        return (answer(res, record, 200, hookJson(hook!)), true);
+      }
+      if (method === "DELETE") {
+        hooks.splice(hooks.indexOf(hook!), 1);
+        record.answered = 204;
+        res.writeHead(204).end();
+        return true;
+      }
+      return (answer(res, record, 404, { message: "Not Found" }), true);
+    }
+    if (m[4] === "pings") {
+      if (method !== "POST") return (answer(res, record, 404, { message: "Not Found" }), true);
+      record.answered = 204;
+      res.writeHead(204).end();
+      ping(hook!);
+      return true;
+    }
+    if (m[5] === undefined) {
+      if (method !== "GET") return (answer(res, record, 404, { message: "Not Found" }), true);
+      // Newest first, `per_page` at a time; the cursor (opaque to clients) is the id to continue below.
+      const perPage = Math.min(100, Math.max(1, Number(url.searchParams.get("per_page") ?? 30) || 30));
+      const cursor = /^v1_(\d+)$/.exec(url.searchParams.get("cursor") ?? "");
+      const below = cursor ? Number(cursor[1]) : Number.POSITIVE_INFINITY;
+      const all = deliveries.filter((d) => d.hookId === hook!.id && d.id < below).sort((a, b) => b.id - a.id);
+      const page = all.slice(0, perPage);
+      const headers: Record<string, string> = {};
+      if (all.length > perPage) {
+        const next = new URL(`${base}${url.pathname}`);
+        next.searchParams.set("per_page", String(perPage));
+        next.searchParams.set("cursor", `v1_${page.at(-1)!.id}`);
+        headers.link = `<${next.href}>; rel="next"`;
+      }
+      return (answer(res, record, 200, page.map(deliveryJson), headers), true);
+    }
+    // POST .../deliveries/{delivery_id}/attempts: 202, then the same delivery again, signed with the hook's secret now.
+    const original = deliveries.find((d) => d.id === Number(m[5]) && d.hookId === hook!.id);
+    if (method !== "POST" || !original) return (answer(res, record, 404, { message: "Not Found" }), true);
+    answer(res, record, 202, {});
+    const redeliver = () => send(hook!, original.event, original.guid, original.body, true);
+    if (holding) held.push(redeliver);
+    else later(redeliver);
+    return true;
+  };
 
   const answer = (res: ServerResponse, record: RecordedRequest, status: number, body: unknown, headers: Record<string, string> = {}) => {
     if (mode.kind === "lose-answer" && record.method === "POST") {
@@ -156,6 +400,7 @@ export async function startFakeGithub(token = "ghp_fake-token-for-tests"): Promi
       return answer(res, record, 200, { state, sha, total_count: list.length, statuses: list });
     }
     if (/^\/repos\/[^/]+\/[^/]+\/deployments(?:\/|$)/.test(url.pathname)) return handleDeployments(req.method ?? "", url, body, res, record);
+    if (handleHooks(req, res, url, record, body)) return;
     const match = /^\/repos\/([^/]+)\/([^/]+)\/statuses\/([0-9a-f]{40})$/.exec(url.pathname);
     if (req.method !== "POST" || !match) return answer(res, record, 404, { message: "Not Found" });
     const state = String(body?.state ?? "");
@@ -225,11 +470,32 @@ export async function startFakeGithub(token = "ghp_fake-token-for-tests"): Promi
   const server: Server = createServer((req, res) => void handle(req, res));
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
   const { port } = server.address() as AddressInfo;
+  base = `http://127.0.0.1:${port}`;
   return {
     url: `http://127.0.0.1:${port}`,
     token,
     requests,
     statuses,
+    hooks,
+    deliveries,
+    addHook: (repository, spec) => addHook(repository, spec),
+    async deliver(hookId, event, payload, options = {}) {
+      const hook = hooks.find((h) => h.id === hookId);
+      if (!hook) throw new Error(`the fake GitHub has no hook ${hookId}`);
+      return send(hook, event, randomUUID(), JSON.stringify(payload), false, options.recordAs);
+    },
+    redeliveryRequests: () => requests.filter((r) => r.method === "POST" && /\/deliveries\/\d+\/attempts$/.test(r.path)),
+    holdRedeliveries(hold) {
+      holding = hold;
+      if (!hold) for (const redeliver of held.splice(0)) later(redeliver);
+    },
+    async settled() {
+      while (inFlight.size > 0) await Promise.all([...inFlight]);
+    },
+    setHookAccess(repository, status) {
+      if (status === undefined) hookAccess.delete(repository.toLowerCase());
+      else hookAccess.set(repository.toLowerCase(), status);
+    },
     statusesOf: (sha, context) => statuses.filter((s) => s.sha === sha && s.context === context),
     checkRuns,
     addCheckRun(sha, name, status, conclusion) {
@@ -248,6 +514,7 @@ export async function startFakeGithub(token = "ghp_fake-token-for-tests"): Promi
       if (next.kind !== "hang" && next.kind !== "lose-answer") for (const res of hung) res.destroy();
     },
     async close() {
+      while (inFlight.size > 0) await Promise.all([...inFlight]);
       for (const res of hung) res.destroy();
       server.closeAllConnections();
       await new Promise<void>((resolve) => server.close(() => resolve()));
