@@ -157,7 +157,8 @@ const envFile = process.env.DEPLOYQ_ENV_FILE ? path.resolve(process.env.DEPLOYQ_
 const fromFile = envFile && startsApps ? readEnvFile(envFile) : {};
 const env = { ...process.env, ...fromFile };
 
-const inherited = SECRET_NAMES.filter((name) => process.env[name]);
+// The notifiers' URLs and keys ([[notify]] url_env, secret_env) are DEPLOYQ_NOTIFY_* secrets.
+const inherited = [...SECRET_NAMES.filter((name) => process.env[name]), ...Object.keys(process.env).filter((name) => name.startsWith("DEPLOYQ_NOTIFY_"))];
 if (inherited.length > 0 && startsApps) {
   console.warn(
     `deployq's ecosystem.config.cjs: ${inherited.join(", ")} ${inherited.length === 1 ? "is" : "are"} in the environment of this pm2 command. ` +

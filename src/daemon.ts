@@ -1,7 +1,7 @@
 import { mkdir, readFile, unlink, writeFile } from "node:fs/promises";
 import path from "node:path";
 import type { Logger } from "pino";
-import { type Settings, requireChecksToken, requireWebhookSecrets } from "./config/load.ts";
+import { type Settings, requireChecksToken, requireNotifyUrls, requireWebhookSecrets } from "./config/load.ts";
 import { setTimeout as sleep } from "node:timers/promises";
 import { type Database, databaseUnreachable, openDatabase, postgresDriverPatched } from "./db/client.ts";
 import { errorMessage } from "./errors.ts";
@@ -31,6 +31,7 @@ import { createRouter } from "./workers/router.ts";
 import { createMetricsApp } from "./metrics/http.ts";
 import { createMetrics } from "./metrics/registry.ts";
 import { startGithubStatuses } from "./github/start.ts";
+import { startNotifications } from "./notify/start.ts";
 import { startRedelivererIfConfigured } from "./github/redeliver.ts";
 
 export type Role = "serve" | "receiver" | "workers";
@@ -89,14 +90,17 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
   const receives = role !== "workers";
   const works = role !== "receiver";
   const secrets = receives ? requireWebhookSecrets(settings) : undefined;
-  if (works) requireChecksToken(settings);
+  if (works) {
+    requireChecksToken(settings);
+    requireNotifyUrls(settings);
+  }
   const layout = queueLayout(settings.queuesDir);
   const events = new Events();
   const observed = options.observability ?? true;
   const reportsToGithub = works && settings.secrets.githubToken !== undefined;
   // Lost-delivery recovery runs beside the workers (see src/github/redeliver.ts and ARCHITECTURE.md).
   const recovers = reportsToGithub && settings.publicUrl !== undefined && settings.github.redeliverIntervalMs > 0 && settings.deployments.size > 0;
-  const metrics = observed ? createMetrics({ layout, deployments: [...settings.deployments.values()], deploys: works, github: reportsToGithub, redeliveries: recovers }) : undefined;
+  const metrics = observed ? createMetrics({ layout, deployments: [...settings.deployments.values()], deploys: works, github: reportsToGithub, redeliveries: recovers, notifiers: works ? settings.notify.map((n) => n.name) : [] }) : undefined;
   if (metrics) events.on(metrics.listener);
   const cleanups: Array<() => Promise<void>> = [];
   const closeAll = async () => {
@@ -206,6 +210,9 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
       // Commit statuses (GITHUB_TOKEN): written with the deploy rows, sent by a sender of their own.
       const github = reportsToGithub ? startGithubStatuses({ settings, db: database.db, logger, events, metrics }) : undefined;
       if (github) cleanups.push(() => github.close());
+      // [[notify]]: written with the deploy rows too, each notifier sent by a sender of its own.
+      const notifications = settings.notify.length > 0 ? startNotifications({ settings, db: database.db, logger, events, metrics }) : undefined;
+      if (notifications) cleanups.push(() => notifications.close());
       router = createRouter({ settings, layout, db: database.db, locks, logger, events, watch: options.watch ?? true, ...(github ? { statuses: github.statuses } : {}) });
       const started = router;
       cleanups.push(() => started.close());
@@ -225,6 +232,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
             watch: options.watch ?? true,
             events,
             ...(github ? { statuses: github.statuses.get(deployment.name)!, checks: github.client } : {}),
+            ...(notifications?.notifiers.has(deployment.name) ? { notify: notifications.notifiers.get(deployment.name)! } : {}),
           }),
         );
       }

@@ -5,7 +5,7 @@ import { parse as parseToml } from "smol-toml";
 import type { z } from "zod";
 import { ConfigError, errorMessage } from "../errors.ts";
 import { defaultLockPrefix } from "../lock/lock.ts";
-import { type CertbotHost, Config, type DeploymentConfig, type NginxHost, PORT } from "./schema.ts";
+import { type CertbotHost, Config, type DeploymentConfig, type NginxHost, type NotifyEvent, PORT } from "./schema.ts";
 
 export const DEFAULT_CONFIG_PATH = "./deployq.toml";
 
@@ -50,7 +50,22 @@ export interface Settings {
   deployments: Map<string, Deployment>;
   /** Commit statuses, Deployments and lost-delivery recovery ([github], GITHUB_API_URL); only when secrets.githubToken is set. */
   github: { apiUrl: string; writeIntervalMs: number; timeoutMs: number; deployments: boolean; /** 0: lost-delivery recovery off. */ redeliverIntervalMs: number };
+  /** [[notify]], in the file's order. */
+  notify: Notifier[];
   secrets: Secrets;
+}
+
+/** One [[notify]] table, with its URL and key from the environment (checked at start: requireNotifyUrls). */
+export interface Notifier {
+  /** Its url_env: what the logs, the outbox and /metrics call it (never its URL, a secret). */
+  name: string;
+  url: string | undefined;
+  format: "slack" | "discord" | "json";
+  events: ReadonlySet<NotifyEvent>;
+  /** undefined: every deployment. */
+  deployments: ReadonlySet<string> | undefined;
+  secretEnv: string | undefined;
+  secret: string | undefined;
 }
 
 export interface LoadOptions {
@@ -123,6 +138,10 @@ export function loadSettings(options: LoadOptions = {}): Settings {
     const remote = /^\.\.?(\/|$)/.test(deployment.remote) ? path.resolve(base, deployment.remote) : deployment.remote;
     deployments.set(name, { ...deployment, name, remote, path: path.resolve(base, deployment.path), keep_deploys: deployment.keep_deploys ?? config.keep_deploys });
   }
+  for (const [i, n] of config.notify.entries()) {
+    const unknown = (n.deployments ?? []).filter((d) => !deployments.has(d));
+    if (unknown.length > 0) throw new ConfigError(`${configPath}: notify[${i}] (${n.url_env}) names ${unknown.map((d) => `"${d}"`).join(", ")}, which ${unknown.length === 1 ? "is not a deployment" : "are not deployments"} of this file: fix the name or remove it`);
+  }
   const queuesDir = env.DEPLOYQ_QUEUES_DIR ? path.resolve(env.DEPLOYQ_QUEUES_DIR) : path.resolve(base, config.queues_dir);
   return {
     configPath,
@@ -148,6 +167,15 @@ export function loadSettings(options: LoadOptions = {}): Settings {
       deployments: config.github.deployments,
       redeliverIntervalMs: config.github.redeliver_interval_s * 1000,
     },
+    notify: config.notify.map((n) => ({
+      name: n.url_env,
+      url: env[n.url_env] || undefined,
+      format: n.format,
+      events: new Set(n.events),
+      deployments: n.deployments ? new Set(n.deployments) : undefined,
+      secretEnv: n.secret_env,
+      secret: n.secret_env ? env[n.secret_env] || undefined : undefined,
+    })),
     secrets: {
       webhookSecrets: list(env.GITHUB_WEBHOOK_SECRET),
       databaseUrl: env.DATABASE_URL || undefined,
@@ -194,7 +222,6 @@ function parsePort(value: string, source: string): number {
   return port;
 }
 
-/** The receiver refuses to start without a secret: an unsigned receiver would deploy anyone's push. */
 /**
  * The deployments whose pushes wait for their checks read them from GitHub: refused at
  * start without GITHUB_TOKEN (not at config load: `deployq status` needs no token).
@@ -209,6 +236,31 @@ export function requireChecksToken(settings: Settings): void {
   }
 }
 
+/**
+ * The processes that run the workers send the notifications: each [[notify]] needs its URL
+ * (an http(s) URL, without which it would hear of nothing) and a json one its key. Checked
+ * at start, not at config load (`deployq status` needs neither). Values are never echoed.
+ */
+export function requireNotifyUrls(settings: Pick<Settings, "notify">): void {
+  const problems: string[] = [];
+  for (const n of settings.notify) {
+    if (!n.url) problems.push(`${n.name} is not set: export the notifier's URL (a Slack, Mattermost or Discord incoming webhook, or your own endpoint)`);
+    else if (!isHttpUrl(n.url)) problems.push(`${n.name} is not an http(s) URL (such as https://hooks.slack.com/services/…); its value is not repeated here, as it is a secret`);
+    if (n.secretEnv && !n.secret) problems.push(`${n.secretEnv} is not set: export the key that ${n.name}'s json notifications are signed with (its receiver checks X-Deployq-Signature-256 with it)`);
+  }
+  if (problems.length > 0) throw new ConfigError(`[[notify]]: ${problems.join("; ")}`);
+}
+
+function isHttpUrl(value: string): boolean {
+  try {
+    const url = new URL(value);
+    return url.protocol === "https:" || url.protocol === "http:";
+  } catch {
+    return false;
+  }
+}
+
+/** The receiver refuses to start without a secret: an unsigned receiver would deploy anyone's push. */
 export function requireWebhookSecrets(settings: Settings): string[] {
   if (settings.secrets.webhookSecrets.length === 0) {
     throw new ConfigError(

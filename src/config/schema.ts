@@ -234,6 +234,37 @@ export const GithubConfig = z.strictObject({
   redeliver_interval_s: z.number().int("must be a whole number of seconds").min(0).default(300),
 });
 
+/** What a [[notify]] table may be told of (src/notify/notify.ts says when each happens). */
+export const NOTIFY_EVENTS = ["failure", "recovered", "rollback", "dead-letter", "success"] as const;
+export type NotifyEvent = (typeof NOTIFY_EVENTS)[number];
+
+/**
+ * The environment variables a notifier reads its URL and secret from: deployq's own, so
+ * that what it deploys never gets them (pm2 apps get them blanked, as the other secrets).
+ */
+export const NOTIFY_ENV = /^DEPLOYQ_NOTIFY_[A-Z0-9_]{1,64}$/;
+const notifyEnv = z.string().regex(NOTIFY_ENV, 'must be the name of an environment variable starting with DEPLOYQ_NOTIFY_ (such as "DEPLOYQ_NOTIFY_SLACK_URL"): deployq keeps those out of the apps it deploys');
+
+/** One [[notify]] table: where to tell people what happened, in which format, and of what. */
+export const NotifyConfig = z
+  .strictObject({
+    /** The environment variable holding the URL (a secret: a Slack or Discord webhook URL is its own credential). It names the notifier too. */
+    url_env: notifyEnv,
+    /** slack: Block Kit (Slack and Mattermost take it); discord: an embed; json: deployq's own document, signed. */
+    format: z.enum(["slack", "discord", "json"], { error: 'must be "slack", "discord" or "json"' }),
+    events: z
+      .array(z.enum(NOTIFY_EVENTS, { error: `must be one of ${NOTIFY_EVENTS.join(", ")}` }))
+      .min(1, `name at least one of ${NOTIFY_EVENTS.join(", ")}`)
+      .default(["failure", "recovered", "rollback", "dead-letter"]),
+    /** Only these deployments (default: every one). */
+    deployments: z.array(z.string()).min(1, "leave it out to hear of every deployment").optional(),
+    /** json: the environment variable holding the key of its X-Deployq-Signature-256 HMAC. */
+    secret_env: notifyEnv.optional(),
+  })
+  .refine((n) => n.format !== "json" || n.secret_env !== undefined, { message: "a json notifier is signed: set secret_env to the variable holding its key", path: ["secret_env"] })
+  .refine((n) => n.format === "json" || n.secret_env === undefined, { message: "only a json notifier is signed (Slack and Discord check nothing): remove secret_env", path: ["secret_env"] });
+export type NotifyConfig = z.infer<typeof NotifyConfig>;
+
 export const Config = z.strictObject({
   server: ServerConfig.default({ host: "127.0.0.1", port: 3400 }),
   metrics: MetricsConfig.default({ host: "127.0.0.1" }),
@@ -266,6 +297,11 @@ export const Config = z.strictObject({
   dashboard: DashboardConfig.default({ path: "/dashboard" }),
   certbot: CertbotHost.optional(),
   github: GithubConfig.default({ write_interval_ms: 1000, timeout_ms: 10_000, deployments: false, redeliver_interval_s: 300 }),
+  /** [[notify]]: Slack, Discord or any HTTP endpoint, told of failures, recoveries, rollbacks… through the outbox. */
+  notify: z
+    .array(NotifyConfig)
+    .default([])
+    .refine((list) => new Set(list.map((n) => n.url_env)).size === list.length, "two [[notify]] tables have the same url_env: each notifier is known by it, give each its own"),
   deployments: z
     .record(
       z.string().regex(DEPLOYMENT_NAME, "deployment names use letters, digits, - and _ (at most 64)"),

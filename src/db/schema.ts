@@ -329,3 +329,18 @@ export const githubLeases = pgTable("github_leases", {
   owner: text("owner").notNull(),
   leaseUntil: timestamp("lease_until", { withTimezone: true }).notNull(),
 });
+
+/**
+ * Whether a deployment's deploys are failing, for [[notify]]: a failure notifies once, when
+ * a deployment starts failing, and the first success after it notifies `recovered`.
+ * Updated in the transaction of the deploy row that changes it.
+ */
+export const notifyState = pgTable("notify_state", {
+  deployment: text("deployment").primaryKey(),
+  failing: boolean("failing").notNull(),
+  /** When the failures began (null while it is not failing). */
+  failingSince: timestamp("failing_since", { withTimezone: true }),
+  /** Failed deploys since then. */
+  failures: integer("failures").notNull().default(0),
+  updatedAt: timestamp("updated_at", { withTimezone: true }).notNull().defaultNow(),
+});

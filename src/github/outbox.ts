@@ -1,6 +1,7 @@
 import { and, asc, count, eq, isNull, min, ne, sql } from "drizzle-orm";
 import type { Db } from "../db/client.ts";
 import { type GithubOutboxRow, githubDeployments, githubOutbox, githubSender } from "../db/schema.ts";
+import { type NotifyWrite, writeNotifications } from "../notify/notify.ts";
 import type { StatusRow } from "./statuses.ts";
 
 /**
@@ -31,8 +32,11 @@ import type { StatusRow } from "./statuses.ts";
  * creation is not repeated even then: the sender first looks for the deployment it may
  * have created already (sender.ts).
  *
- * Another kind of request (notifications, say) adds a `kind`, its payload and a handler in
- * the sender; its key says what it must stay in order with.
+ * Another kind of request adds a `kind`, its payload and a handler in the sender; its key
+ * says what it must stay in order with. Notifications ([[notify]], src/notify/notify.ts)
+ * are one: kind "notify", one key per notifier, never collapsed (each is sent, in order),
+ * and a sender of their own per notifier, so that a notifier that is down holds up neither
+ * GitHub nor the other notifiers.
  */
 export type Queryable = Pick<Db, "insert">;
 
@@ -74,8 +78,8 @@ export interface DeploymentStatusWrite {
   replaces?: { description: string };
 }
 
-/** What a deploy step tells GitHub: written to the outbox in the transaction of the deploy row it reports. */
-export type GithubWrite = { kind: "status"; status: StatusRow } | DeploymentStatusWrite;
+/** What a deploy step tells GitHub (and the notifiers): written to the outbox in the transaction of the deploy row it reports. */
+export type GithubWrite = { kind: "status"; status: StatusRow } | DeploymentStatusWrite | NotifyWrite;
 
 /** The payload of a deployment's rows. */
 export interface DeploymentPayload {
@@ -102,6 +106,7 @@ export async function enqueueGithubWrites(db: Db, writes: readonly GithubWrite[]
     writes.flatMap((w) => (w.kind === "status" ? [w.status] : [])),
   );
   for (const w of writes) if (w.kind === "deployment_status") await writeDeploymentStatus(db, w);
+  for (const w of writes) if (w.kind === "notify") await writeNotifications(db, w);
 }
 
 async function writeDeploymentStatus(db: Db, w: DeploymentStatusWrite): Promise<void> {
@@ -180,14 +185,15 @@ export async function markDeploymentCreated(db: Db, row: GithubOutboxRow, github
  * before the key's first unsent barrier (a row that is not collapsible), the newest; if
  * there are none, the barrier.
  */
-export async function newestUnsent(db: Db, limit: number, kinds?: readonly string[]): Promise<GithubOutboxRow[]> {
+export async function newestUnsent(db: Db, limit: number, kinds?: readonly string[], key?: string): Promise<GithubOutboxRow[]> {
   // Kinds this deployq cannot send (written by a newer one) are left alone, for that one.
   const ofKinds = kinds ? sql`and kind in (${sql.join(kinds.map((k) => sql`${k}`), sql`, `)})` : sql``;
+  const ofKey = key !== undefined ? sql`and key = ${key}` : sql``;
   const rows = await db.execute<Record<string, unknown>>(sql`
     select * from (
       select distinct on (key) *
       from github_outbox o
-      where result is null ${ofKinds}
+      where result is null ${ofKinds} ${ofKey}
         and not exists (select 1 from github_outbox b where b.key = o.key and b.result is null and not b.collapsible and b.id < o.id)
       order by key, collapsible desc, id desc
     ) newest order by id limit ${limit}`);

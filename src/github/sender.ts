@@ -5,6 +5,7 @@ import type { GithubOutboxRow } from "../db/schema.ts";
 import { errorMessage } from "../errors.ts";
 import type { CommitStatus, DeploymentStatus, GithubClient, SendResult } from "./client.ts";
 import { isProcessAlive } from "../pid-lock.ts";
+import { claimLeaseOrTakeOver, releaseLease } from "./lease.ts";
 import {
   type DeploymentPayload,
   claimSenderLease,
@@ -23,7 +24,14 @@ export type SendLabel = "success" | "transient" | "rate_limited" | "permanent";
 
 export interface GithubSenderDeps {
   db: Db;
-  client: GithubClient;
+  /** GitHub's API: this sender sends the commit statuses and deployments. */
+  client?: GithubClient;
+  /**
+   * Instead of GitHub's kinds: one lane of the outbox of its own (a notifier's), with its
+   * handlers, the one key it sends, and the named lease (src/github/lease.ts) that makes
+   * it the only process sending that key.
+   */
+  lane?: { name: string; key: string; kinds: Record<string, KindHandler>; /** What the logs say it sends to ("notifier DEPLOYQ_NOTIFY_OPS"). */ to: string };
   logger: Logger;
   /** Counts each send by its result (deployq_github_sends_total). */
   onSend?: (result: SendLabel) => void;
@@ -46,13 +54,55 @@ function deadHolderHere(holder: string | undefined): boolean {
   return m !== null && m[1] === HOST && Number(m[2]) !== process.pid && !isProcessAlive(Number(m[2]));
 }
 
-/** How the sender makes one kind of row into a request, and records GitHub's answer. */
-interface KindHandler {
+/** How the sender makes one kind of row into a request, and records the answer. */
+export interface KindHandler {
   /** What the logs call it. */
   what: string;
   send(row: GithubOutboxRow, signal: AbortSignal): Promise<SendResult & { id?: number }>;
   /** Records a success (default: markSent). */
   sent?(row: GithubOutboxRow, result: { id?: number }): Promise<void>;
+}
+
+/** The kinds of rows GitHub takes: commit statuses, deployments and their statuses. */
+function githubKinds(db: Db, client: GithubClient): Record<string, KindHandler> {
+  const payload = (row: GithubOutboxRow) => (row.payload ?? {}) as unknown as DeploymentPayload;
+  return {
+    status: { what: "commit status", send: (row, signal) => client.createStatus({ ...row, state: row.state as CommitStatus["state"] }, signal) },
+    deployment: {
+      what: "GitHub deployment",
+      send: (row, signal) =>
+        client.createDeployment(
+          {
+            repository: row.repository,
+            sha: row.sha,
+            environment: payload(row).environment,
+            productionEnvironment: payload(row).productionEnvironment,
+            description: row.description,
+            marker: payload(row).marker,
+          },
+          signal,
+        ),
+      // Its id, kept with the sent mark: statuses go to it, and a restart does not create it again.
+      sent: (row, result) => markDeploymentCreated(db, row, result.id!),
+    },
+    deployment_status: {
+      what: "deployment status",
+      send: async (row, signal) => {
+        const deploymentId = await githubDeploymentId(db, payload(row).deploymentRow);
+        // Its creation is older in the same key, so it was sent first: without an id, GitHub refused it.
+        if (deploymentId === undefined) return { ok: false, kind: "permanent", status: 0, message: "its GitHub deployment was never created (GitHub refused the creation: see the error logged for it)" };
+        const status: DeploymentStatus = {
+          repository: row.repository,
+          deploymentId,
+          state: row.state as DeploymentStatus["state"],
+          description: row.description,
+          logUrl: row.targetUrl,
+          environmentUrl: payload(row).environmentUrl ?? null,
+        };
+        return client.createDeploymentStatus(status, signal);
+      },
+    },
+  };
 }
 
 /**
@@ -76,47 +126,11 @@ export class GithubSender {
   private closing: Promise<void> | undefined;
 
   private readonly kinds: Record<string, KindHandler>;
+  private readonly to: string;
 
   constructor(private readonly deps: GithubSenderDeps) {
-    const { db, client } = deps;
-    const payload = (row: GithubOutboxRow) => (row.payload ?? {}) as unknown as DeploymentPayload;
-    this.kinds = {
-      status: { what: "commit status", send: (row, signal) => client.createStatus({ ...row, state: row.state as CommitStatus["state"] }, signal) },
-      deployment: {
-        what: "GitHub deployment",
-        send: (row, signal) =>
-          client.createDeployment(
-            {
-              repository: row.repository,
-              sha: row.sha,
-              environment: payload(row).environment,
-              productionEnvironment: payload(row).productionEnvironment,
-              description: row.description,
-              marker: payload(row).marker,
-            },
-            signal,
-          ),
-        // Its id, kept with the sent mark: statuses go to it, and a restart does not create it again.
-        sent: (row, result) => markDeploymentCreated(db, row, result.id!),
-      },
-      deployment_status: {
-        what: "deployment status",
-        send: async (row, signal) => {
-          const deploymentId = await githubDeploymentId(db, payload(row).deploymentRow);
-          // Its creation is older in the same key, so it was sent first: without an id, GitHub refused it.
-          if (deploymentId === undefined) return { ok: false, kind: "permanent", status: 0, message: "its GitHub deployment was never created (GitHub refused the creation: see the error logged for it)" };
-          const status: DeploymentStatus = {
-            repository: row.repository,
-            deploymentId,
-            state: row.state as DeploymentStatus["state"],
-            description: row.description,
-            logUrl: row.targetUrl,
-            environmentUrl: payload(row).environmentUrl ?? null,
-          };
-          return client.createDeploymentStatus(status, signal);
-        },
-      },
-    };
+    this.kinds = deps.lane?.kinds ?? (deps.client ? githubKinds(deps.db, deps.client) : {});
+    this.to = deps.lane?.to ?? "GitHub";
   }
 
   start(): void {
@@ -138,7 +152,7 @@ export class GithubSender {
       .catch((err: unknown) => {
         // The database, most likely: look again after a backoff.
         this.backoff();
-        this.deps.logger.warn({ err: errorMessage(err) }, "could not read or update the GitHub status outbox; trying again");
+        this.deps.logger.warn({ err: errorMessage(err) }, `could not read or update the outbox (${this.to}); trying again`);
       })
       .finally(() => {
         this.running = undefined;
@@ -177,13 +191,13 @@ export class GithubSender {
     }
     for (;;) {
       if (this.abort.signal.aborted) return;
-      const rows = await newestUnsent(db, BATCH, Object.keys(this.kinds));
+      const rows = await newestUnsent(db, BATCH, Object.keys(this.kinds), this.deps.lane?.key);
       if (rows.length === 0) return;
       for (const row of rows) {
         if (this.abort.signal.aborted) return;
         // Renewed before each send: another process that held it may still be sending.
         if (!(await this.claim())) {
-          logger.debug("another deployq process sends the GitHub statuses");
+          logger.debug(`another deployq process sends to ${this.to}`);
           this.notBefore = Date.now() + 5000;
           return;
         }
@@ -196,7 +210,8 @@ export class GithubSender {
   }
 
   private async claim(): Promise<boolean> {
-    const { db } = this.deps;
+    const { db, lane } = this.deps;
+    if (lane) return claimLeaseOrTakeOver(db, lane.name, this.owner, LEASE_MS);
     if (await claimSenderLease(db, this.owner, LEASE_MS)) return true;
     const holder = await senderLeaseHolder(db);
     return deadHolderHere(holder) && (await claimSenderLease(db, this.owner, LEASE_MS, holder));
@@ -216,18 +231,18 @@ export class GithubSender {
     if (result.kind === "permanent") {
       await markGaveUp(db, row, result.message);
       this.deps.onSend?.("permanent");
-      logger.error({ ...about, status: result.status }, `GitHub will not take this ${what}; deployq gives up on it: ${result.message}`);
+      logger.error({ ...about, status: result.status }, `${this.to} will not take this ${what}; deployq gives up on it: ${result.message}`);
       return true;
     }
     await markAttempt(db, row, result.message);
     if (result.kind === "rate-limited") {
       this.backoff(result.retryAt);
       this.deps.onSend?.("rate_limited");
-      logger.warn({ ...about, status: result.status, retryAt: new Date(result.retryAt).toISOString() }, `GitHub rate limit: the outbox waits until it resets (a ${what}: ${result.message})`);
+      logger.warn({ ...about, status: result.status, retryAt: new Date(result.retryAt).toISOString() }, `${this.to}: rate limited; its outbox waits until it resets (a ${what}: ${result.message})`);
     } else {
       this.backoff();
       this.deps.onSend?.("transient");
-      logger.warn({ ...about, status: result.status, retryInMs: this.notBefore - Date.now() }, `could not send a ${what} to GitHub; retrying: ${result.message}`);
+      logger.warn({ ...about, status: result.status, retryInMs: this.notBefore - Date.now() }, `could not send a ${what} to ${this.to}; retrying: ${result.message}`);
     }
     return false;
   }
@@ -239,7 +254,8 @@ export class GithubSender {
       if (this.timer) clearTimeout(this.timer);
       this.timer = undefined;
       await this.running;
-      await releaseSenderLease(this.deps.db, this.owner).catch(() => {});
+      const { db, lane } = this.deps;
+      await (lane ? releaseLease(db, lane.name, this.owner) : releaseSenderLease(db, this.owner)).catch(() => {});
     })();
     return this.closing;
   }

@@ -46,6 +46,8 @@ export interface MetricsOptions {
   github?: boolean;
   /** This process may ask GitHub to redeliver lost deliveries: deployq_github_redeliveries_total starts at 0 for each result. */
   redeliveries?: boolean;
+  /** The notifiers this process sends to ([[notify]] url_env): deployq_notifications_total starts at 0 for each and each result. */
+  notifiers?: readonly string[];
 }
 
 /** What one commit status send to GitHub came to (src/github/sender.ts). */
@@ -62,6 +64,8 @@ export interface Metrics {
   observeWebhookRequest(event: string | undefined, status: number, seconds: number): void;
   /** One commit status send to GitHub, by its result. */
   countGithubSend(result: (typeof GITHUB_SEND_RESULTS)[number]): void;
+  /** One notification sent (or not) to a notifier, by its result. */
+  countNotification(notifier: string, result: (typeof GITHUB_SEND_RESULTS)[number]): void;
   /** One redelivery deployq asked GitHub for: requested (GitHub took the request) or failed. */
   countGithubRedelivery(result: (typeof GITHUB_REDELIVERY_RESULTS)[number]): void;
   /** The text exposition format, with the queue and release gauges read from disk now. */
@@ -100,6 +104,9 @@ export function createMetrics(options: MetricsOptions): Metrics {
   if (options.github) for (const result of GITHUB_SEND_RESULTS) githubSends.inc({ result }, 0);
   const githubRedeliveries = new Counter({ name: "deployq_github_redeliveries_total", help: "Redeliveries of lost webhook deliveries asked of GitHub, by result (requested, failed)", labelNames: ["result"], registers });
   if (options.redeliveries) for (const result of GITHUB_REDELIVERY_RESULTS) githubRedeliveries.inc({ result }, 0);
+
+  const notifications = new Counter({ name: "deployq_notifications_total", help: "Notification sends to each [[notify]] notifier (by its url_env), by result (success, transient, rate_limited, permanent)", labelNames: ["notifier", "result"], registers });
+  for (const notifier of options.notifiers ?? []) for (const result of GITHUB_SEND_RESULTS) notifications.inc({ notifier, result }, 0);
 
   const names = options.deployments.map((d) => d.name);
   for (const deployment of names) inProgress.set({ deployment }, 0);
@@ -155,6 +162,9 @@ export function createMetrics(options: MetricsOptions): Metrics {
     },
     countGithubSend(result) {
       githubSends.inc({ result });
+    },
+    countNotification(notifier, result) {
+      notifications.inc({ notifier, result });
     },
     countGithubRedelivery(result) {
       githubRedeliveries.inc({ result });

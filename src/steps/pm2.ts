@@ -343,6 +343,8 @@ function planApp(app: Record<string, unknown>, appDir: string, realAppDir: strin
     // deployq's secrets when pm2 was started from a shell that exports them: blank them,
     // unless the app's file or the deployment sets its own (its own DATABASE_URL, say).
     ...Object.fromEntries(SECRET_VARIABLES.map((name) => [name, ""])),
+    // The notifiers' URLs and keys ([[notify]] url_env, secret_env: DEPLOYQ_NOTIFY_*) are secrets too.
+    ...Object.fromEntries(Object.keys(process.env).filter((name) => name.startsWith("DEPLOYQ_NOTIFY_")).map((name) => [name, ""])),
     ...(isRecord(app.env) ? app.env : {}),
     ...options.env,
     ...options.restart.env,

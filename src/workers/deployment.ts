@@ -33,6 +33,8 @@ import type { GithubClient } from "../github/client.ts";
 import { CHECK_EVENTS, checkEventSha, judgeChecks, nextChecksPoll } from "../github/checks.ts";
 import { type GithubWrite, enqueueGithubWrites } from "../github/outbox.ts";
 import type { GithubReports } from "../github/reports.ts";
+import { isCommitSha } from "../github/statuses.ts";
+import type { DeploymentNotifier, Happening } from "../notify/notify.ts";
 
 export interface DeploymentWorkerDeps {
   deployment: Deployment;
@@ -52,9 +54,14 @@ export interface DeploymentWorkerDeps {
   statuses?: GithubReports;
   /** Where a deployment with require_checks reads its pushes' checks (GITHUB_TOKEN set: required then). */
   checks?: Pick<GithubClient, "readChecks">;
+  /** [[notify]]: what to tell the notifiers that listen to this deployment, with the deploy rows; none by default. */
+  notify?: DeploymentNotifier;
 }
 
 const HOST = hostname();
+
+/** A payload's commit, if it is one (an entry that could not be deployed may carry anything). */
+const commitOrNothing = (sha: string | undefined) => (isCommitSha(sha) ? sha : undefined);
 
 /** The deployment lock was lost mid-deploy (expired while paused, or a newer fencing token exists). */
 export class LockLostError extends DeployqError {
@@ -431,10 +438,10 @@ export class DeploymentWorker {
       this.deps.db,
       { deployment: this.name, entry: name, deliveryId: entry.delivery_id, event: entry.event, ref, sha, attempt, host: HOST, pid: process.pid, fencingToken: token },
       { status: "failed", error },
-      texts ? (deployId) => texts.checksFailed(name, sha, deployId, why) : undefined,
+      (deployId) => [...(texts ? texts.checksFailed(name, sha, deployId, why) : []), ...this.notify(name, deployId, { what: "failed", sha, error, step: undefined, rolledBack: false, liveSha: undefined, deadLettered: true })],
     );
     this.events.emit({ kind: "deploy", name: "finished", deployment: this.name, deployId: id, entry: name, outcome: "failed", durationMs: 0, sha, error });
-    await this.deadLetter(name, entry, error, attempt);
+    await this.deadLetter(name, entry, error, attempt, true);
   }
 
   /** Deploys one entry; the caller holds the lock (`lockSignal` aborts when it is lost). `checked`: a push whose required checks passed. */
@@ -465,8 +472,15 @@ export class DeploymentWorker {
     const texts = this.deps.statuses;
     // The step that failed, for the commit status (not the rollback that followed it).
     let failedStep: StepKind | undefined;
-    const report = async (ended: "retrying" | "failed" | "cancelled", by = "unknown"): Promise<GithubWrite[]> =>
-      !texts ? [] : ended === "retrying" ? texts.retrying(name, sha, id, attempt) : ended === "failed" ? texts.failed(name, sha, id, failedStep, await this.liveSha()) : texts.cancelled(name, sha, id, by);
+    const report = async (ended: "retrying" | "failed" | "cancelled", by = "unknown", err?: unknown): Promise<GithubWrite[]> => {
+      if (ended === "retrying") return texts ? texts.retrying(name, sha, id, attempt) : [];
+      if (ended === "cancelled") return [...(texts ? texts.cancelled(name, sha, id, by) : []), ...this.notify(name, id, { what: "dead-lettered", sha, error: `cancelled by ${by}` })];
+      const liveSha = await this.liveSha();
+      return [
+        ...(texts ? texts.failed(name, sha, id, failedStep, liveSha) : []),
+        ...this.notify(name, id, { what: "failed", sha, error: errorMessage(err), step: failedStep, rolledBack: steps.ran("rollback"), liveSha, deadLettered: true }),
+      ];
+    };
     const logPath = deployLogPath(this.deps.dataDir, this.name, id);
     await mkdir(path.dirname(logPath), { recursive: true });
     await setDeployLog(db, id, logPath);
@@ -552,7 +566,7 @@ export class DeploymentWorker {
       }
       log.write(`\n== ${outcome.status}: ${outcome.sha}${outcome.release ? ` (releases/${outcome.release})` : ""}\n`);
       await endLog();
-      await finishDeploy(db, id, { ...outcome, logPath }, texts ? await this.reportOutcome(texts, name, request, outcome, id) : undefined);
+      await finishDeploy(db, id, { ...outcome, logPath }, [...(texts ? await this.reportOutcome(texts, name, request, outcome, id) : []), ...(await this.notifyOutcome(name, request, outcome, id))]);
       await removeEntry(file);
       tell(outcome.status, { sha: outcome.sha, release: outcome.release });
       const requestedSha = outcome.status === "succeeded" ? outcome.requestedSha : undefined;
@@ -601,6 +615,19 @@ export class DeploymentWorker {
     return texts.rolledBack(name, outcome.sha, from?.sha, id);
   }
 
+  /** What the notifiers of this deployment are told (nothing when nobody listens). */
+  private notify(name: string, deployId: number | null, happening: Happening): GithubWrite[] {
+    return this.deps.notify?.write(name, deployId, happening) ?? [];
+  }
+
+  /** A deploy that ended well: a success, or a rollback (already deployed tells nobody). */
+  private async notifyOutcome(name: string, request: DeployRequest, outcome: Exclude<Awaited<ReturnType<typeof performDeploy>>, { status: "superseded" }>, id: number): Promise<GithubWrite[]> {
+    if (!this.deps.notify || outcome.status === "already-deployed") return [];
+    if (request.kind !== "rollback") return this.notify(name, id, { what: "succeeded", sha: outcome.sha, requestedSha: outcome.requestedSha });
+    const from = outcome.previousRelease ? await readReleaseMeta(path.join(deploymentPaths(this.deps.deployment.path).releases, outcome.previousRelease)) : undefined;
+    return this.notify(name, id, { what: "rolled-back", to: outcome.sha, from: from?.sha });
+  }
+
   /** Records how a deploy failed, and what becomes of its entry; says which it was. */
   private async fail(
     id: number,
@@ -610,7 +637,7 @@ export class DeploymentWorker {
     err: unknown,
     logger: Logger,
     lockSignal: AbortSignal,
-    report: (ended: "retrying" | "failed") => Promise<GithubWrite[]>,
+    report: (ended: "retrying" | "failed", by: undefined, err: unknown) => Promise<GithubWrite[]>,
   ): Promise<{ outcome: DeployOutcomeName; nextAttemptAt?: string }> {
     const exec = err instanceof ExecError ? err : undefined;
     const base = { error: errorMessage(err).slice(0, 8000), exitCode: exec?.exitCode, signal: exec?.signal };
@@ -628,12 +655,12 @@ export class DeploymentWorker {
       return { outcome: "interrupted" };
     }
     if (err instanceof TransientError && attempt < this.deps.deployment.max_attempts) {
-      await finishDeploy(this.deps.db, id, { status: "retrying", ...base }, await report("retrying"));
+      await finishDeploy(this.deps.db, id, { status: "retrying", ...base }, await report("retrying", undefined, err));
       const at = await this.retryLater(name, entry, attempt, err);
       return { outcome: "retrying", ...(at ? { nextAttemptAt: new Date(at).toISOString() } : {}) };
     }
-    await finishDeploy(this.deps.db, id, { status: "failed", ...base }, await report("failed"));
-    await this.deadLetter(name, entry, errorMessage(err), attempt);
+    await finishDeploy(this.deps.db, id, { status: "failed", ...base }, await report("failed", undefined, err));
+    await this.deadLetter(name, entry, errorMessage(err), attempt, true);
     return { outcome: "failed" };
   }
 
@@ -687,8 +714,14 @@ export class DeploymentWorker {
     this.retryTimer.unref();
   }
 
-  private async deadLetter(name: string, entry: QueueEntry | undefined, error: string, attempts: number): Promise<void> {
+  /** `notified`: its notification was written with its deploy row; else the notifiers are told of it here. */
+  private async deadLetter(name: string, entry: QueueEntry | undefined, error: string, attempts: number, notified = false): Promise<void> {
     await deadLetterEntry(this.deps.layout, path.join(this.deps.layout.deployment(this.name), name), this.name, entry, error, attempts);
+    const writes = notified ? [] : this.notify(name, null, { what: "dead-lettered", sha: entry?.payload ? commitOrNothing(summarizePayload(entry.payload).after) : undefined, error });
+    if (writes.length > 0) {
+      // After the move: a crash between the two loses this notification, never sends it twice.
+      await this.deps.db.transaction((tx) => enqueueGithubWrites(tx as unknown as Db, writes)).catch((err: unknown) => this.deps.logger.warn({ deployment: this.name, entry: name, err: errorMessage(err) }, "could not write the dead-letter notification"));
+    }
     this.deps.logger.error(
       { deployment: this.name, entry: name, attempts, err: error },
       `deploy failed for good; entry moved to dead-letter/${this.name}/: fix the cause, then \`deployq queue requeue ${this.name}\``,

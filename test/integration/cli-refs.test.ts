@@ -87,7 +87,7 @@ describe("deployq CLI: names and refs are checked before anything is queued", ()
     expect(pattern.stderr).toMatch(/staging follows the pattern "deploy-\*": say which branch or sha with --ref/);
     expect(await takeEntries("app")).toEqual([]);
     expect(await takeEntries("staging")).toEqual([]);
-  });
+  }, 180_000);
 
   it("deploy --ref: a branch is queued by name; a full sha is queued, saying when it is not the branch head", async () => {
     const byBranch = await runDeployq(["deploy", "app", "--ref", "feature", "--no-wait"], env);

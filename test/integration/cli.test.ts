@@ -103,7 +103,7 @@ describe("deployq CLI", () => {
     const missing = await runDeployq(["--config", path.join(ws.dir, "nope.toml"), "check"], env);
     expect(missing.code).toBe(1);
     expect(missing.stdout).toMatch(/cannot read the configuration .*nope\.toml/);
-  });
+  }, 180_000);
 
   it("lists, shows, requeues and flushes queue entries", async () => {
     const layout = queueLayout(ws.queuesDir);
