@@ -25,6 +25,8 @@ export interface StatusReport {
   deployments: DeploymentStatus[];
   /** The GitHub commit status outbox (GITHUB_TOKEN set): what waits to be sent, and the last error. */
   github?: OutboxStatus;
+  /** The notifiers' part of the outbox ([[notify]] configured). */
+  notifications?: OutboxStatus;
 }
 
 /** A deploy as status shows it: with its whole error and its own log file. */
@@ -211,6 +213,7 @@ export async function collectStatus(settings: Settings, db: Db, only?: string): 
   return {
     router,
     ...(settings.secrets.githubToken ? { github: await outboxStatus(db) } : {}),
+    ...(settings.notify.length > 0 ? { notifications: await outboxStatus(db, "notifications") } : {}),
     deployments: deployments.map(({ d, current, queued, deadLetters, paused, sites, waitingForChecks }): DeploymentStatus => {
       const rows = latest.get(d.name);
       return {

@@ -69,6 +69,13 @@ export async function statusCommand(settings: Settings, name: string | undefined
         `${lastError ? `; last error ${ago(lastError.at)} (${lastError.kind && lastError.kind !== "status" ? "GitHub deployment of " : ""}${lastError.context} on ${lastError.repository}@${lastError.sha.slice(0, 7)}${lastError.gaveUp ? ", given up" : ""}): ${oneLine(lastError.error)}` : ""}\n`,
     );
   }
+  if (report.notifications) {
+    const { backlog, oldestAgeSeconds, lastError } = report.notifications;
+    process.stdout.write(
+      `notifications: ${backlog === 0 ? "all sent" : `${backlog} waiting to be sent, the oldest for ${formatAge(oldestAgeSeconds ?? 0)}`}` +
+        `${lastError ? `; last error ${ago(lastError.at)} (${lastError.key?.replace(/^notify:/, "") ?? "?"}, of ${lastError.context.replace(/^deployq\//, "")}${lastError.gaveUp ? ", given up" : ""}): ${oneLine(lastError.error)}` : ""}\n`,
+    );
+  }
   if (settings.secrets.redisUrls.length > 0) {
     const ping = await pingLockService(settings.secrets.redisUrls);
     process.stdout.write(`lock service: ${ping.ok ? ping.detail : `UNREACHABLE: deploys wait in their queues until it is back (${ping.detail})`}\n`);

@@ -294,19 +294,20 @@ export interface OutboxStatus {
   backlog: number;
   oldestAgeSeconds: number | null;
   /** The newest failed attempt or permanent refusal, if any; `kind`: status, deployment or deployment_status. */
-  lastError: { at: string; error: string; repository: string; sha: string; context: string; gaveUp: boolean; kind?: string } | undefined;
+  lastError: { at: string; error: string; repository: string; sha: string; context: string; gaveUp: boolean; kind?: string; key?: string } | undefined;
 }
 
-/** What `deployq status` shows of the outbox. */
-export async function outboxStatus(db: Db): Promise<OutboxStatus> {
+/** What `deployq status` shows of the outbox: GitHub's rows, or (`notifications`) the notifiers'. */
+export async function outboxStatus(db: Db, part: "github" | "notifications" = "github"): Promise<OutboxStatus> {
+  const ofPart = part === "notifications" ? eq(githubOutbox.kind, "notify") : ne(githubOutbox.kind, "notify");
   const [waiting] = await db
     .select({ n: count(), oldest: min(githubOutbox.createdAt) })
     .from(githubOutbox)
-    .where(isNull(githubOutbox.result));
+    .where(and(isNull(githubOutbox.result), ofPart));
   const [failed] = await db
     .select()
     .from(githubOutbox)
-    .where(and(sql`${githubOutbox.lastError} is not null`, sql`${githubOutbox.lastAttemptAt} is not null`))
+    .where(and(sql`${githubOutbox.lastError} is not null`, sql`${githubOutbox.lastAttemptAt} is not null`, ofPart))
     .orderBy(sql`${githubOutbox.lastAttemptAt} desc`)
     .limit(1);
   const oldest = waiting?.oldest ? new Date(waiting.oldest as unknown as string) : undefined;
@@ -314,7 +315,7 @@ export async function outboxStatus(db: Db): Promise<OutboxStatus> {
     backlog: Number(waiting?.n ?? 0),
     oldestAgeSeconds: oldest ? Math.max(0, Math.round((Date.now() - oldest.getTime()) / 1000)) : null,
     lastError: failed
-      ? { at: new Date(failed.lastAttemptAt!).toISOString(), error: failed.lastError!, repository: failed.repository, sha: failed.sha, context: failed.context, gaveUp: failed.result === "gave-up", kind: failed.kind }
+      ? { at: new Date(failed.lastAttemptAt!).toISOString(), error: failed.lastError!, repository: failed.repository, sha: failed.sha, context: failed.context, gaveUp: failed.result === "gave-up", kind: failed.kind, key: failed.key }
       : undefined,
   };
 }

@@ -12,6 +12,7 @@ import { ConfigError } from "../../src/errors.ts";
 import { outboxRows } from "../../src/github/outbox.ts";
 import { silentLogger } from "../../src/log.ts";
 import { signNotification } from "../../src/notify/notify.ts";
+import { collectStatus } from "../../src/status.ts";
 import { entryName } from "../../src/queue/entry-name.ts";
 import { queueLayout } from "../../src/queue/layout.ts";
 import { writeEntryDurably } from "../../src/queue/write.ts";
@@ -187,8 +188,16 @@ deployments = ["app"]
     // Discord was asked, and refused: nothing is given up on a 503.
     await until("discord to be tried", async () => received.some((r) => r.path === "/discord" && r.status === 503));
     expect((await outboxRows(tdb.database.db)).filter((r) => r.kind === "notify" && r.key === "notify:DEPLOYQ_NOTIFY_DISCORD" && r.result === null).length).toBe(2);
+    // deployq status shows the backlog and why.
+    const shown = await until("status to show discord's refusal", async () => {
+      const n = (await collectStatus(ws.settings, tdb.database.db)).notifications;
+      return n?.lastError?.key === "notify:DEPLOYQ_NOTIFY_DISCORD" ? n : undefined;
+    });
+    expect(shown.backlog).toBe(2);
+    expect(shown.lastError!.error).toContain("it answered 503");
     answer.delete("/discord");
     await allSent();
+    expect((await collectStatus(ws.settings, tdb.database.db)).notifications!.backlog).toBe(0);
     expect(events("/discord").slice(before.discord)).toEqual(["failure", "recovered"]);
     const [failure, recovery] = taken("/discord").slice(before.discord).map(json) as Array<{ embeds: Array<{ title: string }> }>;
     expect(failure!.embeds[0]!.title).toBe(`app: deploy of ${bad.slice(0, 7)} failed at its build`);
