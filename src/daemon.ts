@@ -213,7 +213,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
       // [[notify]]: written with the deploy rows too, each notifier sent by a sender of its own.
       const notifications = settings.notify.length > 0 ? startNotifications({ settings, db: database.db, logger, events, metrics }) : undefined;
       if (notifications) cleanups.push(() => notifications.close());
-      router = createRouter({ settings, layout, db: database.db, locks, logger, events, watch: options.watch ?? true, ...(github ? { statuses: github.statuses } : {}) });
+      router = createRouter({ settings, layout, db: database.db, locks, logger, events, watch: options.watch ?? true, ...(github ? { statuses: github.statuses } : {}), ...(notifications?.router ? { notify: notifications.router } : {}) });
       const started = router;
       cleanups.push(() => started.close());
       for (const deployment of settings.deployments.values()) {

@@ -9,6 +9,8 @@ import { DeploymentNotifier, notifyKey, sendNotification } from "./notify.ts";
 export interface Notifications {
   /** Per deployment, what its worker writes to the outbox; absent for a deployment nobody listens to. */
   notifiers: ReadonlyMap<string, DeploymentNotifier>;
+  /** For router/'s dead letters: the notifiers without a deployments list (absent: none). */
+  router: DeploymentNotifier | undefined;
   close(): Promise<void>;
 }
 
@@ -25,6 +27,7 @@ export function startNotifications(deps: { settings: Settings; db: Db; logger: L
     const n = new DeploymentNotifier(settings, d);
     if (n.listened) notifiers.set(d.name, n);
   }
+  const router = new DeploymentNotifier(settings, { name: "router", repository: "" });
   const senders = settings.notify.map(
     (notifier) =>
       new GithubSender({
@@ -45,6 +48,7 @@ export function startNotifications(deps: { settings: Settings; db: Db; logger: L
   for (const s of senders) s.start();
   return {
     notifiers,
+    router: router.listened ? router : undefined,
     async close() {
       unsubscribe();
       await Promise.all(senders.map((s) => s.close()));

@@ -13,8 +13,10 @@ import { QueueWorker } from "../queue/watch.ts";
 import { type LockService, ROUTER_LOCK } from "../lock/lock.ts";
 import { type RouteDecision, routeEvent } from "../queue/route.ts";
 import { type Events, noEvents } from "../events/bus.ts";
+import { errorMessage } from "../errors.ts";
 import { enqueueGithubWrites } from "../github/outbox.ts";
 import type { GithubReports } from "../github/reports.ts";
+import type { DeploymentNotifier } from "../notify/notify.ts";
 
 export interface RouterDeps {
   settings: Pick<Settings, "deployments" | "rescanIntervalMs">;
@@ -28,6 +30,8 @@ export interface RouterDeps {
   events?: Events;
   /** What each deployment tells GitHub (GITHUB_TOKEN set): a routed push is "queued" on its commit (and its GitHub deployment). */
   statuses?: ReadonlyMap<string, GithubReports>;
+  /** [[notify]] without a deployments list: told of the entries router/ moves to dead-letter/. */
+  notify?: DeploymentNotifier;
 }
 
 /** Entries routed together: one database statement, one fsync per directory. */
@@ -142,6 +146,9 @@ export function createRouter(deps: RouterDeps): QueueWorker {
       },
     ]);
     await deadLetterEntry(layout, file, "router", json, error);
+    const writes = deps.notify?.write(name, null, { what: "dead-lettered", sha: undefined, error }) ?? [];
+    // After the move: a crash between the two loses this notification, never sends it twice.
+    if (writes.length > 0) await db.transaction((tx) => enqueueGithubWrites(tx as unknown as typeof db, writes)).catch((err: unknown) => logger.warn({ entry: name, err: errorMessage(err) }, "could not write the dead-letter notification"));
     (deps.events ?? noEvents).emit({ kind: "delivery", name: "dead-lettered", deliveryId: typeof json?.delivery_id === "string" ? json.delivery_id : deliveryId, entry: name, reason: error });
     logger.error({ entry: name, err: error }, `malformed entry moved to dead-letter/router/; fix it, then \`deployq queue requeue router --entry ${name}\``);
   }

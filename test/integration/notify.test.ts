@@ -1,5 +1,5 @@
 import { randomUUID, timingSafeEqual } from "node:crypto";
-import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { type IncomingHttpHeaders, type Server, createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
@@ -207,6 +207,30 @@ deployments = ["app"]
     expect(rows.at(-2)!.attempts).toBeGreaterThan(1);
     expect(rows.at(-2)!.lastError).toContain("it answered 503");
   }, 120_000);
+
+  it("an entry moved to dead-letter/ that no deploy ran: told to the notifiers of its queue (router/: those of every deployment)", async () => {
+    const before = { slack: taken("/slack").length, json: taken("/json").length };
+    const layout = queueLayout(ws.queuesDir);
+    const put = async (dir: string, name: string) => {
+      await mkdir(path.join(layout.root, ".tmp"), { recursive: true });
+      const tmp = path.join(layout.root, ".tmp", name);
+      await writeFile(tmp, "{ this is not json");
+      await rename(tmp, path.join(dir, name));
+    };
+    const routerEntry = entryName(randomUUID());
+    await put(layout.router, routerEntry);
+    await until("the router's dead letter to reach slack", async () => taken("/slack").length > before.slack);
+    const appEntry = entryName(randomUUID());
+    await put(layout.deployment("app"), appEntry);
+    await until("app's dead letter to reach slack and the json endpoint", async () => taken("/slack").length > before.slack + 1 && taken("/json").length > before.json);
+    await allSent();
+    const slack = taken("/slack").slice(before.slack).map(json) as Array<{ blocks: Array<{ text?: { text: string } }> }>;
+    expect(events("/slack").slice(before.slack)).toEqual(["dead-letter", "dead-letter"]);
+    expect(slack[0]!.blocks[0]!.text!.text).toContain(`*router: entry ${routerEntry} moved to dead-letter/*`);
+    expect(slack[1]!.blocks[0]!.text!.text).toContain(`*app: entry ${appEntry} moved to dead-letter/*`);
+    // The json notifier listens to app only: not to the router.
+    expect(taken("/json").slice(before.json).map((r) => json(r).entry)).toEqual([appEntry]);
+  });
 
   it("refuses to start the workers without a notifier's URL or key, naming the variable and not its value", async () => {
     const broken = await createWorkspace({
