@@ -38,6 +38,8 @@ export interface HookRangesOptions {
   logger: Logger;
   /** Between two confirmations by GitHub (default: a day). */
   refreshIntervalMs?: number;
+  /** The first retry after a failed fetch (default 30 s); it doubles, up to an hour. */
+  firstRetryMs?: number;
 }
 
 /** What /healthz and the 403/503 answers say. */
@@ -51,7 +53,8 @@ export class GithubHookRanges {
   private ranges: AddressRanges | undefined;
   private cache: MetaCache | undefined;
   private lastError: string | undefined;
-  private retryMs = FIRST_RETRY_MS;
+  private readonly firstRetryMs: number;
+  private retryMs: number;
   private timer: NodeJS.Timeout | undefined;
   private readonly abort = new AbortController();
   private refreshing: Promise<void> | undefined;
@@ -60,6 +63,8 @@ export class GithubHookRanges {
   constructor(private readonly options: HookRangesOptions) {
     this.file = path.join(options.dataDir, META_CACHE_FILE);
     this.interval = options.refreshIntervalMs ?? DAY_MS;
+    this.firstRetryMs = options.firstRetryMs ?? FIRST_RETRY_MS;
+    this.retryMs = this.firstRetryMs;
   }
 
   /**
@@ -115,7 +120,7 @@ export class GithubHookRanges {
     const fetchedAt = this.cache ? Date.parse(this.cache.fetchedAt) : Number.NaN;
     if (this.cache?.fetchedAt !== before && Date.now() - fetchedAt < this.interval) {
       this.lastError = undefined;
-      this.retryMs = FIRST_RETRY_MS;
+      this.retryMs = this.firstRetryMs;
       this.schedule(this.interval - (Date.now() - fetchedAt));
       return;
     }
@@ -151,7 +156,7 @@ export class GithubHookRanges {
         throw new Error(`${url} answered ${res.status}`);
       }
       this.lastError = undefined;
-      this.retryMs = FIRST_RETRY_MS;
+      this.retryMs = this.firstRetryMs;
       this.schedule(this.interval);
     } catch (err) {
       if (this.closed) return;
