@@ -47,6 +47,16 @@ export type HookRangesState =
   | { known: false; reason: string }
   | { known: true; fetchedAt: Date; ranges: number; lastError: string | undefined };
 
+/** The cached ranges of `apiUrl` as the file holds them (for `deployq check`), or undefined. */
+export async function cachedHookRanges(dataDir: string, apiUrl: string): Promise<{ hooks: string[]; fetchedAt: string } | undefined> {
+  try {
+    const cache = JSON.parse(await readFile(path.join(dataDir, META_CACHE_FILE), "utf8")) as MetaCache;
+    return cache.version === 1 && cache.apiUrl === apiUrl && Array.isArray(cache.hooks) ? { hooks: cache.hooks, fetchedAt: cache.fetchedAt } : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 export class GithubHookRanges {
   private readonly file: string;
   private readonly interval: number;

@@ -11,6 +11,7 @@ import { META_CACHE_FILE } from "../../src/github/meta.ts";
 import { type TestDatabase, createTestDatabase } from "../helpers/db.ts";
 import { type FakeGithub, startFakeGithub } from "../helpers/fake-github.ts";
 import { LogCollector } from "../helpers/log-collector.ts";
+import { runDeployq } from "../helpers/processes.ts";
 import { DEFAULT_DEPLOYMENTS, type Workspace, createWorkspace, pushPayload, randomSha, signedDelivery } from "../helpers/workspace.ts";
 
 /**
@@ -88,6 +89,12 @@ describe("[github] allowlist", () => {
   const backdate = async (ws: Workspace) => {
     const cache = await cacheOf(ws);
     await writeFile(path.join(ws.settings.dataDir, META_CACHE_FILE), JSON.stringify({ ...cache, fetchedAt: new Date(Date.now() - 2 * 86_400_000).toISOString() }));
+  };
+  /** `deployq check --json`'s allowlist and trust_proxy lines. */
+  const check = async (ws: Workspace) => {
+    const run = await runDeployq(["check", "--json"], { ...ws.env, DEPLOYQ_CONFIG: ws.configPath });
+    const results = JSON.parse(run.stdout) as Array<{ name: string; ok: boolean; detail: string }>;
+    return results.filter((r) => r.name === "allowlist" || r.name === "trust_proxy");
   };
   const health = async (daemon: Daemon) => {
     // Not fetch(): its keep-alive connection would hold the daemon's close() until it times out.
@@ -207,6 +214,17 @@ describe("[github] allowlist", () => {
       await stop(daemon);
     });
 
+    it("deployq check asks GitHub's /meta once and shows the cache and the trusted proxies", async () => {
+      const asked = fake.metaRequests().length;
+      const cached = await cacheOf(ws);
+      expect(await check(ws)).toEqual([
+        { name: "allowlist", ok: true, detail: `${fake.url}/meta lists 2 webhook source ranges; cached in ${path.join(ws.settings.dataDir, META_CACHE_FILE)}: 2 ranges from ${cached.fetchedAt}` },
+        { name: "trust_proxy", ok: true, detail: `X-Forwarded-For is believed from ${PROXY}` },
+      ]);
+      expect(fake.metaRequests()).toHaveLength(asked + 1);
+      expect(await cacheOf(ws)).toEqual(cached);
+    });
+
     it("new ranges from GitHub (a changed ETag) replace the cached ones", async () => {
       fake.setMetaHooks([`${STRANGER}/32`]);
       await backdate(ws);
@@ -236,6 +254,10 @@ describe("[github] allowlist", () => {
       expect(body.checks["github allowlist"]).toMatch(/^GitHub's webhook ranges are not known yet \(the last fetch failed: .*answered 500\): deliveries get 503$/);
       expect(logLines().some((l) => typeof l.msg === "string" && l.msg.startsWith("cannot fetch GitHub's webhook ranges") && l.level === 50)).toBe(true);
       await stop(daemon);
+      expect(await check(ws)).toEqual([
+        { name: "allowlist", ok: false, detail: `${fake.url}/meta answered 500; nothing is cached: deliveries get 503 until the ranges are fetched` },
+        { name: "trust_proxy", ok: false, detail: expect.stringMatching(/^the receiver listens on 127\.0\.0\.1 and trusts no proxy: .* set \[server\] trust_proxy = \["127\.0\.0\.1"\]/) },
+      ]);
     } finally {
       fake.setMetaStatus(undefined);
     }
