@@ -2,6 +2,7 @@ import type { NextFunction, Request, Response } from "express";
 import type { Logger } from "pino";
 import { RequestError } from "../errors.ts";
 import type { GithubHookRanges } from "../github/meta.ts";
+import { REDELIVER } from "./github-webhook.ts";
 
 /** A refused address is logged once per this long (a scanner would otherwise fill the log). */
 const LOG_EVERY_MS = 60_000;
@@ -37,7 +38,7 @@ export function githubAllowlist(ranges: GithubHookRanges, logger: Logger) {
       throw new RequestError(
         "UNAVAILABLE",
         503,
-        `GitHub's webhook source ranges are not known yet${why}, and [github] allowlist is on: nothing was queued; deployq fetches them from GitHub's GET /meta and retries, and asks GitHub for the deliveries it missed once it takes them`,
+        `GitHub's webhook source ranges are not known yet${why}, and [github] allowlist is on: nothing was queued; deployq keeps asking GitHub's GET /meta for them; once it has them, ${REDELIVER}`,
       );
     }
     const peer = req.socket.remoteAddress ?? "";
