@@ -33,6 +33,7 @@ import { createMetrics } from "./metrics/registry.ts";
 import { startGithubStatuses } from "./github/start.ts";
 import { startNotifications } from "./notify/start.ts";
 import { startRedelivererIfConfigured } from "./github/redeliver.ts";
+import { GithubHookRanges } from "./github/meta.ts";
 
 export type Role = "serve" | "receiver" | "workers";
 
@@ -126,7 +127,15 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
     // Filled in once the workers run; /healthz reads it at each request.
     const health: HealthCheck[] = [];
     let server: RunningServer | undefined;
+    let rangesKnown: Promise<void> | undefined;
     if (receives) {
+      const allowlist = settings.github.allowlist ? allowlistRanges(settings, logger) : undefined;
+      if (allowlist) {
+        cleanups.push(() => allowlist.close());
+        health.push({ name: "github allowlist", check: async () => describeRanges(allowlist) });
+        // Fetched while the database is reached; awaited before deliveries are taken.
+        rangesKnown = allowlist.start();
+      }
       const dashboard = dashboardFor(settings, database.db, logger);
       if (dashboard) cleanups.push(() => dashboard.close());
       const app = createApp({
@@ -141,6 +150,8 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
         status: (only) => collectStatus(settings, database.db, only),
         health,
         dashboard,
+        trustProxy: settings.trustProxy,
+        allowlist,
       });
       server = await listen(app, settings.host, settings.port);
       const running = server;
@@ -256,6 +267,8 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
       // delivery is taken, recorded while deliveries are.
       const orphans = await scanQueue(layout.router);
       readiness.expectUnrecorded(orphanDeliveryIds(orphans));
+      // One attempt at GitHub's ranges (bounded by [github] timeout_ms); still unknown, deliveries get 503.
+      await rangesKnown;
       readiness.accepting();
       await untilReachable(database, readiness, logger, options.signal, () => recordOrphanedEntries(database.db, layout, logger, orphans, readiness), { accepting: true });
     }
@@ -317,6 +330,25 @@ async function untilReachable<T>(
       await sleep(delayMs, undefined, { signal });
     }
   }
+}
+
+function allowlistRanges(settings: Settings, logger: Logger): GithubHookRanges {
+  const { host, trustProxy } = settings;
+  if (trustProxy.length === 0 && (host === "127.0.0.1" || host === "::1" || host === "localhost")) {
+    logger.warn(
+      `[github] allowlist is on and the receiver listens on ${host} with no [server] trust_proxy: behind a reverse proxy on this host every delivery comes from it and is refused; ` +
+        `set trust_proxy = ["127.0.0.1"] (and have the proxy send X-Forwarded-For)`,
+    );
+  }
+  return new GithubHookRanges({ apiUrl: settings.github.apiUrl, token: settings.secrets.githubToken, timeoutMs: settings.github.timeoutMs, dataDir: settings.dataDir, logger });
+}
+
+/** /healthz's "github allowlist": unhealthy only while no ranges are known (deliveries get 503). */
+function describeRanges(ranges: GithubHookRanges): string {
+  const state = ranges.state();
+  if (!state.known) throw new Error(`GitHub's webhook ranges are not known yet (${state.reason}): deliveries get 503`);
+  const from = state.fetchedAt.toISOString();
+  return state.lastError ? `ok: the last refresh failed (${state.lastError}); using the cached ranges from ${from}` : `ok: ${state.ranges} ranges from GitHub, ${from}`;
 }
 
 async function assertReachable(urls: string[]): Promise<void> {

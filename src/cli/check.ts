@@ -9,6 +9,8 @@ import { pingLockService } from "../lock/ping.ts";
 import { lsRemote } from "../steps/git.ts";
 import { branchMatches } from "../config/branch.ts";
 import { printJson } from "./output.ts";
+import { META_CACHE_FILE, cachedHookRanges } from "../github/meta.ts";
+import { parseRange } from "../http/address-range.ts";
 import { checkCertbot } from "../steps/certbot.ts";
 import type { CheckResult } from "../steps/check-command.ts";
 import { checkNginx } from "../steps/nginx/check.ts";
@@ -145,6 +147,41 @@ async function checkSteps(settings: Settings): Promise<CheckResult[]> {
   return results;
 }
 
+/**
+ * [github] allowlist: GitHub's GET /meta answers hook ranges from here (asked once, nothing
+ * written), and the receiver can see GitHub's address (behind a proxy on this host, only
+ * with trust_proxy).
+ */
+async function checkAllowlist(settings: Settings): Promise<CheckResult[]> {
+  if (!settings.github.allowlist) return [];
+  const results: CheckResult[] = [];
+  const url = `${settings.github.apiUrl}/meta`;
+  const cached = await cachedHookRanges(settings.dataDir, settings.github.apiUrl);
+  const cache = cached ? `; cached in ${path.join(settings.dataDir, META_CACHE_FILE)}: ${cached.hooks.length} ranges from ${cached.fetchedAt}` : "";
+  try {
+    const res = await fetch(url, {
+      headers: { accept: "application/vnd.github+json", "user-agent": "deployq", ...(settings.secrets.githubToken ? { authorization: `Bearer ${settings.secrets.githubToken}` } : {}) },
+      signal: AbortSignal.timeout(settings.github.timeoutMs),
+    });
+    const body = res.ok ? ((await res.json()) as { hooks?: unknown }) : (await res.arrayBuffer(), undefined);
+    const hooks = Array.isArray(body?.hooks) ? body.hooks.filter((h): h is string => typeof h === "string" && parseRange(h) !== undefined) : [];
+    results.push(
+      hooks.length > 0
+        ? { name: "allowlist", ok: true, detail: `${url} lists ${hooks.length} webhook source ranges${cache}` }
+        : { name: "allowlist", ok: false, detail: `${url} answered ${res.status}${res.ok ? " without `hooks` ranges (GitHub Enterprise Server may not list them: turn [github] allowlist off)" : ""}${cache || "; nothing is cached: deliveries get 503 until the ranges are fetched"}` },
+    );
+  } catch (err) {
+    results.push({ name: "allowlist", ok: false, detail: `cannot reach ${url} (${errorMessage(err)}): let this host reach GitHub's API (GITHUB_API_URL)${cache || "; nothing is cached: deliveries get 503 until the ranges are fetched"}` });
+  }
+  const loopback = ["127.0.0.1", "::1", "localhost"].includes(settings.host);
+  if (loopback && settings.trustProxy.length === 0) {
+    results.push({ name: "trust_proxy", ok: false, detail: `the receiver listens on ${settings.host} and trusts no proxy: the reverse proxy in front of it is every delivery's client, outside GitHub's ranges, so all are refused; set [server] trust_proxy = ["127.0.0.1"] and have the proxy send X-Forwarded-For` });
+  } else if (settings.trustProxy.length > 0) {
+    results.push({ name: "trust_proxy", ok: true, detail: `X-Forwarded-For is believed from ${settings.trustProxy.join(", ")}` });
+  }
+  return results;
+}
+
 export async function runChecks(settings: Settings): Promise<CheckResult[]> {
   const results: CheckResult[] = [
     { name: "config", ok: true, detail: `${settings.configPath}: ${settings.deployments.size} deployment(s)` },
@@ -157,6 +194,7 @@ export async function runChecks(settings: Settings): Promise<CheckResult[]> {
   results.push(await checkQueues(settings));
   results.push(...(await checkRemotes(settings)));
   results.push(...(await checkSteps(settings)));
+  results.push(...(await checkAllowlist(settings)));
   return results;
 }
 

@@ -20,12 +20,12 @@ async function settingsOf(toml: string, env: NodeJS.ProcessEnv = {}) {
 
 describe("[github] and GITHUB_API_URL: where and how commit statuses are sent", () => {
   it("defaults to api.github.com, a second between writes, 10 s per request", async () => {
-    expect((await settingsOf(""))().github).toEqual({ apiUrl: "https://api.github.com", writeIntervalMs: 1000, timeoutMs: 10_000, deployments: false, redeliverIntervalMs: 300_000 });
+    expect((await settingsOf(""))().github).toEqual({ apiUrl: "https://api.github.com", writeIntervalMs: 1000, timeoutMs: 10_000, deployments: false, redeliverIntervalMs: 300_000, allowlist: false });
   });
 
   it("takes GitHub Enterprise Server's API root from GITHUB_API_URL, without a trailing slash", async () => {
     const settings = (await settingsOf("[github]\nwrite_interval_ms = 0\ntimeout_ms = 500\nredeliver_interval_s = 0\n", { GITHUB_API_URL: "https://github.example.com/api/v3/", GITHUB_TOKEN: "t" }))();
-    expect(settings.github).toEqual({ apiUrl: "https://github.example.com/api/v3", writeIntervalMs: 0, timeoutMs: 500, deployments: false, redeliverIntervalMs: 0 });
+    expect(settings.github).toEqual({ apiUrl: "https://github.example.com/api/v3", writeIntervalMs: 0, timeoutMs: 500, deployments: false, redeliverIntervalMs: 0, allowlist: false });
     expect(settings.secrets.githubToken).toBe("t");
   });
 

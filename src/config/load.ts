@@ -33,6 +33,8 @@ export interface Settings {
   metrics: { host: string; port: number | undefined };
   /** [server] public_url as an origin ("https://deploy.example.com"): the one browsers may open /ws/v0 from. */
   publicUrl: string | undefined;
+  /** [server] trust_proxy: the proxies whose X-Forwarded-For / -Proto are believed (empty: none). */
+  trustProxy: string[];
   dataDir: string;
   queuesDir: string;
   rescanIntervalMs: number;
@@ -49,7 +51,7 @@ export interface Settings {
   dashboard: { path: string };
   deployments: Map<string, Deployment>;
   /** Commit statuses, Deployments and lost-delivery recovery ([github], GITHUB_API_URL); only when secrets.githubToken is set. */
-  github: { apiUrl: string; writeIntervalMs: number; timeoutMs: number; deployments: boolean; /** 0: lost-delivery recovery off. */ redeliverIntervalMs: number };
+  github: { apiUrl: string; writeIntervalMs: number; timeoutMs: number; deployments: boolean; /** 0: lost-delivery recovery off. */ redeliverIntervalMs: number; /** POST /github-webhook only from GitHub's hook ranges. */ allowlist: boolean };
   /** [[notify]], in the file's order. */
   notify: Notifier[];
   secrets: Secrets;
@@ -149,6 +151,7 @@ export function loadSettings(options: LoadOptions = {}): Settings {
     port,
     metrics: { host: config.metrics.host, port: config.metrics.port },
     publicUrl: config.server.public_url,
+    trustProxy: config.server.trust_proxy,
     dataDir: path.resolve(base, config.data_dir),
     queuesDir,
     rescanIntervalMs: config.rescan_interval_ms,
@@ -166,6 +169,7 @@ export function loadSettings(options: LoadOptions = {}): Settings {
       timeoutMs: config.github.timeout_ms,
       deployments: config.github.deployments,
       redeliverIntervalMs: config.github.redeliver_interval_s * 1000,
+      allowlist: config.github.allowlist,
     },
     notify: config.notify.map((n) => ({
       name: n.url_env,

@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { isProxyEntry } from "../http/address-range.ts";
 
 /** Deployment names become directory names under queues/deployments/: keep them tame. */
 export const DEPLOYMENT_NAME = /^[a-z0-9][a-z0-9_-]{0,63}$/i;
@@ -156,6 +157,19 @@ export const ServerConfig = z.strictObject({
     .url({ protocol: /^https?$/, error: "must be an http(s) URL such as https://deploy.example.com" })
     .transform((u) => new URL(u).origin)
     .optional(),
+  /**
+   * The reverse proxies (addresses, CIDR ranges, or proxy-addr's "loopback", "linklocal",
+   * "uniquelocal") whose X-Forwarded-For and X-Forwarded-Proto are believed: the client's
+   * address is then the last one in X-Forwarded-For that is not such a proxy. Empty: never
+   * believed, the client is the TCP peer.
+   */
+  trust_proxy: z
+    .array(
+      z.string().refine(isProxyEntry, {
+        error: (issue) => `${JSON.stringify(issue.input)} is not an IP address or CIDR range: write it as "127.0.0.1", "10.0.0.0/8", "::1" or "fd00::/8" (or "loopback", "linklocal", "uniquelocal")`,
+      }),
+    )
+    .default([]),
 });
 
 /**
@@ -232,6 +246,12 @@ export const GithubConfig = z.strictObject({
    * 0: off. Off anyway without GITHUB_TOKEN or [server] public_url.
    */
   redeliver_interval_s: z.number().int("must be a whole number of seconds").min(0).default(300),
+  /**
+   * POST /github-webhook only from GitHub's webhook source addresses (GET /meta `hooks`,
+   * cached in data_dir/github-meta.json, refreshed daily: src/github/meta.ts). The client's
+   * address is the TCP peer, or behind a proxy listed in [server] trust_proxy, the one it forwards.
+   */
+  allowlist: z.boolean().default(false),
 });
 
 /** What a [[notify]] table may be told of (src/notify/notify.ts says when each happens). */
@@ -266,7 +286,7 @@ export const NotifyConfig = z
 export type NotifyConfig = z.infer<typeof NotifyConfig>;
 
 export const Config = z.strictObject({
-  server: ServerConfig.default({ host: "127.0.0.1", port: 3400 }),
+  server: ServerConfig.default({ host: "127.0.0.1", port: 3400, trust_proxy: [] }),
   metrics: MetricsConfig.default({ host: "127.0.0.1" }),
   /** Where the embedded database, lock files and deploy logs live. */
   data_dir: z.string().min(1).default("./data"),
@@ -296,7 +316,7 @@ export const Config = z.strictObject({
   /** The dashboard (served by the receiver when DEPLOYQ_ADMIN_TOKEN is set). */
   dashboard: DashboardConfig.default({ path: "/dashboard" }),
   certbot: CertbotHost.optional(),
-  github: GithubConfig.default({ write_interval_ms: 1000, timeout_ms: 10_000, deployments: false, redeliver_interval_s: 300 }),
+  github: GithubConfig.default({ write_interval_ms: 1000, timeout_ms: 10_000, deployments: false, redeliver_interval_s: 300, allowlist: false }),
   /** [[notify]]: Slack, Discord or any HTTP endpoint, told of failures, recoveries, rollbacks… through the outbox. */
   notify: z
     .array(NotifyConfig)

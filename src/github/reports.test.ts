@@ -5,7 +5,7 @@ import { GithubReports } from "./reports.ts";
 
 const sha = "a".repeat(40);
 const head = "b".repeat(40);
-const settings = (deployments: boolean) => ({ publicUrl: "https://deploy.example.com", dashboard: { path: "/dashboard" }, github: { apiUrl: "", writeIntervalMs: 0, timeoutMs: 100, deployments, redeliverIntervalMs: 0 } });
+const settings = (deployments: boolean) => ({ publicUrl: "https://deploy.example.com", dashboard: { path: "/dashboard" }, github: { apiUrl: "", writeIntervalMs: 0, timeoutMs: 100, deployments, redeliverIntervalMs: 0, allowlist: false } });
 const deps = (writes: GithubWrite[]) => writes.filter((w): w is DeploymentStatusWrite => w.kind === "deployment_status");
 const said = (w: DeploymentStatusWrite) => `${w.target.sha[0]} ${w.state}: ${w.description}`;
 

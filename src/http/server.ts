@@ -11,6 +11,8 @@ import { RequestError, errorMessage } from "../errors.ts";
 import type { QueueLayout } from "../queue/layout.ts";
 import { SERVICE_NAME, VERSION } from "../version.ts";
 import { admitBody } from "./admission.ts";
+import { githubAllowlist } from "./allowlist.ts";
+import type { GithubHookRanges } from "../github/meta.ts";
 import { DEFAULT_DEADLINE_MS } from "./enqueue-batch.ts";
 import { REDELIVER, githubWebhookHandler } from "./github-webhook.ts";
 import type { Readiness } from "./readiness.ts";
@@ -24,7 +26,8 @@ export const BODY_LIMIT_BYTES = 25 * 1024 * 1024;
 
 export interface HealthCheck {
   name: string;
-  check(): Promise<void>;
+  /** Throws when unhealthy; a string is a healthy check's remark, shown instead of "ok". */
+  check(): Promise<void | string>;
 }
 
 export interface HttpDeps {
@@ -47,6 +50,10 @@ export interface HttpDeps {
   metrics?: Metrics;
   /** The dashboard (src/http/dashboard/), mounted at its path prefix; absent without DEPLOYQ_ADMIN_TOKEN. */
   dashboard?: Dashboard | undefined;
+  /** [server] trust_proxy: whose X-Forwarded-For / -Proto req.ip and req.secure believe (absent or empty: nobody's). */
+  trustProxy?: readonly string[];
+  /** [github] allowlist: POST /github-webhook only from GitHub's hook ranges (absent: from anywhere). */
+  allowlist?: GithubHookRanges | undefined;
 }
 
 /** Below this, the queue root counts as full: an entry may not fit (a writable directory says nothing about space). */
@@ -65,6 +72,9 @@ export function createApp(deps: HttpDeps): express.Express {
   const app = express();
   app.disable("x-powered-by");
   app.set("etag", false);
+  // proxy-addr compiles the list (validated by the configuration): the client is the last
+  // X-Forwarded-For address that is not a trusted proxy. false: X-Forwarded-* are ignored.
+  app.set("trust proxy", deps.trustProxy && deps.trustProxy.length > 0 ? [...deps.trustProxy] : false);
   if (deps.metrics) app.use(webhookRequestMetrics(deps.metrics));
 
   app.get("/", (_req, res) => {
@@ -90,8 +100,7 @@ export function createApp(deps: HttpDeps): express.Express {
     await Promise.all(
       checks().map(async (c) => {
         try {
-          await c.check();
-          results[c.name] = "ok";
+          results[c.name] = (await c.check()) || "ok";
         } catch (err) {
           ok = false;
           results[c.name] = errorMessage(err);
@@ -102,6 +111,10 @@ export function createApp(deps: HttpDeps): express.Express {
   });
   // Before the readiness gate: metrics need no database, and tell most while it is down.
   if (deps.metrics) app.get("/metrics", metricsHandler(deps.metrics, deps.logger));
+
+  // Before the readiness gate and the body: a client outside GitHub's ranges waits for
+  // nothing, and nothing of what it sends is read.
+  if (deps.secrets && deps.allowlist) app.post("/github-webhook", githubAllowlist(deps.allowlist, deps.logger));
 
   // Everything below needs the database. A request that comes before it is reached waits
   // for it, up to the receiver's deadline, then gets a 503, before any body is read.

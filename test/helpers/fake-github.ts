@@ -1,4 +1,4 @@
-import { createHmac, randomUUID } from "node:crypto";
+import { createHash, createHmac, randomUUID } from "node:crypto";
 import { type IncomingMessage, type Server, type ServerResponse, createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 
@@ -91,7 +91,7 @@ export interface FakeDelivery {
   headers: Record<string, string>;
 }
 
-export interface FakeGithub {
+export interface FakeGithub extends FakeMeta {
   url: string;
   token: string;
   requests: RecordedRequest[];
@@ -149,6 +149,7 @@ export async function startFakeGithub(token = "ghp_fake-token-for-tests"): Promi
   const deployments: CreatedDeployment[] = [];
   const deploymentStatuses: CreatedDeploymentStatus[] = [];
   let mode: FakeMode = { kind: "up" };
+  const meta = createFakeMeta();
   const hung = new Set<ServerResponse>();
   const hooks: FakeHook[] = [];
   const deliveries: FakeDelivery[] = [];
@@ -382,6 +383,7 @@ export async function startFakeGithub(token = "ghp_fake-token-for-tests"): Promi
         { "x-ratelimit-limit": "5000", "x-ratelimit-remaining": "0", "x-ratelimit-used": "5000", "x-ratelimit-reset": String(mode.resetEpochS), "x-ratelimit-resource": "core" },
       );
     }
+    if (meta.handle(req, res, url, record)) return;
     const auth = req.headers.authorization ?? "";
     if (auth !== `token ${token}` && auth !== `Bearer ${token}`) return answer(res, record, 401, { message: "Bad credentials" });
     const read = /^\/repos\/([^/]+)\/([^/]+)\/commits\/([0-9a-f]{40})\/(check-runs|status)$/.exec(url.pathname);
@@ -472,6 +474,7 @@ export async function startFakeGithub(token = "ghp_fake-token-for-tests"): Promi
   const { port } = server.address() as AddressInfo;
   base = `http://127.0.0.1:${port}`;
   return {
+    ...meta.api,
     url: `http://127.0.0.1:${port}`,
     token,
     requests,
@@ -520,4 +523,64 @@ export async function startFakeGithub(token = "ghp_fake-token-for-tests"): Promi
       await new Promise<void>((resolve) => server.close(() => resolve()));
     },
   };
+}
+
+/** GET /meta: GitHub's published addresses; `hooks` is where webhook deliveries come from. */
+export interface FakeMeta {
+  /** The `hooks` ranges /meta answers (default: 127.0.0.2/32 and its IPv4-mapped form, so a test client bound to 127.0.0.2 is "GitHub"). */
+  setMetaHooks(hooks: string[]): void;
+  /** From now on GET /meta answers `status` (500: down); undefined: it works again. */
+  setMetaStatus(status: number | undefined): void;
+  /** The GET /meta requests, in order, with the If-None-Match each sent. */
+  metaRequests(): Array<RecordedRequest & { ifNoneMatch: string | undefined }>;
+  /** The ETag /meta answers now. */
+  metaEtag(): string;
+}
+
+/**
+ * GET /meta as GitHub answers it: public (no token needed; one sent is recorded), with a
+ * weak ETag over the content and 304 to a matching If-None-Match.
+ * https://docs.github.com/rest/meta/meta#get-github-meta-information
+ */
+function createFakeMeta() {
+  let hooks = ["127.0.0.2/32", "::ffff:127.0.0.2/128"];
+  let failing: number | undefined;
+  const metaRequests: Array<RecordedRequest & { ifNoneMatch: string | undefined }> = [];
+  const body = () => ({
+    verifiable_password_authentication: true,
+    hooks,
+    web: ["192.30.252.0/22"],
+    api: ["192.30.252.0/22"],
+    git: ["192.30.252.0/22"],
+  });
+  const etag = () => `W/"${createHash("sha256").update(JSON.stringify(body())).digest("hex").slice(0, 32)}"`;
+  const handle = (req: IncomingMessage, res: ServerResponse, url: URL, record: RecordedRequest): boolean => {
+    if (req.method !== "GET" || url.pathname !== "/meta") return false;
+    const ifNoneMatch = req.headers["if-none-match"];
+    // The same record as in `requests`, which it is already part of.
+    const entry = Object.assign(record, { ifNoneMatch });
+    metaRequests.push(entry);
+    if (failing !== undefined) {
+      entry.answered = failing;
+      res.writeHead(failing, { "content-type": "application/json; charset=utf-8" }).end(JSON.stringify({ message: "Server Error" }));
+    } else if (ifNoneMatch === etag()) {
+      entry.answered = 304;
+      res.writeHead(304, { etag: etag() }).end();
+    } else {
+      entry.answered = 200;
+      res.writeHead(200, { "content-type": "application/json; charset=utf-8", etag: etag() }).end(JSON.stringify(body()));
+    }
+    return true;
+  };
+  const api: FakeMeta = {
+    setMetaHooks(next) {
+      hooks = [...next];
+    },
+    setMetaStatus(status) {
+      failing = status;
+    },
+    metaRequests: () => [...metaRequests],
+    metaEtag: etag,
+  };
+  return { handle, api };
 }

@@ -133,7 +133,9 @@ export function createDashboard(deps: DashboardDeps): Dashboard {
     res.status(status).type("text/html; charset=utf-8").send(renderPage(page));
   };
   const clientIp = (req: Request) => req.ip ?? req.socket.remoteAddress ?? "unknown";
-  const secure = (req: Request) => req.secure || req.get("x-forwarded-proto") === "https";
+  // req.ip and req.secure follow [server] trust_proxy: X-Forwarded-For / -Proto count only
+  // from a configured proxy (anyone could send them, to dodge the login limit per address).
+  const secure = (req: Request) => req.secure;
 
   router.use(express.urlencoded({ extended: false, limit: "16kb", parameterLimit: 20 }));
 
