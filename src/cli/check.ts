@@ -1,7 +1,7 @@
 import { access, constants, stat } from "node:fs/promises";
 import path from "node:path";
 import { sql } from "drizzle-orm";
-import { type Settings, loadSettings } from "../config/load.ts";
+import { type Settings, loadSettings, notifierProblems } from "../config/load.ts";
 import { embeddedDatabaseMissing, getJson, withDatabase } from "./database-access.ts";
 import { gitReason, shownRemote } from "./deploy.ts";
 import { errorMessage } from "../errors.ts";
@@ -147,6 +147,17 @@ async function checkSteps(settings: Settings): Promise<CheckResult[]> {
   return results;
 }
 
+/** [[notify]]: each notifier's URL (and a json one's key) is set; none is called (that would send a message). */
+function checkNotifiers(settings: Settings): CheckResult[] {
+  return settings.notify.map((n) => {
+    const problems = notifierProblems(n);
+    const of = n.deployments ? [...n.deployments].join(", ") : "every deployment";
+    return problems.length > 0
+      ? { name: "notify", ok: false, detail: `${problems.join("; ")}: the workers refuse to start until then` }
+      : { name: "notify", ok: true, detail: `${n.name}: ${n.format}, of ${[...n.events].join(", ")} for ${of} (its URL is set; check does not call it)` };
+  });
+}
+
 /**
  * [github] allowlist: GitHub's GET /meta answers hook ranges from here (asked once, nothing
  * written), and the receiver can see GitHub's address (behind a proxy on this host, only
@@ -195,6 +206,7 @@ export async function runChecks(settings: Settings): Promise<CheckResult[]> {
   results.push(...(await checkRemotes(settings)));
   results.push(...(await checkSteps(settings)));
   results.push(...(await checkAllowlist(settings)));
+  results.push(...checkNotifiers(settings));
   return results;
 }
 

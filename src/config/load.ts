@@ -246,13 +246,17 @@ export function requireChecksToken(settings: Settings): void {
  * at start, not at config load (`deployq status` needs neither). Values are never echoed.
  */
 export function requireNotifyUrls(settings: Pick<Settings, "notify">): void {
-  const problems: string[] = [];
-  for (const n of settings.notify) {
-    if (!n.url) problems.push(`${n.name} is not set: export the notifier's URL (a Slack, Mattermost or Discord incoming webhook, or your own endpoint)`);
-    else if (!isHttpUrl(n.url)) problems.push(`${n.name} is not an http(s) URL (such as https://hooks.slack.com/services/…); its value is not repeated here, as it is a secret`);
-    if (n.secretEnv && !n.secret) problems.push(`${n.secretEnv} is not set: export the key that ${n.name}'s json notifications are signed with (its receiver checks X-Deployq-Signature-256 with it)`);
-  }
+  const problems = settings.notify.flatMap(notifierProblems);
   if (problems.length > 0) throw new ConfigError(`[[notify]]: ${problems.join("; ")}`);
+}
+
+/** What keeps one notifier from working (none: its URL, and a json one's key, are set and well formed). */
+export function notifierProblems(n: Notifier): string[] {
+  const problems: string[] = [];
+  if (!n.url) problems.push(`${n.name} is not set: export the notifier's URL (a Slack, Mattermost or Discord incoming webhook, or your own endpoint)`);
+  else if (!isHttpUrl(n.url)) problems.push(`${n.name} is not an http(s) URL (such as https://hooks.slack.com/services/…); its value is not repeated here, as it is a secret`);
+  if (n.secretEnv && !n.secret) problems.push(`${n.secretEnv} is not set: export the key that ${n.name}'s json notifications are signed with (its receiver checks X-Deployq-Signature-256 with it)`);
+  return problems;
 }
 
 function isHttpUrl(value: string): boolean {

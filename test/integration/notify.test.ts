@@ -18,6 +18,7 @@ import { queueLayout } from "../../src/queue/layout.ts";
 import { writeEntryDurably } from "../../src/queue/write.ts";
 import { type TestDatabase, createTestDatabase } from "../helpers/db.ts";
 import { type TestRepo, createRepo } from "../helpers/git.ts";
+import { runDeployq } from "../helpers/processes.ts";
 import { until } from "../helpers/wait.ts";
 import { type Workspace, createWorkspace, followingDeployment, post, pushPayload, signedDelivery } from "../helpers/workspace.ts";
 
@@ -230,6 +231,18 @@ deployments = ["app"]
     expect(slack[1]!.blocks[0]!.text!.text).toContain(`*app: entry ${appEntry} moved to dead-letter/*`);
     // The json notifier listens to app only: not to the router.
     expect(taken("/json").slice(before.json).map((r) => json(r).entry)).toEqual([appEntry]);
+  });
+
+  it("deployq check names each notifier and what it hears of, and fails one whose URL is not set, without calling any", async () => {
+    const before = received.length;
+    const env = { ...ws.env, DEPLOYQ_CONFIG: ws.configPath, DATABASE_URL: tdb.url };
+    const good = await runDeployq(["check"], env);
+    expect(good.stdout).toMatch(/^ok +notify +DEPLOYQ_NOTIFY_SLACK: slack, of failure, recovered, rollback, dead-letter for every deployment \(its URL is set; check does not call it\)$/m);
+    expect(good.stdout).toMatch(/^ok +notify +DEPLOYQ_NOTIFY_HOOK: json, of failure, recovered, rollback, dead-letter, success for app/m);
+    const bad = await runDeployq(["check"], { ...env, DEPLOYQ_NOTIFY_DISCORD: "" });
+    expect(bad.code).toBe(1);
+    expect(bad.stdout).toMatch(/^FAIL +notify +DEPLOYQ_NOTIFY_DISCORD is not set: export the notifier's URL/m);
+    expect(received.length).toBe(before);
   });
 
   it("refuses to start the workers without a notifier's URL or key, naming the variable and not its value", async () => {
