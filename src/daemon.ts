@@ -31,6 +31,7 @@ import { createRouter } from "./workers/router.ts";
 import { createMetricsApp } from "./metrics/http.ts";
 import { createMetrics } from "./metrics/registry.ts";
 import { startGithubStatuses } from "./github/start.ts";
+import { giveUpRemovedNotifiers } from "./notify/notify.ts";
 import { startNotifications } from "./notify/start.ts";
 import { startRedelivererIfConfigured } from "./github/redeliver.ts";
 import { GithubHookRanges } from "./github/meta.ts";
@@ -224,6 +225,10 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
       // [[notify]]: written with the deploy rows too, each notifier sent by a sender of its own.
       const notifications = settings.notify.length > 0 ? startNotifications({ settings, db: database.db, logger, events, metrics }) : undefined;
       if (notifications) cleanups.push(() => notifications.close());
+      await giveUpRemovedNotifiers(database.db, settings.notify.map((n) => n.name)).then(
+        (n) => n > 0 && logger.warn({ notifications: n }, "notifications to notifiers no longer configured were given up"),
+        (err: unknown) => logger.warn({ err: errorMessage(err) }, "could not give up the notifications of notifiers no longer configured; the next start tries again"),
+      );
       router = createRouter({ settings, layout, db: database.db, locks, logger, events, watch: options.watch ?? true, ...(github ? { statuses: github.statuses } : {}), ...(notifications?.router ? { notify: notifications.router } : {}) });
       const started = router;
       cleanups.push(() => started.close());

@@ -1,5 +1,5 @@
 import { createHmac } from "node:crypto";
-import { eq, sql } from "drizzle-orm";
+import { and, eq, isNull, notInArray, sql } from "drizzle-orm";
 import type { Deployment, Notifier, Settings } from "../config/load.ts";
 import type { NotifyEvent } from "../config/schema.ts";
 import type { Db } from "../db/client.ts";
@@ -192,6 +192,21 @@ async function setState(db: Db, deployment: string, values: { failing: boolean; 
     .insert(notifyState)
     .values({ deployment, ...values, updatedAt: sql`now()` })
     .onConflictDoUpdate({ target: notifyState.deployment, set: { ...values, updatedAt: sql`now()` } });
+}
+
+/**
+ * The rows of a notifier that is no longer configured (its [[notify]] table removed, or its
+ * url_env renamed) would wait forever, and `deployq status` would count them: given up at
+ * start, saying why. Answers how many.
+ */
+export async function giveUpRemovedNotifiers(db: Db, configured: readonly string[]): Promise<number> {
+  const keys = configured.map(notifyKey);
+  const rows = await db
+    .update(githubOutbox)
+    .set({ result: "gave-up", lastError: "its notifier is no longer in the configuration ([[notify]] url_env)", lastAttemptAt: sql`now()` })
+    .where(and(eq(githubOutbox.kind, "notify"), isNull(githubOutbox.result), keys.length > 0 ? notInArray(githubOutbox.key, keys) : undefined))
+    .returning({ id: githubOutbox.id });
+  return rows.length;
 }
 
 /** Every row of one notifier shares its key: they are sent one at a time, in order. */

@@ -7,7 +7,7 @@ import path from "node:path";
 import { and, eq } from "drizzle-orm";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Daemon, startDaemon } from "../../src/daemon.ts";
-import { deploys } from "../../src/db/schema.ts";
+import { deploys, githubOutbox } from "../../src/db/schema.ts";
 import { ConfigError } from "../../src/errors.ts";
 import { outboxRows } from "../../src/github/outbox.ts";
 import { silentLogger } from "../../src/log.ts";
@@ -243,6 +243,19 @@ deployments = ["app"]
     expect(bad.code).toBe(1);
     expect(bad.stdout).toMatch(/^FAIL +notify +DEPLOYQ_NOTIFY_DISCORD is not set: export the notifier's URL/m);
     expect(received.length).toBe(before);
+  });
+
+  it("a notifier taken out of the configuration: what waited for it is given up at the next start, saying why", async () => {
+    await tdb.database.db.insert(githubOutbox).values({ kind: "notify", key: "notify:DEPLOYQ_NOTIFY_GONE", collapsible: false, repository: "octo-org/app", sha: "", context: "deployq/app", state: "failure", description: "app: …", deployment: "app" });
+    const waitingFor = async () => (await outboxRows(tdb.database.db)).filter((r) => r.key === "notify:DEPLOYQ_NOTIFY_GONE");
+    expect((await waitingFor())[0]!.result).toBeNull();
+    await daemon.close();
+    daemon = await startDaemon({ settings: ws.settings, role: "serve", logger: silentLogger(), database: tdb.database });
+    const [row] = await waitingFor();
+    expect(row).toMatchObject({ result: "gave-up", lastError: "its notifier is no longer in the configuration ([[notify]] url_env)" });
+    expect((await collectStatus(ws.settings, tdb.database.db)).notifications!.backlog).toBe(0);
+    // The configured notifiers' rows are not touched.
+    expect((await outboxRows(tdb.database.db)).filter((r) => r.kind === "notify" && r.result === "gave-up")).toHaveLength(1);
   });
 
   it("refuses to start the workers without a notifier's URL or key, naming the variable and not its value", async () => {
