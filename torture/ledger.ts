@@ -1,0 +1,34 @@
+import { appendFileSync } from "node:fs";
+
+/**
+ * What the senders were told, kept outside deployq (its files and database are what the
+ * check reads; this is what they are checked against): one JSON line per answer, appended
+ * synchronously as it arrives, so that it survives whatever happens to deployq.
+ */
+export class Ledger {
+  /** Delivery ID → the entry name of its 202 (one delivery may be acknowledged once only). */
+  readonly acked = new Map<string, string>();
+  /** Delivery ID → how many 200 duplicate answers it got. */
+  readonly duplicates = new Map<string, number>();
+  /** Answers that acknowledged a delivery a second time with another 202 (must be 0). */
+  ackedTwice = 0;
+  errors = 0;
+  unavailable = 0;
+  other = 0;
+
+  constructor(readonly file: string) {}
+
+  record(deliveryId: string, answer: { status: number; queued?: string } | { error: string }): void {
+    appendFileSync(this.file, `${JSON.stringify({ at: Date.now(), delivery: deliveryId, ...answer })}\n`);
+    if ("error" in answer) {
+      this.errors++;
+      return;
+    }
+    if (answer.status === 202 && answer.queued) {
+      if (this.acked.has(deliveryId)) this.ackedTwice++;
+      else this.acked.set(deliveryId, answer.queued);
+    } else if (answer.status === 200) this.duplicates.set(deliveryId, (this.duplicates.get(deliveryId) ?? 0) + 1);
+    else if (answer.status === 503) this.unavailable++;
+    else this.other++;
+  }
+}
