@@ -1,0 +1,212 @@
+import { mkdtemp, readFile, readdir, readlink, rm, stat } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { and, eq, inArray } from "drizzle-orm";
+import { FINAL_STATUSES } from "../src/db/queries/deploys.ts";
+import { deliveries, deploys } from "../src/db/schema.ts";
+import { createTestDatabase } from "../test/helpers/db.ts";
+import { createRepo } from "../test/helpers/git.ts";
+import { freePort, tryPost, waitForHttp } from "../test/helpers/load.ts";
+import { type Spawned, spawnDeployq } from "../test/helpers/processes.ts";
+import { until } from "../test/helpers/wait.ts";
+import { createWorkspace, followingDeployment, pushPayload, signedDelivery } from "../test/helpers/workspace.ts";
+import { Ledger } from "./ledger.ts";
+import { createRng } from "./rng.ts";
+
+export interface ServeKillOptions {
+  seed: number;
+  kills: number;
+  log?: (line: string) => void;
+}
+
+export interface ServeKillResult {
+  seed: number;
+  kills: number;
+  /** Kills that came while a deploy ran (the others found it between deploys). */
+  killsMidDeploy: number;
+  pushes: number;
+  acknowledged: number;
+  connectionErrors: number;
+  deploysSucceeded: number;
+  /** Acknowledged pushes with no "routed" row, or with more than one final deploy row. */
+  lost: number;
+  /** Entries with two final rows (deployed, or recorded, twice). */
+  duplicated: number;
+  /** `current` not pointing at a whole release (its metadata written), or not at the newest commit. */
+  badCurrent: number;
+  /** Entries left in a queue, or in dead-letter/, once everything settled. */
+  leftInQueues: number;
+  seconds: number;
+  problems: string[];
+}
+
+/**
+ * kill -9 `deployq serve` (receiver, router and workers in one process) at random moments
+ * while pushes arrive and deploys run (a build of about 0.3 s), restart it after each, and
+ * send again what was not answered 2xx. Once it has settled: every acknowledged push was
+ * routed once, every entry it made had exactly one final deploy row, no queue holds
+ * anything, and `current` is a whole release of the newest commit pushed.
+ */
+export async function serveKill(options: ServeKillOptions): Promise<ServeKillResult> {
+  const started = Date.now();
+  const rng = createRng(options.seed);
+  const log = options.log ?? (() => {});
+  const work = await mkdtemp(path.join(tmpdir(), "deployq-torture-serve-"));
+  const ledger = new Ledger(path.join(work, "ledger.jsonl"));
+  const repo = await createRepo(work);
+  const tdb = await createTestDatabase("postgres");
+  const port = await freePort();
+  const ws = await createWorkspace({
+    port,
+    // Every deploy row is kept (the default keeps 100): the check reads each entry's final row.
+    deployments: followingDeployment("app", repo.bare, `commands = [["sh", "-c", "sleep 0.1; sleep 0.1; sleep 0.1; echo built > built.txt"]]\nkeep_deploys = 1000000`),
+  });
+  const url = `http://127.0.0.1:${port}`;
+  const env = { ...ws.env, DATABASE_URL: tdb.url, DEPLOYQ_LOG_LEVEL: "info", DEPLOYQ_LOG_FORMAT: "json" };
+  let serve: Spawned | undefined;
+  const stepsSoFar = (p: Spawned) => (p.output().match(/"msg":"deploy step"/g) ?? []).length;
+  const unanswered: Array<Awaited<ReturnType<typeof signedDelivery>>> = [];
+  let newest = "";
+  let pushes = 0;
+  let killsMidDeploy = 0;
+  const send = async (request: Awaited<ReturnType<typeof signedDelivery>>) => {
+    const id = request.headers["x-github-delivery"]!;
+    const outcome = await tryPost(url, request, 15_000);
+    if (outcome.kind === "error") {
+      ledger.record(id, { error: outcome.error });
+      unanswered.push(request);
+      return;
+    }
+    ledger.record(id, { status: outcome.status, ...(typeof outcome.body.queued === "string" ? { queued: outcome.body.queued } : {}) });
+    if (outcome.status !== 202 && outcome.status !== 200) unanswered.push(request);
+  };
+  const start = async () => {
+    serve = spawnDeployq(["serve", "--config", ws.configPath], env);
+    const s = serve;
+    await Promise.race([
+      waitForHttp(url, 60_000),
+      s.exited.then(({ code, signal }) => {
+        throw new Error(`deployq serve exited (${code ?? signal}) before answering:\n${s.output().slice(-4000)}`);
+      }),
+    ]);
+    // What could not be sent to the killed one: GitHub's redelivery.
+    for (const r of unanswered.splice(0)) await send(r);
+  };
+  try {
+    await start();
+    for (let kill = 1; kill <= options.kills; kill++) {
+      // A burst of 1 to 3 pushes, each commit pushed to the remote first, as GitHub would send them.
+      const burst = rng.int(1, 3);
+      const before = stepsSoFar(serve!);
+      for (let i = 0; i < burst; i++) {
+        newest = await repo.commit({ "index.html": `kill ${kill}, push ${i}` });
+        pushes++;
+        await send(await signedDelivery(pushPayload({ repository: "octo-org/app", branch: "main", after: newest })));
+      }
+      // Then kill it after a random number of deploy steps (fetch, checkout, build, switch, prune).
+      const steps = rng.int(1, 5);
+      const s = serve!;
+      const midDeploy = await until(`${steps} deploy steps`, async () => stepsSoFar(s) - before >= steps || s.child.exitCode !== null, 15_000).then(
+        () => true,
+        () => false,
+      );
+      if (midDeploy) killsMidDeploy++;
+      s.child.kill("SIGKILL");
+      const { signal, code } = await s.exited;
+      if (signal !== "SIGKILL") throw new Error(`deployq serve ended by itself (${code ?? signal}) before kill ${kill}:\n${s.output().slice(-4000)}`);
+      if (kill % 5 === 0 || kill === options.kills) log(`  kill ${kill}/${options.kills}: ${pushes} pushes, ${ledger.acked.size} acknowledged`);
+      await start();
+    }
+    // Settle: the last one runs until the newest commit is live and every queue is empty.
+    const layout = { router: path.join(ws.queuesDir, "router"), app: path.join(ws.queuesDir, "deployments", "app") };
+    const liveSha = async () => {
+      const meta = await readFile(path.join(ws.dir, "apps", "app", "current", ".deployq-release.json"), "utf8").catch(() => undefined);
+      return meta ? (JSON.parse(meta) as { sha: string }).sha : undefined;
+    };
+    const entries = async (dir: string) => (await readdir(dir).catch(() => [] as string[])).filter((n) => n.endsWith(".json"));
+    await until(
+      "the newest commit live and the queues empty",
+      async () => (await liveSha()) === newest && (await entries(layout.router)).length === 0 && (await entries(layout.app)).length === 0,
+      180_000,
+      100,
+    ).catch(() => undefined);
+    serve!.child.kill("SIGTERM");
+    await serve!.exited;
+    serve = undefined;
+
+    const problems: string[] = [];
+    // current: a whole release (its metadata is written last, before the switch) of the newest commit.
+    let badCurrent = 0;
+    const current = path.join(ws.dir, "apps", "app", "current");
+    const target = await readlink(current).catch(() => undefined);
+    const live = await liveSha();
+    if (!target || !(await stat(path.join(path.dirname(current), target)).catch(() => undefined))?.isDirectory()) {
+      badCurrent++;
+      problems.push(`current does not point at a release directory (${target ?? "no link"})`);
+    } else if (live !== newest) {
+      badCurrent++;
+      problems.push(`current is ${live ?? "a release without its metadata"}, not the newest commit pushed, ${newest}`);
+    } else if ((await readFile(path.join(path.dirname(current), target, "built.txt"), "utf8").catch(() => "")).trim() !== "built") {
+      badCurrent++;
+      problems.push(`current (${target}) was switched to before its build finished`);
+    }
+    // Every acknowledged push routed once; every entry made for app had exactly one final row.
+    const db = tdb.database.db;
+    const rows = await db.select().from(deliveries);
+    const rowOf = new Map(rows.map((r) => [r.deliveryId, r]));
+    let lost = 0;
+    for (const [id] of ledger.acked) {
+      const row = rowOf.get(id);
+      if (!row || row.outcome !== "routed") {
+        lost++;
+        problems.push(`lost: ${id} was answered 202 but its row is ${row ? row.outcome : "missing"}`);
+      }
+    }
+    const finals = await db
+      .select({ entry: deploys.entry, status: deploys.status })
+      .from(deploys)
+      .where(and(eq(deploys.deployment, "app"), inArray(deploys.status, [...FINAL_STATUSES])));
+    const finalsOf = new Map<string, string[]>();
+    for (const f of finals) finalsOf.set(f.entry, [...(finalsOf.get(f.entry) ?? []), f.status]);
+    let duplicated = 0;
+    for (const row of rows) {
+      if (row.outcome !== "routed" || !row.entry) continue;
+      const got = finalsOf.get(row.entry) ?? [];
+      if (got.length === 0) {
+        lost++;
+        problems.push(`never finished: ${row.entry} has no final deploy row`);
+      } else if (got.length > 1) {
+        duplicated++;
+        problems.push(`twice: ${row.entry} has final rows ${got.join(", ")}`);
+      }
+    }
+    const failed = finals.filter((f) => f.status === "failed" || f.status === "cancelled");
+    if (failed.length > 0) problems.push(`${failed.length} deploys failed or were cancelled (${failed.map((f) => f.entry).join(", ")})`);
+    const deadLetters = await readdir(path.join(ws.queuesDir, "dead-letter"), { recursive: true }).catch(() => [] as string[]);
+    const leftInQueues = (await entries(layout.router)).length + (await entries(layout.app)).length + deadLetters.filter((n) => n.endsWith(".json")).length;
+    if (leftInQueues > 0) problems.push(`${leftInQueues} entries left in router/, deployments/app/ or dead-letter/`);
+    return {
+      seed: rng.seed,
+      kills: options.kills,
+      killsMidDeploy,
+      pushes,
+      acknowledged: ledger.acked.size,
+      connectionErrors: ledger.errors,
+      deploysSucceeded: finals.filter((f) => f.status === "succeeded").length,
+      lost,
+      duplicated,
+      badCurrent,
+      leftInQueues,
+      seconds: Math.round((Date.now() - started) / 1000),
+      problems: [...problems.slice(0, 20), ...(problems.length > 20 ? [`… and ${problems.length - 20} more`] : []), ...(ledger.other > 0 ? [`${ledger.other} answers were neither 2xx nor 503`] : [])],
+    };
+  } finally {
+    if (serve && serve.child.exitCode === null && serve.child.signalCode === null) {
+      serve.child.kill("SIGKILL");
+      await serve.exited;
+    }
+    await tdb.dispose();
+    await ws.dispose();
+    await rm(work, { recursive: true, force: true });
+  }
+}
