@@ -1,11 +1,9 @@
-import { hostname } from "node:os";
 import type { Logger } from "pino";
 import type { Db } from "../db/client.ts";
 import type { GithubOutboxRow } from "../db/schema.ts";
 import { errorMessage } from "../errors.ts";
 import type { CommitStatus, DeploymentStatus, GithubClient, SendResult } from "./client.ts";
-import { isProcessAlive } from "../pid-lock.ts";
-import { claimLeaseOrTakeOver, releaseLease } from "./lease.ts";
+import { claimLeaseOrTakeOver, heldByDeadProcessHere, leaseOwner, releaseLease } from "./lease.ts";
 import {
   type DeploymentPayload,
   claimSenderLease,
@@ -43,16 +41,9 @@ export interface GithubSenderDeps {
 const LEASE_MS = 60_000;
 const MAX_BACKOFF_MS = 30_000;
 const BATCH = 50;
-const HOST = hostname();
 /** Rows dealt with are kept this long (for `deployq status` and whoever debugs a status), then removed, once an hour. */
 const KEEP_DAYS = 7;
 const PRUNE_EVERY_MS = 3600_000;
-
-/** A holder of the lease on this host whose process is gone (killed): its lease need not run out. */
-function deadHolderHere(holder: string | undefined): boolean {
-  const m = holder ? /^(.*):(\d+):[a-z0-9]+$/.exec(holder) : null;
-  return m !== null && m[1] === HOST && Number(m[2]) !== process.pid && !isProcessAlive(Number(m[2]));
-}
 
 /** How the sender makes one kind of row into a request, and records the answer. */
 export interface KindHandler {
@@ -115,7 +106,7 @@ function githubKinds(db: Db, client: GithubClient): Record<string, KindHandler> 
  * unsent), clears its timer and gives up its lease.
  */
 export class GithubSender {
-  private readonly owner = `${HOST}:${process.pid}:${Math.random().toString(36).slice(2, 8)}`;
+  private readonly owner = leaseOwner();
   private readonly abort = new AbortController();
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<void> | undefined;
@@ -214,7 +205,7 @@ export class GithubSender {
     if (lane) return claimLeaseOrTakeOver(db, lane.name, this.owner, LEASE_MS);
     if (await claimSenderLease(db, this.owner, LEASE_MS)) return true;
     const holder = await senderLeaseHolder(db);
-    return deadHolderHere(holder) && (await claimSenderLease(db, this.owner, LEASE_MS, holder));
+    return heldByDeadProcessHere(holder) && (await claimSenderLease(db, this.owner, LEASE_MS, holder));
   }
 
   /** Records one send's result; false when the pass must stop (the API is unavailable for now). */
