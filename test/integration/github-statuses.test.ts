@@ -154,9 +154,11 @@ health = { url = "${healthUrl}", timeout_s = 1 }`,
     }
     // The head went live by its own entry, or by an earlier one that found the branch there already.
     expect(fake.statusesOf(shas.at(-1)!, CONTEXT).at(-1)!.description).toMatch(/^(Already live|Live) on app$/);
-    // The others name the commit deployed in their place.
+    // The others name the commit deployed in their place, or went live on their way: by their
+    // own entry, or by an earlier one that found the branch at them (their own entry then finds
+    // them live already), before a newer commit replaced them.
     const superseded = shas.slice(0, -1).map((sha) => fake.statusesOf(sha, CONTEXT).at(-1)!.description);
-    for (const d of superseded) expect(d).toMatch(/^Superseded: [0-9a-f]{7} was deployed to app instead$|^Live on app$|^Superseded by a newer entry/);
+    for (const d of superseded) expect(d).toMatch(/^Superseded: [0-9a-f]{7} was deployed to app instead$|^(Already live|Live) on app$|^Superseded by a newer entry/);
     expect(superseded.some((d) => d.startsWith("Superseded"))).toBe(true);
   });
 
