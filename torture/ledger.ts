@@ -1,4 +1,5 @@
 import { appendFileSync } from "node:fs";
+import type { Spawned } from "../test/helpers/processes.ts";
 
 /**
  * What the senders were told, kept outside deployq (its files and database are what the
@@ -31,4 +32,16 @@ export class Ledger {
     else if (answer.status === 503) this.unavailable++;
     else this.other++;
   }
+}
+
+/** A scenario's problems as reported: the first 20, how many more, and the answers that were neither 2xx nor 503. */
+export function reportedProblems(problems: readonly string[], ledger: Ledger): string[] {
+  return [...problems.slice(0, 20), ...(problems.length > 20 ? [`… and ${problems.length - 20} more`] : []), ...(ledger.other > 0 ? [`${ledger.other} answers were neither 2xx nor 503`] : [])];
+}
+
+/** Whatever a scenario that failed half-way left running: SIGKILLed and waited for. */
+export async function killIfRunning(p: Spawned): Promise<void> {
+  if (p.child.exitCode !== null || p.child.signalCode !== null) return;
+  p.child.kill("SIGKILL");
+  await p.exited;
 }

@@ -9,7 +9,7 @@ import { createTestDatabase } from "../test/helpers/db.ts";
 import { freePort, tryPost, waitForHttp } from "../test/helpers/load.ts";
 import { type Spawned, spawnDeployq } from "../test/helpers/processes.ts";
 import { type SignedRequest, createWorkspace, pushPayload, randomSha, signedDelivery } from "../test/helpers/workspace.ts";
-import { Ledger } from "./ledger.ts";
+import { Ledger, killIfRunning, reportedProblems } from "./ledger.ts";
 import { type Rng, createRng } from "./rng.ts";
 
 export interface ReceiverKillOptions {
@@ -208,13 +208,10 @@ export async function receiverKill(options: ReceiverKillOptions): Promise<Receiv
       leftovers,
       unrecorded,
       seconds: Math.round((Date.now() - started) / 1000),
-      problems: [...problems.slice(0, 20), ...(problems.length > 20 ? [`… and ${problems.length - 20} more`] : []), ...(ledger.other > 0 ? [`${ledger.other} answers were neither 2xx nor 503`] : [])],
+      problems: reportedProblems(problems, ledger),
     };
   } finally {
-    if (receiver && receiver.child.exitCode === null && receiver.child.signalCode === null) {
-      receiver.child.kill("SIGKILL");
-      await receiver.exited;
-    }
+    if (receiver) await killIfRunning(receiver);
     await tdb.dispose();
     await ws.dispose();
     await rm(work, { recursive: true, force: true });

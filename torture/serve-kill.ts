@@ -10,7 +10,7 @@ import { freePort, tryPost, waitForHttp } from "../test/helpers/load.ts";
 import { type Spawned, spawnDeployq } from "../test/helpers/processes.ts";
 import { until } from "../test/helpers/wait.ts";
 import { createWorkspace, followingDeployment, pushPayload, signedDelivery } from "../test/helpers/workspace.ts";
-import { Ledger } from "./ledger.ts";
+import { Ledger, killIfRunning, reportedProblems } from "./ledger.ts";
 import { createRng } from "./rng.ts";
 
 export interface ServeKillOptions {
@@ -198,13 +198,10 @@ export async function serveKill(options: ServeKillOptions): Promise<ServeKillRes
       badCurrent,
       leftInQueues,
       seconds: Math.round((Date.now() - started) / 1000),
-      problems: [...problems.slice(0, 20), ...(problems.length > 20 ? [`… and ${problems.length - 20} more`] : []), ...(ledger.other > 0 ? [`${ledger.other} answers were neither 2xx nor 503`] : [])],
+      problems: reportedProblems(problems, ledger),
     };
   } finally {
-    if (serve && serve.child.exitCode === null && serve.child.signalCode === null) {
-      serve.child.kill("SIGKILL");
-      await serve.exited;
-    }
+    if (serve) await killIfRunning(serve);
     await tdb.dispose();
     await ws.dispose();
     await rm(work, { recursive: true, force: true });
