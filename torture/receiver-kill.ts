@@ -11,6 +11,7 @@ import { type Spawned, spawnDeployq } from "../test/helpers/processes.ts";
 import { type SignedRequest, createWorkspace, pushPayload, randomSha, signedDelivery } from "../test/helpers/workspace.ts";
 import { Ledger, killIfRunning, reportedProblems } from "./ledger.ts";
 import { type Rng, createRng } from "./rng.ts";
+import { type Scenario, must } from "./scenario.ts";
 
 export interface ReceiverKillOptions {
   seed: number;
@@ -223,3 +224,18 @@ function deferred(): { promise: Promise<void>; resolve: () => void } {
   const promise = new Promise<void>((r) => (resolve = r));
   return { promise, resolve };
 }
+
+export const receiverKillScenario: Scenario = {
+  name: "receiver-kill",
+  title: "kill -9 the receiver under load",
+  unit: "kills",
+  count: 200,
+  async run(seed, kills) {
+    const r = await receiverKill({ seed, kills, senders: 8, acksBetweenKills: [1, 60], log: (l) => console.log(l) });
+    return {
+      header: ["kills", "deliveries", "acknowledged (202)", "connection errors", "503", "duplicate answers (200)", "lost", "duplicated", "corrupt", "unrecorded", "left in .tmp/", "seconds"],
+      row: [r.kills, r.deliveries, r.acknowledged, r.connectionErrors, r.answered503, r.duplicateAnswers, must(r.lost), must(r.duplicated), must(r.corrupt), must(r.unrecorded), r.leftovers, r.seconds],
+      problems: r.problems,
+    };
+  },
+};

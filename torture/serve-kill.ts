@@ -12,6 +12,7 @@ import { until } from "../test/helpers/wait.ts";
 import { createWorkspace, followingDeployment, pushPayload, signedDelivery } from "../test/helpers/workspace.ts";
 import { Ledger, killIfRunning, reportedProblems } from "./ledger.ts";
 import { createRng } from "./rng.ts";
+import { type Scenario, must } from "./scenario.ts";
 
 export interface ServeKillOptions {
   seed: number;
@@ -207,3 +208,18 @@ export async function serveKill(options: ServeKillOptions): Promise<ServeKillRes
     await rm(work, { recursive: true, force: true });
   }
 }
+
+export const serveKillScenario: Scenario = {
+  name: "serve-kill",
+  title: "kill -9 `deployq serve` while pushes arrive and deploys run",
+  unit: "kills",
+  count: 40,
+  async run(seed, kills) {
+    const r = await serveKill({ seed, kills, log: (l) => console.log(l) });
+    return {
+      header: ["kills", "of them mid-deploy", "pushes", "acknowledged (202)", "connection errors", "deploys succeeded", "lost", "deployed or recorded twice", "bad current", "left in queues", "seconds"],
+      row: [r.kills, r.killsMidDeploy, r.pushes, r.acknowledged, r.connectionErrors, r.deploysSucceeded, must(r.lost), must(r.duplicated), must(r.badCurrent), must(r.leftInQueues), r.seconds],
+      problems: r.problems,
+    };
+  },
+};

@@ -7,7 +7,7 @@ describe("torture, short: kill -9 the receiver under load", () => {
   it("loses, doubles and corrupts no acknowledged delivery over 4 kills at random moments", async () => {
     const seed = randomSeed();
     const result = await receiverKill({ seed, kills: 4, senders: 6, acksBetweenKills: [1, 25] });
-    // The seed replays it: npm run torture -- --seed <seed> --kills 4
+    // The seed replays it: npm run torture -- --seed <seed> --count 4
     expect(result.problems, `seed ${seed}`).toEqual([]);
     expect(result.kills).toBe(4);
     expect(result.acknowledged).toBeGreaterThanOrEqual(4);

@@ -7,7 +7,7 @@ describe("torture, short: kill -9 deployq serve while it deploys", () => {
   it("after 3 kills at random deploy steps, every acknowledged push was routed and finished once, and current is a whole release of the newest commit", async () => {
     const seed = randomSeed();
     const result = await serveKill({ seed, kills: 3 });
-    // The seed replays it: npm run torture -- --only serve-kill --seed <seed> --kills 3
+    // The seed replays it: npm run torture -- --only serve-kill --seed <seed> --count 3
     expect(result.problems, `seed ${seed}`).toEqual([]);
     expect(result.acknowledged).toBeGreaterThanOrEqual(3);
     expect(result.deploysSucceeded).toBeGreaterThanOrEqual(1);
