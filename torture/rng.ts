@@ -5,6 +5,8 @@ export interface Rng {
   next(): number;
   /** An integer in [min, max]. */
   int(min: number, max: number): number;
+  /** One of `items`, each as likely. */
+  pick<T>(items: readonly T[]): T;
 }
 
 export function createRng(seed: number): Rng {
@@ -16,7 +18,8 @@ export function createRng(seed: number): Rng {
     t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
-  return { seed: seed >>> 0, next, int: (min, max) => min + Math.floor(next() * (max - min + 1)) };
+  const int = (min: number, max: number) => min + Math.floor(next() * (max - min + 1));
+  return { seed: seed >>> 0, next, int, pick: (items) => items[int(0, items.length - 1)]! };
 }
 
 /** A fresh seed, printed by every scenario so that a failure can be replayed with --seed. */

@@ -15,7 +15,7 @@ import { LockBusyError, type LockService, LockUnavailableError, NGINX_LOCK, depl
 import { type QueueEntry, parseEntry, summarizePayload } from "../queue/entry.ts";
 import { SETTLE_MS, mayBeUnfinished, readEntryFile } from "../queue/read.ts";
 import type { QueueLayout } from "../queue/layout.ts";
-import { deadLetterEntry } from "../queue/dead-letter.ts";
+import { Unmovable, deadLetterEntry } from "../queue/dead-letter.ts";
 import { parseEntryName } from "../queue/entry-name.ts";
 import { removeEntry, rewriteInto } from "../queue/move.ts";
 import { scanQueue } from "../queue/scan.ts";
@@ -112,6 +112,7 @@ export function toRequest(name: string, entry: QueueEntry): DeployRequest | stri
 export class DeploymentWorker {
   readonly name: string;
   private readonly queue: QueueWorker;
+  private readonly unmovable: Unmovable;
   private readonly abort = new AbortController();
   private retryTimer: NodeJS.Timeout | undefined;
   private retryAt = Infinity;
@@ -135,6 +136,7 @@ export class DeploymentWorker {
     }
     this.deps = deps;
     this.name = deps.deployment.name;
+    this.unmovable = new Unmovable(deps.logger, this.name);
     this.queue = new QueueWorker({
       name: this.name,
       dir: deps.layout.deployment(this.name),
@@ -217,13 +219,13 @@ export class DeploymentWorker {
         for (const n of names) {
           const read = await readEntryFile(path.join(dir, n));
           if (!read.ok) {
-            if (!("gone" in read)) await this.deadLetter(n, undefined, read.problem, 0);
+            if (!("gone" in read)) await this.unmovable.attempt(path.join(dir, n), read.problem, () => this.deadLetter(n, undefined, read.problem, 0));
             continue;
           }
           const parsed = parseEntry(read.text);
           if (parsed.ok) entries.push({ name: n, entry: parsed.entry });
           else if (mayBeUnfinished(read)) this.scheduleRetry(read.modifiedMs + SETTLE_MS); // still being copied in, perhaps
-          else await this.deadLetter(n, parsed.json as QueueEntry | undefined, parsed.error, 0);
+          else await this.unmovable.attempt(path.join(dir, n), parsed.error, () => this.deadLetter(n, parsed.json as QueueEntry | undefined, parsed.error, 0));
         }
         // A copy of an entry that has had its turn here already (handed over twice) is dropped.
         const turns = await finishedTurns(this.deps.db, this.name, entries.map((e) => e.name));
@@ -724,7 +726,9 @@ export class DeploymentWorker {
     }
     this.deps.logger.error(
       { deployment: this.name, entry: name, attempts, err: error },
-      `deploy failed for good; entry moved to dead-letter/${this.name}/: fix the cause, then \`deployq queue requeue ${this.name}\``,
+      attempts === 0
+        ? `not an entry deployq can deploy; moved to dead-letter/${this.name}/: fix or remove it there (\`deployq queue requeue ${this.name}\` puts a fixed one back)`
+        : `deploy failed for good; entry moved to dead-letter/${this.name}/: fix the cause, then \`deployq queue requeue ${this.name}\``,
     );
   }
 

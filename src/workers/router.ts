@@ -7,7 +7,7 @@ import { parseEntry, summarizePayload } from "../queue/entry.ts";
 import { mayBeUnfinished, readEntryFile, SETTLE_MS } from "../queue/read.ts";
 import { parseEntryName } from "../queue/entry-name.ts";
 import type { QueueLayout } from "../queue/layout.ts";
-import { deadLetterEntry } from "../queue/dead-letter.ts";
+import { Unmovable, deadLetterEntry } from "../queue/dead-letter.ts";
 import { handOverInto, removeEntries } from "../queue/move.ts";
 import { QueueWorker } from "../queue/watch.ts";
 import { type LockService, ROUTER_LOCK } from "../lock/lock.ts";
@@ -46,6 +46,7 @@ const BATCH = 200;
 export function createRouter(deps: RouterDeps): QueueWorker {
   const { layout, db, logger } = deps;
   const deployments = [...deps.settings.deployments.values()];
+  const unmovable = new Unmovable(logger, "router");
 
   async function handle(names: string[], stopping: () => boolean): Promise<void> {
     for (let i = 0; i < names.length && !stopping(); i += BATCH) {
@@ -64,7 +65,7 @@ export function createRouter(deps: RouterDeps): QueueWorker {
       const read = await readEntryFile(file);
       if (!read.ok) {
         if ("gone" in read) continue; // routed by another pass or process
-        await deadLetter(file, name, read.problem, undefined);
+        await unmovable.attempt(file, read.problem, () => deadLetter(file, name, read.problem, undefined));
         continue;
       }
       const parsed = parseEntry(read.text);
@@ -73,7 +74,7 @@ export function createRouter(deps: RouterDeps): QueueWorker {
           unsettled = true;
           continue;
         }
-        await deadLetter(file, name, parsed.error, parsed.json);
+        await unmovable.attempt(file, parsed.error, () => deadLetter(file, name, parsed.error, parsed.json));
         continue;
       }
       const { entry } = parsed;
