@@ -1,6 +1,8 @@
 import { execFileSync } from "node:child_process";
 import { readFile, writeFile } from "node:fs/promises";
 import os from "node:os";
+import { clockBackScenario } from "./clock-back.ts";
+import { hostileFilesScenario } from "./hostile-files.ts";
 import { receiverKillScenario } from "./receiver-kill.ts";
 import { randomSeed } from "./rng.ts";
 import type { Scenario } from "./scenario.ts";
@@ -19,7 +21,7 @@ const flag = (name: string) => {
   return i >= 0 ? args[i + 1] : undefined;
 };
 
-const SCENARIOS: Record<string, Scenario> = Object.fromEntries([receiverKillScenario, serveKillScenario].map((s) => [s.name, s]));
+const SCENARIOS: Record<string, Scenario> = Object.fromEntries([receiverKillScenario, serveKillScenario, clockBackScenario, hostileFilesScenario].map((s) => [s.name, s]));
 
 const KNOWN = new Set(["--only", "--seed", "--count"]);
 const stray = args.filter((a, i) => a.startsWith("--") && a !== "--write" && !KNOWN.has(a) && !KNOWN.has(args[i - 1] ?? ""));

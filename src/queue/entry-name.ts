@@ -23,7 +23,7 @@ let last = 0n;
  * newest name already issued (on disk, in the database: see seedEntryClock), so that a
  * process started with a clock behind the last one's still names its entries after them.
  */
-export function monotonicEpochNs(now: bigint = wallClockNs()): bigint {
+export function monotonicEpochNs(now: bigint = clock()): bigint {
   last = now > last ? now : last + 1n;
   return last;
 }
@@ -40,6 +40,19 @@ function wallClockNs(): bigint {
   // performance.timeOrigin + now() gives sub-millisecond resolution on the wall clock.
   const ms = performance.timeOrigin + performance.now();
   return BigInt(Math.floor(ms * 1000)) * 1000n;
+}
+
+let clock: () => bigint = wallClockNs;
+
+/**
+ * For the torture suite: names are made from `source` (a wall clock that steps back at will;
+ * the machine's own is left alone) instead of the wall clock, and what this process issued
+ * so far is forgotten, as a process started anew would have forgotten it. No argument: the
+ * wall clock again.
+ */
+export function replaceEntryClock(source: () => bigint = wallClockNs): void {
+  clock = source;
+  last = 0n;
 }
 
 export function entryName(deliveryId: string, epochNs: bigint = monotonicEpochNs()): string {
