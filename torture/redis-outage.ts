@@ -19,6 +19,8 @@ export interface RedisOutageOptions {
   seed: number;
   /** Outages of each part: the single Redis stopped, then one node of three at a time. */
   outages: number;
+  /** How long each build runs (0.3 s by default). */
+  buildSeconds?: number;
   log?: (line: string) => void;
 }
 
@@ -53,9 +55,9 @@ interface Interval {
 }
 
 /** The build's own record of when it ran: `start|end <epoch ms> <workers pid> <shell pid>` lines. */
-function buildCommand(file: string): string {
+function buildCommand(file: string, seconds: number): string {
   const line = (what: string) => `echo "${what} $(date +%s%3N) $PPID $$" >> ${file}`;
-  const script = `${line("start")}; sleep 0.1; sleep 0.1; sleep 0.1; echo built > built.txt; ${line("end")}`;
+  const script = `${line("start")}; sleep ${seconds}; echo built > built.txt; ${line("end")}`;
   return `commands = [["sh", "-c", ${JSON.stringify(script)}]]\nkeep_deploys = 1000000`;
 }
 
@@ -93,6 +95,7 @@ async function part(
   nodes: number,
   outages: number,
   rng: Rng,
+  buildSeconds: number,
   work: string,
   log: (line: string) => void,
   problems: string[],
@@ -105,7 +108,7 @@ async function part(
   const redis: PrivateRedis[] = [];
   const tdb = await createTestDatabase("postgres");
   const port = await freePort();
-  const ws = await createWorkspace({ port, deployments: followingDeployment("app", repo.bare, buildCommand(buildsFile)) });
+  const ws = await createWorkspace({ port, deployments: followingDeployment("app", repo.bare, buildCommand(buildsFile, buildSeconds)) });
   const appDir = path.join(ws.dir, "apps", "app");
   const url = `http://127.0.0.1:${port}`;
   const running: Spawned[] = [];
@@ -161,7 +164,8 @@ async function part(
       await burst(rng.int(1, 2));
       if (nodes === 1) {
         // A blip (started again at once), or down until a worker has found it unreachable.
-        if (rng.next() < 0.5) await until(`outage ${outage} to be noticed`, async () => unreachableLogs() > logsBefore, 60_000, 50).catch(() => undefined);
+        // Mid-build, mostly a blip: the node answers again, empty, while the build still runs.
+        if (rng.next() < (midBuild ? 0.25 : 0.75)) await until(`outage ${outage} to be noticed`, async () => unreachableLogs() > logsBefore, 60_000, 50).catch(() => undefined);
         const startedAt = Date.now();
         const startedDuring = (await builds()).filter((b) => b.start > stoppedAt + 50 && b.start < startedAt);
         // A build may start under a lock taken before the outage (still valid until its TTL); none under a new one.
@@ -256,8 +260,8 @@ export async function redisOutage(options: RedisOutageOptions): Promise<RedisOut
   const work = await mkdtemp(path.join(tmpdir(), "deployq-torture-redis-"));
   const problems: string[] = [];
   try {
-    const a = await part("single", 1, options.outages, rng, work, log, problems);
-    const b = await part("quorum", 3, options.outages, rng, work, log, problems);
+    const a = await part("single", 1, options.outages, rng, options.buildSeconds ?? 0.3, work, log, problems);
+    const b = await part("quorum", 3, options.outages, rng, options.buildSeconds ?? 0.3, work, log, problems);
     let overlapping = 0;
     for (const p of [a, b]) {
       for (const [x, y] of overlaps(p.intervals)) {
@@ -293,7 +297,7 @@ export const redisOutageScenario: Scenario = {
   unit: "outages of each part",
   count: 8,
   async run(seed, outages) {
-    const r = await redisOutage({ seed, outages, log: (l) => console.log(l) });
+    const r = await redisOutage({ seed, outages, buildSeconds: 1, log: (l) => console.log(l) });
     return {
       header: ["outages (single node + one of three)", "pushes", "acknowledged (202)", "builds completed", "builds stopped by a lost lock", "overlapping builds", "stalled", "lost", "deployed or recorded twice", "bad current", "left in queues", "seconds"],
       row: [`${r.outages} + ${r.outages}`, r.pushes, r.acknowledged, r.buildsCompleted, r.buildsStopped, must(r.overlapping), must(r.stalled), must(r.lost), must(r.duplicated), must(r.badCurrent), must(r.leftInQueues), r.seconds],
