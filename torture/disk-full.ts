@@ -129,11 +129,15 @@ export async function diskFull(options: DiskFullOptions): Promise<DiskFullResult
     let committing: Promise<unknown> = Promise.resolve();
     let newest = "";
     let commits = 0;
+    // Its own generator: the senders draw from it in an order the machine's timing decides.
+    const sizes = createRng(options.seed ^ 0x5bd1e995);
+    const padding = () => sizes.int(0, 2500);
     const newPush = () => {
       const made = committing.then(async () => {
         const sha = await repo.commit({ "index.html": `push ${++commits}` });
         newest = sha;
-        return signedDelivery(pushPayload({ repository: "octo-org/app", branch: "main", after: sha }));
+        // Of one page or two, so that a write cut short by the fill leaves a part of a file behind.
+        return signedDelivery({ ...pushPayload({ repository: "octo-org/app", branch: "main", after: sha }), padding: "x".repeat(padding()) });
       });
       committing = made;
       return made;
@@ -294,7 +298,7 @@ export const diskFullScenario: Scenario = {
   name: "disk-full",
   title: "fill the queue root (a 2 MB tmpfs) while pushes arrive, then free it",
   unit: "fills",
-  count: 20,
+  count: 12,
   async run(seed, fills) {
     const r = await diskFull({ seed, fills, senders: 4, log: (l) => console.log(l) });
     return {
