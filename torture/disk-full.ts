@@ -9,7 +9,7 @@ import { parseEntryName } from "../src/queue/entry-name.ts";
 import { createTestDatabase } from "../test/helpers/db.ts";
 import { createRepo } from "../test/helpers/git.ts";
 import { freePort, tryPost, waitForHttp } from "../test/helpers/load.ts";
-import { type Spawned, runDeployq, spawnDeployq } from "../test/helpers/processes.ts";
+import { type Spawned, spawnDeployq } from "../test/helpers/processes.ts";
 import { until } from "../test/helpers/wait.ts";
 import { type SignedRequest, createWorkspace, followingDeployment, pushPayload, signedDelivery } from "../test/helpers/workspace.ts";
 import { Ledger, killIfRunning, reportedProblems } from "./ledger.ts";
@@ -34,8 +34,10 @@ export interface DiskFullResult {
   acknowledged: number;
   /** 503 answers to requests sent (and answered) while the queue root was full. */
   unavailableWhileFull: number;
-  /** 2xx answers to requests sent and answered while it was full (must be 0). */
+  /** 2xx answers to requests sent and answered while it was full, no entry removed meanwhile (must be 0). */
   acceptedWhileFull: number;
+  /** 2xx answers while full that a deploy explains: it removed an entry (freeing its pages) while the request ran. */
+  acceptedInFreedSpace: number;
   duplicateAnswers: number;
   /** Files in router/ or deployments/app/ that do not parse or are not their name's delivery, once space was freed. */
   corrupt: number;
@@ -74,14 +76,14 @@ async function fillUp(file: string): Promise<void> {
 
 /**
  * The queue root on a 2 MB tmpfs under `deployq serve`, filled (a filler file, written until
- * ENOSPC) at random moments while senders post signed pushes, then freed. The deployment is
- * paused while the pushes arrive, so that no deploy frees space while the root is full (a 2xx
- * then could only be a delivery without its file), and each send while it is full is preceded
- * by a top-up of the filler (a batch that rolled back frees the space its files had). A
- * delivery not answered 2xx is sent again once space is freed. Then: nothing answered 2xx while
- * full; no temporaries and no file that does not parse in router/, deployments/ or .tmp/; every
- * acknowledged delivery in one file and routed once; resumed, its entries deploy once and
- * `current` is the newest commit.
+ * ENOSPC) at random moments while senders post signed pushes and deploys run, then freed.
+ * While it is full the sends go one at a time, each after a top-up of the filler (a batch that
+ * rolled back frees the space its files had): a 2xx then is a delivery without its file, unless
+ * an entry was removed (a deploy finished, freeing its pages) while the request ran. A delivery
+ * not answered 2xx is sent again once space is freed. Then: nothing answered 2xx while full; no
+ * temporaries, and no file that does not parse, in router/, deployments/ or .tmp/; every
+ * acknowledged delivery routed once, its entry deployed (or superseded) once; `current` the
+ * newest commit.
  */
 export async function diskFull(options: DiskFullOptions): Promise<DiskFullResult> {
   const started = Date.now();
@@ -107,8 +109,6 @@ export async function diskFull(options: DiskFullOptions): Promise<DiskFullResult
     // As root (CI runs as root). A failure here fails the run: a disk-full scenario on a disk that never fills proves nothing.
     await run("mount", ["-t", "tmpfs", "-o", "size=2m", "tmpfs", ws.queuesDir]);
     mounted = true;
-    const paused = await runDeployq(["pause", "app", "--reason", "torture: disk-full keeps every entry while the queue root fills"], env);
-    if (paused.code !== 0) throw new Error(`deployq pause app failed (${paused.code}): ${paused.stderr}`);
     serve = spawnDeployq(["serve"], env);
     const s = serve;
     await Promise.race([
@@ -121,6 +121,11 @@ export async function diskFull(options: DiskFullOptions): Promise<DiskFullResult
     const problems: string[] = [];
     let full = false;
     let acceptedWhileFull = 0;
+    let acceptedInFreedSpace = 0;
+    const router = path.join(ws.queuesDir, "router");
+    const queue = path.join(ws.queuesDir, "deployments", "app");
+    // An entry keeps its name from router/ to deployments/app/: a name gone is an entry removed.
+    const names = async () => new Set([...(await entryFiles(router)), ...(await entryFiles(queue))]);
     let unavailableWhileFull = 0;
     let acksSinceFree = 0;
     let unavailableSinceFull = 0;
@@ -142,10 +147,41 @@ export async function diskFull(options: DiskFullOptions): Promise<DiskFullResult
       committing = made;
       return made;
     };
+    // Every file in router/ and deployments/app/ whole and its name's, and no delivery in two at once (read after each fill is freed, and at the end).
+    let corrupt = 0;
+    let duplicated = 0;
+    const filed = new Set<string>();
+    const scanFiles = async () => {
+      const filesOf = new Map<string, string[]>();
+      for (const dir of [router, queue]) {
+        for (const name of await readdir(dir).catch(() => [] as string[])) {
+          const text = await readFile(path.join(dir, name), "utf8").catch((err: NodeJS.ErrnoException) => {
+            if (err.code === "ENOENT") return undefined; // taken meanwhile, by the router or a deploy
+            throw err;
+          });
+          if (text === undefined) continue;
+          const parsedName = parseEntryName(name);
+          const parsed = parseEntry(text);
+          if (!parsedName || !parsed.ok || parsed.entry.delivery_id !== parsedName.deliveryId) {
+            corrupt++;
+            problems.push(`corrupt or partial: ${path.relative(ws.queuesDir, path.join(dir, name))}${parsed.ok ? "" : `: ${parsed.error}`}`);
+            continue;
+          }
+          filed.add(parsedName.deliveryId);
+          filesOf.set(parsedName.deliveryId, [...(filesOf.get(parsedName.deliveryId) ?? []), name]);
+        }
+      }
+      for (const [id, files] of filesOf) {
+        if (new Set(files).size > 1) {
+          duplicated++;
+          problems.push(`duplicated: ${id} is in ${files.join(", ")}`);
+        }
+      }
+    };
     const sent = new Set<string>();
     const retry: SignedRequest[] = [];
     let producing = true;
-    const post = async (request: SignedRequest, whileFull: boolean) => {
+    const post = async (request: SignedRequest, whileFull: boolean, before?: Set<string>) => {
       const id = request.headers["x-github-delivery"]!;
       sent.add(id);
       const outcome = await tryPost(url, request, 15_000);
@@ -158,8 +194,12 @@ export async function diskFull(options: DiskFullOptions): Promise<DiskFullResult
       ledger.record(id, { status: outcome.status, ...(typeof outcome.body.queued === "string" ? { queued: outcome.body.queued } : {}) });
       if (stillFull) {
         if (outcome.status >= 200 && outcome.status < 300) {
-          acceptedWhileFull++;
-          problems.push(`answered ${outcome.status} while the queue root was full: ${id} ${JSON.stringify(outcome.body)}`);
+          const after = await names();
+          if (before && [...before].some((n) => !after.has(n))) acceptedInFreedSpace++;
+          else {
+            acceptedWhileFull++;
+            problems.push(`answered ${outcome.status} while the queue root was full and no entry had been removed: ${id} ${JSON.stringify(outcome.body)}`);
+          }
         } else if (outcome.status === 503) unavailableWhileFull++;
       }
       if (outcome.status === 503) {
@@ -172,8 +212,9 @@ export async function diskFull(options: DiskFullOptions): Promise<DiskFullResult
       if (!full) return post(request, false);
       const mine = turn.then(async () => {
         if (!full) return post(request, false);
+        const before = await names();
         await fillUp(filler);
-        return post(request, full);
+        return post(request, full, before);
       });
       turn = mine.catch(() => {});
       return mine;
@@ -204,15 +245,18 @@ export async function diskFull(options: DiskFullOptions): Promise<DiskFullResult
       full = false;
       await turn;
       await rm(filler, { force: true });
+      await scanFiles();
       if (fill % 5 === 0 || fill === options.fills) log(`  fill ${fill}/${options.fills}: ${sent.size} deliveries, ${ledger.acked.size} acknowledged, ${retry.length} to send again`);
     }
     producing = false;
     await Promise.all(senders);
-    while (retry.length > 0) await Promise.all(Array.from({ length: options.senders }, sender));
+    const sendingSince = Date.now();
+    while (retry.length > 0) {
+      if (Date.now() - sendingSince > 120_000) throw new Error(`${retry.length} deliveries still refused 120 s after the last fill was freed:\n${serve.output().slice(-4000)}`);
+      await Promise.all(Array.from({ length: options.senders }, sender));
+    }
 
-    // Routed, all of them, and still paused: every file whole, each delivery in one file.
-    const router = path.join(ws.queuesDir, "router");
-    const queue = path.join(ws.queuesDir, "deployments", "app");
+    // Every file whole, each delivery in one file (router/ or the deployment's queue, or deployed).
     const db = tdb.database.db;
     const acknowledged = new Set([...ledger.acked.keys(), ...ledger.duplicates.keys()]);
     await until(
@@ -221,40 +265,13 @@ export async function diskFull(options: DiskFullOptions): Promise<DiskFullResult
       120_000,
       100,
     ).catch(() => undefined);
-    let corrupt = 0;
-    const filesOf = new Map<string, string[]>();
-    for (const dir of [router, queue]) {
-      for (const name of await readdir(dir).catch(() => [] as string[])) {
-        const parsedName = parseEntryName(name);
-        const parsed = parseEntry(await readFile(path.join(dir, name), "utf8"));
-        if (!parsedName || !parsed.ok || parsed.entry.delivery_id !== parsedName.deliveryId) {
-          corrupt++;
-          problems.push(`corrupt or partial: ${path.relative(ws.queuesDir, path.join(dir, name))}${parsed.ok ? "" : `: ${parsed.error}`}`);
-          continue;
-        }
-        filesOf.set(parsedName.deliveryId, [...(filesOf.get(parsedName.deliveryId) ?? []), name]);
-      }
-    }
+    await scanFiles();
     const tmp = await readdir(path.join(ws.queuesDir, ".tmp")).catch(() => [] as string[]);
     if (tmp.length > 0) problems.push(`${tmp.length} temporaries left in .tmp/ after space was freed (${tmp.slice(0, 5).join(", ")})`);
-    let lost = 0;
-    let duplicated = 0;
-    for (const id of acknowledged) {
-      const files = filesOf.get(id) ?? [];
-      if (files.length === 0) {
-        lost++;
-        problems.push(`lost: ${id} was acknowledged, and is in neither router/ nor deployments/app/`);
-      } else if (files.length > 1) {
-        duplicated++;
-        problems.push(`duplicated: ${id} is in ${files.join(", ")}`);
-      }
-    }
-    for (const id of filesOf.keys()) if (!acknowledged.has(id)) problems.push(`a file for ${id}, which was never acknowledged`);
+    for (const id of filed) if (!acknowledged.has(id)) problems.push(`a file for ${id}, which was never acknowledged`);
     for (const id of sent) if (!acknowledged.has(id)) problems.push(`missing: ${id} was sent until answered, yet never acknowledged`);
 
-    // Resumed: the newest wins, every entry gets its one final row.
-    const resumed = await runDeployq(["resume", "app"], env);
-    if (resumed.code !== 0) problems.push(`deployq resume app failed (${resumed.code}): ${resumed.stderr}`);
+    // Settled: the newest wins, every entry gets its one final row.
     await until(
       "the newest commit live and the queues empty",
       async () => (await liveSha(appDir)) === newest && (await entryFiles(router)).length === 0 && (await entryFiles(queue)).length === 0,
@@ -275,10 +292,11 @@ export async function diskFull(options: DiskFullOptions): Promise<DiskFullResult
       acknowledged: ledger.acked.size,
       unavailableWhileFull,
       acceptedWhileFull,
+      acceptedInFreedSpace,
       duplicateAnswers: [...ledger.duplicates.values()].reduce((a, b) => a + b, 0),
       corrupt,
       partial: tmp.length,
-      lost: lost + checked.lost,
+      lost: checked.lost,
       duplicated: duplicated + checked.duplicated,
       badCurrent,
       leftInQueues: left,
@@ -302,8 +320,8 @@ export const diskFullScenario: Scenario = {
   async run(seed, fills) {
     const r = await diskFull({ seed, fills, senders: 4, log: (l) => console.log(l) });
     return {
-      header: ["fills", "deliveries", "acknowledged (202)", "503 while full", "2xx while full", "duplicate answers (200)", "corrupt files", "left in .tmp/", "lost", "duplicated", "bad current", "left in queues", "seconds"],
-      row: [r.fills, r.deliveries, r.acknowledged, r.unavailableWhileFull, must(r.acceptedWhileFull), r.duplicateAnswers, must(r.corrupt), must(r.partial), must(r.lost), must(r.duplicated), must(r.badCurrent), must(r.leftInQueues), r.seconds],
+      header: ["fills", "deliveries", "acknowledged (202)", "503 while full", "2xx while full", "2xx while full, in space a deploy freed", "duplicate answers (200)", "corrupt files", "left in .tmp/", "lost", "duplicated", "bad current", "left in queues", "seconds"],
+      row: [r.fills, r.deliveries, r.acknowledged, r.unavailableWhileFull, must(r.acceptedWhileFull), r.acceptedInFreedSpace, r.duplicateAnswers, must(r.corrupt), must(r.partial), must(r.lost), must(r.duplicated), must(r.badCurrent), must(r.leftInQueues), r.seconds],
       problems: r.problems,
     };
   },
