@@ -316,7 +316,7 @@ export const diskFullScenario: Scenario = {
   name: "disk-full",
   title: "fill the queue root (a 2 MB tmpfs) while pushes arrive, then free it",
   unit: "fills",
-  count: 12,
+  count: 40,
   async run(seed, fills) {
     const r = await diskFull({ seed, fills, senders: 4, log: (l) => console.log(l) });
     return {
