@@ -7,6 +7,9 @@ import { receiverKillScenario } from "./receiver-kill.ts";
 import { randomSeed } from "./rng.ts";
 import type { Scenario } from "./scenario.ts";
 import { serveKillScenario } from "./serve-kill.ts";
+import { postgresOutageScenario } from "./postgres-outage.ts";
+import { redisOutageScenario } from "./redis-outage.ts";
+import { diskFullScenario } from "./disk-full.ts";
 
 /**
  * npm run torture [-- --only <scenario,...>] [--seed N] [--count N] [--write]: the scenarios
@@ -21,7 +24,9 @@ const flag = (name: string) => {
   return i >= 0 ? args[i + 1] : undefined;
 };
 
-const SCENARIOS: Record<string, Scenario> = Object.fromEntries([receiverKillScenario, serveKillScenario, clockBackScenario, hostileFilesScenario].map((s) => [s.name, s]));
+const SCENARIOS: Record<string, Scenario> = Object.fromEntries(
+  [receiverKillScenario, serveKillScenario, postgresOutageScenario, redisOutageScenario, diskFullScenario, clockBackScenario, hostileFilesScenario].map((s) => [s.name, s]),
+);
 
 const KNOWN = new Set(["--only", "--seed", "--count"]);
 const stray = args.filter((a, i) => a.startsWith("--") && a !== "--write" && !KNOWN.has(a) && !KNOWN.has(args[i - 1] ?? ""));

@@ -32,8 +32,12 @@ export function createRedlockLocks(options: RedlockOptions): LockService {
       retryStrategy: (times) => Math.min(times * 200, 2000),
     });
     client.on("error", () => {}); // reported through the outage state, once
+    // Each lock held listens for its nodes' "close" (below): one listener per lock, as many as deployments deploying at once.
+    client.setMaxListeners(0);
     return client;
   });
+  /** How many nodes must hold a lock (Redlock's majority). */
+  const quorum = Math.floor(clients.length / 2) + 1;
   const retryDelay = 200;
   const redlock = new Redlock(clients, {
     retryCount: Math.max(1, Math.ceil((options.acquireTimeoutMs ?? 5000) / retryDelay)),
@@ -123,12 +127,27 @@ export function createRedlockLocks(options: RedlockOptions): LockService {
         lose(`its extension failed: ${classified instanceof LockBusyError ? "the key is gone or held by another process (a Redis restarted empty?)" : classified.message}`);
       }
     };
+    // The nodes this lock is known to live on: those connected when it was taken, and ever
+    // since. A node whose connection drops may come back empty (a Redis without persistence,
+    // restarted) and grant the lock to another process at once, long before the next extension
+    // would find out: once fewer than a quorum are left, the lock is lost now.
+    const holding = new Set(clients.filter((c) => c.status === "ready"));
+    const onClose = (client: Redis) => () => {
+      if (closing || !holding.delete(client) || holding.size >= quorum) return;
+      lose(`its connection to ${clients.length - holding.size} of ${clients.length} lock node${clients.length === 1 ? "" : "s"} dropped (one restarted empty could grant it to another process)`);
+    };
+    const closeListeners = clients.map((c) => {
+      const listener = onClose(c);
+      c.on("close", listener);
+      return () => c.off("close", listener);
+    });
     arm();
     return {
       signal: controller.signal,
       stop() {
         clearTimeout(extendTimer);
         clearTimeout(deadline);
+        for (const off of closeListeners) off();
       },
       async release() {
         try {
