@@ -2,6 +2,7 @@ import { execFileSync } from "node:child_process";
 import { readFile, writeFile } from "node:fs/promises";
 import os from "node:os";
 import { clockBackScenario } from "./clock-back.ts";
+import { floodScenario } from "./flood.ts";
 import { hostileFilesScenario } from "./hostile-files.ts";
 import { receiverKillScenario } from "./receiver-kill.ts";
 import { randomSeed } from "./rng.ts";
@@ -25,7 +26,7 @@ const flag = (name: string) => {
 };
 
 const SCENARIOS: Record<string, Scenario> = Object.fromEntries(
-  [receiverKillScenario, serveKillScenario, postgresOutageScenario, redisOutageScenario, diskFullScenario, clockBackScenario, hostileFilesScenario].map((s) => [s.name, s]),
+  [receiverKillScenario, serveKillScenario, postgresOutageScenario, redisOutageScenario, diskFullScenario, floodScenario, clockBackScenario, hostileFilesScenario].map((s) => [s.name, s]),
 );
 
 const KNOWN = new Set(["--only", "--seed", "--count"]);
