@@ -13,7 +13,7 @@ import { type Spawned, spawnDeployq } from "../test/helpers/processes.ts";
 import { until } from "../test/helpers/wait.ts";
 import { type SignedRequest, createWorkspace, followingDeployment, pushPayload, signedDelivery } from "../test/helpers/workspace.ts";
 import { Ledger, killIfRunning, reportedProblems } from "./ledger.ts";
-import { checkCurrent, checkRoutedOnce, entryFiles, leftovers, liveSha } from "./postgres-outage.ts";
+import { checkCurrent, checkRoutedOnce, entryFiles, leftovers, liveSha } from "./checks.ts";
 import { createRng } from "./rng.ts";
 import { type Scenario, must } from "./scenario.ts";
 

@@ -8,6 +8,7 @@ import { receiverKillScenario } from "./receiver-kill.ts";
 import { randomSeed } from "./rng.ts";
 import type { Scenario } from "./scenario.ts";
 import { serveKillScenario } from "./serve-kill.ts";
+import { workersKillScenario } from "./workers-kill.ts";
 import { postgresOutageScenario } from "./postgres-outage.ts";
 import { redisOutageScenario } from "./redis-outage.ts";
 import { diskFullScenario } from "./disk-full.ts";
@@ -26,7 +27,7 @@ const flag = (name: string) => {
 };
 
 const SCENARIOS: Record<string, Scenario> = Object.fromEntries(
-  [receiverKillScenario, serveKillScenario, postgresOutageScenario, redisOutageScenario, diskFullScenario, floodScenario, clockBackScenario, hostileFilesScenario].map((s) => [s.name, s]),
+  [receiverKillScenario, serveKillScenario, workersKillScenario, postgresOutageScenario, redisOutageScenario, diskFullScenario, floodScenario, clockBackScenario, hostileFilesScenario].map((s) => [s.name, s]),
 );
 
 const KNOWN = new Set(["--only", "--seed", "--count"]);
