@@ -8,6 +8,9 @@
  *    Besides requests/s and latency, the CPU time each side spends per served request,
  *    read from /proc (the receiver's event loop, its other threads, its Postgres backends):
  *    unlike throughput, that figure barely moves when something else loads the machine.
+ *    And against what a user would pick instead: adnanh/webhook (Debian's `webhook`) checking
+ *    the same signature and running a script that stores the payload durably (write, fsync,
+ *    rename, fsync the directory) before it answers.
  * 2. Router pickup latency: from the rename of an entry into queues/router/ to the
  *    moment the queue worker (directory watcher + scans, src/queue/watch.ts) hands it to
  *    its handler, in process.
@@ -52,6 +55,11 @@ const WRK_SCRIPT = path.join(REPO_ROOT, "bench/wrk-webhook.lua");
 const SECRET = "bench-secret-It's a Secret to Everybody";
 const ADMIN_DATABASE_URL = process.env.DATABASE_URL || "postgres://postgres@127.0.0.1:5432/postgres";
 const TARGET_RATIO = 0.35;
+/** deployq's receiver against adnanh/webhook doing the same durable job (issue 12 §2). */
+const TARGET_WEBHOOK_RATIO = 3;
+/** The receiver against its own durable path without HTTP (bench/steps.ts, same invocation). */
+const TARGET_CEILING_SHARE = 0.75;
+const WEBHOOK_BIN = process.env.DEPLOYQ_BENCH_WEBHOOK || "/usr/bin/webhook";
 const TARGET_PICKUP_P99_MS = 10;
 /** What metrics and the event stream may cost the receiver's throughput. */
 const TARGET_OBSERVABILITY_COST = 0.05;
@@ -64,7 +72,8 @@ const usage = `usage: npm run bench -- [options]
   --threads <n>       wrk threads (default 2)
   --entries <n>       router entries for the pickup latency (default 500)
   --spacing <ms>      pause between two router entries (default 5)
-  --only <list>       comma-separated subset of: receiver,bare,router,steps,deploy,observability,dashboard,live-log (default all)
+  --only <list>       comma-separated subset of: receiver,bare,webhook,router,steps,deploy,observability,dashboard,live-log (default all)
+                      (webhook: adnanh/webhook, Debian's \`webhook\` package, at $DEPLOYQ_BENCH_WEBHOOK or /usr/bin/webhook)
   --deploy-pushes <n> measured pushes, each deployed by deployq and the baseline script (default 30)
   --deploy-warmup <n> unmeasured pushes before them (default 3)
   --burst <n>         pushes in the burst to one deployment (default 100)
@@ -88,7 +97,7 @@ const { values: opts } = parseArgs({
     threads: { type: "string", default: "2" },
     entries: { type: "string", default: "500" },
     spacing: { type: "string", default: "5" },
-    only: { type: "string", default: "receiver,bare,router,steps,deploy,observability,dashboard,live-log" },
+    only: { type: "string", default: "receiver,bare,webhook,router,steps,deploy,observability,dashboard,live-log" },
     "deploy-pushes": { type: "string", default: "30" },
     "deploy-warmup": { type: "string", default: "3" },
     burst: { type: "string", default: "100" },
@@ -283,7 +292,10 @@ function findEatMyData(): string {
 async function runWrk(url: string, payload: Payload, seconds: number): Promise<WrkResult> {
   // A fresh nonce per run: delivery GUIDs never repeat, across runs and warm-ups included.
   const nonce = randomBytes(4).toString("hex");
-  const args = [`-t${THREADS}`, `-c${CONNECTIONS}`, `-d${seconds}s`, "--timeout", "10s", "-s", WRK_SCRIPT, url, "--", payload.file, payload.signature, nonce];
+    // wrk takes the host and port from the URL; the script builds the request line (adnanh/webhook serves /hooks/<id>).
+  const target = new URL(url);
+  const requestPath = target.pathname === "/" ? "/github-webhook" : target.pathname;
+  const args = [`-t${THREADS}`, `-c${CONNECTIONS}`, `-d${seconds}s`, "--timeout", "10s", "-s", WRK_SCRIPT, target.origin, "--", payload.file, payload.signature, nonce, requestPath];
   const wrk = startChild("wrk", findWrk(), args, process.env);
   const [, json] = await wrk.waitFor(/WRK_RESULT (\{.*\})\n/, (seconds + 30) * 1000);
   await wrk.stop();
@@ -293,7 +305,7 @@ async function runWrk(url: string, payload: Payload, seconds: number): Promise<W
 interface HttpTarget {
   name: string;
   url: string;
-  /** The status that counts as served: 202 (queued) for deployq, 204 for the baseline. */
+  /** The status that counts as served: 202 (queued) for deployq, 204 for bare Express, 200 for adnanh/webhook. */
   expected: number;
   runs: WrkResult[];
   /** Load average (1 min) after each measured run: how busy the machine was. */
@@ -337,6 +349,16 @@ const cpu = {
       total.sys += t.sys;
     }
     return total;
+  },
+  /** The children a process has waited for (cutime + cstime): adnanh/webhook's commands. */
+  waitedChildren: (pid: number): CpuReader => () => {
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      return { user: (Number(fields[13]) * 1000) / CLOCK_TICKS, sys: (Number(fields[14]) * 1000) / CLOCK_TICKS };
+    } catch {
+      return { user: 0, sys: 0 };
+    }
   },
   /** A Node process's main thread: its event loop, where all JavaScript runs. */
   mainThread: (pid: number): CpuReader => () => readStat(`/proc/${pid}/task/${pid}/stat`),
@@ -576,6 +598,91 @@ async function startBare(): Promise<{ url: string; pid: number; stop(): Promise<
   return { url: url!, pid: bare.child.pid!, stop: () => bare.stop() };
 }
 
+// 1c. What a user would pick instead: adnanh/webhook (Debian's `webhook`), doing the same durable job
+
+/**
+ * The command adnanh/webhook runs per delivery: the payload written as deployq writes an entry
+ * (into a temporary, fsync'd, renamed into the queue directory, the directory fsync'd), with
+ * coreutils: `sync FILE` fsyncs that file, `sync DIR` the directory. webhook answers only once it
+ * has exited (include-command-output-in-response), so a 200 means the payload is durable.
+ */
+const WEBHOOK_STORE_SCRIPT = `#!/bin/sh
+# $1 = X-GitHub-Delivery, $2 = the payload (webhook's entire-payload).
+set -e
+tmp="queue/.$1.tmp"
+printf '%s' "$2" > "$tmp"
+sync "$tmp"
+mv "$tmp" "queue/$1.json"
+sync queue
+echo queued
+`;
+
+async function freeTcpPort(): Promise<number> {
+  const { createServer } = await import("node:net");
+  const server = createServer();
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => resolve());
+  });
+  const address = server.address();
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  if (typeof address !== "object" || address === null) throw new Error("no address");
+  return address.port;
+}
+
+async function startWebhook(workDir: string): Promise<{ url: string; pid: number; stop(): Promise<void>; queued(): Promise<number>; describe: string }> {
+  if (!existsSync(WEBHOOK_BIN)) throw new Error(`adnanh/webhook not found at ${WEBHOOK_BIN}: \`apt-get install -y webhook\` (Debian), or --only without webhook`);
+  const dir = path.join(workDir, "adnanh-webhook");
+  await mkdir(path.join(dir, "queue"), { recursive: true });
+  const script = path.join(dir, "store.sh");
+  await writeFile(script, WEBHOOK_STORE_SCRIPT, { mode: 0o755 });
+  const hooks = [
+    {
+      id: "github-webhook",
+      "execute-command": script,
+      "command-working-directory": dir,
+      "http-methods": ["POST"],
+      "include-command-output-in-response": true,
+      "pass-arguments-to-command": [
+        { source: "header", name: "X-GitHub-Delivery" },
+        { source: "entire-payload" },
+      ],
+      // The same check as deployq's: HMAC-SHA256 of the body with the secret, in X-Hub-Signature-256.
+      "trigger-rule": { match: { type: "payload-hmac-sha256", secret: SECRET, parameter: { source: "header", name: "X-Hub-Signature-256" } } },
+      "trigger-rule-mismatch-http-response-code": 403,
+    },
+  ];
+  await writeFile(path.join(dir, "hooks.json"), JSON.stringify(hooks, null, 2));
+  const port = await freeTcpPort();
+  const child = startChild("adnanh/webhook", WEBHOOK_BIN, ["-hooks", path.join(dir, "hooks.json"), "-ip", "127.0.0.1", "-port", String(port)], childEnv({}));
+  const url = `http://127.0.0.1:${port}/hooks/github-webhook`;
+  // It prints nothing without -verbose (which logs every request): wait until it answers.
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    try {
+      const res = await fetch(`http://127.0.0.1:${port}/`, { signal: AbortSignal.timeout(1000) });
+      await res.arrayBuffer();
+      break;
+    } catch (err) {
+      if (child.child.exitCode !== null || Date.now() > deadline) throw new Error(`adnanh/webhook did not start: ${(err as Error).message}; output:\n${child.output()}`);
+      await sleep(50);
+    }
+  }
+  let version = "";
+  try {
+    version = execFileSync(WEBHOOK_BIN, ["-version"], { encoding: "utf8" }).trim();
+  } catch {
+    // described without it
+  }
+  return {
+    url,
+    pid: child.child.pid!,
+    stop: () => child.stop(),
+    queued: async () => (await readdir(path.join(dir, "queue"))).filter((n) => n.endsWith(".json")).length,
+    describe: `${version || "adnanh/webhook"} (${WEBHOOK_BIN}), payload-hmac-sha256 on X-Hub-Signature-256, a /bin/sh script per delivery: write, sync file, mv, sync dir`,
+  };
+}
+
 // ---------------------------------------------------------------------------------------
 // 2. Router pickup latency
 
@@ -766,7 +873,7 @@ function printHttp(list: HttpFigures[], payload: Payload): void {
   }
   console.log(`HTTP: ${payload.bytes}-byte signed push, ${CONNECTIONS} connections, ${DURATION_S} s per target in ${ROUNDS} turns (wrk, ${THREADS} threads)`);
   console.log(table(rows));
-  console.log("ok req/s counts only the expected status (202 queued / 204); load = 1-min load average after each run");
+  console.log("ok req/s counts only the expected status (202 queued / 204 bare / 200 adnanh/webhook); load = 1-min load average after each run");
   const cpuRows = [["CPU ms per served request", "user", "sys", "total"]];
   for (const f of list) {
     let total = 0;
@@ -800,9 +907,11 @@ async function main(): Promise<void> {
 
   let receiver: HttpFigures | undefined;
   let bare: HttpFigures | undefined;
+  let webhook: HttpFigures | undefined;
+  let webhookInfo: { describe: string; queued: number } | undefined;
   let receiverInfo: { describe: string; queued: number } | undefined;
   let pickup: PickupFigures | undefined;
-  if (ONLY.has("receiver") || ONLY.has("bare")) {
+  if (ONLY.has("receiver") || ONLY.has("bare") || ONLY.has("webhook")) {
     console.error(`HTTP: signed push payload of ${payload.bytes} bytes, a fresh delivery GUID per request`);
     const targets: HttpTarget[] = [];
     const started = ONLY.has("receiver") ? await startReceiver(workDir) : undefined;
@@ -833,15 +942,32 @@ async function main(): Promise<void> {
         processes: async () => ({ "event loop": cpu.mainThread(baseline.pid), "other threads": cpu.otherThreads(baseline.pid) }),
       });
     }
+    const peer = ONLY.has("webhook") ? await startWebhook(workDir) : undefined;
+    if (peer) {
+      targets.push({
+        name: "adnanh/webhook",
+        url: peer.url,
+        expected: 200,
+        runs: [],
+        load: [],
+        cpu: {},
+        processes: async () => ({ "webhook (Go)": cpu.processes([peer.pid]), "its commands (sh, sync, mv)": cpu.waitedChildren(peer.pid) }),
+      });
+    }
     await measureHttp(targets, payload);
     await baseline?.stop();
+    if (peer) {
+      await peer.stop();
+      webhookInfo = { describe: peer.describe, queued: await peer.queued() };
+    }
     if (started) {
       await started.stop();
       receiverInfo = { describe: started.describe, queued: await started.queued() };
     }
     for (const t of targets) {
       if (t.expected === 202) receiver = merge(t);
-      else bare = merge(t);
+      else if (t.expected === 204) bare = merge(t);
+      else webhook = merge(t);
     }
   }
   let observability: { on: HttpFigures; off: HttpFigures; describe: string } | undefined;
@@ -952,8 +1078,8 @@ async function main(): Promise<void> {
     });
   }
   console.log("");
-  if (receiver || bare) {
-    printHttp([receiver, bare].filter((x): x is HttpFigures => x !== undefined), payload);
+  if (receiver || bare || webhook) {
+    printHttp([receiver, bare, webhook].filter((x): x is HttpFigures => x !== undefined), payload);
     if (receiverInfo) {
       const accepted = (receiver?.ok ?? 0);
       console.log(`receiver: ${receiverInfo.describe}; entries in queues/router/: ${receiverInfo.queued} (${accepted} measured 202s + warm-up)`);
@@ -961,6 +1087,13 @@ async function main(): Promise<void> {
     if (receiver && bare) {
       const ratio = receiver.okPerSec / bare.okPerSec;
       console.log(`ratio deployq/bare: ${ratio.toFixed(3)}x  (target >= ${TARGET_RATIO}x: ${ratio >= TARGET_RATIO ? "met" : "NOT met"})`);
+    }
+    if (webhookInfo) {
+      console.log(`adnanh/webhook: ${webhookInfo.describe}; payloads in its queue/: ${webhookInfo.queued} (${webhook?.ok ?? 0} measured 200s + warm-up)`);
+    }
+    if (receiver && webhook) {
+      const ratio = receiver.okPerSec / webhook.okPerSec;
+      console.log(`ratio deployq/adnanh-webhook: ${ratio.toFixed(2)}x  (target >= ${TARGET_WEBHOOK_RATIO}x: ${ratio >= TARGET_WEBHOOK_RATIO ? "met" : "NOT met"})`);
     }
     console.log("");
   }
@@ -1000,6 +1133,13 @@ async function main(): Promise<void> {
       console.log(
         `the durable path without HTTP (group commit, ${CONNECTIONS} in flight) / bare Express: ${(ceiling / bare.okPerSec).toFixed(3)}x ` +
           `(the most the receiver could reach against the ${TARGET_RATIO}x target on this machine, were its HTTP side free)`,
+      );
+    }
+    if (ceiling !== undefined && receiver) {
+      const share = receiver.okPerSec / ceiling;
+      console.log(
+        `the receiver / its own durable path without HTTP: ${(share * 100).toFixed(0)}% (${receiver.okPerSec.toFixed(0)} / ${ceiling.toFixed(0)} per s; ` +
+          `target >= ${TARGET_CEILING_SHARE * 100}%: ${share >= TARGET_CEILING_SHARE ? "met" : "NOT met"})`,
       );
     }
   }
