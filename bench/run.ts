@@ -46,6 +46,7 @@ import { type DashboardFigures, dashboardReport, runDashboardBench } from "./das
 import { type DeployFigures, deployReport, runDeployBench } from "./deploy.ts";
 import { type LiveLogFigures, liveLogReport, runLiveLogBench } from "./live-log.ts";
 import { GROUP_COMMIT_STEP, type StepFigure, runSteps } from "./steps.ts";
+import { type WatcherFigures, runWatcherBench, watcherReport } from "./watcher.ts";
 
 const REPO_ROOT = fileURLToPath(new URL("..", import.meta.url));
 const DEPLOYQ_BIN = path.join(REPO_ROOT, "bin/deployq.js");
@@ -72,8 +73,10 @@ const usage = `usage: npm run bench -- [options]
   --threads <n>       wrk threads (default 2)
   --entries <n>       router entries for the pickup latency (default 500)
   --spacing <ms>      pause between two router entries (default 5)
-  --only <list>       comma-separated subset of: receiver,bare,webhook,router,steps,deploy,observability,dashboard,live-log (default all)
+  --only <list>       comma-separated subset of: receiver,bare,webhook,router,watcher,steps,deploy,observability,dashboard,live-log (default all)
                       (webhook: adnanh/webhook, Debian's \`webhook\` package, at $DEPLOYQ_BENCH_WEBHOOK or /usr/bin/webhook)
+  --watcher-samples <n>  renames per watcher and pile size in the watcher section (default 200; piles 0, 1000, 10000)
+  --watcher-drain <n> the watcher section's backlog to drain (default 5000)
   --deploy-pushes <n> measured pushes, each deployed by deployq and the baseline script (default 30)
   --deploy-warmup <n> unmeasured pushes before them (default 3)
   --burst <n>         pushes in the burst to one deployment (default 100)
@@ -97,7 +100,9 @@ const { values: opts } = parseArgs({
     threads: { type: "string", default: "2" },
     entries: { type: "string", default: "500" },
     spacing: { type: "string", default: "5" },
-    only: { type: "string", default: "receiver,bare,webhook,router,steps,deploy,observability,dashboard,live-log" },
+    only: { type: "string", default: "receiver,bare,webhook,router,watcher,steps,deploy,observability,dashboard,live-log" },
+    "watcher-samples": { type: "string", default: "200" },
+    "watcher-drain": { type: "string", default: "5000" },
     "deploy-pushes": { type: "string", default: "30" },
     "deploy-warmup": { type: "string", default: "3" },
     burst: { type: "string", default: "100" },
@@ -1001,6 +1006,17 @@ async function main(): Promise<void> {
     observability = { on: merge(targets[0]!), off: merge(targets[1]!), describe: started[0]!.describe };
   }
   if (ONLY.has("router")) pickup = await benchRouterPickup(workDir);
+  let watcher: WatcherFigures | undefined;
+  if (ONLY.has("watcher")) {
+    watcher = await runWatcherBench({
+      workDir,
+      samples: Math.round(positive("watcher-samples")),
+      spacingMs: 5,
+      piles: [0, 1000, 10_000],
+      drainEntries: Math.round(positive("watcher-drain")),
+      progress: (line) => process.stderr.write(`${line}\n`),
+    });
+  }
   let steps: StepFigure[] | undefined;
   if (ONLY.has("steps")) {
     process.stderr.write(`  request steps: serial costs, then ${CONNECTIONS} in flight for 3 s each…\n`);
@@ -1117,6 +1133,10 @@ async function main(): Promise<void> {
       ]),
     );
     console.log(`target p99 < ${TARGET_PICKUP_P99_MS} ms: ${pickup.p99 < TARGET_PICKUP_P99_MS ? "met" : "NOT met"}`);
+    console.log("");
+  }
+  if (watcher) {
+    console.log(watcherReport(watcher, table));
     console.log("");
   }
   if (steps) {
