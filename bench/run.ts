@@ -45,6 +45,7 @@ import { parseEntry } from "../src/queue/entry.ts";
 import { type DashboardFigures, dashboardReport, runDashboardBench } from "./dashboard.ts";
 import { type DeployFigures, deployReport, runDeployBench } from "./deploy.ts";
 import { type LiveLogFigures, liveLogReport, runLiveLogBench } from "./live-log.ts";
+import { type ScaleFigures, runScaleBench, scaleReport } from "./scale.ts";
 import { GROUP_COMMIT_STEP, type StepFigure, runSteps } from "./steps.ts";
 import { type WatcherFigures, runWatcherBench, watcherReport } from "./watcher.ts";
 
@@ -73,10 +74,14 @@ const usage = `usage: npm run bench -- [options]
   --threads <n>       wrk threads (default 2)
   --entries <n>       router entries for the pickup latency (default 500)
   --spacing <ms>      pause between two router entries (default 5)
-  --only <list>       comma-separated subset of: receiver,bare,webhook,router,watcher,steps,deploy,observability,dashboard,live-log (default all)
+  --only <list>       comma-separated subset of: receiver,bare,webhook,router,watcher,steps,deploy,observability,dashboard,live-log,scale (default all)
                       (webhook: adnanh/webhook, Debian's \`webhook\` package, at $DEPLOYQ_BENCH_WEBHOOK or /usr/bin/webhook)
   --watcher-samples <n>  renames per watcher and pile size in the watcher section (default 200; piles 0, 1000, 10000)
   --watcher-drain <n> the watcher section's backlog to drain (default 5000)
+  --scale-sizes <list>  configured deployments in the scale section (default 1,10,100,1000)
+  --idle-seconds <s>  idle CPU measured over this long per size (default 10)
+  --fanout <n>        deployments one push fans out to (default 1000; 0: skip)
+  --backlog <n>       entries in the router backlog (default 100000; 0: skip)
   --deploy-pushes <n> measured pushes, each deployed by deployq and the baseline script (default 30)
   --deploy-warmup <n> unmeasured pushes before them (default 3)
   --burst <n>         pushes in the burst to one deployment (default 100)
@@ -100,9 +105,13 @@ const { values: opts } = parseArgs({
     threads: { type: "string", default: "2" },
     entries: { type: "string", default: "500" },
     spacing: { type: "string", default: "5" },
-    only: { type: "string", default: "receiver,bare,webhook,router,watcher,steps,deploy,observability,dashboard,live-log" },
+    only: { type: "string", default: "receiver,bare,webhook,router,watcher,steps,deploy,observability,dashboard,live-log,scale" },
     "watcher-samples": { type: "string", default: "200" },
     "watcher-drain": { type: "string", default: "5000" },
+    "scale-sizes": { type: "string", default: "1,10,100,1000" },
+    "idle-seconds": { type: "string", default: "10" },
+    fanout: { type: "string", default: "1000" },
+    backlog: { type: "string", default: "100000" },
     "deploy-pushes": { type: "string", default: "30" },
     "deploy-warmup": { type: "string", default: "3" },
     burst: { type: "string", default: "100" },
@@ -1057,6 +1066,22 @@ async function main(): Promise<void> {
       progress: (line) => process.stderr.write(`${line}\n`),
     });
   }
+  let scale: ScaleFigures | undefined;
+  if (ONLY.has("scale")) {
+    scale = await runScaleBench({
+      workDir,
+      repoRoot: REPO_ROOT,
+      secret: SECRET,
+      sizes: opts["scale-sizes"].split(",").map((x) => Math.round(Number(x))).filter((x) => x > 0),
+      idleSeconds: positive("idle-seconds"),
+      fanout: Math.max(0, Math.round(Number(opts.fanout)) || 0),
+      backlog: Math.max(0, Math.round(Number(opts.backlog)) || 0),
+      createDatabase,
+      startChild,
+      childEnv,
+      progress: (line) => process.stderr.write(`${line}\n`),
+    });
+  }
   let dashboard: DashboardFigures | undefined;
   if (ONLY.has("dashboard")) {
     const profiles = path.join(REPO_ROOT, "bench", "profiles");
@@ -1174,6 +1199,10 @@ async function main(): Promise<void> {
   if (liveLog) {
     console.log("");
     console.log(liveLogReport(liveLog, table));
+  }
+  if (scale) {
+    console.log("");
+    console.log(scaleReport(scale, table));
   }
   console.log(`\nload average at the end: ${os.loadavg().map((l) => l.toFixed(2)).join(" ")} (other work on the machine skews every figure)`);
 }
