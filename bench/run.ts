@@ -94,7 +94,7 @@ profiling variants of the receiver (not the default figures):
   --no-file-fsync     the receiver under Debian's libeatmydata (LD_PRELOAD): its fsync calls do nothing
   --uv-threads <n>    UV_THREADPOOL_SIZE for the receiver (Node's default is 4)
   --pool <n>          Postgres pool size (deployq's default is 20), through bench/receiver-entry.ts
-  --cpu-prof          write a V8 CPU profile of the receiver (and of deployq serve in the deploy part, and of the dashboard section's receiver) into bench/profiles/`;
+  --cpu-prof          write a V8 CPU profile of the receiver (and of deployq serve in the deploy part, the dashboard section's receiver, the scale section's backlog workers) into bench/profiles/`;
 
 const { values: opts } = parseArgs({
   options: {
@@ -1068,6 +1068,7 @@ async function main(): Promise<void> {
   }
   let scale: ScaleFigures | undefined;
   if (ONLY.has("scale")) {
+    if (opts["cpu-prof"]) await mkdir(path.join(REPO_ROOT, "bench", "profiles"), { recursive: true });
     scale = await runScaleBench({
       workDir,
       repoRoot: REPO_ROOT,
@@ -1076,6 +1077,7 @@ async function main(): Promise<void> {
       idleSeconds: positive("idle-seconds"),
       fanout: Math.max(0, Math.round(Number(opts.fanout)) || 0),
       backlog: Math.max(0, Math.round(Number(opts.backlog)) || 0),
+      ...(opts["cpu-prof"] ? { cpuProfileDir: path.join(REPO_ROOT, "bench", "profiles") } : {}),
       createDatabase,
       startChild,
       childEnv,

@@ -45,6 +45,8 @@ export interface ScaleOptions {
   idleSeconds: number;
   fanout: number;
   backlog: number;
+  /** Profiling: the backlog's `deployq workers` runs with --cpu-prof, its profile written here when it stops. */
+  cpuProfileDir?: string;
   createDatabase(): Promise<{ url: string; name: string }>;
   startChild(name: string, command: string, args: string[], env: NodeJS.ProcessEnv): ScaleChild;
   childEnv(extra: NodeJS.ProcessEnv): NodeJS.ProcessEnv;
@@ -182,9 +184,10 @@ export async function runScaleBench(o: ScaleOptions): Promise<ScaleFigures> {
     if (m.child.exitCode !== 0) throw new Error(`deployq migrate failed:\n${m.output()}`);
   }
 
-  const startWorkers = async (dir: string, label: string) => {
+  const startWorkers = async (dir: string, label: string, profile = false) => {
     const t0 = performance.now();
-    const w = o.startChild(`deployq workers (${label})`, process.execPath, [bin, "workers", "--config", path.join(dir, "deployq.toml")], env);
+    const prof = profile && o.cpuProfileDir ? ["--cpu-prof", "--cpu-prof-dir", o.cpuProfileDir] : [];
+    const w = o.startChild(`deployq workers (${label})`, process.execPath, [...prof, bin, "workers", "--config", path.join(dir, "deployq.toml")], env);
     await w.waitFor(/"msg":"deployq started"/, 600_000);
     return { w, pid: w.child.pid!, readyMs: performance.now() - t0 };
   };
@@ -322,7 +325,7 @@ export async function runScaleBench(o: ScaleOptions): Promise<ScaleFigures> {
     let readyMs = NaN;
     let drainedS = NaN;
     try {
-      const started = await startWorkers(dir, "backlog");
+      const started = await startWorkers(dir, "backlog", true);
       w = started.w;
       pid = started.pid;
       readyMs = started.readyMs;
