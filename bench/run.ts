@@ -276,6 +276,8 @@ interface WrkResult {
   statuses: Record<string, number>;
   /** 1000 latency quantiles, 0.1 % apart (wrk does not hand its histogram to Lua). */
   quantiles_us: number[];
+  /** Added by runWrk: CPU wrk itself used (it shares the machine's CPUs with the target). */
+  wrkCpu?: CpuTime;
 }
 
 interface Payload {
@@ -312,8 +314,10 @@ async function runWrk(url: string, payload: Payload, seconds: number): Promise<W
   const args = [`-t${THREADS}`, `-c${CONNECTIONS}`, `-d${seconds}s`, "--timeout", "10s", "-s", WRK_SCRIPT, target.origin, "--", payload.file, payload.signature, nonce, requestPath];
   const wrk = startChild("wrk", findWrk(), args, process.env);
   const [, json] = await wrk.waitFor(/WRK_RESULT (\{.*\})\n/, (seconds + 30) * 1000);
+  // Read before it exits: wrk's own CPU, spent on the same CPUs as the target's.
+  const wrkCpu = wrk.child.pid ? readStat(`/proc/${wrk.child.pid}/stat`) : undefined;
   await wrk.stop();
-  return JSON.parse(json!) as WrkResult;
+  return { ...(JSON.parse(json!) as WrkResult), ...(wrkCpu ? { wrkCpu } : {}) };
 }
 
 interface HttpTarget {
@@ -469,8 +473,14 @@ async function measureHttp(targets: HttpTarget[], payload: Payload): Promise<voi
     for (const [i, t] of order) {
       process.stderr.write(`  ${t.name}: round ${round}/${ROUNDS}, ${seconds} s, ${CONNECTIONS} connections…\n`);
       const before = cpuSnapshot(groups[i]!);
-      t.runs.push(await runWrk(t.url, payload, seconds));
+      const run = await runWrk(t.url, payload, seconds);
+      t.runs.push(run);
       const after = cpuSnapshot(groups[i]!);
+      if (run.wrkCpu) {
+        const acc = (t.cpu["wrk (the load generator, not the target)"] ??= { user: 0, sys: 0 });
+        acc.user += run.wrkCpu.user;
+        acc.sys += run.wrkCpu.sys;
+      }
       for (const [group, a] of Object.entries(after)) {
         const b = before[group]!;
         const acc = (t.cpu[group] ??= { user: 0, sys: 0 });
@@ -891,11 +901,17 @@ function printHttp(list: HttpFigures[], payload: Payload): void {
   const cpuRows = [["CPU ms per served request", "user", "sys", "total"]];
   for (const f of list) {
     let total = 0;
+    const wrkRows: string[][] = [];
     for (const [group, c] of Object.entries(f.cpuPerOk)) {
-      cpuRows.push([`${f.name}: ${group}`, c.user.toFixed(3), c.sys.toFixed(3), (c.user + c.sys).toFixed(3)]);
+      const row = [`${f.name}: ${group}`, c.user.toFixed(3), c.sys.toFixed(3), (c.user + c.sys).toFixed(3)];
+      if (group.startsWith("wrk")) {
+        wrkRows.push(row);
+        continue;
+      }
+      cpuRows.push(row);
       total += c.user + c.sys;
     }
-    cpuRows.push([`${f.name}: all of the above`, "", "", total.toFixed(3)]);
+    cpuRows.push([`${f.name}: all of the above`, "", "", total.toFixed(3)], ...wrkRows);
   }
   console.log(table(cpuRows));
   console.log(`(from /proc/<pid>/task; ${os.availableParallelism()} CPUs = ${(os.availableParallelism() * 1000).toFixed(0)} CPU ms per second, shared with wrk, the kernel and anything else running)`);
