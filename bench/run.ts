@@ -171,7 +171,10 @@ function cleanupAll(): Promise<void> {
 
 let interrupted = false;
 for (const signal of ["SIGINT", "SIGTERM"] as const) {
-  process.once(signal, () => {
+  // `on`, not `once`: Ctrl-C reaches tsx and this process both, and tsx relays it, so a second
+  // signal comes at once; with no listener left, it would kill the bench mid-cleanup.
+  process.on(signal, () => {
+    if (interrupted) return;
     interrupted = true;
     console.error(`\n${signal}: stopping children and dropping the database…`);
     void cleanupAll().finally(() => process.exit(130));
@@ -929,7 +932,7 @@ async function main(): Promise<void> {
   );
 
   const workDir = await mkdtemp(path.join(os.tmpdir(), "deployq-bench-"));
-  cleanups.push({ what: `remove ${workDir}`, run: () => rm(workDir, { recursive: true, force: true }) });
+  cleanups.push({ what: `remove ${workDir}`, run: () => rm(workDir, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 }) });
 
   const body = JSON.stringify(pushPayload({ repository: "octo-org/api", branch: "main", after: randomSha(), before: randomSha() }));
   const payload: Payload = { file: path.join(workDir, "push.json"), signature: await sign(SECRET, body), bytes: Buffer.byteLength(body) };

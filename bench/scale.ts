@@ -273,6 +273,8 @@ export async function runScaleBench(o: ScaleOptions): Promise<ScaleFigures> {
       backlogNames.add(name);
       const entry: QueueEntry = { event: "push", delivery_id: delivery, hook_id: "123456", received_at: new Date().toISOString(), source: "github", payload };
       writeFileSync(path.join(layout.router, name), serializeEntry(entry));
+      // Let signals in: tsx relays Ctrl-C and kills a child that does not answer in time.
+      if (i % 1000 === 999) await new Promise((resolve) => setImmediate(resolve));
     }
     const writeS = (performance.now() - w0) / 1000;
 

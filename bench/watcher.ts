@@ -98,7 +98,11 @@ function entryText(name: string): string {
 /** Writes entry files straight into `dir` (the pile: no watcher looks yet). */
 async function pile(dir: string, count: number): Promise<void> {
   const text = entryText(nextName());
-  for (let i = 0; i < count; i++) writeFileSync(path.join(dir, nextName()), text);
+  for (let i = 0; i < count; i++) {
+    writeFileSync(path.join(dir, nextName()), text);
+    // Let signals in: tsx relays Ctrl-C and kills a child that does not answer in time.
+    if (i % 500 === 499) await new Promise((resolve) => setImmediate(resolve));
+  }
 }
 
 /** A whole entry in `tmp`, fsync'd, ready to be renamed in. */
@@ -238,7 +242,11 @@ async function measureDrain(kind: WatcherKind, root: string, entries: number, mo
   let started = false;
   let t0 = 0;
   try {
-    const files = mode === "burst while running" ? Array.from({ length: entries }, () => prepared(tmp)) : [];
+    const files: Array<{ tmp: string; name: string }> = [];
+    for (let i = 0; mode === "burst while running" && i < entries; i++) {
+      files.push(prepared(tmp));
+      if (i % 200 === 199) await new Promise((resolve) => setImmediate(resolve)); // let signals in
+    }
     if (mode === "backlog at start") {
       await pile(dir, entries);
       // The watcher's own start (chokidar's initial scan of the backlog) counts.
@@ -348,9 +356,16 @@ if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.me
     },
   });
   const workDir = await mkdtemp(path.join(os.tmpdir(), "deployq-bench-watcher-"));
-  const cleanup = () => rm(workDir, { recursive: true, force: true });
+  // Retried: on Ctrl-C the measurement may still be writing files while the directory is removed.
+  const cleanup = () => rm(workDir, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 });
+  let interrupted = false;
   for (const signal of ["SIGINT", "SIGTERM"] as const) {
-    process.once(signal, () => void cleanup().finally(() => process.exit(130)));
+    // `on`: tsx relays Ctrl-C, so it comes twice; the second must not cut the cleanup short.
+    process.on(signal, () => {
+      if (interrupted) return;
+      interrupted = true;
+      void cleanup().finally(() => process.exit(130));
+    });
   }
   try {
     console.log(`deployq watcher bench — ${new Date().toISOString()}, node ${process.version}, load ${os.loadavg().map((l) => l.toFixed(2)).join(" ")}`);
