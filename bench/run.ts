@@ -18,6 +18,10 @@
  * 4. Deploys (bench/deploy.ts): a real `deployq serve` child, webhook -> `current` switched for
  *    a deploy with no commands, against a shell script doing a classic hook's fetch + checkout
  *    for the same push; and a burst of pushes to one deployment (how many deploys ran).
+ * 5-7. Observability, the dashboard, the live log (bench/dashboard.ts, bench/live-log.ts).
+ * 8. The directory watcher (bench/watcher.ts): fs.watch against chokidar 4.
+ * 9. Scale (bench/scale.ts): `deployq workers` with 1-1000 deployments, a push fanned out to
+ *    1000 of them, a 100,000-entry router backlog.
  *
  * Options (npm run bench -- --duration 5 ...): see `usage` below.
  * Every child process is stopped and the temporary database dropped, also on error or Ctrl-C.
