@@ -8,6 +8,9 @@
  *    Besides requests/s and latency, the CPU time each side spends per served request,
  *    read from /proc (the receiver's event loop, its other threads, its Postgres backends):
  *    unlike throughput, that figure barely moves when something else loads the machine.
+ *    And against what a user would pick instead: adnanh/webhook (Debian's `webhook`) checking
+ *    the same signature and running a script that stores the payload durably (write, fsync,
+ *    rename, fsync the directory) before it answers.
  * 2. Router pickup latency: from the rename of an entry into queues/router/ to the
  *    moment the queue worker (directory watcher + scans, src/queue/watch.ts) hands it to
  *    its handler, in process.
@@ -15,6 +18,10 @@
  * 4. Deploys (bench/deploy.ts): a real `deployq serve` child, webhook -> `current` switched for
  *    a deploy with no commands, against a shell script doing a classic hook's fetch + checkout
  *    for the same push; and a burst of pushes to one deployment (how many deploys ran).
+ * 5-7. Observability, the dashboard, the live log (bench/dashboard.ts, bench/live-log.ts).
+ * 8. The directory watcher (bench/watcher.ts): fs.watch against chokidar 4.
+ * 9. Scale (bench/scale.ts): `deployq workers` with 1-1000 deployments, a push fanned out to
+ *    1000 of them, a 100,000-entry router backlog.
  *
  * Options (npm run bench -- --duration 5 ...): see `usage` below.
  * Every child process is stopped and the temporary database dropped, also on error or Ctrl-C.
@@ -42,7 +49,9 @@ import { parseEntry } from "../src/queue/entry.ts";
 import { type DashboardFigures, dashboardReport, runDashboardBench } from "./dashboard.ts";
 import { type DeployFigures, deployReport, runDeployBench } from "./deploy.ts";
 import { type LiveLogFigures, liveLogReport, runLiveLogBench } from "./live-log.ts";
+import { type ScaleFigures, runScaleBench, scaleReport } from "./scale.ts";
 import { GROUP_COMMIT_STEP, type StepFigure, runSteps } from "./steps.ts";
+import { type WatcherFigures, runWatcherBench, watcherReport } from "./watcher.ts";
 
 const REPO_ROOT = fileURLToPath(new URL("..", import.meta.url));
 const DEPLOYQ_BIN = path.join(REPO_ROOT, "bin/deployq.js");
@@ -52,6 +61,11 @@ const WRK_SCRIPT = path.join(REPO_ROOT, "bench/wrk-webhook.lua");
 const SECRET = "bench-secret-It's a Secret to Everybody";
 const ADMIN_DATABASE_URL = process.env.DATABASE_URL || "postgres://postgres@127.0.0.1:5432/postgres";
 const TARGET_RATIO = 0.35;
+/** deployq's receiver against adnanh/webhook doing the same durable job (issue 12 §2). */
+const TARGET_WEBHOOK_RATIO = 3;
+/** The receiver against its own durable path without HTTP (bench/steps.ts, same invocation). */
+const TARGET_CEILING_SHARE = 0.75;
+const WEBHOOK_BIN = process.env.DEPLOYQ_BENCH_WEBHOOK || "/usr/bin/webhook";
 const TARGET_PICKUP_P99_MS = 10;
 /** What metrics and the event stream may cost the receiver's throughput. */
 const TARGET_OBSERVABILITY_COST = 0.05;
@@ -64,7 +78,14 @@ const usage = `usage: npm run bench -- [options]
   --threads <n>       wrk threads (default 2)
   --entries <n>       router entries for the pickup latency (default 500)
   --spacing <ms>      pause between two router entries (default 5)
-  --only <list>       comma-separated subset of: receiver,bare,router,steps,deploy,observability,dashboard,live-log (default all)
+  --only <list>       comma-separated subset of: receiver,bare,webhook,router,watcher,steps,deploy,observability,dashboard,live-log,scale (default all)
+                      (webhook: adnanh/webhook, Debian's \`webhook\` package, at $DEPLOYQ_BENCH_WEBHOOK or /usr/bin/webhook)
+  --watcher-samples <n>  renames per watcher and pile size in the watcher section (default 200; piles 0, 1000, 10000)
+  --watcher-drain <n> the watcher section's backlog to drain (default 5000)
+  --scale-sizes <list>  configured deployments in the scale section (default 1,10,100,1000)
+  --idle-seconds <s>  idle CPU measured over this long per size (default 10)
+  --fanout <n>        deployments one push fans out to (default 1000; 0: skip)
+  --backlog <n>       entries in the router backlog (default 100000; 0: skip)
   --deploy-pushes <n> measured pushes, each deployed by deployq and the baseline script (default 30)
   --deploy-warmup <n> unmeasured pushes before them (default 3)
   --burst <n>         pushes in the burst to one deployment (default 100)
@@ -77,7 +98,7 @@ profiling variants of the receiver (not the default figures):
   --no-file-fsync     the receiver under Debian's libeatmydata (LD_PRELOAD): its fsync calls do nothing
   --uv-threads <n>    UV_THREADPOOL_SIZE for the receiver (Node's default is 4)
   --pool <n>          Postgres pool size (deployq's default is 20), through bench/receiver-entry.ts
-  --cpu-prof          write a V8 CPU profile of the receiver (and of deployq serve in the deploy part, and of the dashboard section's receiver) into bench/profiles/`;
+  --cpu-prof          write a V8 CPU profile of the receiver (and of deployq serve in the deploy part, the dashboard section's receiver, the scale section's backlog workers) into bench/profiles/`;
 
 const { values: opts } = parseArgs({
   options: {
@@ -88,7 +109,13 @@ const { values: opts } = parseArgs({
     threads: { type: "string", default: "2" },
     entries: { type: "string", default: "500" },
     spacing: { type: "string", default: "5" },
-    only: { type: "string", default: "receiver,bare,router,steps,deploy,observability,dashboard,live-log" },
+    only: { type: "string", default: "receiver,bare,webhook,router,watcher,steps,deploy,observability,dashboard,live-log,scale" },
+    "watcher-samples": { type: "string", default: "200" },
+    "watcher-drain": { type: "string", default: "5000" },
+    "scale-sizes": { type: "string", default: "1,10,100,1000" },
+    "idle-seconds": { type: "string", default: "10" },
+    fanout: { type: "string", default: "1000" },
+    backlog: { type: "string", default: "100000" },
     "deploy-pushes": { type: "string", default: "30" },
     "deploy-warmup": { type: "string", default: "3" },
     burst: { type: "string", default: "100" },
@@ -148,7 +175,10 @@ function cleanupAll(): Promise<void> {
 
 let interrupted = false;
 for (const signal of ["SIGINT", "SIGTERM"] as const) {
-  process.once(signal, () => {
+  // `on`, not `once`: Ctrl-C reaches tsx and this process both, and tsx relays it, so a second
+  // signal comes at once; with no listener left, it would kill the bench mid-cleanup.
+  process.on(signal, () => {
+    if (interrupted) return;
     interrupted = true;
     console.error(`\n${signal}: stopping children and dropping the database…`);
     void cleanupAll().finally(() => process.exit(130));
@@ -253,6 +283,8 @@ interface WrkResult {
   statuses: Record<string, number>;
   /** 1000 latency quantiles, 0.1 % apart (wrk does not hand its histogram to Lua). */
   quantiles_us: number[];
+  /** Added by runWrk: CPU wrk itself used (it shares the machine's CPUs with the target). */
+  wrkCpu?: CpuTime;
 }
 
 interface Payload {
@@ -283,17 +315,22 @@ function findEatMyData(): string {
 async function runWrk(url: string, payload: Payload, seconds: number): Promise<WrkResult> {
   // A fresh nonce per run: delivery GUIDs never repeat, across runs and warm-ups included.
   const nonce = randomBytes(4).toString("hex");
-  const args = [`-t${THREADS}`, `-c${CONNECTIONS}`, `-d${seconds}s`, "--timeout", "10s", "-s", WRK_SCRIPT, url, "--", payload.file, payload.signature, nonce];
+    // wrk takes the host and port from the URL; the script builds the request line (adnanh/webhook serves /hooks/<id>).
+  const target = new URL(url);
+  const requestPath = target.pathname === "/" ? "/github-webhook" : target.pathname;
+  const args = [`-t${THREADS}`, `-c${CONNECTIONS}`, `-d${seconds}s`, "--timeout", "10s", "-s", WRK_SCRIPT, target.origin, "--", payload.file, payload.signature, nonce, requestPath];
   const wrk = startChild("wrk", findWrk(), args, process.env);
   const [, json] = await wrk.waitFor(/WRK_RESULT (\{.*\})\n/, (seconds + 30) * 1000);
+  // Read before it exits: wrk's own CPU, spent on the same CPUs as the target's.
+  const wrkCpu = wrk.child.pid ? readStat(`/proc/${wrk.child.pid}/stat`) : undefined;
   await wrk.stop();
-  return JSON.parse(json!) as WrkResult;
+  return { ...(JSON.parse(json!) as WrkResult), ...(wrkCpu ? { wrkCpu } : {}) };
 }
 
 interface HttpTarget {
   name: string;
   url: string;
-  /** The status that counts as served: 202 (queued) for deployq, 204 for the baseline. */
+  /** The status that counts as served: 202 (queued) for deployq, 204 for bare Express, 200 for adnanh/webhook. */
   expected: number;
   runs: WrkResult[];
   /** Load average (1 min) after each measured run: how busy the machine was. */
@@ -337,6 +374,16 @@ const cpu = {
       total.sys += t.sys;
     }
     return total;
+  },
+  /** The children a process has waited for (cutime + cstime): adnanh/webhook's commands. */
+  waitedChildren: (pid: number): CpuReader => () => {
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      return { user: (Number(fields[13]) * 1000) / CLOCK_TICKS, sys: (Number(fields[14]) * 1000) / CLOCK_TICKS };
+    } catch {
+      return { user: 0, sys: 0 };
+    }
   },
   /** A Node process's main thread: its event loop, where all JavaScript runs. */
   mainThread: (pid: number): CpuReader => () => readStat(`/proc/${pid}/task/${pid}/stat`),
@@ -433,8 +480,14 @@ async function measureHttp(targets: HttpTarget[], payload: Payload): Promise<voi
     for (const [i, t] of order) {
       process.stderr.write(`  ${t.name}: round ${round}/${ROUNDS}, ${seconds} s, ${CONNECTIONS} connections…\n`);
       const before = cpuSnapshot(groups[i]!);
-      t.runs.push(await runWrk(t.url, payload, seconds));
+      const run = await runWrk(t.url, payload, seconds);
+      t.runs.push(run);
       const after = cpuSnapshot(groups[i]!);
+      if (run.wrkCpu) {
+        const acc = (t.cpu["wrk (the load generator, not the target)"] ??= { user: 0, sys: 0 });
+        acc.user += run.wrkCpu.user;
+        acc.sys += run.wrkCpu.sys;
+      }
       for (const [group, a] of Object.entries(after)) {
         const b = before[group]!;
         const acc = (t.cpu[group] ??= { user: 0, sys: 0 });
@@ -574,6 +627,91 @@ async function startBare(): Promise<{ url: string; pid: number; stop(): Promise<
   const bare = startChild("bare express", process.execPath, ["--import", "tsx", BARE_EXPRESS], childEnv({}));
   const [, url] = await bare.waitFor(/listening on (http:\/\/\S+)/, 60_000);
   return { url: url!, pid: bare.child.pid!, stop: () => bare.stop() };
+}
+
+// 1c. What a user would pick instead: adnanh/webhook (Debian's `webhook`), doing the same durable job
+
+/**
+ * The command adnanh/webhook runs per delivery: the payload written as deployq writes an entry
+ * (into a temporary, fsync'd, renamed into the queue directory, the directory fsync'd), with
+ * coreutils: `sync FILE` fsyncs that file, `sync DIR` the directory. webhook answers only once it
+ * has exited (include-command-output-in-response), so a 200 means the payload is durable.
+ */
+const WEBHOOK_STORE_SCRIPT = `#!/bin/sh
+# $1 = X-GitHub-Delivery, $2 = the payload (webhook's entire-payload).
+set -e
+tmp="queue/.$1.tmp"
+printf '%s' "$2" > "$tmp"
+sync "$tmp"
+mv "$tmp" "queue/$1.json"
+sync queue
+echo queued
+`;
+
+async function freeTcpPort(): Promise<number> {
+  const { createServer } = await import("node:net");
+  const server = createServer();
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => resolve());
+  });
+  const address = server.address();
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  if (typeof address !== "object" || address === null) throw new Error("no address");
+  return address.port;
+}
+
+async function startWebhook(workDir: string): Promise<{ url: string; pid: number; stop(): Promise<void>; queued(): Promise<number>; describe: string }> {
+  if (!existsSync(WEBHOOK_BIN)) throw new Error(`adnanh/webhook not found at ${WEBHOOK_BIN}: \`apt-get install -y webhook\` (Debian), or --only without webhook`);
+  const dir = path.join(workDir, "adnanh-webhook");
+  await mkdir(path.join(dir, "queue"), { recursive: true });
+  const script = path.join(dir, "store.sh");
+  await writeFile(script, WEBHOOK_STORE_SCRIPT, { mode: 0o755 });
+  const hooks = [
+    {
+      id: "github-webhook",
+      "execute-command": script,
+      "command-working-directory": dir,
+      "http-methods": ["POST"],
+      "include-command-output-in-response": true,
+      "pass-arguments-to-command": [
+        { source: "header", name: "X-GitHub-Delivery" },
+        { source: "entire-payload" },
+      ],
+      // The same check as deployq's: HMAC-SHA256 of the body with the secret, in X-Hub-Signature-256.
+      "trigger-rule": { match: { type: "payload-hmac-sha256", secret: SECRET, parameter: { source: "header", name: "X-Hub-Signature-256" } } },
+      "trigger-rule-mismatch-http-response-code": 403,
+    },
+  ];
+  await writeFile(path.join(dir, "hooks.json"), JSON.stringify(hooks, null, 2));
+  const port = await freeTcpPort();
+  const child = startChild("adnanh/webhook", WEBHOOK_BIN, ["-hooks", path.join(dir, "hooks.json"), "-ip", "127.0.0.1", "-port", String(port)], childEnv({}));
+  const url = `http://127.0.0.1:${port}/hooks/github-webhook`;
+  // It prints nothing without -verbose (which logs every request): wait until it answers.
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    try {
+      const res = await fetch(`http://127.0.0.1:${port}/`, { signal: AbortSignal.timeout(1000) });
+      await res.arrayBuffer();
+      break;
+    } catch (err) {
+      if (child.child.exitCode !== null || Date.now() > deadline) throw new Error(`adnanh/webhook did not start: ${(err as Error).message}; output:\n${child.output()}`);
+      await sleep(50);
+    }
+  }
+  let version = "";
+  try {
+    version = execFileSync(WEBHOOK_BIN, ["-version"], { encoding: "utf8" }).trim();
+  } catch {
+    // described without it
+  }
+  return {
+    url,
+    pid: child.child.pid!,
+    stop: () => child.stop(),
+    queued: async () => (await readdir(path.join(dir, "queue"))).filter((n) => n.endsWith(".json")).length,
+    describe: `${version || "adnanh/webhook"} (${WEBHOOK_BIN}), payload-hmac-sha256 on X-Hub-Signature-256, a /bin/sh script per delivery: write, sync file, mv, sync dir`,
+  };
 }
 
 // ---------------------------------------------------------------------------------------
@@ -766,15 +904,21 @@ function printHttp(list: HttpFigures[], payload: Payload): void {
   }
   console.log(`HTTP: ${payload.bytes}-byte signed push, ${CONNECTIONS} connections, ${DURATION_S} s per target in ${ROUNDS} turns (wrk, ${THREADS} threads)`);
   console.log(table(rows));
-  console.log("ok req/s counts only the expected status (202 queued / 204); load = 1-min load average after each run");
+  console.log("ok req/s counts only the expected status (202 queued / 204 bare / 200 adnanh/webhook); load = 1-min load average after each run");
   const cpuRows = [["CPU ms per served request", "user", "sys", "total"]];
   for (const f of list) {
     let total = 0;
+    const wrkRows: string[][] = [];
     for (const [group, c] of Object.entries(f.cpuPerOk)) {
-      cpuRows.push([`${f.name}: ${group}`, c.user.toFixed(3), c.sys.toFixed(3), (c.user + c.sys).toFixed(3)]);
+      const row = [`${f.name}: ${group}`, c.user.toFixed(3), c.sys.toFixed(3), (c.user + c.sys).toFixed(3)];
+      if (group.startsWith("wrk")) {
+        wrkRows.push(row);
+        continue;
+      }
+      cpuRows.push(row);
       total += c.user + c.sys;
     }
-    cpuRows.push([`${f.name}: all of the above`, "", "", total.toFixed(3)]);
+    cpuRows.push([`${f.name}: all of the above`, "", "", total.toFixed(3)], ...wrkRows);
   }
   console.log(table(cpuRows));
   console.log(`(from /proc/<pid>/task; ${os.availableParallelism()} CPUs = ${(os.availableParallelism() * 1000).toFixed(0)} CPU ms per second, shared with wrk, the kernel and anything else running)`);
@@ -792,7 +936,7 @@ async function main(): Promise<void> {
   );
 
   const workDir = await mkdtemp(path.join(os.tmpdir(), "deployq-bench-"));
-  cleanups.push({ what: `remove ${workDir}`, run: () => rm(workDir, { recursive: true, force: true }) });
+  cleanups.push({ what: `remove ${workDir}`, run: () => rm(workDir, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 }) });
 
   const body = JSON.stringify(pushPayload({ repository: "octo-org/api", branch: "main", after: randomSha(), before: randomSha() }));
   const payload: Payload = { file: path.join(workDir, "push.json"), signature: await sign(SECRET, body), bytes: Buffer.byteLength(body) };
@@ -800,9 +944,11 @@ async function main(): Promise<void> {
 
   let receiver: HttpFigures | undefined;
   let bare: HttpFigures | undefined;
+  let webhook: HttpFigures | undefined;
+  let webhookInfo: { describe: string; queued: number } | undefined;
   let receiverInfo: { describe: string; queued: number } | undefined;
   let pickup: PickupFigures | undefined;
-  if (ONLY.has("receiver") || ONLY.has("bare")) {
+  if (ONLY.has("receiver") || ONLY.has("bare") || ONLY.has("webhook")) {
     console.error(`HTTP: signed push payload of ${payload.bytes} bytes, a fresh delivery GUID per request`);
     const targets: HttpTarget[] = [];
     const started = ONLY.has("receiver") ? await startReceiver(workDir) : undefined;
@@ -833,15 +979,32 @@ async function main(): Promise<void> {
         processes: async () => ({ "event loop": cpu.mainThread(baseline.pid), "other threads": cpu.otherThreads(baseline.pid) }),
       });
     }
+    const peer = ONLY.has("webhook") ? await startWebhook(workDir) : undefined;
+    if (peer) {
+      targets.push({
+        name: "adnanh/webhook",
+        url: peer.url,
+        expected: 200,
+        runs: [],
+        load: [],
+        cpu: {},
+        processes: async () => ({ "webhook (Go)": cpu.processes([peer.pid]), "its commands (sh, sync, mv)": cpu.waitedChildren(peer.pid) }),
+      });
+    }
     await measureHttp(targets, payload);
     await baseline?.stop();
+    if (peer) {
+      await peer.stop();
+      webhookInfo = { describe: peer.describe, queued: await peer.queued() };
+    }
     if (started) {
       await started.stop();
       receiverInfo = { describe: started.describe, queued: await started.queued() };
     }
     for (const t of targets) {
       if (t.expected === 202) receiver = merge(t);
-      else bare = merge(t);
+      else if (t.expected === 204) bare = merge(t);
+      else webhook = merge(t);
     }
   }
   let observability: { on: HttpFigures; off: HttpFigures; describe: string } | undefined;
@@ -875,6 +1038,17 @@ async function main(): Promise<void> {
     observability = { on: merge(targets[0]!), off: merge(targets[1]!), describe: started[0]!.describe };
   }
   if (ONLY.has("router")) pickup = await benchRouterPickup(workDir);
+  let watcher: WatcherFigures | undefined;
+  if (ONLY.has("watcher")) {
+    watcher = await runWatcherBench({
+      workDir,
+      samples: Math.round(positive("watcher-samples")),
+      spacingMs: 5,
+      piles: [0, 1000, 10_000],
+      drainEntries: Math.round(positive("watcher-drain")),
+      progress: (line) => process.stderr.write(`${line}\n`),
+    });
+  }
   let steps: StepFigure[] | undefined;
   if (ONLY.has("steps")) {
     process.stderr.write(`  request steps: serial costs, then ${CONNECTIONS} in flight for 3 s each…\n`);
@@ -915,6 +1089,24 @@ async function main(): Promise<void> {
       progress: (line) => process.stderr.write(`${line}\n`),
     });
   }
+  let scale: ScaleFigures | undefined;
+  if (ONLY.has("scale")) {
+    if (opts["cpu-prof"]) await mkdir(path.join(REPO_ROOT, "bench", "profiles"), { recursive: true });
+    scale = await runScaleBench({
+      workDir,
+      repoRoot: REPO_ROOT,
+      secret: SECRET,
+      sizes: opts["scale-sizes"].split(",").map((x) => Math.round(Number(x))).filter((x) => x > 0),
+      idleSeconds: positive("idle-seconds"),
+      fanout: Math.max(0, Math.round(Number(opts.fanout)) || 0),
+      backlog: Math.max(0, Math.round(Number(opts.backlog)) || 0),
+      ...(opts["cpu-prof"] ? { cpuProfileDir: path.join(REPO_ROOT, "bench", "profiles") } : {}),
+      createDatabase,
+      startChild,
+      childEnv,
+      progress: (line) => process.stderr.write(`${line}\n`),
+    });
+  }
   let dashboard: DashboardFigures | undefined;
   if (ONLY.has("dashboard")) {
     const profiles = path.join(REPO_ROOT, "bench", "profiles");
@@ -952,8 +1144,8 @@ async function main(): Promise<void> {
     });
   }
   console.log("");
-  if (receiver || bare) {
-    printHttp([receiver, bare].filter((x): x is HttpFigures => x !== undefined), payload);
+  if (receiver || bare || webhook) {
+    printHttp([receiver, bare, webhook].filter((x): x is HttpFigures => x !== undefined), payload);
     if (receiverInfo) {
       const accepted = (receiver?.ok ?? 0);
       console.log(`receiver: ${receiverInfo.describe}; entries in queues/router/: ${receiverInfo.queued} (${accepted} measured 202s + warm-up)`);
@@ -961,6 +1153,13 @@ async function main(): Promise<void> {
     if (receiver && bare) {
       const ratio = receiver.okPerSec / bare.okPerSec;
       console.log(`ratio deployq/bare: ${ratio.toFixed(3)}x  (target >= ${TARGET_RATIO}x: ${ratio >= TARGET_RATIO ? "met" : "NOT met"})`);
+    }
+    if (webhookInfo) {
+      console.log(`adnanh/webhook: ${webhookInfo.describe}; payloads in its queue/: ${webhookInfo.queued} (${webhook?.ok ?? 0} measured 200s + warm-up)`);
+    }
+    if (receiver && webhook) {
+      const ratio = receiver.okPerSec / webhook.okPerSec;
+      console.log(`ratio deployq/adnanh-webhook: ${ratio.toFixed(2)}x  (target >= ${TARGET_WEBHOOK_RATIO}x: ${ratio >= TARGET_WEBHOOK_RATIO ? "met" : "NOT met"})`);
     }
     console.log("");
   }
@@ -986,6 +1185,10 @@ async function main(): Promise<void> {
     console.log(`target p99 < ${TARGET_PICKUP_P99_MS} ms: ${pickup.p99 < TARGET_PICKUP_P99_MS ? "met" : "NOT met"}`);
     console.log("");
   }
+  if (watcher) {
+    console.log(watcherReport(watcher, table));
+    console.log("");
+  }
   if (steps) {
     const n = (x: number | undefined, digits: number) => (x === undefined ? "" : x.toFixed(digits));
     console.log(`where a receiver request's time goes: each step alone, in process (bench/steps.ts)`);
@@ -1002,6 +1205,13 @@ async function main(): Promise<void> {
           `(the most the receiver could reach against the ${TARGET_RATIO}x target on this machine, were its HTTP side free)`,
       );
     }
+    if (ceiling !== undefined && receiver) {
+      const share = receiver.okPerSec / ceiling;
+      console.log(
+        `the receiver / its own durable path without HTTP: ${(share * 100).toFixed(0)}% (${receiver.okPerSec.toFixed(0)} / ${ceiling.toFixed(0)} per s; ` +
+          `target >= ${TARGET_CEILING_SHARE * 100}%: ${share >= TARGET_CEILING_SHARE ? "met" : "NOT met"})`,
+      );
+    }
   }
   if (deploy) {
     console.log("");
@@ -1014,6 +1224,10 @@ async function main(): Promise<void> {
   if (liveLog) {
     console.log("");
     console.log(liveLogReport(liveLog, table));
+  }
+  if (scale) {
+    console.log("");
+    console.log(scaleReport(scale, table));
   }
   console.log(`\nload average at the end: ${os.loadavg().map((l) => l.toFixed(2)).join(" ")} (other work on the machine skews every figure)`);
 }

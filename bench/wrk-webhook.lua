@@ -2,7 +2,9 @@
 -- and a fresh X-GitHub-Delivery GUID per request (a repeated ID would take the duplicate
 -- fast path). Counts responses by status and prints one JSON line at the end.
 --
---   wrk -t2 -c32 -d10s -s bench/wrk-webhook.lua http://127.0.0.1:PORT -- <body-file> <signature> <run-nonce>
+--   wrk -t2 -c32 -d10s -s bench/wrk-webhook.lua http://127.0.0.1:PORT -- <body-file> <signature> <run-nonce> [<path>]
+--
+-- <path> defaults to /github-webhook (deployq, bare Express); adnanh/webhook serves /hooks/<id>.
 --
 -- The GUID is <nonce 8 hex>-<thread 4 hex>-4000-8000-<counter 12 hex>: unique within a run
 -- without any randomness, and valid for deployq's GUID check.
@@ -26,8 +28,9 @@ function init(args)
   file:close()
   local signature = args[2]
   local nonce = args[3]
+  local path = args[4] or "/github-webhook"
   statuses = {}
-  head = "POST /github-webhook HTTP/1.1\r\n"
+  head = "POST " .. path .. " HTTP/1.1\r\n"
     .. "Host: " .. wrk.host .. ":" .. wrk.port .. "\r\n"
     .. "Content-Type: application/json\r\n"
     .. "User-Agent: GitHub-Hookshot/bench\r\n"
