@@ -14,8 +14,12 @@ export async function scanQueue(dir: string): Promise<string[]> {
     if ((err as NodeJS.ErrnoException).code === "ENOENT") return [];
     throw err;
   }
+  scanStats.set(dir, (scanStats.get(dir) ?? 0) + names.length);
   return names.filter(isEntryName).sort();
 }
+
+/** How many names scanQueue has read from each directory, in this process: for tests and the bench (one number per queue directory). */
+export const scanStats = new Map<string, number>();
 
 /** What a queue directory held when it was last read, and how to tell it has not changed since. */
 interface Summary {

@@ -141,6 +141,7 @@ export class DeploymentWorker {
       name: this.name,
       dir: deps.layout.deployment(this.name),
       handle: (names) => this.handle(names[0]!),
+      skip: () => this.paused(),
       rescanIntervalMs: deps.rescanIntervalMs,
       watch: deps.watch,
       logger: deps.logger,
