@@ -1,4 +1,4 @@
-import { mkdtemp, readFile, readdir, rm } from "node:fs/promises";
+import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { asc, eq } from "drizzle-orm";
@@ -10,6 +10,7 @@ import { createTestDatabase } from "../test/helpers/db.ts";
 import { createRepo } from "../test/helpers/git.ts";
 import { until } from "../test/helpers/wait.ts";
 import { createWorkspace, followingDeployment, post, pushPayload, signedDelivery } from "../test/helpers/workspace.ts";
+import { checkCurrent, entryFiles, liveSha } from "./checks.ts";
 import { createRng } from "./rng.ts";
 import { type Scenario, must } from "./scenario.ts";
 
@@ -60,7 +61,7 @@ export async function clockBack(options: ClockBackOptions): Promise<ClockBackRes
   const work = await mkdtemp(path.join(tmpdir(), "deployq-torture-clock-"));
   const repo = await createRepo(work);
   const tdb = await createTestDatabase("postgres");
-  const ws = await createWorkspace({ deployments: followingDeployment("app", repo.bare, `commands = [["true"]]\nkeep_deploys = 1000000`) });
+  const ws = await createWorkspace({ deployments: followingDeployment("app", repo.bare, `commands = [["sh", "-c", "echo built > built.txt"]]\nkeep_deploys = 1000000`) });
   let offset = 0n;
   const stepped = () => BigInt(Math.floor((performance.timeOrigin + performance.now()) * 1000)) * 1000n + offset;
   const start = () => startDaemon({ settings: ws.settings, role: "serve", logger: silentLogger(), database: tdb.database });
@@ -70,11 +71,7 @@ export async function clockBack(options: ClockBackOptions): Promise<ClockBackRes
   let nsBack = 0n;
   let restarts = 0;
   const acked: Array<{ delivery: string; name: string; sha: string }> = [];
-  const liveSha = async () => {
-    const meta = await readFile(path.join(ws.dir, "apps", "app", "current", ".deployq-release.json"), "utf8").catch(() => undefined);
-    return meta ? (JSON.parse(meta) as { sha: string }).sha : undefined;
-  };
-  const entries = async (dir: string) => (await readdir(dir).catch(() => [] as string[])).filter((n) => n.endsWith(".json"));
+  const live = () => liveSha(path.join(ws.dir, "apps", "app"));
   const queues = [path.join(ws.queuesDir, "router"), path.join(ws.queuesDir, "deployments", "app")];
   try {
     replaceEntryClock(stepped);
@@ -108,12 +105,12 @@ export async function clockBack(options: ClockBackOptions): Promise<ClockBackRes
       // Sometimes let everything be deployed away: then only the database remembers the newest name.
       if (rng.int(0, 2) === 0) {
         const newest = acked.at(-1)?.sha;
-        await until("the round's newest commit live and the queues empty", async () => (await liveSha()) === newest && (await Promise.all(queues.map(entries))).every((e) => e.length === 0), 60_000, 50);
+        await until("the round's newest commit live and the queues empty", async () => (await live()) === newest && (await Promise.all(queues.map(entryFiles))).every((e) => e.length === 0), 60_000, 50);
       }
       if (round % 10 === 0 || round === options.rounds) log(`  round ${round}/${options.rounds}: ${acked.length} pushes, ${stepsBack} steps back, ${restarts} restarts`);
     }
     const newest = acked.at(-1)?.sha;
-    await until("the newest commit live and the queues empty", async () => (await liveSha()) === newest && (await Promise.all(queues.map(entries))).every((e) => e.length === 0), 120_000, 50).catch(() => undefined);
+    await until("the newest commit live and the queues empty", async () => (await live()) === newest && (await Promise.all(queues.map(entryFiles))).every((e) => e.length === 0), 120_000, 50).catch(() => undefined);
     await daemon.close();
     daemon = undefined;
 
@@ -145,9 +142,7 @@ export async function clockBack(options: ClockBackOptions): Promise<ClockBackRes
       }
       highest = Math.max(highest, at);
     }
-    const live = await liveSha();
-    const badCurrent = live === newest ? 0 : 1;
-    if (badCurrent) problems.push(`current is ${live ?? "nothing"}, not the newest commit pushed, ${newest}`);
+    const badCurrent = await checkCurrent(path.join(ws.dir, "apps", "app"), newest ?? "", problems);
     return {
       seed: rng.seed,
       rounds: options.rounds,

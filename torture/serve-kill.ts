@@ -1,15 +1,13 @@
-import { mkdtemp, readFile, readdir, readlink, rm, stat } from "node:fs/promises";
+import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { and, eq, inArray } from "drizzle-orm";
-import { FINAL_STATUSES } from "../src/db/queries/deploys.ts";
-import { deliveries, deploys } from "../src/db/schema.ts";
 import { createTestDatabase } from "../test/helpers/db.ts";
 import { createRepo } from "../test/helpers/git.ts";
 import { freePort, tryPost, waitForHttp } from "../test/helpers/load.ts";
 import { type Spawned, spawnDeployq } from "../test/helpers/processes.ts";
 import { until } from "../test/helpers/wait.ts";
 import { createWorkspace, followingDeployment, pushPayload, signedDelivery } from "../test/helpers/workspace.ts";
+import { checkCurrent, checkRoutedOnce, entryFiles, leftovers, liveSha } from "./checks.ts";
 import { Ledger, killIfRunning, reportedProblems } from "./ledger.ts";
 import { createRng } from "./rng.ts";
 import { type Scenario, must } from "./scenario.ts";
@@ -119,15 +117,12 @@ export async function serveKill(options: ServeKillOptions): Promise<ServeKillRes
       await start();
     }
     // Settle: the last one runs until the newest commit is live and every queue is empty.
-    const layout = { router: path.join(ws.queuesDir, "router"), app: path.join(ws.queuesDir, "deployments", "app") };
-    const liveSha = async () => {
-      const meta = await readFile(path.join(ws.dir, "apps", "app", "current", ".deployq-release.json"), "utf8").catch(() => undefined);
-      return meta ? (JSON.parse(meta) as { sha: string }).sha : undefined;
-    };
-    const entries = async (dir: string) => (await readdir(dir).catch(() => [] as string[])).filter((n) => n.endsWith(".json"));
     await until(
       "the newest commit live and the queues empty",
-      async () => (await liveSha()) === newest && (await entries(layout.router)).length === 0 && (await entries(layout.app)).length === 0,
+      async () =>
+        (await liveSha(path.join(ws.dir, "apps", "app"))) === newest &&
+        (await entryFiles(path.join(ws.queuesDir, "router"))).length === 0 &&
+        (await entryFiles(path.join(ws.queuesDir, "deployments", "app"))).length === 0,
       180_000,
       100,
     ).catch(() => undefined);
@@ -136,56 +131,9 @@ export async function serveKill(options: ServeKillOptions): Promise<ServeKillRes
     serve = undefined;
 
     const problems: string[] = [];
-    // current: a whole release (its metadata is written last, before the switch) of the newest commit.
-    let badCurrent = 0;
-    const current = path.join(ws.dir, "apps", "app", "current");
-    const target = await readlink(current).catch(() => undefined);
-    const live = await liveSha();
-    if (!target || !(await stat(path.join(path.dirname(current), target)).catch(() => undefined))?.isDirectory()) {
-      badCurrent++;
-      problems.push(`current does not point at a release directory (${target ?? "no link"})`);
-    } else if (live !== newest) {
-      badCurrent++;
-      problems.push(`current is ${live ?? "a release without its metadata"}, not the newest commit pushed, ${newest}`);
-    } else if ((await readFile(path.join(path.dirname(current), target, "built.txt"), "utf8").catch(() => "")).trim() !== "built") {
-      badCurrent++;
-      problems.push(`current (${target}) was switched to before its build finished`);
-    }
-    // Every acknowledged push routed once; every entry made for app had exactly one final row.
-    const db = tdb.database.db;
-    const rows = await db.select().from(deliveries);
-    const rowOf = new Map(rows.map((r) => [r.deliveryId, r]));
-    let lost = 0;
-    for (const [id] of ledger.acked) {
-      const row = rowOf.get(id);
-      if (!row || row.outcome !== "routed") {
-        lost++;
-        problems.push(`lost: ${id} was answered 202 but its row is ${row ? row.outcome : "missing"}`);
-      }
-    }
-    const finals = await db
-      .select({ entry: deploys.entry, status: deploys.status })
-      .from(deploys)
-      .where(and(eq(deploys.deployment, "app"), inArray(deploys.status, [...FINAL_STATUSES])));
-    const finalsOf = new Map<string, string[]>();
-    for (const f of finals) finalsOf.set(f.entry, [...(finalsOf.get(f.entry) ?? []), f.status]);
-    let duplicated = 0;
-    for (const row of rows) {
-      if (row.outcome !== "routed" || !row.entry) continue;
-      const got = finalsOf.get(row.entry) ?? [];
-      if (got.length === 0) {
-        lost++;
-        problems.push(`never finished: ${row.entry} has no final deploy row`);
-      } else if (got.length > 1) {
-        duplicated++;
-        problems.push(`twice: ${row.entry} has final rows ${got.join(", ")}`);
-      }
-    }
-    const failed = finals.filter((f) => f.status === "failed" || f.status === "cancelled");
-    if (failed.length > 0) problems.push(`${failed.length} deploys failed or were cancelled (${failed.map((f) => f.entry).join(", ")})`);
-    const deadLetters = await readdir(path.join(ws.queuesDir, "dead-letter"), { recursive: true }).catch(() => [] as string[]);
-    const leftInQueues = (await entries(layout.router)).length + (await entries(layout.app)).length + deadLetters.filter((n) => n.endsWith(".json")).length;
-    if (leftInQueues > 0) problems.push(`${leftInQueues} entries left in router/, deployments/app/ or dead-letter/`);
+    const badCurrent = await checkCurrent(path.join(ws.dir, "apps", "app"), newest, problems);
+    const { lost, duplicated, succeeded } = await checkRoutedOnce(tdb.database, ledger, "app", problems);
+    const leftInQueues = await leftovers(ws.queuesDir, "app", problems);
     return {
       seed: rng.seed,
       kills: options.kills,
@@ -193,7 +141,7 @@ export async function serveKill(options: ServeKillOptions): Promise<ServeKillRes
       pushes,
       acknowledged: ledger.acked.size,
       connectionErrors: ledger.errors,
-      deploysSucceeded: finals.filter((f) => f.status === "succeeded").length,
+      deploysSucceeded: succeeded,
       lost,
       duplicated,
       badCurrent,
