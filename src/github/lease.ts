@@ -18,6 +18,13 @@ export function leaseOwner(): string {
   return `${HOST}:${process.pid}:${Math.random().toString(36).slice(2, 8)}`;
 }
 
+/**
+ * What a released lease runs until: expired however coarse the database's clock is. PGlite's
+ * now() can be the same in two statements a moment apart, so a lease released at now() was
+ * still not "< now()" for the next claim (168 of 300 claims right after a release failed).
+ */
+export const RELEASED = sql`'-infinity'::timestamptz`;
+
 /** Takes or renews lease `name` for `ms`: true when `owner` holds it now. */
 export async function claimLease(db: Db, name: string, owner: string, ms: number, takeOverFrom?: string): Promise<boolean> {
   const until = sql`now() + ${`${ms} milliseconds`}::interval`;
@@ -39,7 +46,7 @@ export async function leaseHolder(db: Db, name: string): Promise<string | undefi
 }
 
 export async function releaseLease(db: Db, name: string, owner: string): Promise<void> {
-  await db.update(githubLeases).set({ leaseUntil: sql`now()` }).where(sql`${eq(githubLeases.name, name)} and ${eq(githubLeases.owner, owner)}`);
+  await db.update(githubLeases).set({ leaseUntil: RELEASED }).where(sql`${eq(githubLeases.name, name)} and ${eq(githubLeases.owner, owner)}`);
 }
 
 /** A holder on this host whose process is gone (killed): its lease need not run out. */

@@ -159,6 +159,8 @@ export class GithubHookRanges {
         const good = parsed.filter((p): p is { text: string; range: AddressRange } => p.range !== undefined);
         if (good.length === 0) throw new Error(`${url} answered ${res.status} without any \`hooks\` ranges (GitHub Enterprise Server may not list them: turn [github] allowlist off there)`);
         this.ranges = new AddressRanges(good.map((g) => g.range));
+        // In use from now on, so no longer failing (a failed save below says so again).
+        this.lastError = undefined;
         await this.save({ version: 1, apiUrl, etag: res.headers.get("etag") ?? undefined, hooks: good.map((g) => g.text), fetchedAt: new Date().toISOString() });
         logger.info({ ranges: good.length }, "fetched GitHub's webhook source ranges (GET /meta hooks)");
       } else {

@@ -2,6 +2,7 @@ import { and, asc, count, eq, isNull, min, ne, sql } from "drizzle-orm";
 import type { Db } from "../db/client.ts";
 import { type GithubOutboxRow, githubDeployments, githubOutbox, githubSender } from "../db/schema.ts";
 import { type NotifyWrite, writeNotifications } from "../notify/notify.ts";
+import { RELEASED } from "./lease.ts";
 import type { StatusRow } from "./statuses.ts";
 
 /**
@@ -286,7 +287,7 @@ export async function senderLeaseHolder(db: Db): Promise<string | undefined> {
 }
 
 export async function releaseSenderLease(db: Db, owner: string): Promise<void> {
-  await db.update(githubSender).set({ leaseUntil: sql`now()` }).where(eq(githubSender.owner, owner));
+  await db.update(githubSender).set({ leaseUntil: RELEASED }).where(eq(githubSender.owner, owner));
 }
 
 export interface OutboxStatus {

@@ -329,6 +329,7 @@ describe("the dashboard in a browser", () => {
 
   it("pauses and resumes a deployment, and cancels a running deploy, from the deployment page", async () => {
     // Paused with a hostile reason: a push waits, and the reason is shown as text.
+    const before = seen.length;
     await page.goto(`${base}/deployments/app`);
     await page.fill("input[name=reason]", XSS.join(" "));
     await page.fill("input[name=for]", "2h");
@@ -338,10 +339,10 @@ describe("the dashboard in a browser", () => {
     await expect(page.locator(".actions").textContent()).resolves.toContain(`Paused by dashboard at`);
     await expect(page.locator(".actions").textContent()).resolves.toContain(XSS.join(" "));
     expect(await page.locator("main img, main script").count()).toBe(0);
-    const before = seen.length;
-    const held = await push({ "index.html": "v5", HOLD: "1", WAIT: null });
+    // The worker tells the pause once it sees it (it does not even read its queue while paused).
     await until("the worker to tell the pause", async () => seen.slice(before).find((e) => e.kind === "deploy" && e.name === "paused"));
-    expect(seen.slice(before).some((e) => e.kind === "deploy" && e.name === "started" && e.entry === held.entry)).toBe(false);
+    const held = await push({ "index.html": "v5", HOLD: "1", WAIT: null });
+    await until("the push queued for app", async () => seen.slice(before).find((e) => e.kind === "deploy" && e.name === "queued" && e.entry === held.entry));
     await shot("paused");
 
     // Resumed: it deploys, and holds in its build; cancelled from the page, the previous release stays.
@@ -350,6 +351,10 @@ describe("the dashboard in a browser", () => {
     await page.waitForURL(`${base}/deployments/app`);
     await expect(page.locator(".flash.ok").textContent()).resolves.toBe("resumed app: its newest waiting entry deploys now");
     await until("the held build", async () => seen.slice(before).find((e) => e.kind === "deploy" && e.name === "step-started" && e.step === "build" && e.entry === held.entry));
+    // It waited: its deploy started only after the worker saw the resume.
+    const at = (name: string) => seen.findIndex((e, i) => i >= before && e.kind === "deploy" && e.name === name && (name === "resumed" || e.entry === held.entry));
+    expect(at("resumed")).toBeGreaterThan(-1);
+    expect(at("started")).toBeGreaterThan(at("resumed"));
     await page.goto(`${base}/deployments/app`);
     await page.click("button:has-text('Cancel deploy')");
     await page.waitForURL(`${base}/deployments/app`);
