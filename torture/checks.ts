@@ -8,6 +8,21 @@ import type { Ledger } from "./ledger.ts";
 
 /** The checks the scenarios that deploy share, each adding what did not hold to `problems`. */
 
+/** What every scenario that deploys reports, beside its own figures. */
+export interface DeployInvariants {
+  seed: number;
+  /** Acknowledged entries not routed, or routed without a final deploy row. */
+  lost: number;
+  /** Acknowledged twice, or an entry with two final deploy rows (deployed, or recorded, twice). */
+  duplicated: number;
+  /** `current` not a whole release (its metadata written, its build finished) of the newest commit. */
+  badCurrent: number;
+  /** Entries left in router/, a deployment's queue or dead-letter/ (and temporaries in .tmp/) once settled. */
+  leftInQueues: number;
+  seconds: number;
+  problems: string[];
+}
+
 /** Where a deployment's release lives and whether it is whole, read from its `current` link. */
 export async function checkCurrent(appDir: string, newest: string, problems: string[]): Promise<number> {
   const current = path.join(appDir, "current");

@@ -13,7 +13,7 @@ import { type Spawned, spawnDeployq } from "../test/helpers/processes.ts";
 import { until } from "../test/helpers/wait.ts";
 import { type SignedRequest, createWorkspace, followingDeployment, pushPayload, signedDelivery } from "../test/helpers/workspace.ts";
 import { Ledger, killIfRunning, reportedProblems } from "./ledger.ts";
-import { checkCurrent, checkRoutedOnce, entryFiles, leftovers, liveSha } from "./checks.ts";
+import { type DeployInvariants, checkCurrent, checkRoutedOnce, entryFiles, leftovers, liveSha } from "./checks.ts";
 import { createRng } from "./rng.ts";
 import { type Scenario, must } from "./scenario.ts";
 
@@ -27,8 +27,7 @@ export interface DiskFullOptions {
   log?: (line: string) => void;
 }
 
-export interface DiskFullResult {
-  seed: number;
+export interface DiskFullResult extends DeployInvariants {
   fills: number;
   deliveries: number;
   acknowledged: number;
@@ -43,14 +42,6 @@ export interface DiskFullResult {
   corrupt: number;
   /** Temporaries left in .tmp/ once space was freed. */
   partial: number;
-  /** Acknowledged without its "routed" row and its one file, or an entry without its one final deploy row. */
-  lost: number;
-  /** A delivery in two files, acknowledged twice, or deployed twice. */
-  duplicated: number;
-  badCurrent: number;
-  leftInQueues: number;
-  seconds: number;
-  problems: string[];
 }
 
 /** Appends to `file` until the filesystem says ENOSPC: nothing is left for anyone else. */

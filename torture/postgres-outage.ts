@@ -8,7 +8,7 @@ import { createPrivatePostgres } from "../test/helpers/private-postgres.ts";
 import { type Spawned, spawnDeployq } from "../test/helpers/processes.ts";
 import { until } from "../test/helpers/wait.ts";
 import { type SignedRequest, createWorkspace, followingDeployment, pushPayload, signedDelivery } from "../test/helpers/workspace.ts";
-import { checkCurrent, checkRoutedOnce, entryFiles, leftovers, liveSha } from "./checks.ts";
+import { type DeployInvariants, checkCurrent, checkRoutedOnce, entryFiles, leftovers, liveSha } from "./checks.ts";
 import { Ledger, killIfRunning, reportedProblems } from "./ledger.ts";
 import { createRng } from "./rng.ts";
 import { type Scenario, must } from "./scenario.ts";
@@ -21,8 +21,7 @@ export interface PostgresOutageOptions {
   log?: (line: string) => void;
 }
 
-export interface PostgresOutageResult {
-  seed: number;
+export interface PostgresOutageResult extends DeployInvariants {
   outages: number;
   /** Distinct deliveries sent (each until it was answered 2xx). */
   deliveries: number;
@@ -35,16 +34,6 @@ export interface PostgresOutageResult {
   duplicateAnswers: number;
   connectionErrors: number;
   deploysSucceeded: number;
-  /** Acknowledged (202, or 200 duplicate) without a "routed" row, or a routed entry without a final deploy row. */
-  lost: number;
-  /** Acknowledged twice, or an entry with two final deploy rows. */
-  duplicated: number;
-  /** `current` not a whole release of the newest commit. */
-  badCurrent: number;
-  /** Entries left in router/, the deployment's queue or dead-letter/, and temporaries in .tmp/. */
-  leftInQueues: number;
-  seconds: number;
-  problems: string[];
 }
 
 /**

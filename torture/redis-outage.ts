@@ -11,7 +11,7 @@ import { type PrivateRedis, privateRedis } from "../test/helpers/redis.ts";
 import { until } from "../test/helpers/wait.ts";
 import { type SignedRequest, createWorkspace, followingDeployment, pushPayload, signedDelivery } from "../test/helpers/workspace.ts";
 import { Ledger, killIfRunning, reportedProblems } from "./ledger.ts";
-import { checkCurrent, checkRoutedOnce, entryFiles, leftovers, liveSha } from "./checks.ts";
+import { type DeployInvariants, checkCurrent, checkRoutedOnce, entryFiles, leftovers, liveSha } from "./checks.ts";
 import { type Rng, createRng } from "./rng.ts";
 import { type Scenario, must } from "./scenario.ts";
 
@@ -24,8 +24,7 @@ export interface RedisOutageOptions {
   log?: (line: string) => void;
 }
 
-export interface RedisOutageResult {
-  seed: number;
+export interface RedisOutageResult extends DeployInvariants {
   outages: number;
   pushes: number;
   acknowledged: number;
@@ -36,12 +35,6 @@ export interface RedisOutageResult {
   overlapping: number;
   /** Single-node outages after which no deploy resumed, quorum outages under which deploys stalled. */
   stalled: number;
-  lost: number;
-  duplicated: number;
-  badCurrent: number;
-  leftInQueues: number;
-  seconds: number;
-  problems: string[];
 }
 
 interface Interval {

@@ -7,7 +7,7 @@ import { freePort, tryPost, waitForHttp } from "../test/helpers/load.ts";
 import { type Spawned, spawnDeployq } from "../test/helpers/processes.ts";
 import { until } from "../test/helpers/wait.ts";
 import { createWorkspace, followingDeployment, pushPayload, signedDelivery } from "../test/helpers/workspace.ts";
-import { checkCurrent, checkRoutedOnce, entryFiles, leftovers, liveSha } from "./checks.ts";
+import { type DeployInvariants, checkCurrent, checkRoutedOnce, entryFiles, leftovers, liveSha } from "./checks.ts";
 import { Ledger, killIfRunning, reportedProblems } from "./ledger.ts";
 import { createRng } from "./rng.ts";
 import { type Scenario, must } from "./scenario.ts";
@@ -18,8 +18,7 @@ export interface ServeKillOptions {
   log?: (line: string) => void;
 }
 
-export interface ServeKillResult {
-  seed: number;
+export interface ServeKillResult extends DeployInvariants {
   kills: number;
   /** Kills that came while a deploy ran (the others found it between deploys). */
   killsMidDeploy: number;
@@ -27,16 +26,6 @@ export interface ServeKillResult {
   acknowledged: number;
   connectionErrors: number;
   deploysSucceeded: number;
-  /** Acknowledged pushes with no "routed" row, or with more than one final deploy row. */
-  lost: number;
-  /** Entries with two final rows (deployed, or recorded, twice). */
-  duplicated: number;
-  /** `current` not pointing at a whole release (its metadata written), or not at the newest commit. */
-  badCurrent: number;
-  /** Entries left in a queue, or in dead-letter/, once everything settled. */
-  leftInQueues: number;
-  seconds: number;
-  problems: string[];
 }
 
 /**

@@ -8,7 +8,7 @@ import { createRepo } from "../test/helpers/git.ts";
 import { type Spawned, spawnDeployq } from "../test/helpers/processes.ts";
 import { until } from "../test/helpers/wait.ts";
 import { createWorkspace, followingDeployment, queuePush } from "../test/helpers/workspace.ts";
-import { checkCurrent, checkRoutedOnce, entryFiles, leftovers, liveSha } from "./checks.ts";
+import { type DeployInvariants, checkCurrent, checkRoutedOnce, entryFiles, leftovers, liveSha } from "./checks.ts";
 import { Ledger, killIfRunning, reportedProblems } from "./ledger.ts";
 import { createRng } from "./rng.ts";
 import { type Scenario, must } from "./scenario.ts";
@@ -22,20 +22,13 @@ export interface WorkersKillOptions {
   log?: (line: string) => void;
 }
 
-export interface WorkersKillResult {
-  seed: number;
+export interface WorkersKillResult extends DeployInvariants {
   kills: number;
   /** Kills while router/ was being routed (some of the burst routed, not all), and while a deploy ran. */
   killsRouting: number;
   killsDeploying: number;
   entries: number;
   deploysSucceeded: number;
-  lost: number;
-  duplicated: number;
-  badCurrent: number;
-  leftInQueues: number;
-  seconds: number;
-  problems: string[];
 }
 
 /**
