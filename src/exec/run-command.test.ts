@@ -1,4 +1,4 @@
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { PassThrough } from "node:stream";
@@ -216,6 +216,42 @@ describe("runCommand", () => {
     );
     expect(timedOut.reason).toBe("timeout");
     expect(await isRunning(await pidIn(timedOutPid))).toBe(false);
+  });
+
+  it("after a crash, kills the command a dead deployq left running: by the pid it recorded, or by its token when it died before the spawn returned", async () => {
+    // An owner that no longer runs: a process that has exited.
+    const gone = spawnTracked("true", []);
+    await gone.exited;
+    const owner = gone.child.pid!;
+    const { spawn } = await import("node:child_process");
+    const orphans = ["recorded", "token"].map((kind) => {
+      const token = `token-${kind}-${process.pid}`;
+      const child = spawn("sleep", ["30"], { detached: true, stdio: "ignore", env: { PATH: process.env.PATH, DEPLOYQ_COMMAND_ID: token } });
+      child.unref();
+      leftRunning.add(child.pid!);
+      return { kind, token, pid: child.pid! };
+    });
+    for (const o of orphans) {
+      const runDir = path.join(dir, `crash-${o.kind}`);
+      await mkdir(runDir);
+      await writeFile(path.join(runDir, `t.${owner}.command.pid`), o.kind === "recorded" ? `${o.token}\n${o.pid}\n` : `${o.token}\n`);
+      // Another deployment's file is not this one's.
+      await writeFile(path.join(runDir, `other.${owner}.command.pid`), `${o.token}\n`);
+      expect(await killLeftoverCommands(runDir, "t")).toEqual({ killed: [o.pid], alive: [] });
+      expect(await isRunning(o.pid)).toBe(false);
+      expect(await readdir(runDir)).toEqual([`other.${owner}.command.pid`]);
+    }
+  });
+
+  it("gives the command its token, and records the token and then the pid while it runs", async () => {
+    const pidFile = path.join(dir, `t.${process.pid}.command.pid`);
+    const seen = path.join(dir, "seen-pid-file");
+    const { stdout } = await runCommand(["sh", "-c", `cat ${pidFile} > ${seen}; echo "$DEPLOYQ_COMMAND_ID"`], { cwd: dir, pidFile, logStdout: false });
+    const [token, pid] = (await readFile(seen, "utf8")).split("\n");
+    expect(token).toMatch(/^[0-9a-f-]{36}$/);
+    expect(stdout.trim()).toBe(token);
+    expect(Number(pid)).toBeGreaterThan(1);
+    await expect(readFile(pidFile, "utf8")).rejects.toMatchObject({ code: "ENOENT" });
   });
 
   it("quotes argv for logs the way a shell would read it", () => {

@@ -1,11 +1,12 @@
 import { spawn } from "node:child_process";
+import { randomUUID } from "node:crypto";
 import { readFileSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
-import { readdir, readlink } from "node:fs/promises";
+import { readFile, readdir, readlink } from "node:fs/promises";
 import type { Socket } from "node:net";
 import type { Readable, Writable } from "node:stream";
 import { execa } from "execa";
 import { ExecError } from "./exec-error.ts";
-import { liveGroupMembers, readCmdline } from "./proc.ts";
+import { liveGroupMembers, readCmdline, readProcStat } from "./proc.ts";
 import { TerminalText } from "./terminal-text.ts";
 import { isProcessAlive } from "../pid-lock.ts";
 
@@ -40,6 +41,9 @@ export interface RunOptions {
    * Holds the command's pid (= its process group) while it runs, so that after a crash
    * of deployq the next start can kill what the dead process left running. Removed once
    * the command is done, so that what a restart script left running is not killed then.
+   * Written before the spawn with a token the command gets in its environment
+   * (DEPLOYQ_COMMAND_ID), and the pid added once known: a deployq killed in between
+   * leaves a command found by that token.
    */
   pidFile?: string;
   /** A restart script: after it exits 0, the processes it started are left running. */
@@ -51,6 +55,8 @@ export interface RunResult {
   durationMs: number;
 }
 
+/** The environment variable that carries a command's token (see RunOptions.pidFile). */
+const COMMAND_ID = "DEPLOYQ_COMMAND_ID";
 const PASSED_THROUGH = ["PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR", "SSH_AUTH_SOCK", "PM2_HOME"];
 const TAIL_BYTES = 4096;
 const STDOUT_KEEP = 1024 * 1024;
@@ -118,9 +124,11 @@ export async function runCommand(argv: readonly string[], options: RunOptions): 
   if (options.signal?.aborted) {
     throw new ExecError(argv, undefined, undefined, "", "aborted", `${shown} was not started: the deploy was cancelled (shutdown, or the deployment lock was lost)`);
   }
+  const token = options.pidFile ? randomUUID() : undefined;
+  if (options.pidFile) writeFileSync(options.pidFile, `${token}\n`);
   const child = execa(file, args, {
     cwd: options.cwd,
-    env: { ...baseEnv(), ...options.env },
+    env: { ...baseEnv(), ...options.env, ...(token ? { [COMMAND_ID]: token } : {}) },
     extendEnv: false,
     detached: true,
     buffer: false,
@@ -142,7 +150,9 @@ export async function runCommand(argv: readonly string[], options: RunOptions): 
   const pid = child.pid;
   if (pid !== undefined) {
     running.add(pid);
-    if (options.pidFile) writeFileSync(options.pidFile, `${pid}\n`);
+    if (options.pidFile) writeFileSync(options.pidFile, `${token}\n${pid}\n`);
+  } else if (options.pidFile) {
+    rmSync(options.pidFile, { force: true });
   }
 
   let stdout = "";
@@ -341,8 +351,10 @@ async function endsWithin(done: Promise<unknown>, ms: number): Promise<boolean> 
  * Kills the process groups recorded by `<name>.<owner pid>.command.pid` files in `dir`
  * whose owner (a deployq process) no longer runs, and waits until they are gone: the
  * caller then removes what they were writing, which a command still dying could recreate.
- * Returns the group ids it killed, and any process still alive 10 s after (a process in
- * uninterruptible sleep, e.g. on a hung NFS mount, dies only when that ends).
+ * A file without a pid (its owner died between writing it and the spawn's return) names
+ * the command by the token in its environment. Returns the group ids it killed, and any
+ * process still alive 10 s after (a process in uninterruptible sleep, e.g. on a hung NFS
+ * mount, dies only when that ends).
  */
 export async function killLeftoverCommands(dir: string, name: string): Promise<{ killed: number[]; alive: number[] }> {
   const killed: number[] = [];
@@ -352,24 +364,42 @@ export async function killLeftoverCommands(dir: string, name: string): Promise<{
     const owner = Number(pattern.exec(file)?.[1]);
     if (!owner || (owner !== process.pid && isProcessAlive(owner))) continue;
     const full = `${dir}/${file}`;
-    let pid: number;
+    let lines: string[];
     try {
-      pid = Number.parseInt(readFileSync(full, "utf8"), 10);
+      lines = readFileSync(full, "utf8").split("\n");
     } catch {
       continue;
     }
     rmSync(full, { force: true });
-    if (!Number.isInteger(pid) || pid <= 1 || running.has(pid)) continue;
-    try {
-      process.kill(-pid, "SIGKILL");
-      killed.push(pid);
-    } catch {
-      // already gone
+    const [token = "", recorded = ""] = lines;
+    const groups = /^\d+$/.test(recorded) ? [Number(recorded)] : token ? await groupsWithToken(token) : [];
+    for (const pid of groups) {
+      if (!Number.isInteger(pid) || pid <= 1 || running.has(pid)) continue;
+      try {
+        process.kill(-pid, "SIGKILL");
+        killed.push(pid);
+      } catch {
+        // already gone
+      }
     }
   }
   const alive: number[] = [];
   for (const pid of killed) alive.push(...(await groupGone(pid)));
   return { killed, alive };
+}
+
+/** The process groups of the live processes whose environment holds `token` as DEPLOYQ_COMMAND_ID. */
+async function groupsWithToken(token: string): Promise<number[]> {
+  const wanted = `${COMMAND_ID}=${token}`;
+  const groups = new Set<number>();
+  for (const name of await readdir("/proc")) {
+    if (!/^\d+$/.test(name)) continue;
+    const environ = await readFile(`/proc/${name}/environ`, "utf8").catch(() => "");
+    if (!environ.split("\0").includes(wanted)) continue;
+    const st = await readProcStat(name);
+    if (st && st.state !== "Z") groups.add(st.pgrp);
+  }
+  return [...groups];
 }
 
 /** SIGKILL is delivered asynchronously: poll /proc until no live process is left in the group; returns those left at the timeout. */
