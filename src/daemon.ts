@@ -1,7 +1,8 @@
 import { mkdir, readFile, unlink, writeFile } from "node:fs/promises";
 import path from "node:path";
 import type { Logger } from "pino";
-import { type Settings, requireChecksToken, requireNotifyUrls, requireWebhookSecrets } from "./config/load.ts";
+import { type Settings, deploysHere, isFleet, requireChecksToken, requireFleetServices, requireNotifyUrls, requireWebhookSecrets } from "./config/load.ts";
+import { FleetFollower } from "./fleet/follower.ts";
 import { setTimeout as sleep } from "node:timers/promises";
 import { type Database, databaseUnreachable, openDatabase, postgresDriverPatched } from "./db/client.ts";
 import { errorMessage } from "./errors.ts";
@@ -95,6 +96,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
   if (works) {
     requireChecksToken(settings);
     requireNotifyUrls(settings);
+    requireFleetServices(settings);
   }
   const layout = queueLayout(settings.queuesDir);
   const events = new Events();
@@ -202,10 +204,10 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
     const deployments = new Map<string, DeploymentWorker>();
     if (works) {
       const redisUrls = settings.secrets.redisUrls;
-      const locks = withLockEvents(
-        withLockPrefix(options.locks ?? (redisUrls.length > 0 ? createRedlockLocks({ urls: redisUrls, ttlMs: settings.lockTtlMs, logger }) : createLocalLocks()), settings.lockPrefix),
-        events,
-      );
+      const baseLocks = options.locks ?? (redisUrls.length > 0 ? createRedlockLocks({ urls: redisUrls, ttlMs: settings.lockTtlMs, logger }) : createLocalLocks());
+      const locks = withLockEvents(withLockPrefix(baseLocks, settings.lockPrefix), events);
+      // A rollout's slots: names every host of the fleet shares (their queue roots, hence their default lock_prefix, differ).
+      const fleetLocks = withLockEvents(withLockPrefix(baseLocks, settings.fleetLockPrefix), events);
       if (!options.locks && redisUrls.length === 0) {
         // In-process locks protect nothing across processes: one workers process per queue root.
         const held = acquirePidLock(
@@ -232,7 +234,9 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
       router = createRouter({ settings, layout, db: database.db, locks, logger, events, watch: options.watch ?? true, ...(github ? { statuses: github.statuses } : {}), ...(notifications?.router ? { notify: notifications.router } : {}) });
       const started = router;
       cleanups.push(() => started.close());
-      for (const deployment of settings.deployments.values()) {
+      // A fleet deployment that does not list this host is routed here, never deployed here.
+      const here = [...settings.deployments.values()].filter((d) => deploysHere(d, settings.hostName));
+      for (const deployment of here) {
         deployments.set(
           deployment.name,
           new DeploymentWorker({
@@ -249,12 +253,20 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
             events,
             ...(github ? { statuses: github.statuses.get(deployment.name)!, checks: github.client } : {}),
             ...(notifications?.notifiers.has(deployment.name) ? { notify: notifications.notifiers.get(deployment.name)! } : {}),
+            hostName: settings.hostName,
+            ...(isFleet(deployment) ? { fleetLocks } : {}),
           }),
         );
       }
       cleanups.push(() => Promise.all([...deployments.values()].map((w) => w.close())).then(() => {}));
       await router.start();
       for (const worker of deployments.values()) await worker.start();
+      const fleet = here.filter(isFleet);
+      if (fleet.length > 0) {
+        const follower = new FleetFollower({ database, layout, hostName: settings.hostName, deployments: fleet, pollIntervalMs: settings.rescanIntervalMs, logger });
+        await follower.start();
+        cleanups.push(() => follower.close());
+      }
     }
     const routerStarted = router;
     health.push(

@@ -13,6 +13,7 @@ export type ErrorCode =
   | "ENTRY"
   | "EXEC"
   | "DEPLOY"
+  | "ROLLOUT"
   | "TRANSIENT"
   | "LOCK_BUSY"
   | "LOCK_LOST";

@@ -1,11 +1,11 @@
 import { readFileSync } from "node:fs";
-import { homedir } from "node:os";
+import { homedir, hostname } from "node:os";
 import path from "node:path";
 import { parse as parseToml } from "smol-toml";
 import type { z } from "zod";
 import { ConfigError, errorMessage } from "../errors.ts";
 import { defaultLockPrefix } from "../lock/lock.ts";
-import { type CertbotHost, Config, type DeploymentConfig, type NginxHost, type NotifyEvent, PORT } from "./schema.ts";
+import { type CertbotHost, Config, type DeploymentConfig, type NginxHost, type NotifyEvent, PORT, type RolloutConfig } from "./schema.ts";
 
 export const DEFAULT_CONFIG_PATH = "./deployq.toml";
 
@@ -23,10 +23,23 @@ export interface Secrets {
 }
 
 /** The validated configuration with every path made absolute and the secrets from the environment. */
-export type Deployment = Omit<DeploymentConfig, "keep_deploys"> & { name: string; keep_deploys: number };
+export type Deployment = Omit<DeploymentConfig, "keep_deploys" | "rollout"> & {
+  name: string;
+  keep_deploys: number;
+  /** With hosts: how they take turns (defaults filled in); without: undefined. */
+  rollout: RolloutConfig | undefined;
+};
+
+/** A deployment served by a fleet (`hosts`): its pushes become rollouts in the shared database. */
+export const isFleet = (d: Pick<Deployment, "hosts">): d is Pick<Deployment, "hosts"> & { hosts: string[] } => d.hosts !== undefined;
+
+/** Whether host `hostName` deploys `d` (a fleet deployment: when it is one of its hosts; any other: always). */
+export const deploysHere = (d: Pick<Deployment, "hosts">, hostName: string): boolean => !d.hosts || d.hosts.includes(hostName);
 
 export interface Settings {
   configPath: string;
+  /** This host's name (host_name, default: the machine's hostname): in deploy rows, and among a fleet's hosts. */
+  hostName: string;
   host: string;
   port: number;
   /** Where `deployq workers` serves /metrics ([metrics]); no port: it serves none. */
@@ -42,6 +55,8 @@ export interface Settings {
   lockTtlMs: number;
   /** In front of every lock name (lock_prefix, default from the queue root). */
   lockPrefix: string;
+  /** In front of the locks every host of a fleet shares (a rollout's slots): lock_prefix, default "deployq". */
+  fleetLockPrefix: string;
   /** pm2's home for deployments restarted with pm2 (and for the daemon under pm2). */
   pm2Home: string;
   nginx: NginxHost;
@@ -138,7 +153,8 @@ export function loadSettings(options: LoadOptions = {}): Settings {
 
     // A local remote written as a relative path ("." or "./x", "../x") is relative to this file too.
     const remote = /^\.\.?(\/|$)/.test(deployment.remote) ? path.resolve(base, deployment.remote) : deployment.remote;
-    deployments.set(name, { ...deployment, name, remote, path: path.resolve(base, deployment.path), keep_deploys: deployment.keep_deploys ?? config.keep_deploys });
+    const rollout = deployment.hosts ? (deployment.rollout ?? { parallel: 1, on_failure: "halt" as const }) : undefined;
+    deployments.set(name, { ...deployment, name, remote, path: path.resolve(base, deployment.path), keep_deploys: deployment.keep_deploys ?? config.keep_deploys, rollout });
   }
   for (const [i, n] of config.notify.entries()) {
     const unknown = (n.deployments ?? []).filter((d) => !deployments.has(d));
@@ -147,6 +163,7 @@ export function loadSettings(options: LoadOptions = {}): Settings {
   const queuesDir = env.DEPLOYQ_QUEUES_DIR ? path.resolve(env.DEPLOYQ_QUEUES_DIR) : path.resolve(base, config.queues_dir);
   return {
     configPath,
+    hostName: config.host_name ?? hostname(),
     host: config.server.host,
     port,
     metrics: { host: config.metrics.host, port: config.metrics.port },
@@ -158,6 +175,7 @@ export function loadSettings(options: LoadOptions = {}): Settings {
     shutdownGraceMs: config.shutdown_grace_s * 1000,
     lockTtlMs: config.lock_ttl_ms,
     lockPrefix: config.lock_prefix ?? installLockPrefix(queuesDir),
+    fleetLockPrefix: config.lock_prefix ?? "deployq",
     pm2Home: path.resolve(base, config.pm2_home ?? (env.PM2_HOME || path.join(homedir(), ".pm2"))),
     nginx: config.nginx,
     certbot: config.certbot,
@@ -266,6 +284,21 @@ function isHttpUrl(value: string): boolean {
   } catch {
     return false;
   }
+}
+
+/**
+ * A fleet deployment whose hosts are not only this one keeps its rollouts in a Postgres
+ * every host reaches, and its slots in a Redis/Dragonfly they all share: refused at the
+ * start of the workers without them (PGlite and in-process locks are this host's alone).
+ */
+export function requireFleetServices(settings: Settings): void {
+  const fleet = [...settings.deployments.values()].filter((d) => d.enabled && d.hosts && d.hosts.some((h) => h !== settings.hostName));
+  if (fleet.length === 0) return;
+  const missing = [...(settings.secrets.databaseUrl ? [] : ["DATABASE_URL (the Postgres every host shares)"]), ...(settings.secrets.redisUrls.length > 0 ? [] : ["REDIS_URL (the Dragonfly/Redis nodes every host shares, comma-separated)"])];
+  if (missing.length === 0) return;
+  throw new ConfigError(
+    `${fleet.map((d) => d.name).join(", ")} ${fleet.length === 1 ? "lists hosts" : "list hosts"} other than this one (${settings.hostName}): the hosts of a fleet share their rollouts and locks; set ${missing.join(" and ")}, or remove hosts`,
+  );
 }
 
 /** The receiver refuses to start without a secret: an unsigned receiver would deploy anyone's push. */

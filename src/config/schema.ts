@@ -18,6 +18,20 @@ const releasePath = z
 
 const envTable = z.record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, "not an environment variable name"), z.string());
 
+/** A host of a fleet (`host_name`, a deployment's `hosts`): what a DNS label allows, and dots. */
+export const HOST_NAME = /^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62}[A-Za-z0-9])?$/;
+const hostName = z.string().regex(HOST_NAME, 'must be 1 to 64 letters, digits, ".", "_" or "-", starting and ending with a letter or digit (e.g. "web1")');
+
+/** How a fleet deployment's hosts take a new commit: `parallel` at a time, the canary first, and what a failure does to the rest. */
+export const RolloutConfig = z.strictObject({
+  parallel: z.number().int("must be a whole number").min(1, "at least 1 host switches at a time").default(1),
+  /** Switches first: the other hosts switch only once it is live and healthy on the commit. */
+  canary: hostName.optional(),
+  /** halt: the hosts that have not started skip the commit; rollback: the hosts that switched go back too. */
+  on_failure: z.enum(["halt", "rollback"]).default("halt"),
+});
+export type RolloutConfig = z.infer<typeof RolloutConfig>;
+
 /** pm2 app names: what pm2 accepts on its command line without surprises (no commas: --only takes a list). */
 export const PM2_APP_NAME = /^[A-Za-z0-9][A-Za-z0-9._:@-]{0,99}$/;
 
@@ -135,6 +149,22 @@ export const DeploymentConfig = z.strictObject({
   checks_timeout_s: z.number().int().min(1).default(1800),
   /** GitHub Deployments of this deployment (with GITHUB_TOKEN). */
   github: DeploymentGithub.optional(),
+  /**
+   * The hosts (their `host_name`s) that serve this deployment, as one fleet: a push is
+   * recorded once as a rollout in the shared Postgres, and each host deploys it in turn
+   * (`rollout`). Absent: this host alone, as without a fleet.
+   */
+  hosts: z
+    .array(hostName)
+    .min(1, "list at least one host, or remove hosts (this host alone)")
+    .refine((names) => new Set(names).size === names.length, "lists a host twice")
+    .optional(),
+  rollout: RolloutConfig.optional(),
+}).superRefine((d, ctx) => {
+  if (d.rollout && !d.hosts) ctx.addIssue({ code: "custom", path: ["rollout"], message: "a rollout is how the hosts of a fleet take turns: list them in hosts, or remove rollout" });
+  if (d.rollout?.canary !== undefined && d.hosts && !d.hosts.includes(d.rollout.canary)) {
+    ctx.addIssue({ code: "custom", path: ["rollout", "canary"], message: `"${d.rollout.canary}" is not one of hosts (${d.hosts.join(", ")}): name one of them, or remove canary` });
+  }
 });
 export type DeploymentConfig = z.infer<typeof DeploymentConfig>;
 
@@ -286,6 +316,8 @@ export const NotifyConfig = z
 export type NotifyConfig = z.infer<typeof NotifyConfig>;
 
 export const Config = z.strictObject({
+  /** This host's name in a fleet, in `deploys` and in the logs; default: the machine's hostname. */
+  host_name: hostName.optional(),
   server: ServerConfig.default({ host: "127.0.0.1", port: 3400, trust_proxy: [] }),
   metrics: MetricsConfig.default({ host: "127.0.0.1" }),
   /** Where the embedded database, lock files and deploy logs live. */

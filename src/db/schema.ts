@@ -113,7 +113,7 @@ export const deploySteps = pgTable(
       .references(() => deploys.id, { onDelete: "cascade" }),
     /** 0, 1, 2 … in the order they ran. */
     position: integer("position").notNull(),
-    /** fetch | checkout | build | switch | restart | health-check | nginx | prune | rollback | resume (events/types.ts STEP_KINDS) */
+    /** fetch | checkout | build | switch | restart | health-check | nginx | prune | rollback | resume | rollout (events/types.ts STEP_KINDS) */
     kind: text("kind").notNull(),
     /** As the deploy's log heads it (with its sha, path or release). */
     title: text("title").notNull(),
@@ -343,4 +343,81 @@ export const notifyState = pgTable("notify_state", {
   /** Failed deploys since then. */
   failures: integer("failures").notNull().default(0),
   updatedAt: timestamp("updated_at", { withTimezone: true }).notNull().defaultNow(),
+});
+
+/**
+ * One push to a fleet deployment (one with `hosts`), recorded by the router in the
+ * transaction that marks its delivery routed: which commit, which hosts must take it, and
+ * how (src/fleet/). Each host writes `body` into its own deployment queue once; newer
+ * rollouts of a deployment supersede the running ones.
+ */
+export const rollouts = pgTable(
+  "rollouts",
+  {
+    id: bigserial("id", { mode: "number" }).primaryKey(),
+    deployment: text("deployment").notNull(),
+    /** The router entry's file name: the same name in every host's queue. */
+    entry: text("entry").notNull(),
+    deliveryId: text("delivery_id"),
+    ref: text("ref"),
+    sha: text("sha"),
+    /** The hosts it must reach, as the config listed them when it was routed. */
+    hosts: jsonb("hosts").$type<string[]>().notNull(),
+    parallel: integer("parallel").notNull(),
+    canary: text("canary"),
+    /** halt | rollback */
+    onFailure: text("on_failure").notNull(),
+    /** running | succeeded | halted | rolled-back | superseded */
+    state: text("state").notNull().default("running"),
+    /** The newer rollout that superseded it. */
+    supersededBy: bigint("superseded_by", { mode: "number" }),
+    /** A failed rollout: the host and step that failed, and why. */
+    failedHost: text("failed_host"),
+    failedStep: text("failed_step"),
+    reason: text("reason"),
+    /** The entry as each host writes it into its queue (JSON). */
+    body: text("body").notNull(),
+    createdAt: timestamp("created_at", { withTimezone: true }).notNull().defaultNow(),
+    finishedAt: timestamp("finished_at", { withTimezone: true }),
+  },
+  (t) => [uniqueIndex("rollouts_deployment_entry_key").on(t.deployment, t.entry), index("rollouts_deployment_id_idx").on(t.deployment, t.id)],
+);
+export type Rollout = typeof rollouts.$inferSelect;
+export type RolloutState = "running" | "succeeded" | "halted" | "rolled-back" | "superseded";
+
+/**
+ * One host's part in a rollout: inserted once, when the host has its entry on disk (the
+ * hand-over), then moved along by its deployment worker. `switchStartedAt`..`switchEndedAt`
+ * is the time the host held a rollout slot: from the switch until it was healthy.
+ */
+export const rolloutHosts = pgTable(
+  "rollout_hosts",
+  {
+    rolloutId: bigint("rollout_id", { mode: "number" })
+      .notNull()
+      .references(() => rollouts.id, { onDelete: "cascade" }),
+    host: text("host").notNull(),
+    /** queued | deploying | succeeded | failed | halted | superseded | rolling-back | rolled-back */
+    state: text("state").notNull(),
+    deployId: bigint("deploy_id", { mode: "number" }),
+    release: text("release"),
+    /** What was current before this host switched: where a rollback of the rollout takes it. */
+    previousRelease: text("previous_release"),
+    step: text("step"),
+    error: text("error"),
+    handedAt: timestamp("handed_at", { withTimezone: true }).notNull().defaultNow(),
+    switchStartedAt: timestamp("switch_started_at", { withTimezone: true }),
+    switchEndedAt: timestamp("switch_ended_at", { withTimezone: true }),
+    updatedAt: timestamp("updated_at", { withTimezone: true }).notNull().defaultNow(),
+  },
+  (t) => [uniqueIndex("rollout_hosts_rollout_host_key").on(t.rolloutId, t.host)],
+);
+export type RolloutHost = typeof rolloutHosts.$inferSelect;
+export type RolloutHostState = "queued" | "deploying" | "succeeded" | "failed" | "halted" | "superseded" | "rolling-back" | "rolled-back";
+
+/** The hosts of the fleet, as their workers last checked in (`deployq check` and `status` show who has been seen). */
+export const fleetHosts = pgTable("fleet_hosts", {
+  host: text("host").primaryKey(),
+  pid: integer("pid").notNull(),
+  lastSeen: timestamp("last_seen", { withTimezone: true }).notNull().defaultNow(),
 });

@@ -12,7 +12,8 @@ export function withLockEvents(locks: LockService, events: Events): LockService 
     health: () => locks.health(),
     close: () => locks.close(),
     async using(name, fn) {
-      const deployment = name.startsWith("deployment:") ? name.slice("deployment:".length) : undefined;
+      // deployment:<name>, or deployment:<name>@<host> for a fleet deployment (lock.ts deploymentLockName).
+      const deployment = name.startsWith("deployment:") ? name.slice("deployment:".length).split("@")[0] : undefined;
       const asked = Date.now();
       events.emit({ kind: "lock", name: "waiting", lock: name, deployment });
       return locks.using(name, async (signal) => {

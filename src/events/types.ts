@@ -13,7 +13,7 @@ export type DeployOutcomeName = "succeeded" | "failed" | "superseded" | "rolled-
  * The steps of a deploy, by kind: bounded, so that they can label metrics and be compared
  * across deploys (the step's own title, with its sha or path, is `title`).
  */
-export const STEP_KINDS = ["fetch", "checkout", "build", "switch", "restart", "health-check", "nginx", "prune", "rollback", "resume"] as const;
+export const STEP_KINDS = ["fetch", "checkout", "build", "switch", "restart", "health-check", "nginx", "prune", "rollback", "resume", "rollout"] as const;
 export type StepKind = (typeof STEP_KINDS)[number];
 
 export type DeliveryEvent = {

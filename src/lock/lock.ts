@@ -35,7 +35,10 @@ export class LockUnavailableError extends TransientError {
 
 // Lock names within an install; the lock service of a process (withLockPrefix) puts the
 // install's prefix in front of each, so the name in Redis is `<lock_prefix>:deployment:<name>`.
-export const deploymentLockName = (deployment: string) => `deployment:${deployment}`;
+// A fleet deployment's lock is each host's own (`@<host_name>`): its hosts may share a lock
+// prefix (the same queue path on every machine), and one waiting for its rollout's canary
+// must not keep the canary from deploying.
+export const deploymentLockName = (deployment: string, host?: string) => (host ? `deployment:${deployment}@${host}` : `deployment:${deployment}`);
 export const ROUTER_LOCK = "router";
 /** Taken by the nginx and certbot steps: one nginx configuration change at a time, fleet-wide. */
 export const NGINX_LOCK = "nginx";

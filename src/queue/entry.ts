@@ -41,6 +41,11 @@ export const QueueEntry = z.looseObject({
   checks_waiting: z
     .object({ since: z.string(), pending: z.array(z.string()), polls: z.number().int().nonnegative() })
     .optional(),
+  /**
+   * The fleet rollout (its id in the shared database) that this host's follower took this
+   * entry from: its deploy switches only when the rollout lets it (src/fleet/rolling.ts).
+   */
+  rollout: z.number().int().positive().optional(),
 });
 export type QueueEntry = z.infer<typeof QueueEntry>;
 

@@ -61,6 +61,18 @@ export interface DeployContext {
   pidFile?: string;
   /** Called right before `current` (or the in-place work tree) changes: throws if this worker may no longer act. */
   fence?: () => Promise<void>;
+  /**
+   * A fleet rollout's entry: runs the part that changes what is live (the switch through the
+   * health check and the sites) when the rollout lets this host (src/fleet/rolling.ts).
+   */
+  rolling?: <T>(fn: () => Promise<T>) => Promise<T>;
+}
+
+/** What changes what is live runs through the rollout's gate, if the entry came from one. */
+async function live<T>(ctx: DeployContext, fn: () => Promise<T>): Promise<T> {
+  if (!ctx.rolling) return fn();
+  step(ctx, "rollout", "wait for the rollout's turn (canary, slot)");
+  return ctx.rolling(fn);
 }
 
 export type DeployOutcome =
@@ -349,22 +361,38 @@ async function deployRelease(request: Exclude<DeployRequest, { kind: "rollback" 
     throw err;
   }
 
-  step(ctx, "switch", `switch current → releases/${release.name}`);
-  // The last moment a cancel (or a shutdown) stops it with the previous release untouched.
-  checkAborted(ctx);
-  await beginSwitch(paths, { release: release.name, previous, entry: request.entry, at: new Date().toISOString() });
   try {
-    await activate(release.dir, paths.current, env, ctx, ctx.signal);
-    await deployNginxSites(release.dir, ctx);
+    await live(ctx, async () => {
+      step(ctx, "switch", `switch current → releases/${release.name}`);
+      // The last moment a cancel (or a shutdown) stops it with the previous release untouched.
+      checkAborted(ctx);
+      await beginSwitch(paths, { release: release.name, previous, entry: request.entry, at: new Date().toISOString() });
+      try {
+        await activate(release.dir, paths.current, env, ctx, ctx.signal);
+        await deployNginxSites(release.dir, ctx);
+      } catch (err) {
+        await restoreAfterFailedRestart(paths, release.name, previous, err, ctx);
+        throw new Switched(err);
+      }
+      await endSwitch(paths);
+    });
   } catch (err) {
-    await restoreAfterFailedRestart(paths, release.name, previous, err, ctx);
+    if (err instanceof Switched) throw err.cause;
+    // Stopped before the switch (the rollout's gate, a cancel): the release was never live.
+    await rm(release.dir, { recursive: true, force: true });
     throw err;
   }
-  await endSwitch(paths);
   step(ctx, "prune", "prune old releases");
   const pruned = await pruneReleases(paths, ctx.deployment.keep_releases, [release.name, previous]);
   if (pruned.length > 0) ctx.log.write(`removed ${pruned.join(", ")}\n`);
   return { status: "succeeded", sha, release: release.name, previousRelease: previous, requestedSha: target.requestedSha };
+}
+
+/** A failure after the switch, which put the previous release back itself: the caller only passes its cause on. */
+class Switched extends Error {
+  constructor(cause: unknown) {
+    super("failed after the switch", { cause });
+  }
 }
 
 /** A new release failed after the switch (restart, health check, nginx): mark it bad, point `current` back, and restart the previous release. */
@@ -407,6 +435,7 @@ async function resumeSwitch(paths: DeploymentPaths, pending: PendingSwitch, meta
   step(ctx, "resume", `resume the switch to releases/${pending.release}: restart, health check, sites`);
   checkAborted(ctx);
   await ctx.fence?.();
+  // Switched already: what is live is finished (or put back) whatever the rollout says.
   try {
     await activate(dir, paths.current, commandEnv(ctx, meta.sha, dir, meta.ref), ctx, ctx.signal);
     await deployNginxSites(dir, ctx);
@@ -478,6 +507,20 @@ async function deployInPlace(request: Exclude<DeployRequest, { kind: "rollback" 
     return { status: "already-deployed", sha, release: undefined };
   }
   if (previous === sha) ctx.log.write(`${sha} is deployed in ${d.path}: deploying it again (--force)\n`);
+  // In place, the checkout is what changes what is live: all of it waits for the rollout's turn.
+  return live(ctx, () => switchInPlace(request, ctx, gitDir, stateFile, sha, previous, target.requestedSha));
+}
+
+async function switchInPlace(
+  request: Exclude<DeployRequest, { kind: "rollback" }>,
+  ctx: DeployContext,
+  gitDir: string,
+  stateFile: string,
+  sha: string,
+  previous: string | undefined,
+  requestedSha: string | undefined,
+): Promise<DeployOutcome> {
+  const d = ctx.deployment;
   step(ctx, "checkout", `check out ${sha} into ${d.path}`);
   checkAborted(ctx);
   await ctx.fence?.();
@@ -505,5 +548,5 @@ async function deployInPlace(request: Exclude<DeployRequest, { kind: "rollback" 
     throw err;
   }
   await writeFile(stateFile, `${sha}\n`);
-  return { status: "succeeded", sha, release: undefined, previousRelease: undefined, requestedSha: target.requestedSha };
+  return { status: "succeeded", sha, release: undefined, previousRelease: undefined, requestedSha };
 }

@@ -5,7 +5,7 @@ import path from "node:path";
 import { Writable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Logger } from "pino";
-import type { Deployment } from "../config/load.ts";
+import { type Deployment, isFleet } from "../config/load.ts";
 import type { Db } from "../db/client.ts";
 import { finishDeploy, finishedTurns, markInterrupted, newerFencingToken, nextFencingToken, recordUnrun, setDeployLog, startDeploy } from "../db/queries/deploys.ts";
 import { ConfigError, DeployqError, TransientError, errorMessage } from "../errors.ts";
@@ -35,6 +35,9 @@ import { type GithubWrite, enqueueGithubWrites } from "../github/outbox.ts";
 import type { GithubReports } from "../github/reports.ts";
 import { isCommitSha } from "../github/statuses.ts";
 import type { DeploymentNotifier, Happening } from "../notify/notify.ts";
+import { failRollout, finishRolloutIfDone, readRollout, updateRolloutHost } from "../fleet/rollouts.ts";
+import { RolloutStopped, describeStop, stopsHost, whenRolloutLets } from "../fleet/rolling.ts";
+import type { Rollout } from "../db/schema.ts";
 
 export interface DeploymentWorkerDeps {
   deployment: Deployment;
@@ -56,9 +59,11 @@ export interface DeploymentWorkerDeps {
   checks?: Pick<GithubClient, "readChecks">;
   /** [[notify]]: what to tell the notifiers that listen to this deployment, with the deploy rows; none by default. */
   notify?: DeploymentNotifier;
+  /** This host's name (host_name): in the deploy rows, and among a fleet deployment's hosts. */
+  hostName?: string;
+  /** A fleet deployment (hosts): the lock service whose names every host shares, for the rollout's slots. */
+  fleetLocks?: LockService;
 }
-
-const HOST = hostname();
 
 /** A payload's commit, if it is one (an entry that could not be deployed may carry anything). */
 const commitOrNothing = (sha: string | undefined) => (isCommitSha(sha) ? sha : undefined);
@@ -119,6 +124,16 @@ export class DeploymentWorker {
   private closing: Promise<void> | undefined;
   private readonly deps: DeploymentWorkerDeps;
   /** Per process: several workers processes on one host share the data directory. */
+  /** The deployment's lock: this host's own for a fleet deployment (see deploymentLockName). */
+  private get lockName(): string {
+    return deploymentLockName(this.name, isFleet(this.deps.deployment) ? this.hostName : undefined);
+  }
+
+  /** This host, as the deploy rows and the fleet's rollouts name it. */
+  private get hostName(): string {
+    return this.deps.hostName ?? hostname();
+  }
+
   private get pidFile(): string {
     return path.join(this.deps.dataDir, "run", `${this.name}.${process.pid}.command.pid`);
   }
@@ -165,13 +180,13 @@ export class DeploymentWorker {
   private async recover(): Promise<void> {
     const { db, deployment, locks, logger } = this.deps;
     await mkdir(path.dirname(this.pidFile), { recursive: true });
-    await locks.using(deploymentLockName(this.name), async () => {
+    await locks.using(this.lockName, async () => {
       const { killed, alive } = await killLeftoverCommands(path.dirname(this.pidFile), this.name);
       if (killed.length > 0) logger.warn({ deployment: this.name, pids: killed }, "killed a command left running by a deployq process that died");
       if (alive.length > 0) {
         logger.error({ deployment: this.name, pids: alive }, "processes of that command survive SIGKILL (uninterruptible sleep, e.g. a hung mount): check them with ps");
       }
-      const interrupted = await markInterrupted(db, this.name, HOST, pidAlive);
+      const interrupted = await markInterrupted(db, this.name, this.hostName, pidAlive);
       const removed = deployment.strategy === "releases" ? await removeIncomplete(deploymentPaths(deployment.path)) : [];
       if (interrupted.length > 0 || removed.length > 0) {
         logger.warn({ deployment: this.name, interrupted, removed }, "cleaned up after a deploy that was interrupted; its entry is redone");
@@ -210,7 +225,7 @@ export class DeploymentWorker {
     await this.waitForBurstToSettle(dir);
     try {
       if (this.draining) return;
-      await this.deps.locks.using(deploymentLockName(this.name), async (lockSignal) => {
+      await this.deps.locks.using(this.lockName, async (lockSignal) => {
         if (this.abort.signal.aborted || this.draining) return;
         // The queue as it is now, under the lock: another process may have moved on.
         const names = await scanQueue(dir);
@@ -229,7 +244,7 @@ export class DeploymentWorker {
           else await this.unmovable.attempt(path.join(dir, n), parsed.error, () => this.deadLetter(n, parsed.json as QueueEntry | undefined, parsed.error, 0));
         }
         // A copy of an entry that has had its turn here already (handed over twice) is dropped.
-        const turns = await finishedTurns(this.deps.db, this.name, entries.map((e) => e.name));
+        const turns = await finishedTurns(this.deps.db, this.name, this.hostName, entries.map((e) => e.name));
         for (const e of [...entries]) {
           if ((turns.get(e.name) ?? 0) <= (e.entry.requeues ?? 0)) continue;
           await removeEntry(path.join(dir, e.name));
@@ -358,7 +373,7 @@ export class DeploymentWorker {
     const texts = entry.event === "push" ? this.deps.statuses : undefined;
     await recordUnrun(
       this.deps.db,
-      { deployment: this.name, entry: name, deliveryId: entry.delivery_id, event: entry.event, ref, sha: after, attempt: (entry.attempts ?? 0) + 1, host: HOST, pid: process.pid, fencingToken: token },
+      { deployment: this.name, entry: name, deliveryId: entry.delivery_id, event: entry.event, ref, sha: after, attempt: (entry.attempts ?? 0) + 1, host: this.hostName, pid: process.pid, fencingToken: token },
       { status: "superseded", supersededBy: by },
       texts ? (id) => texts.superseded(name, after, bySha, id) : undefined,
     );
@@ -439,7 +454,7 @@ export class DeploymentWorker {
     const texts = this.deps.statuses;
     const id = await recordUnrun(
       this.deps.db,
-      { deployment: this.name, entry: name, deliveryId: entry.delivery_id, event: entry.event, ref, sha, attempt, host: HOST, pid: process.pid, fencingToken: token },
+      { deployment: this.name, entry: name, deliveryId: entry.delivery_id, event: entry.event, ref, sha, attempt, host: this.hostName, pid: process.pid, fencingToken: token },
       { status: "failed", error },
       (deployId) => [...(texts ? texts.checksFailed(name, sha, deployId, why) : []), ...this.notify(name, deployId, { what: "failed", sha, error, step: undefined, rolledBack: false, liveSha: undefined, deadLettered: true })],
     );
@@ -460,6 +475,13 @@ export class DeploymentWorker {
     }
     const { ref } = summarizePayload(entry.payload);
     const sha = request.kind === "push" ? request.sha : undefined;
+    // A push from a fleet rollout that no longer lets this host switch is not deployed at all.
+    const rolloutId = entry.rollout;
+    const rolling = rolloutId !== undefined && request.kind === "push" ? await readRollout(db, rolloutId) : undefined;
+    if (rolling && (await stopsHost(db, rolling, this.hostName))) {
+      await this.skipRollout(name, entry, token, rolling);
+      return;
+    }
     const id = await startDeploy(db, {
       deployment: this.name,
       entry: name,
@@ -468,7 +490,7 @@ export class DeploymentWorker {
       ref: request.kind === "deploy" ? request.ref : ref,
       sha,
       attempt,
-      host: HOST,
+      host: this.hostName,
       pid: process.pid,
       fencingToken: token,
     }, request.kind === "push" && this.deps.statuses ? (deployId) => this.deps.statuses!.started(name, request.sha, deployId, attempt) : undefined);
@@ -528,6 +550,8 @@ export class DeploymentWorker {
       events.emit({ kind: "deploy", name: "finished", deployment: this.name, deployId: id, entry: name, outcome, durationMs: Date.now() - started, ...more });
     events.emit({ kind: "deploy", name: "started", deployment: this.name, deployId: id, entry: name, attempt, sha, ref: request.kind === "deploy" ? request.ref : ref, logPath });
     const steps = new StepRecorder({ db, events, logger: child, deployment: this.name, deployId: id, entry: name });
+    if (rolloutId !== undefined) await updateRolloutHost(db, rolloutId, this.hostName, { state: request.kind === "rollback" ? "rolling-back" : "deploying", deployId: id });
+    const fleetLocks = this.deps.fleetLocks;
     try {
       const outcome = await performDeploy(request, {
         deployment,
@@ -551,6 +575,9 @@ export class DeploymentWorker {
           const newer = await newerFencingToken(db, this.name, token);
           if (newer !== undefined) throw new LockLostError(`a newer deploy holds the lock (fencing token ${newer} > ${token})`);
         },
+        ...(rolling && fleetLocks
+          ? { rolling: <T>(fn: () => Promise<T>) => whenRolloutLets({ db, locks: fleetLocks, hostName: this.hostName, rolloutId: rolling.id, log, signal }, fn) }
+          : {}),
       });
       await steps.finish(true);
       if (outcome.status === "superseded") {
@@ -571,6 +598,14 @@ export class DeploymentWorker {
       await endLog();
       await finishDeploy(db, id, { ...outcome, logPath }, [...(texts ? await this.reportOutcome(texts, name, request, outcome, id) : []), ...(await this.notifyOutcome(name, request, outcome, id))]);
       await removeEntry(file);
+      if (rolloutId !== undefined) {
+        if (request.kind === "rollback") await updateRolloutHost(db, rolloutId, this.hostName, { state: "rolled-back", release: outcome.release ?? null });
+        else {
+          const switched = outcome.status === "succeeded";
+          await updateRolloutHost(db, rolloutId, this.hostName, { state: "succeeded", release: outcome.release ?? null, previousRelease: switched ? (outcome.previousRelease ?? null) : null });
+          await finishRolloutIfDone(db, rolloutId);
+        }
+      }
       tell(outcome.status, { sha: outcome.sha, release: outcome.release });
       const requestedSha = outcome.status === "succeeded" ? outcome.requestedSha : undefined;
       child.info(
@@ -581,9 +616,19 @@ export class DeploymentWorker {
       log.write(`\n== failed: ${errorMessage(err)}\n`);
       await endLog();
       await steps.finish(false, err instanceof ExecError ? err.exitCode : undefined);
+      if (err instanceof RolloutStopped) {
+        await this.rolloutStopped(id, name, err.rollout, logPath);
+        tell(err.rollout.state === "superseded" ? "superseded" : "cancelled", { sha, error: err.message });
+        return;
+      }
       const ended = cancel.signal.aborted ? await this.cancelled(id, name, entry, attempt, cancelledBy ?? "unknown", err, report) : await this.fail(id, name, entry, attempt, err, child, lockSignal, report);
       // A deploy that failed after its switch and put the previous release back was rolled back.
       const outcome = ended.outcome === "failed" && steps.ran("rollback") ? "rolled-back" : ended.outcome;
+      if (rolloutId !== undefined && (ended.outcome === "failed" || ended.outcome === "cancelled")) {
+        // This host failed the rollout: it stops the wave (and, with on_failure = "rollback", turns it back).
+        await updateRolloutHost(db, rolloutId, this.hostName, { state: "failed", step: failedStep ?? null, error: errorMessage(err).slice(0, 2000) });
+        if (request.kind !== "rollback") await failRollout(db, rolloutId, this.hostName, failedStep, errorMessage(err));
+      }
       tell(outcome, { sha, error: errorMessage(err).slice(0, 2000), nextAttemptAt: ended.nextAttemptAt });
     } finally {
       clearInterval(poll);
@@ -591,10 +636,32 @@ export class DeploymentWorker {
       this.current = undefined;
       await endLog();
       // The row is final: keep the newest keep_deploys deploys (rows and logs) of this deployment on this host.
-      await pruneDeploys({ db, deployment: this.name, host: HOST, keep: deployment.keep_deploys, logFile: (n) => deployLogPath(this.deps.dataDir, this.name, n) }).catch(
+      await pruneDeploys({ db, deployment: this.name, host: this.hostName, keep: deployment.keep_deploys, logFile: (n) => deployLogPath(this.deps.dataDir, this.name, n) }).catch(
         (err: unknown) => child.warn({ err: errorMessage(err) }, "could not remove old deploy records; the next deploy tries again"),
       );
     }
+  }
+
+  /** A rollout's push that its rollout stopped before it started here: recorded, removed, and the host's part in the rollout told. */
+  private async skipRollout(name: string, entry: QueueEntry, token: number, rollout: Rollout): Promise<void> {
+    const { ref, after } = summarizePayload(entry.payload);
+    const why = describeStop(rollout);
+    const outcome = rollout.state === "superseded" ? { status: "superseded" as const, supersededBy: `rollout ${rollout.supersededBy ?? "?"}` } : { status: "cancelled" as const, error: why };
+    const id = await recordUnrun(this.deps.db, { deployment: this.name, entry: name, deliveryId: entry.delivery_id, event: entry.event, ref, sha: after, attempt: (entry.attempts ?? 0) + 1, host: this.hostName, pid: process.pid, fencingToken: token }, outcome);
+    await this.rolloutStopped(id, name, rollout, undefined, true);
+    this.events.emit({ kind: "deploy", name: "finished", deployment: this.name, deployId: id, entry: name, outcome: outcome.status, durationMs: 0, sha: after, error: why });
+  }
+
+  /** The rollout stopped this host before its switch: the deploy row says why, the entry goes, and the host's part is halted or superseded. */
+  private async rolloutStopped(id: number, name: string, rollout: Rollout, logPath: string | undefined, recorded = false): Promise<void> {
+    const why = describeStop(rollout);
+    const superseded = rollout.state === "superseded";
+    if (!recorded) {
+      await finishDeploy(this.deps.db, id, superseded ? { status: "superseded", sha: rollout.sha ?? undefined, supersededBy: `rollout ${rollout.supersededBy ?? "?"}`, error: why, logPath } : { status: "cancelled", error: why });
+    }
+    await removeEntry(path.join(this.deps.layout.deployment(this.name), name));
+    await updateRolloutHost(this.deps.db, rollout.id, this.hostName, { state: superseded ? "superseded" : "halted", deployId: id, error: why });
+    this.deps.logger.warn({ deployment: this.name, entry: name, rollout: rollout.id, state: rollout.state, failedHost: rollout.failedHost }, why);
   }
 
   /** The commit live now (after a failed deploy: the one that kept serving), if any can be read. */

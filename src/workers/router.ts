@@ -17,9 +17,11 @@ import { errorMessage } from "../errors.ts";
 import { enqueueGithubWrites } from "../github/outbox.ts";
 import type { GithubReports } from "../github/reports.ts";
 import type { DeploymentNotifier } from "../notify/notify.ts";
+import { deploysHere, isFleet } from "../config/load.ts";
+import { type NewRollout, recordRollouts } from "../fleet/rollouts.ts";
 
 export interface RouterDeps {
-  settings: Pick<Settings, "deployments" | "rescanIntervalMs">;
+  settings: Pick<Settings, "deployments" | "rescanIntervalMs" | "hostName">;
   layout: QueueLayout;
   db: Db;
   /** Several workers processes (with REDIS_URL) route one entry at a time between them. */
@@ -46,6 +48,7 @@ const BATCH = 200;
 export function createRouter(deps: RouterDeps): QueueWorker {
   const { layout, db, logger } = deps;
   const deployments = [...deps.settings.deployments.values()];
+  const { hostName } = deps.settings;
   const unmovable = new Unmovable(logger, "router");
 
   async function handle(names: string[], stopping: () => boolean): Promise<void> {
@@ -57,7 +60,7 @@ export function createRouter(deps: RouterDeps): QueueWorker {
   }
 
   async function routeBatch(names: string[]): Promise<void> {
-    const routed: Array<{ name: string; file: string; row: DeliveryRow; decision: RouteDecision }> = [];
+    const routed: Array<{ name: string; file: string; row: DeliveryRow; decision: RouteDecision; text: string }> = [];
     // An entry that may still be being written is looked at again once it has settled.
     let unsettled = false;
     for (const name of names) {
@@ -91,12 +94,31 @@ export function createRouter(deps: RouterDeps): QueueWorker {
         entry: name,
         ...(decision.kind === "void" ? { outcome: "voided", reason: decision.reason } : { outcome: "routed", routedTo: decision.deployments }),
       };
-      routed.push({ name, file, row, decision });
+      routed.push({ name, file, row, decision, text: read.text });
     }
     if (unsettled) setTimeout(() => void worker.kick(), SETTLE_MS).unref();
     if (routed.length === 0) return;
+    // A push to a fleet deployment becomes a rollout, which every host of the fleet takes
+    // into its own queue (src/fleet/follower.ts): recorded with the delivery's outcome.
+    const newRollouts: NewRollout[] = routed.flatMap((r) =>
+      r.decision.kind === "deliver"
+        ? r.decision.deployments.flatMap((d) => {
+            const deployment = deps.settings.deployments.get(d)!;
+            if (!isFleet(deployment)) return [];
+            const after = r.decision.kind === "deliver" ? r.decision.after : undefined;
+            const { parallel, canary, on_failure } = deployment.rollout!;
+            return [{ deployment: d, entry: r.name, deliveryId: r.row.deliveryId, ref: r.row.ref, sha: after, hosts: deployment.hosts, parallel, canary, onFailure: on_failure, body: r.text }];
+          })
+        : [],
+    );
     // Record first: if the database is down nothing has moved yet, and the pass is retried.
-    await recordOutcomes(db, routed.map((r) => r.row));
+    if (newRollouts.length === 0) await recordOutcomes(db, routed.map((r) => r.row));
+    else {
+      await db.transaction(async (tx) => {
+        await recordOutcomes(tx as unknown as Db, routed.map((r) => r.row));
+        await recordRollouts(tx as unknown as Db, newRollouts);
+      });
+    }
     // Before the hand-over: the "queued" status is older than anything the deployment's worker writes.
     if (deps.statuses) {
       const statuses = deps.statuses;
@@ -108,7 +130,12 @@ export function createRouter(deps: RouterDeps): QueueWorker {
     const byDeployment = new Map<string, string[]>();
     for (const r of routed) {
       if (r.decision.kind === "void") continue;
-      for (const d of r.decision.deployments) byDeployment.set(d, [...(byDeployment.get(d) ?? []), r.file]);
+      for (const d of r.decision.deployments) {
+        const deployment = deps.settings.deployments.get(d)!;
+        // A fleet deployment's push reaches this host's queue as a rollout; a check event only where it deploys.
+        if (isFleet(deployment) && (r.decision.kind === "deliver" || !deploysHere(deployment, hostName))) continue;
+        byDeployment.set(d, [...(byDeployment.get(d) ?? []), r.file]);
+      }
     }
     for (const [deployment, files] of byDeployment) await handOverInto(layout, files, layout.deployment(deployment));
     await removeEntries(routed.map((r) => r.file));

@@ -104,7 +104,7 @@ export async function finishDeploy(db: Db, id: number, result: DeployResult, sta
 export async function recordUnrun(
   db: Db,
   row: NewDeploy,
-  outcome: { status: "superseded"; supersededBy: string } | { status: "failed"; error: string },
+  outcome: { status: "superseded"; supersededBy: string } | { status: "failed" | "cancelled"; error: string },
   statuses?: (id: number) => readonly GithubWrite[],
 ): Promise<number> {
   return withStatuses(db, statuses, async (q) => {
@@ -147,13 +147,13 @@ export async function recentDeploys(db: Db, deployment: string, limit = 20): Pro
 /** Statuses that end an entry's turn in a deployment: each turn of an entry leaves exactly one. */
 export const FINAL_STATUSES = ["succeeded", "already-deployed", "superseded", "failed", "cancelled"] as const satisfies readonly DeployStatus[];
 
-/** How many turns each of these entries has already had in a deployment (its final rows). */
-export async function finishedTurns(db: Db, deployment: string, entries: readonly string[]): Promise<Map<string, number>> {
+/** How many turns each of these entries has already had in a deployment on this host (its final rows there: a fleet shares the rows, and the entry names). */
+export async function finishedTurns(db: Db, deployment: string, host: string, entries: readonly string[]): Promise<Map<string, number>> {
   if (entries.length === 0) return new Map();
   const rows = await db
     .select({ entry: deploys.entry, turns: sql<string>`count(*)` })
     .from(deploys)
-    .where(and(eq(deploys.deployment, deployment), inArray(deploys.entry, [...entries]), inArray(deploys.status, [...FINAL_STATUSES])))
+    .where(and(eq(deploys.deployment, deployment), eq(deploys.host, host), inArray(deploys.entry, [...entries]), inArray(deploys.status, [...FINAL_STATUSES])))
     .groupBy(deploys.entry);
   return new Map(rows.map((r) => [r.entry, Number(r.turns)]));
 }

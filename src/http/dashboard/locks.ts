@@ -1,4 +1,4 @@
-import type { Settings } from "../../config/load.ts";
+import { type Settings, isFleet } from "../../config/load.ts";
 import type { Db } from "../../db/client.ts";
 import { lockEventsOf } from "../../db/queries/lock-holders.ts";
 import type { LockInspector } from "../../lock/inspect.ts";
@@ -23,7 +23,10 @@ export interface LockState {
  * when locks are distributed. In-process locks have no TTL: they end with their process.
  */
 export async function lockStates(settings: Settings, db: Db, inspector: LockInspector | undefined, deployments: readonly string[], now = Date.now()): Promise<Map<string, LockState>> {
-  const full = (d: string) => lockName(settings.lockPrefix, deploymentLockName(d));
+  const full = (d: string) => {
+    const deployment = settings.deployments.get(d);
+    return lockName(settings.lockPrefix, deploymentLockName(d, deployment && isFleet(deployment) ? settings.hostName : undefined));
+  };
   const [events, ttls] = await Promise.all([lockEventsOf(db, deployments), inspector ? inspector.ttls(deployments.map(full)) : Promise.resolve(undefined)]);
   const states = new Map<string, LockState>();
   for (const d of deployments) {

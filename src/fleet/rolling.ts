@@ -1,0 +1,123 @@
+import { createHash } from "node:crypto";
+import type { Writable } from "node:stream";
+import { setTimeout as sleep } from "node:timers/promises";
+import type { Db } from "../db/client.ts";
+import { and, eq, gt, notInArray, sql } from "drizzle-orm";
+import { type Rollout, type RolloutState, rollouts } from "../db/schema.ts";
+import { DeployqError } from "../errors.ts";
+import { LockBusyError, type LockService } from "../lock/lock.ts";
+import { readRollout, rolloutHostRows, updateRolloutHost } from "./rollouts.ts";
+
+/** A rollout that no longer lets this host switch: a host failed it (halted, rolled back), or a newer one superseded it. */
+export class RolloutStopped extends DeployqError {
+  readonly rollout: Rollout;
+  constructor(rollout: Rollout) {
+    super("ROLLOUT", describeStop(rollout));
+    this.name = "RolloutStopped";
+    this.rollout = rollout;
+  }
+  get state(): RolloutState {
+    return this.rollout.state as RolloutState;
+  }
+}
+
+export function describeStop(r: Rollout): string {
+  if (r.state === "superseded") return `rollout ${r.id} was superseded by rollout ${r.supersededBy ?? "?"} (a newer push): this host does not switch to ${r.sha}`;
+  const failed = `${r.failedHost ?? "a host"} failed${r.failedStep ? ` at ${r.failedStep}` : ""}: ${r.reason ?? "no reason recorded"}`;
+  if (r.state === "rolled-back") return `rollout ${r.id} is being rolled back (${failed}): this host does not switch to ${r.sha}`;
+  return `rollout ${r.id} is halted (${failed}): this host does not switch to ${r.sha}`;
+}
+
+/**
+ * Whether `r` no longer lets `host` switch: it is halted or rolled back, or superseded by a
+ * newer rollout that will reach this host (one not halted). A superseded rollout that is the
+ * newest the host can have (a host catching up after the newer one halted) still lets it.
+ */
+export async function stopsHost(db: Db, r: Rollout, host: string): Promise<boolean> {
+  if (r.state === "halted" || r.state === "rolled-back") return true;
+  if (r.state !== "superseded") return false;
+  const [newer] = await db
+    .select({ id: rollouts.id })
+    .from(rollouts)
+    .where(and(eq(rollouts.deployment, r.deployment), gt(rollouts.id, r.id), notInArray(rollouts.state, ["halted", "rolled-back"]), sql`${rollouts.hosts} ? ${host}`))
+    .limit(1);
+  return newer !== undefined;
+}
+
+/** The lock of one of a rollout's `parallel` slots: the same name on every host of the fleet. */
+export const rolloutSlotLock = (deployment: string, slot: number) => `rollout:${deployment}:${slot}`;
+
+export interface RollingContext {
+  db: Db;
+  /** The fleet's lock service (its names shared by every host: see Settings.fleetLockPrefix). */
+  locks: LockService;
+  hostName: string;
+  rolloutId: number;
+  log: Writable;
+  /** The deploy's: a shutdown or a cancel ends the wait. */
+  signal: AbortSignal;
+  /** How often the rollout is looked at while waiting (canary, slots). */
+  pollMs?: number;
+}
+
+/**
+ * Runs `fn` (the switch, the restart, the health check and the sites) once the rollout lets
+ * this host: the rollout still running, its canary (when it has one and it is not this host)
+ * live and healthy on the commit, and one of its `parallel` slots held. The slot is held
+ * until `fn` ends; the time it was held is recorded as this host's switch interval.
+ * Throws RolloutStopped when the rollout stops first.
+ */
+export async function whenRolloutLets<T>(ctx: RollingContext, fn: () => Promise<T>): Promise<T> {
+  const { db, hostName, rolloutId, log } = ctx;
+  const pollMs = ctx.pollMs ?? 250;
+  const running = async (): Promise<Rollout> => {
+    const r = await readRollout(db, rolloutId);
+    if (!r) throw new DeployqError("ROLLOUT", `rollout ${rolloutId} is not in the database (removed by hand?): this host does not switch`);
+    if (await stopsHost(db, r, hostName)) throw new RolloutStopped(r);
+    return r;
+  };
+  const pause = () => sleep(pollMs, undefined, { signal: ctx.signal }).catch(() => {});
+  const aborted = () => {
+    if (ctx.signal.aborted) throw new DeployqError("DEPLOY", "the deploy was cancelled (shutdown or lost lock) while it waited for its turn in the rollout; the entry stays queued");
+  };
+  let rollout = await running();
+  // A rollout that is no longer running but still lets this host (one catching up) has had its canary.
+  if (rollout.canary && rollout.canary !== hostName && rollout.state === "running") {
+    log.write(`rollout ${rollout.id}: waiting for the canary ${rollout.canary} to be live and healthy on ${rollout.sha}\n`);
+    for (;;) {
+      aborted();
+      const canary = (await rolloutHostRows(db, rollout.id)).find((h) => h.host === rollout.canary);
+      if (canary?.state === "succeeded") break;
+      await pause();
+      rollout = await running();
+    }
+    log.write(`rollout ${rollout.id}: the canary ${rollout.canary} is live\n`);
+  }
+  const parallel = Math.max(1, rollout.parallel);
+  // Hosts start at different slots, so that with parallel > 1 they do not all queue for the first.
+  const first = createHash("sha256").update(hostName).digest().readUInt32BE(0) % parallel;
+  log.write(`rollout ${rollout.id}: waiting for one of its ${parallel} slot${parallel === 1 ? "" : "s"}\n`);
+  for (;;) {
+    for (let i = 0; i < parallel; i++) {
+      aborted();
+      const slot = (first + i) % parallel;
+      try {
+        return await ctx.locks.using(rolloutSlotLock(rollout.deployment, slot), async () => {
+          // A host may have failed the rollout while this one waited.
+          await running();
+          log.write(`rollout ${rollout.id}: holding slot ${slot}\n`);
+          await updateRolloutHost(db, rollout.id, hostName, { switchStartedAt: new Date() });
+          try {
+            return await fn();
+          } finally {
+            await updateRolloutHost(db, rollout.id, hostName, { switchEndedAt: new Date() });
+          }
+        });
+      } catch (err) {
+        if (!(err instanceof LockBusyError)) throw err;
+      }
+    }
+    await pause();
+    rollout = await running();
+  }
+}

@@ -1,0 +1,108 @@
+import { readFile } from "node:fs/promises";
+import path from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { type TestFleet, createFleet } from "../helpers/fleet.ts";
+import { until } from "../helpers/wait.ts";
+import { seenHosts } from "../../src/fleet/rollouts.ts";
+
+/** A release directory's commit (its name ends with the short sha). */
+const isReleaseOf = (release: string | undefined, sha: string) => release !== undefined && release.endsWith(sha.slice(0, 7));
+
+describe("one deployment on three hosts (one Postgres, a three-node Redis quorum), parallel 1 with a canary", () => {
+  let fleet: TestFleet;
+  beforeAll(async () => {
+    fleet = await createFleet({ rollout: `{ parallel = 1, canary = "web1" }` });
+    await Promise.all(fleet.hosts.map((h) => h.start()));
+  }, 120_000);
+  afterAll(() => fleet?.dispose(), 60_000);
+
+  /** Waits until every host in `hosts` is done with the rollout of `sha` (its state one of `states`). */
+  async function settled(sha: string, hosts: string[], states = ["succeeded"]) {
+    return until(
+      `the rollout of ${sha} to settle on ${hosts.join(", ")}`,
+      async () => {
+        const rollout = await fleet.rolloutOf(sha);
+        if (!rollout) return undefined;
+        const rows = await fleet.hostRows(rollout.id);
+        const done = hosts.every((h) => rows.some((r) => r.host === h && states.includes(r.state)));
+        return done ? { rollout, rows } : undefined;
+      },
+      90_000,
+    );
+  }
+
+  it("a push to one host's receiver deploys on all three, one host at a time, the canary first", { timeout: 120_000 }, async () => {
+    const [web1, web2, web3] = fleet.hosts;
+    const v1 = await fleet.repo.commit({ "index.html": "v1" });
+    expect(await fleet.push(web2!, v1)).toBe(202);
+    const { rollout, rows } = await settled(v1, ["web1", "web2", "web3"]);
+    await until("the rollout to be succeeded", async () => (await fleet.rolloutOf(v1))?.state === "succeeded");
+    expect(rollout.hosts).toEqual(["web1", "web2", "web3"]);
+    for (const host of [web1!, web2!, web3!]) expect(isReleaseOf(await host.current(), v1), host.name).toBe(true);
+    // The switch intervals (slot held: switch, restart, health check) never overlap with parallel = 1.
+    const intervals = rows.map((r) => ({ host: r.host, from: r.switchStartedAt!.getTime(), to: r.switchEndedAt!.getTime() })).sort((a, b) => a.from - b.from);
+    expect(intervals[0]!.host).toBe("web1");
+    for (let i = 1; i < intervals.length; i++) expect(intervals[i]!.from, `${intervals[i]!.host} switched while ${intervals[i - 1]!.host} held the slot`).toBeGreaterThanOrEqual(intervals[i - 1]!.to);
+    // Each host's deploy took about the restart's 0.3 s inside its slot.
+    for (const i of intervals) expect(i.to - i.from).toBeGreaterThanOrEqual(300);
+    // The receiving host routed it once: one rollout for the delivery, every host handed it over once.
+    expect(rows.map((r) => r.host)).toEqual(["web1", "web2", "web3"]);
+  });
+
+  it("the canary's health check fails: no other host switches to that commit, each still serves the previous release, the rollout is halted with the canary's reason", { timeout: 120_000 }, async () => {
+    const before = await Promise.all(fleet.hosts.map((h) => h.current()));
+    fleet.unhealthy.add("web1");
+    try {
+      const bad = await fleet.repo.commit({ "index.html": "bad" });
+      expect(await fleet.push(fleet.hosts[0]!, bad)).toBe(202);
+      const { rows } = await settled(bad, ["web1", "web2", "web3"], ["failed", "halted"]);
+      const rollout = (await fleet.rolloutOf(bad))!;
+      expect(rollout.state).toBe("halted");
+      expect(rollout.failedHost).toBe("web1");
+      expect(rollout.failedStep).toBe("health-check");
+      expect(rollout.reason).toMatch(/503|health/i);
+      expect(rows.find((r) => r.host === "web1")!.state).toBe("failed");
+      for (const r of rows.filter((x) => x.host !== "web1")) {
+        expect(r.state).toBe("halted");
+        expect(r.switchStartedAt, `${r.host} never took a slot`).toBeNull();
+      }
+      expect(await Promise.all(fleet.hosts.map((h) => h.current()))).toEqual(before);
+    } finally {
+      fleet.unhealthy.delete("web1");
+    }
+  });
+
+  it("a host down during a rollout deploys it when it comes back; a halted rollout is not deployed by a host that comes back", { timeout: 180_000 }, async () => {
+    const web3 = fleet.hosts[2]!;
+    await web3.stop();
+    const v2 = await fleet.repo.commit({ "index.html": "v2" });
+    expect(await fleet.push(fleet.hosts[0]!, v2)).toBe(202);
+    await settled(v2, ["web1", "web2"]);
+    expect((await fleet.rolloutOf(v2))!.state).toBe("running");
+    expect(isReleaseOf(await web3.current(), v2)).toBe(false);
+    await web3.start();
+    await settled(v2, ["web1", "web2", "web3"]);
+    expect(isReleaseOf(await web3.current(), v2)).toBe(true);
+    await until("the rollout of v2 to be succeeded", async () => (await fleet.rolloutOf(v2))?.state === "succeeded");
+
+    // Down again; the next commit fails on the canary; web3 comes back and stays on v2.
+    await web3.stop();
+    fleet.unhealthy.add("web1");
+    try {
+      const bad = await fleet.repo.commit({ "index.html": "bad again" });
+      expect(await fleet.push(fleet.hosts[1]!, bad)).toBe(202);
+      await settled(bad, ["web1", "web2"], ["failed", "halted"]);
+      const halted = (await fleet.rolloutOf(bad))!;
+      expect(halted.state).toBe("halted");
+      const restarted = new Date();
+      await web3.start();
+      // Its follower has had a pass (it checks in at each): after that, nothing of the halted rollout reaches web3.
+      await until("a pass of web3's follower", async () => (await seenHosts(fleet.tdb.database.db)).some((h) => h.host === "web3" && h.lastSeen > restarted));
+      expect((await fleet.hostRows(halted.id)).map((r) => r.host)).toEqual(["web1", "web2"]);
+      expect(isReleaseOf(await web3.current(), v2)).toBe(true);
+      expect(await readFile(path.join(web3.ws.dir, "apps", "app", "current", "index.html"), "utf8")).toBe("v2");
+    } finally {
+      fleet.unhealthy.delete("web1");
+    }
+  });
+});
