@@ -32,6 +32,8 @@ export interface TestFleet {
   redis: PrivateRedis[];
   /** Answers each host's health check: 200, or 503 for a host whose name is in it. */
   unhealthy: Set<string>;
+  /** When set, decides instead of `unhealthy` whether a host's health check passes. */
+  judge: ((host: string) => boolean) | undefined;
   /** Signs and posts a push of `sha` to `host`'s receiver; returns the HTTP status. */
   push(host: FleetHost, sha: string): Promise<number>;
   /** The rollout of `sha` (the newest, if several), once it exists. */
@@ -46,7 +48,7 @@ export interface TestFleet {
  * servers. Each deploys deployment "app" (releases, a restart script that takes a moment,
  * a health check served by the test), with `rollout` as given.
  */
-export async function createFleet(options: { names?: string[]; rollout: string; redisNodes?: number }): Promise<TestFleet> {
+export async function createFleet(options: { names?: string[]; rollout: string; redisNodes?: number; restartSeconds?: number }): Promise<TestFleet> {
   const names = options.names ?? ["web1", "web2", "web3"];
   const dir = await mkdtemp(path.join(tmpdir(), "deployq-fleet-"));
   const repo = await createRepo(dir);
@@ -58,9 +60,12 @@ export async function createFleet(options: { names?: string[]; rollout: string; 
     redis.push(node);
   }
   const unhealthy = new Set<string>();
+  // eslint-disable-next-line prefer-const -- assigned below, read by the health server's requests
+  let fleet: TestFleet;
   const health: Server = createServer((req, res) => {
     const host = (req.url ?? "/").slice(1);
-    res.writeHead(unhealthy.has(host) ? 503 : 200).end(unhealthy.has(host) ? "unhealthy\n" : "ok\n");
+    const ok = fleet.judge ? fleet.judge(host) : !unhealthy.has(host);
+    res.writeHead(ok ? 200 : 503).end(ok ? "ok\n" : "unhealthy\n");
   });
   await new Promise<void>((resolve) => health.listen(0, "127.0.0.1", resolve));
   const healthPort = (health.address() as AddressInfo).port;
@@ -75,7 +80,7 @@ export async function createFleet(options: { names?: string[]; rollout: string; 
 hosts = ${JSON.stringify(names)}
 rollout = ${options.rollout}
 coalesce_ms = 0
-restart = { script = ["sh", "-c", "sleep 0.3"] }
+restart = { script = ["sh", "-c", "sleep ${options.restartSeconds ?? 0.3}"] }
 health = { url = "http://127.0.0.1:${healthPort}/${name}", timeout_s = 1 }
 `,
       ),
@@ -110,12 +115,13 @@ health = { url = "http://127.0.0.1:${healthPort}/${name}", timeout_s = 1 }
     };
     hosts.push(host);
   }
-  const fleet: TestFleet = {
+  fleet = {
     hosts,
     repo,
     tdb,
     redis,
     unhealthy,
+    judge: undefined,
     async push(host, sha) {
       const request = await signedDelivery(pushPayload({ repository: "octo-org/app", branch: "main", after: sha }));
       return (await post(host.url!, request)).status;
