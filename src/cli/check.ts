@@ -1,7 +1,8 @@
 import { access, constants, stat } from "node:fs/promises";
 import path from "node:path";
 import { sql } from "drizzle-orm";
-import { type Settings, loadSettings, notifierProblems } from "../config/load.ts";
+import { type Settings, isFleet, loadSettings, notifierProblems, requireFleetServices } from "../config/load.ts";
+import { seenHosts } from "../fleet/rollouts.ts";
 import { embeddedDatabaseMissing, getJson, withDatabase } from "./database-access.ts";
 import { gitReason, shownRemote } from "./deploy.ts";
 import { errorMessage } from "../errors.ts";
@@ -193,6 +194,50 @@ async function checkAllowlist(settings: Settings): Promise<CheckResult[]> {
   return results;
 }
 
+/** A host of a fleet counts as seen when its workers checked in this recently (they do at every rescan). */
+const SEEN_WITHIN_MS = 60_000;
+
+/** Each fleet deployment: its services are shared, and which of its hosts have checked in lately. */
+async function checkFleet(settings: Settings): Promise<CheckResult[]> {
+  const fleet = [...settings.deployments.values()].filter((d) => d.enabled && isFleet(d));
+  if (fleet.length === 0) return [];
+  try {
+    requireFleetServices(settings);
+  } catch (err) {
+    return [{ name: "fleet", ok: false, detail: errorMessage(err) }];
+  }
+  let seen: Map<string, Date>;
+  try {
+    seen = await withDatabase(
+      settings,
+      async (db) => new Map((await seenHosts(db)).map((h) => [h.host, h.lastSeen])),
+      async () => new Map(),
+    );
+  } catch (err) {
+    return [{ name: "fleet", ok: false, detail: `cannot read which hosts have been seen: ${errorMessage(err)}` }];
+  }
+  const now = Date.now();
+  return fleet.map((d): CheckResult => {
+    const hosts = d.hosts!;
+    const recent = hosts.filter((h) => now - (seen.get(h)?.getTime() ?? 0) <= SEEN_WITHIN_MS);
+    const missing = hosts.filter((h) => !recent.includes(h));
+    const ago = (h: string) => {
+      const at = seen.get(h);
+      return at ? `last seen ${Math.round((now - at.getTime()) / 1000)} s ago` : "never seen";
+    };
+    const here = hosts.includes(settings.hostName) ? `this host is ${settings.hostName}` : `this host (${settings.hostName}) is not one of them: it routes the pushes, and deploys none`;
+    return missing.length === 0
+      ? { name: "fleet", ok: true, detail: `${d.name}: all ${hosts.length} hosts seen in the last minute (${hosts.join(", ")}); ${here}` }
+      : {
+          name: "fleet",
+          ok: false,
+          detail:
+            `${d.name}: ${recent.length > 0 ? `seen: ${recent.join(", ")}; ` : ""}not seen in the last minute: ${missing.map((h) => `${h} (${ago(h)})`).join(", ")}: ` +
+            `start deployq's workers there (with this host_name), or remove the host from hosts; ${here}`,
+        };
+  });
+}
+
 export async function runChecks(settings: Settings): Promise<CheckResult[]> {
   const results: CheckResult[] = [
     { name: "config", ok: true, detail: `${settings.configPath}: ${settings.deployments.size} deployment(s)` },
@@ -207,6 +252,7 @@ export async function runChecks(settings: Settings): Promise<CheckResult[]> {
   results.push(...(await checkSteps(settings)));
   results.push(...(await checkAllowlist(settings)));
   results.push(...checkNotifiers(settings));
+  results.push(...(await checkFleet(settings)));
   return results;
 }
 

@@ -15,6 +15,8 @@ import { type Workspace, createWorkspace, followingDeployment, post, pushPayload
 export interface FleetHost {
   name: string;
   ws: Workspace;
+  /** What its processes run with (DATABASE_URL, REDIS_URL, DEPLOYQ_CONFIG…). */
+  env: NodeJS.ProcessEnv;
   proc: Spawned | undefined;
   url: string | undefined;
   /** Starts `deployq serve` and waits until it takes deliveries and its workers run. */
@@ -89,6 +91,7 @@ health = { url = "http://127.0.0.1:${healthPort}/${name}", timeout_s = 1 }
     const host: FleetHost = {
       name,
       ws,
+      env,
       proc: undefined,
       url: undefined,
       async start() {

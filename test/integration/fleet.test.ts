@@ -1,8 +1,9 @@
-import { readFile } from "node:fs/promises";
+import { readFile, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type TestFleet, createFleet } from "../helpers/fleet.ts";
 import { until } from "../helpers/wait.ts";
+import { spawnDeployq } from "../helpers/processes.ts";
 import { seenHosts } from "../../src/fleet/rollouts.ts";
 
 /** A release directory's commit (its name ends with the short sha). */
@@ -104,5 +105,21 @@ describe("one deployment on three hosts (one Postgres, a three-node Redis quorum
     } finally {
       fleet.unhealthy.delete("web1");
     }
+  });
+
+  it("deployq check says which hosts have been seen lately, and names a listed host that has not", { timeout: 60_000 }, async () => {
+    const web1 = fleet.hosts[0]!;
+    const check = async (configPath: string) => {
+      const run = spawnDeployq(["check", "--json", "--config", configPath], { ...web1.env, DEPLOYQ_CONFIG: undefined });
+      await run.exited;
+      return (JSON.parse(run.output().slice(run.output().indexOf("["))) as Array<{ name: string; ok: boolean; detail: string }>).filter((r) => r.name === "fleet");
+    };
+    expect(await check(web1.ws.configPath)).toEqual([{ name: "fleet", ok: true, detail: "app: all 3 hosts seen in the last minute (web1, web2, web3); this host is web1" }]);
+    // The same fleet with a fourth host that never ran.
+    const withWeb4 = path.join(web1.ws.dir, "with-web4.toml");
+    await writeFile(withWeb4, (await readFile(web1.ws.configPath, "utf8")).replace('hosts = ["web1","web2","web3"]', 'hosts = ["web1","web2","web3","web4"]'));
+    const [result] = await check(withWeb4);
+    expect(result!.ok).toBe(false);
+    expect(result!.detail).toBe("app: seen: web1, web2, web3; not seen in the last minute: web4 (never seen): start deployq's workers there (with this host_name), or remove the host from hosts; this host is web1");
   });
 });
