@@ -366,6 +366,8 @@ async function deployRelease(request: Exclude<DeployRequest, { kind: "rollback" 
       step(ctx, "switch", `switch current → releases/${release.name}`);
       // The last moment a cancel (or a shutdown) stops it with the previous release untouched.
       checkAborted(ctx);
+      // After a wait for the rollout's turn, this worker may no longer be the deployment's.
+      if (ctx.rolling) await ctx.fence?.();
       await beginSwitch(paths, { release: release.name, previous, entry: request.entry, at: new Date().toISOString() });
       try {
         await activate(release.dir, paths.current, env, ctx, ctx.signal);

@@ -572,7 +572,8 @@ export class DeploymentWorker {
         },
         fence: async () => {
           if (lockSignal.aborted) throw new LockLostError("the deployment lock was lost (it could not be extended)");
-          const newer = await newerFencingToken(db, this.name, token);
+          // A fleet deployment's hosts each deploy it under a lock of their own: only this host's rows fence it.
+          const newer = await newerFencingToken(db, this.name, token, isFleet(deployment) ? this.hostName : undefined);
           if (newer !== undefined) throw new LockLostError(`a newer deploy holds the lock (fencing token ${newer} > ${token})`);
         },
         ...(rolling && fleetLocks

@@ -5,6 +5,8 @@ import { type TestFleet, createFleet } from "../helpers/fleet.ts";
 import { until } from "../helpers/wait.ts";
 import { spawnDeployq } from "../helpers/processes.ts";
 import { seenHosts } from "../../src/fleet/rollouts.ts";
+import { eq } from "drizzle-orm";
+import { deploys } from "../../src/db/schema.ts";
 
 /** A release directory's commit (its name ends with the short sha). */
 const isReleaseOf = (release: string | undefined, sha: string) => release !== undefined && release.endsWith(sha.slice(0, 7));
@@ -48,6 +50,9 @@ describe("one deployment on three hosts (one Postgres, a three-node Redis quorum
     for (const i of intervals) expect(i.to - i.from).toBeGreaterThanOrEqual(300);
     // The receiving host routed it once: one rollout for the delivery, every host handed it over once.
     expect(rows.map((r) => r.host)).toEqual(["web1", "web2", "web3"]);
+    // Each host deployed it once, uninterrupted: a fleet's hosts do not fence each other out (each fences only its own deploys).
+    const deployed = await fleet.tdb.database.db.select({ host: deploys.host, status: deploys.status }).from(deploys).where(eq(deploys.sha, v1));
+    expect(deployed.map((d) => `${d.host} ${d.status}`).sort()).toEqual(["web1 succeeded", "web2 succeeded", "web3 succeeded"]);
   });
 
   it("the canary's health check fails: no other host switches to that commit, each still serves the previous release, the rollout is halted with the canary's reason", { timeout: 120_000 }, async () => {

@@ -24,11 +24,11 @@ export async function nextFencingToken(db: Db): Promise<number> {
 }
 
 /** The newest token recorded for a deployment by any worker, if newer than `token`. */
-export async function newerFencingToken(db: Db, deployment: string, token: number): Promise<number | undefined> {
+export async function newerFencingToken(db: Db, deployment: string, token: number, host?: string): Promise<number | undefined> {
   const [row] = await db
     .select({ token: sql<string | null>`max(${deploys.fencingToken})` })
     .from(deploys)
-    .where(eq(deploys.deployment, deployment));
+    .where(host === undefined ? eq(deploys.deployment, deployment) : and(eq(deploys.deployment, deployment), eq(deploys.host, host)));
   const newest = row?.token == null ? undefined : Number(row.token);
   return newest !== undefined && newest > token ? newest : undefined;
 }
