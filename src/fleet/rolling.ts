@@ -4,7 +4,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import type { Db } from "../db/client.ts";
 import { and, eq, gt, notInArray, sql } from "drizzle-orm";
 import { type Rollout, type RolloutState, rollouts } from "../db/schema.ts";
-import { DeployqError } from "../errors.ts";
+import { DeployqError, errorMessage } from "../errors.ts";
 import { LockBusyError, type LockService } from "../lock/lock.ts";
 import { readRollout, rolloutHostRows, updateRolloutHost } from "./rollouts.ts";
 
@@ -110,7 +110,10 @@ export async function whenRolloutLets<T>(ctx: RollingContext, fn: () => Promise<
           try {
             return await fn();
           } finally {
-            await updateRolloutHost(db, rollout.id, hostName, { switchEndedAt: new Date() });
+            // What is live is done by now: a database that cannot be told must not turn it into a failure.
+            await updateRolloutHost(db, rollout.id, hostName, { switchEndedAt: new Date() }).catch((err: unknown) =>
+              log.write(`rollout ${rollout.id}: could not record the end of this host's switch (${errorMessage(err)})\n`),
+            );
           }
         });
       } catch (err) {

@@ -361,6 +361,8 @@ async function deployRelease(request: Exclude<DeployRequest, { kind: "rollback" 
     throw err;
   }
 
+  // Set once `current` may point at the new release: from then on it is never removed here.
+  let switched = false;
   try {
     await live(ctx, async () => {
       step(ctx, "switch", `switch current → releases/${release.name}`);
@@ -368,33 +370,26 @@ async function deployRelease(request: Exclude<DeployRequest, { kind: "rollback" 
       checkAborted(ctx);
       // After a wait for the rollout's turn, this worker may no longer be the deployment's.
       if (ctx.rolling) await ctx.fence?.();
+      switched = true;
       await beginSwitch(paths, { release: release.name, previous, entry: request.entry, at: new Date().toISOString() });
       try {
         await activate(release.dir, paths.current, env, ctx, ctx.signal);
         await deployNginxSites(release.dir, ctx);
       } catch (err) {
         await restoreAfterFailedRestart(paths, release.name, previous, err, ctx);
-        throw new Switched(err);
+        throw err;
       }
       await endSwitch(paths);
     });
   } catch (err) {
-    if (err instanceof Switched) throw err.cause;
     // Stopped before the switch (the rollout's gate, a cancel): the release was never live.
-    await rm(release.dir, { recursive: true, force: true });
+    if (!switched) await rm(release.dir, { recursive: true, force: true });
     throw err;
   }
   step(ctx, "prune", "prune old releases");
   const pruned = await pruneReleases(paths, ctx.deployment.keep_releases, [release.name, previous]);
   if (pruned.length > 0) ctx.log.write(`removed ${pruned.join(", ")}\n`);
   return { status: "succeeded", sha, release: release.name, previousRelease: previous, requestedSha: target.requestedSha };
-}
-
-/** A failure after the switch, which put the previous release back itself: the caller only passes its cause on. */
-class Switched extends Error {
-  constructor(cause: unknown) {
-    super("failed after the switch", { cause });
-  }
 }
 
 /** A new release failed after the switch (restart, health check, nginx): mark it bad, point `current` back, and restart the previous release. */
