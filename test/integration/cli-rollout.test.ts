@@ -18,7 +18,8 @@ describe("deployq rollout ls | show", () => {
   let oldId: number;
   let haltedId: number;
   let shopId: number;
-  const created = new Date(Date.now() - 5 * 60_000);
+  // Ages print in whole units: three hours and a second ago stays "3h ago" for the whole file.
+  const created = new Date(Date.now() - 3 * 3600_000 - 1000);
   const switchStart = new Date("2026-12-04T18:00:01.000Z");
   const switchEnd = new Date("2026-12-04T18:00:04.500Z");
 
@@ -50,7 +51,7 @@ describe("deployq rollout ls | show", () => {
         failedHost: "web2",
         failedStep: "health-check",
         reason: "GET http://web2/health answered 503\nafter 3 tries",
-        finishedAt: new Date(created.getTime() + 60_000),
+        finishedAt: new Date(created.getTime() + 3600_000),
       })
       .returning({ id: rollouts.id }) as [{ id: number }];
     await db.insert(rolloutHosts).values([
@@ -74,9 +75,9 @@ describe("deployq rollout ls | show", () => {
     const lines = stdout.trimEnd().split("\n");
     expect(lines).toHaveLength(4);
     expect(lines[0]).toMatch(/^ID +DEPLOYMENT +SHA +STATE +CREATED +HOSTS$/);
-    expect(lines[1]).toMatch(new RegExp(`^${shopId} +shop +ccccccc +running +5m ago +s1 -, s2 -$`));
-    expect(lines[2]).toMatch(new RegExp(`^${haltedId} +app +b1c2d3e +halted +5m ago +web1 succeeded, web2 failed, web3 -$`));
-    expect(lines[3]).toMatch(new RegExp(`^${oldId} +app +aaaaaaa +succeeded +5m ago +web1 succeeded, web2 succeeded, web3 succeeded$`));
+    expect(lines[1]).toMatch(new RegExp(`^${shopId} +shop +ccccccc +running +3h ago +s1 -, s2 -$`));
+    expect(lines[2]).toMatch(new RegExp(`^${haltedId} +app +b1c2d3e +halted +3h ago +web1 succeeded, web2 failed, web3 -$`));
+    expect(lines[3]).toMatch(new RegExp(`^${oldId} +app +aaaaaaa +succeeded +3h ago +web1 succeeded, web2 succeeded, web3 succeeded$`));
   });
 
   it("ls <deployment> --limit --json: that deployment's newest, as plain JSON", async () => {
@@ -101,7 +102,7 @@ describe("deployq rollout ls | show", () => {
         failedStep: "health-check",
         reason: "GET http://web2/health answered 503\nafter 3 tries",
         createdAt: created.toISOString(),
-        finishedAt: new Date(created.getTime() + 60_000).toISOString(),
+        finishedAt: new Date(created.getTime() + 3600_000).toISOString(),
         hostStates: [
           { host: "web1", state: "succeeded" },
           { host: "web2", state: "failed" },
@@ -135,8 +136,8 @@ describe("deployq rollout ls | show", () => {
       "state:      halted",
     ]);
     expect(lines[10]).toBe("failed:     web2 at health-check: GET http://web2/health answered 503 after 3 tries");
-    expect(lines[11]).toBe(`created:    ${created.toISOString().slice(0, 19).replace("T", " ")}Z (5m ago)`);
-    expect(lines[12]).toMatch(/^finished: {3}\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ \(4m ago\)$/);
+    expect(lines[11]).toBe(`created:    ${created.toISOString().slice(0, 19).replace("T", " ")}Z (3h ago)`);
+    expect(lines[12]).toMatch(/^finished: {3}\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ \(2h ago\)$/);
     expect(lines[13]).toBe("");
     expect(lines[14]).toMatch(/^HOST +STATE +RELEASE +SWITCH +ERROR$/);
     expect(lines[15]).toMatch(/^web1 +succeeded +20261204-180000-b1c2d3e +2026-12-04 18:00:01Z → 18:00:04Z \(3\.5s\)$/);
