@@ -170,7 +170,8 @@ program
   .command("status [deployment]")
   .description(
     "the router's backlog; per deployment: current release, sha and branch, the last deploy (and the last that ran) with " +
-      "outcome, duration, its whole error and its own log file, queue depth, dead letters, nginx sites and their certificates",
+      "outcome, duration, its whole error and its own log file, queue depth, dead letters, nginx sites and their certificates; " +
+      "for a fleet deployment (hosts), its newest rollout and each host's state in it, release and last check-in",
   )
   .option("--json", "machine-readable output")
   .action((name: string | undefined, o: { json?: boolean }) => statusCommand(settings(), name, o.json ?? false));

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { rolloutHosts, rollouts } from "../../src/db/schema.ts";
+import { fleetHosts, rolloutHosts, rollouts } from "../../src/db/schema.ts";
 import { createApp, listen } from "../../src/http/server.ts";
 import { silentLogger } from "../../src/log.ts";
 import { queueLayout } from "../../src/queue/layout.ts";
@@ -28,7 +28,8 @@ describe("deployq rollout ls | show", () => {
       topLevel: `host_name = "web1"`,
       deployments:
         followingDeployment("app", "/nonexistent/app.git", `hosts = ["web1", "web2", "web3"]\nrollout = { canary = "web1" }`) +
-        followingDeployment("shop", "/nonexistent/shop.git", `hosts = ["s1", "s2"]\nrollout = { parallel = 2, on_failure = "rollback" }`),
+        followingDeployment("shop", "/nonexistent/shop.git", `hosts = ["s1", "s2"]\nrollout = { parallel = 2, on_failure = "rollback" }`) +
+        followingDeployment("plain", "/nonexistent/plain.git"),
     });
     tdb = await createTestDatabase("postgres");
     env = { ...ws.env, DATABASE_URL: tdb.url, DEPLOYQ_CONFIG: ws.configPath };
@@ -198,5 +199,39 @@ describe("deployq rollout ls | show", () => {
     } finally {
       await server.close();
     }
+  });
+
+  it("status shows a fleet deployment's newest rollout and each host's state, release and last check-in; --json has it as fleet", async () => {
+    await tdb.database.db.insert(fleetHosts).values([
+      { host: "web1", pid: 101, lastSeen: new Date(Date.now() - 3_000) },
+      { host: "web2", pid: 102, lastSeen: new Date(Date.now() - 2 * 60_000 - 1000) },
+    ]);
+    const { code, stdout, stderr } = await runDeployq(["status", "app"], env);
+    expect(stderr).toBe("");
+    expect(code).toBe(0);
+    expect(stdout).toMatch(new RegExp(`^  rollout: +#${haltedId} halted b1c2d3e 3h ago, web2 failed at health-check \\(\`deployq rollout show ${haltedId}\`\\)$`, "m"));
+    const lines = stdout.split("\n");
+    const at = lines.findIndex((l) => l.startsWith("  hosts:"));
+    expect(lines[at]).toMatch(/^ {2}hosts: {8}web1 +succeeded +20261204-180000-b1c2d3e +seen \d+s ago$/);
+    expect(lines[at + 1]).toMatch(/^ {16}web2 +failed +20261204-180005-b1c2d3e +seen 2m ago +GET http:\/\/web2\/health answered 503$/);
+    expect(lines[at + 2]).toMatch(/^ {16}web3 +- \(not handed over yet\) +- +never seen$/);
+
+    const json = JSON.parse((await runDeployq(["status", "--json"], env)).stdout) as { deployments: Array<{ deployment: string; fleet?: { rollout: Record<string, unknown> | null; hosts: unknown[] } }> };
+    const app = json.deployments.find((d) => d.deployment === "app")!;
+    expect(app.fleet!.rollout).toEqual(expect.objectContaining({ id: haltedId, state: "halted", sha: HALTED_SHA, failedHost: "web2", hosts: ["web1", "web2", "web3"] }));
+    expect(app.fleet!.rollout).not.toHaveProperty("hostStates");
+    expect(app.fleet!.hosts).toEqual([
+      { host: "web1", state: "succeeded", release: "20261204-180000-b1c2d3e", error: null, lastSeen: expect.stringMatching(/^\d{4}-\d\d-\d\dT/) },
+      { host: "web2", state: "failed", release: "20261204-180005-b1c2d3e", error: "GET http://web2/health answered 503", lastSeen: expect.stringMatching(/^\d{4}-\d\d-\d\dT/) },
+      { host: "web3", state: "pending", release: null, error: null, lastSeen: null },
+    ]);
+    // A deployment without hosts has no fleet part.
+    expect(json.deployments.find((d) => d.deployment === "plain")).not.toHaveProperty("fleet");
+    expect((await runDeployq(["status", "plain"], env)).stdout).not.toContain("rollout:");
+    const shop = json.deployments.find((d) => d.deployment === "shop")!;
+    expect(shop.fleet).toEqual({ rollout: expect.objectContaining({ id: shopId, state: "running" }), hosts: [
+      { host: "s1", state: "pending", release: null, error: null, lastSeen: null },
+      { host: "s2", state: "pending", release: null, error: null, lastSeen: null },
+    ] });
   });
 });
