@@ -177,6 +177,7 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
       // Entries named from now on sort after every one already issued, whatever this clock says.
       await seedEntryClock(layout, await newestEntryNames(database.db));
     });
+    metrics?.readRolloutsFrom(database.db);
 
     // Every process writes its events; the one that serves HTTP reads everyone's.
     let feed: EventFeed | undefined;

@@ -2,7 +2,7 @@ import { type Pause, readPause } from "./queue/pause.ts";
 import type { QueueLayout } from "./queue/layout.ts";
 import { readFile, readdir } from "node:fs/promises";
 import path from "node:path";
-import type { Deployment, Settings } from "./config/load.ts";
+import { type Deployment, type Settings, isFleet } from "./config/load.ts";
 import type { Db } from "./db/client.ts";
 import { recentDeploys } from "./db/queries/deploys.ts";
 import { RAN_WITHIN, latestDeploys } from "./db/queries/latest-deploys.ts";
@@ -17,6 +17,8 @@ import { currentRelease, deploymentPaths, readReleaseMeta } from "./steps/releas
 import { inPlaceStateFile } from "./workers/deploy.ts";
 import { errorMessage } from "./errors.ts";
 import { type OutboxStatus, outboxStatus } from "./github/outbox.ts";
+import { type HostOutcome, type RolloutSummary, newestRollout } from "./fleet/rollout-report.ts";
+import { seenHosts } from "./fleet/rollouts.ts";
 
 /** What `deployq status` and GET /status show. */
 export interface StatusReport {
@@ -93,6 +95,33 @@ export interface DeploymentStatus {
    * list of each one's certificate (from data_dir/certificates/), or why they cannot be read.
    */
   sites: SiteStatus[] | { error: string };
+  /** A fleet deployment (hosts): its newest rollout and where each of its hosts is in it; absent for any other. */
+  fleet?: FleetStatus;
+}
+
+export interface FleetStatus {
+  /** The newest rollout (null before the first), as `deployq rollout ls` shows it, without its host states (see hosts). */
+  rollout: Omit<RolloutSummary, "hostStates"> | null;
+  /** The newest rollout's hosts (before the first: the configured ones), each with its part in it and its workers' last check-in. */
+  hosts: FleetHostStatus[];
+}
+
+export interface FleetHostStatus {
+  host: string;
+  /** pending: listed, not handed over yet; null: no rollout yet. */
+  state: HostOutcome | null;
+  release: string | null;
+  error: string | null;
+  /** When its workers last checked in (fleet_hosts), null if never. */
+  lastSeen: string | null;
+}
+
+async function fleetOf(db: Db, d: Deployment, seen: ReadonlyMap<string, Date>): Promise<FleetStatus> {
+  const newest = await newestRollout(db, d.name);
+  const lastSeen = (host: string) => seen.get(host)?.toISOString() ?? null;
+  if (!newest) return { rollout: null, hosts: (d.hosts ?? []).map((host) => ({ host, state: null, release: null, error: null, lastSeen: lastSeen(host) })) };
+  const { hostStates: _states, hostDetails, ...rollout } = newest;
+  return { rollout, hosts: hostDetails.map((h) => ({ host: h.host, state: h.state, release: h.release, error: h.error, lastSeen: lastSeen(h.host) })) };
 }
 
 export interface SiteStatus {
@@ -191,12 +220,19 @@ export async function collectStatus(settings: Settings, db: Db, only?: string): 
   const [pauseFiles, manifests] = await Promise.all([filesIn(path.dirname(layout.pause(anyName))), filesIn(nginxStateDir(settings.dataDir))]);
   const has = (files: Set<string> | undefined, name: string) => files === undefined || files.has(`${name}.json`);
   // One query for every deployment's latest rows; the directories of all of them read at once.
-  const [latest, router, deployments] = await Promise.all([
+  const fleets = chosen.filter(isFleet);
+  const [latest, router, fleet, deployments] = await Promise.all([
     latestDeploys(
       db,
       chosen.map((d) => d.name),
     ),
     routerBacklog(layout.router),
+    fleets.length === 0
+      ? new Map<string, FleetStatus>()
+      : seenHosts(db).then(async (hosts) => {
+          const seen = new Map(hosts.map((h) => [h.host, h.lastSeen]));
+          return new Map(await Promise.all(fleets.map(async (d) => [d.name, await fleetOf(db, d, seen)] as const)));
+        }),
     Promise.all(
       chosen.map(async (d) => {
         const [current, queued, deadLetters, paused, sites] = await Promise.all([
@@ -230,6 +266,7 @@ export async function collectStatus(settings: Settings, db: Db, only?: string): 
         last: pick(rows?.last),
         lastRun: pick(rows?.lastRun),
         sites,
+        ...(fleet.has(d.name) ? { fleet: fleet.get(d.name) } : {}),
       };
     }),
   };

@@ -9,6 +9,8 @@ import { deliveriesCommand } from "./deliveries.ts";
 import { deployCommand, rollbackCommand } from "./deploy.ts";
 import { cancelCommand, pauseCommand, resumeCommand } from "./pause.ts";
 import { releasesCommand } from "./releases.ts";
+import { rolloutLsCommand, rolloutShowCommand } from "./rollout.ts";
+import { DEFAULT_ROLLOUTS_LIMIT, MAX_ROLLOUTS_LIMIT, parseRolloutsLimit } from "../fleet/rollout-report.ts";
 import { statusCommand } from "./status.ts";
 import { runMigrate } from "./migrate.ts";
 import { describePostReceive, postReceive } from "./post-receive.ts";
@@ -168,7 +170,8 @@ program
   .command("status [deployment]")
   .description(
     "the router's backlog; per deployment: current release, sha and branch, the last deploy (and the last that ran) with " +
-      "outcome, duration, its whole error and its own log file, queue depth, dead letters, nginx sites and their certificates",
+      "outcome, duration, its whole error and its own log file, queue depth, dead letters, nginx sites and their certificates; " +
+      "for a fleet deployment (hosts), its newest rollout and each host's state in it, release and last check-in",
   )
   .option("--json", "machine-readable output")
   .action((name: string | undefined, o: { json?: boolean }) => statusCommand(settings(), name, o.json ?? false));
@@ -232,6 +235,32 @@ program
     if (limit === undefined) throw new DeployqError("CONFIG", `--limit must be a whole number from 1 to ${MAX_DELIVERIES_LIMIT}, got ${JSON.stringify(o.limit)}`);
     return deliveriesCommand(settings(), limit, o.json ?? false);
   });
+
+const rollout = program
+  .command("rollout")
+  .summary("ls [deployment] | show <id>: the rollouts of fleet deployments (hosts = [...]) and each host's part in them")
+  .description("the rollouts of fleet deployments (hosts = [...]): each push to one, and how far each host got with it");
+rollout
+  .command("ls [deployment]")
+  .description(
+    "the newest rollouts, newest first (of one deployment, or all): id, deployment, sha, state (running, succeeded, halted, rolled-back, superseded), " +
+      'when created, and each listed host\'s state ("-": not handed over to it yet)',
+  )
+  .option("--limit <n>", `how many (1 to ${MAX_ROLLOUTS_LIMIT})`, String(DEFAULT_ROLLOUTS_LIMIT))
+  .option("--json", "machine-readable output")
+  .action((name: string | undefined, o: { limit: string; json?: boolean }) => {
+    const limit = parseRolloutsLimit(o.limit);
+    if (limit === undefined) throw new DeployqError("CONFIG", `--limit must be a whole number from 1 to ${MAX_ROLLOUTS_LIMIT}, got ${JSON.stringify(o.limit)}`);
+    return rolloutLsCommand(settings(), name, limit, o.json ?? false);
+  });
+rollout
+  .command("show <id>")
+  .description(
+    "one rollout (id from `rollout ls`): deployment, sha, ref, entry, hosts, parallel, canary, on_failure, state, the host and step that failed and why, " +
+      "when created and finished; per host: state, release, when it held its slot (switch to healthy) and for how long, error",
+  )
+  .option("--json", "machine-readable output")
+  .action((id: string, o: { json?: boolean }) => rolloutShowCommand(settings(), id, o.json ?? false));
 
 const liveUrlOption = () => new Option("--url <url>", "the daemon's address (default: the running daemon announced in the data directory, else [server] host and port)");
 program

@@ -1,12 +1,12 @@
 import type { Settings } from "../config/load.ts";
 import { errorMessage } from "../errors.ts";
 import { pingLockService } from "../lock/ping.ts";
-import { type DeployStatusRow, type DeploymentStatus, type StatusReport, collectStatus } from "../status.ts";
+import { type DeployStatusRow, type DeploymentStatus, type FleetStatus, type StatusReport, collectStatus } from "../status.ts";
 import { SHA } from "../steps/git.ts";
 import { manifestDeployments, nginxStateDir, ownedSiteFiles } from "../steps/nginx/manifest.ts";
 import { getJson, withDatabase } from "./database-access.ts";
 import { configuredDeployment } from "./names.ts";
-import { formatAge, printJson } from "./output.ts";
+import { formatAge, printJson, table } from "./output.ts";
 
 const ago = (t: Date | string | null | undefined) => (t ? `${formatAge(Math.round((Date.now() - new Date(t).getTime()) / 1000))} ago` : "");
 
@@ -94,6 +94,7 @@ export async function statusCommand(settings: Settings, name: string | undefined
           ? [field("WAITING", `for checks ${s.waitingForChecks.pending.join(", ")} on ${s.waitingForChecks.sha.slice(0, 12)} since ${s.waitingForChecks.since}${s.waitingForChecks.nextLookAt ? `; next look ${s.waitingForChecks.nextLookAt}` : ""}`)]
           : []),
         `  queued:       ${s.queued}   dead letters: ${s.deadLetters}${s.deadLetters > 0 ? `  (deployq queue ls dead-letter/${s.deployment})` : ""}`,
+        ...(s.fleet ? fleetLines(s.fleet) : []),
         ...siteLines(s, settings.deployments.get(s.deployment)?.nginx !== undefined, ago),
         "", // a blank line after each deployment
         "",
@@ -121,4 +122,20 @@ function siteLines(s: DeploymentStatus, configured: boolean, ago: (t: string) =>
   });
   if (!configured) lines.push(`(no nginx key any more: these files stay live; \`deployq sites remove ${s.deployment}\` takes them out)`);
   return lines.map((line, i) => `  ${i === 0 ? "sites:        " : "              "}${line}`);
+}
+
+/** A fleet deployment's newest rollout, then one line per host: its state in it, release, and when its workers last checked in. */
+function fleetLines(fleet: FleetStatus): string[] {
+  const r = fleet.rollout;
+  const failed = r?.failedHost ? `, ${r.failedHost} failed${r.failedStep ? ` at ${r.failedStep}` : ""}` : "";
+  const rollout = r ? `#${r.id} ${r.state} ${r.sha?.slice(0, 7) ?? ""} ${ago(r.createdAt)}${failed}  (\`deployq rollout show ${r.id}\`)`.replace(/ +/g, " ") : "none yet";
+  const rows = fleet.hosts.map((h) => [
+    h.host,
+    h.state === null ? "-" : h.state === "pending" ? "- (not handed over yet)" : h.state,
+    h.release ?? "-",
+    h.lastSeen ? `seen ${ago(h.lastSeen)}` : "never seen",
+    h.error ? oneLine(h.error).slice(0, 200) : "",
+  ]);
+  const hosts = rows.length > 0 ? table(["", "", "", "", ""], rows).split("\n").slice(1) : [];
+  return [field("rollout", rollout), ...hosts.map((line, i) => `  ${i === 0 ? "hosts:        " : "              "}${line}`)];
 }

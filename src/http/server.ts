@@ -8,6 +8,7 @@ import type { Deployment } from "../config/load.ts";
 import type { Db } from "../db/client.ts";
 import { DEFAULT_DELIVERIES_LIMIT, type DeliverySummary, MAX_DELIVERIES_LIMIT, parseDeliveriesLimit, recentDeliveries } from "../db/queries/recent-deliveries.ts";
 import { RequestError, errorMessage } from "../errors.ts";
+import { DEFAULT_ROLLOUTS_LIMIT, MAX_ROLLOUTS_LIMIT, parseRolloutsLimit, rolloutDetailById, rolloutSummaries } from "../fleet/rollout-report.ts";
 import type { QueueLayout } from "../queue/layout.ts";
 import { SERVICE_NAME, VERSION } from "../version.ts";
 import { admitBody } from "./admission.ts";
@@ -134,6 +135,19 @@ export function createApp(deps: HttpDeps): express.Express {
     if (limit === undefined) throw new RequestError("BAD_REQUEST", 400, `limit must be a whole number from 1 to ${MAX_DELIVERIES_LIMIT}`);
     const rows: DeliverySummary[] = await recentDeliveries(deps.db, limit);
     res.json(rows);
+  });
+
+  // What `deployq rollout ls` and `rollout show` show while this process owns PGlite (an unknown id: null).
+  app.get("/rollouts", async (req, res) => {
+    const raw = req.query.limit;
+    const limit = raw === undefined ? DEFAULT_ROLLOUTS_LIMIT : typeof raw === "string" ? parseRolloutsLimit(raw) : undefined;
+    if (limit === undefined) throw new RequestError("BAD_REQUEST", 400, `limit must be a whole number from 1 to ${MAX_ROLLOUTS_LIMIT}`);
+    const deployment = typeof req.query.deployment === "string" && req.query.deployment !== "" ? req.query.deployment : undefined;
+    res.json(await rolloutSummaries(deps.db, { deployment, limit }));
+  });
+  app.get("/rollouts/:id", async (req, res) => {
+    if (!/^\d{1,15}$/.test(req.params.id)) throw new RequestError("BAD_REQUEST", 400, "a rollout id is a number");
+    res.json((await rolloutDetailById(deps.db, Number(req.params.id))) ?? null);
   });
 
   const status = deps.status;

@@ -1,7 +1,10 @@
 import { mkdir, mkdtemp, rm, symlink, rename } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
+import { execa } from "execa";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { openDatabase } from "../db/client.ts";
+import { rolloutHosts, rollouts } from "../db/schema.ts";
 import type { Deployment } from "../config/load.ts";
 import type { DeployqEvent } from "../events/types.ts";
 import { Events } from "../events/bus.ts";
@@ -98,5 +101,49 @@ describe("createMetrics", () => {
     emit({ kind: "deploy", name: "finished", deployment: "app", deployId: 1, outcome: "failed", durationMs: 1 });
     expect(await other.scrape()).not.toContain("deployq_deploys_total{");
     expect(line(await metrics.scrape(), 'deployq_deploys_total{deployment="app",outcome="failed"}')).toMatch(/ 1$/);
+  });
+
+  it("counts the hosts of each fleet deployment's newest rollout by state (pending: not handed over), read from the database at each scrape", async () => {
+    const fleet = (name: string, hosts: string[]) => ({ name, path: path.join(dir, name), strategy: "releases", hosts }) as Deployment;
+    const withFleet = createMetrics({ layout: queueLayout(path.join(dir, "q3")), deployments: [deployment(), fleet("web", ["web1", "web2", "web3"]), fleet("shop", ["s1"])], deploys: true });
+    const database = await openDatabase({ databaseUrl: undefined, dataDir: "memory://" });
+    try {
+      await database.migrate();
+      const db = database.db;
+      const values = { deployment: "web", parallel: 1, onFailure: "rollback", body: "{}", hosts: ["web1", "web2", "web3"] };
+      const [older] = await db.insert(rollouts).values({ ...values, entry: "e1.json", state: "superseded" }).returning({ id: rollouts.id });
+      await db.insert(rolloutHosts).values(["web1", "web2", "web3"].map((host) => ({ rolloutId: older!.id, host, state: "succeeded" })));
+      // Before the database is reached, the gauge has no series.
+      expect(await withFleet.scrape()).not.toContain("deployq_rollout_hosts{");
+      withFleet.readRolloutsFrom(db);
+      expect(line(await withFleet.scrape(), 'deployq_rollout_hosts{deployment="web",state="succeeded"}')).toMatch(/ 3$/);
+
+      const [newest] = await db.insert(rollouts).values({ ...values, entry: "e2.json", state: "rolled-back" }).returning({ id: rollouts.id });
+      await db.insert(rolloutHosts).values([
+        { rolloutId: newest!.id, host: "web1", state: "rolling-back" },
+        { rolloutId: newest!.id, host: "web2", state: "failed" },
+      ]);
+      const text = await withFleet.scrape();
+      const web = (state: string) => line(text, `deployq_rollout_hosts{deployment="web",state="${state}"}`);
+      expect(web("rolling_back")).toMatch(/ 1$/);
+      expect(web("failed")).toMatch(/ 1$/);
+      expect(web("pending")).toMatch(/ 1$/);
+      expect(web("succeeded")).toMatch(/ 0$/);
+      // Every state of every fleet deployment is a series, 0 before its first rollout; none for a deployment without hosts.
+      const series = text.split("\n").filter((l) => l.startsWith("deployq_rollout_hosts{"));
+      expect(series).toHaveLength(18);
+      expect(series.filter((l) => l.includes('deployment="shop"')).every((l) => l.endsWith(" 0"))).toBe(true);
+      expect(text).not.toMatch(/deployq_rollout_hosts\{deployment="app"/);
+      expect(text).not.toContain('state="rolling-back"');
+      const checked = await execa("promtool", ["check", "metrics"], { input: text, reject: false, all: true });
+      expect(checked.all, "promtool check metrics").toBe("");
+      expect(checked.exitCode).toBe(0);
+    } finally {
+      await database.close();
+    }
+    // A database that fails: the series are left out, and the scrape still answers.
+    const after = await withFleet.scrape();
+    expect(after).not.toContain("deployq_rollout_hosts{");
+    expect(after).toContain("deployq_queue_entries{");
   });
 });

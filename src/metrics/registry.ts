@@ -1,12 +1,14 @@
 import { emitterEventNames } from "@octokit/webhooks";
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
-import type { Deployment } from "../config/load.ts";
 import type { EventListener } from "../events/bus.ts";
 import type { DeployOutcomeName, StampedEvent } from "../events/types.ts";
 import { parseEntryName } from "../queue/entry-name.ts";
 import type { QueueLayout } from "../queue/layout.ts";
 import { LOCK_WAIT_BUCKETS, LONG_WORK_BUCKETS, PICKUP_BUCKETS, REQUEST_BUCKETS } from "./buckets.ts";
 import { readQueueGauges } from "./queue-gauges.ts";
+import { readRolloutGauges } from "./rollout-gauges.ts";
+import { type Deployment, isFleet } from "../config/load.ts";
+import type { Db } from "../db/client.ts";
 
 /** How a deploy ended, as a label value (Prometheus label values by convention use underscores). */
 export const DEPLOY_OUTCOMES = ["succeeded", "failed", "superseded", "rolled_back", "already_deployed", "interrupted", "cancelled"] as const;
@@ -68,7 +70,12 @@ export interface Metrics {
   countNotification(notifier: string, result: (typeof GITHUB_SEND_RESULTS)[number]): void;
   /** One redelivery deployq asked GitHub for: requested (GitHub took the request) or failed. */
   countGithubRedelivery(result: (typeof GITHUB_REDELIVERY_RESULTS)[number]): void;
-  /** The text exposition format, with the queue and release gauges read from disk now. */
+  /**
+   * From now on (the database is reached), each scrape also reads deployq_rollout_hosts from
+   * `db`, for the fleet deployments (none: nothing is read).
+   */
+  readRolloutsFrom(db: Db): void;
+  /** The text exposition format, with the queue and release gauges read from disk now (and the rollout gauge from the database). */
   scrape(): Promise<string>;
   contentType: string;
 }
@@ -98,6 +105,14 @@ export function createMetrics(options: MetricsOptions): Metrics {
   const queueEntries = new Gauge({ name: "deployq_queue_entries", help: "Entries waiting in a queue directory (router, or a deployment's)", labelNames: ["queue"], registers });
   const oldestAge = new Gauge({ name: "deployq_queue_oldest_entry_age_seconds", help: "Age of the oldest entry waiting in a queue directory, from its name (0 when empty)", labelNames: ["queue"], registers });
   const deadLetters = new Gauge({ name: "deployq_dead_letter_entries", help: "Entries in a dead-letter directory, waiting for an admin", labelNames: ["queue"], registers });
+  const rolloutHosts = new Gauge({
+    name: "deployq_rollout_hosts",
+    help: "Hosts of a fleet deployment's newest rollout in each state (pending: not handed over yet), read from the database at each scrape",
+    labelNames: ["deployment", "state"],
+    registers,
+  });
+  const fleet = options.deployments.filter(isFleet);
+  let rolloutDb: Db | undefined;
   const releaseInfo = new Gauge({ name: "deployq_release_info", help: "The release `current` points at, per deployment (releases strategy); always 1", labelNames: ["deployment", "release"], registers });
 
   const githubSends = new Counter({ name: "deployq_github_sends_total", help: "Commit status sends to GitHub, by result (success, transient, rate_limited, permanent)", labelNames: ["result"], registers });
@@ -169,7 +184,11 @@ export function createMetrics(options: MetricsOptions): Metrics {
     countGithubRedelivery(result) {
       githubRedeliveries.inc({ result });
     },
+    readRolloutsFrom(db) {
+      rolloutDb = db;
+    },
     async scrape() {
+      if (rolloutDb && fleet.length > 0) await scrapeRollouts(rolloutDb, fleet, rolloutHosts);
       const read = await readQueueGauges(options.layout, options.deployments);
       for (const q of read.queues) {
         queueEntries.set({ queue: q.queue }, q.entries);
@@ -182,4 +201,30 @@ export function createMetrics(options: MetricsOptions): Metrics {
       return registry.metrics();
     },
   };
+}
+
+/** A scrape does not wait longer than this for the database (Prometheus's own timeout is 10 s by default). */
+const ROLLOUT_SCRAPE_TIMEOUT_MS = 2000;
+
+/**
+ * Sets deployq_rollout_hosts from the database. When it does not answer in time (or fails),
+ * the series are left out of this scrape rather than shown stale or failing the whole scrape.
+ */
+async function scrapeRollouts(db: Db, fleet: readonly Deployment[], gauge: Gauge): Promise<void> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<undefined>((resolve) => {
+    timer = setTimeout(() => resolve(undefined), ROLLOUT_SCRAPE_TIMEOUT_MS);
+  });
+  try {
+    const query = readRolloutGauges(db, fleet);
+    // One that fails after the timeout won: its rejection is no one's to handle.
+    query.catch(() => {});
+    const read = await Promise.race([query, timeout]);
+    gauge.reset();
+    for (const d of read ?? []) for (const s of d.states) gauge.set({ deployment: d.deployment, state: s.state }, s.hosts);
+  } catch {
+    gauge.reset();
+  } finally {
+    clearTimeout(timer);
+  }
 }

@@ -30,13 +30,16 @@ describe("deployq CLI", () => {
   it("--help names every command and the environment", async () => {
     const { code, stdout } = await runDeployq(["--help"], {});
     expect(code).toBe(0);
-    for (const command of ["serve", "receiver", "workers", "migrate", "check", "queue", "deploy", "rollback", "releases", "status", "deliveries", "sites", "send-test-delivery", "post-receive"]) {
+    for (const command of ["serve", "receiver", "workers", "migrate", "check", "queue", "deploy", "rollback", "releases", "status", "deliveries", "rollout", "sites", "send-test-delivery", "post-receive"]) {
       expect(stdout).toMatch(new RegExp(`^  ${command}\\b`, "m"));
     }
     expect(stdout).toContain("GITHUB_WEBHOOK_SECRET");
     const queueHelp = await runDeployq(["queue", "--help"], {});
     for (const sub of ["ls", "show", "requeue", "flush"]) expect(queueHelp.stdout).toMatch(new RegExp(`^  ${sub}\\b`, "m"));
     expect((await runDeployq(["sites", "--help"], {})).stdout).toMatch(/^ {2}remove <deployment>/m);
+    const rolloutHelp = (await runDeployq(["rollout", "--help"], {})).stdout;
+    expect(rolloutHelp).toMatch(/^ {2}ls \[options\] \[deployment\]/m);
+    expect(rolloutHelp).toMatch(/^ {2}show \[options\] <id>/m);
   });
 
   it("check passes on a good setup, and fails naming the key on a bad one", async () => {
