@@ -52,6 +52,7 @@ import { type LiveLogFigures, liveLogReport, runLiveLogBench } from "./live-log.
 import { type ScaleFigures, runScaleBench, scaleReport } from "./scale.ts";
 import { GROUP_COMMIT_STEP, type StepFigure, runSteps } from "./steps.ts";
 import { type WatcherFigures, runWatcherBench, watcherReport } from "./watcher.ts";
+import { type FleetFigures, fleetReport, runFleetBench } from "./fleet.ts";
 
 const REPO_ROOT = fileURLToPath(new URL("..", import.meta.url));
 const DEPLOYQ_BIN = path.join(REPO_ROOT, "bin/deployq.js");
@@ -78,7 +79,7 @@ const usage = `usage: npm run bench -- [options]
   --threads <n>       wrk threads (default 2)
   --entries <n>       router entries for the pickup latency (default 500)
   --spacing <ms>      pause between two router entries (default 5)
-  --only <list>       comma-separated subset of: receiver,bare,webhook,router,watcher,steps,deploy,observability,dashboard,live-log,scale (default all)
+  --only <list>       comma-separated subset of: receiver,bare,webhook,router,watcher,steps,deploy,observability,dashboard,live-log,scale,fleet (default all)
                       (webhook: adnanh/webhook, Debian's \`webhook\` package, at $DEPLOYQ_BENCH_WEBHOOK or /usr/bin/webhook)
   --watcher-samples <n>  renames per watcher and pile size in the watcher section (default 200; piles 0, 1000, 10000)
   --watcher-drain <n> the watcher section's backlog to drain (default 5000)
@@ -92,6 +93,7 @@ const usage = `usage: npm run bench -- [options]
   --repo-files <n>    files in the deploy bench's generated repository (default 300)
   --dashboard-requests <n>  measured requests of each kind in the dashboard section (default 300)
   --log-lines <n>     lines the live-log section's build command prints, 5 ms apart (default 1000)
+  --fleet-pushes <n>  measured pushes per configuration in the fleet section (default 20)
 profiling variants of the receiver (not the default figures):
   --pglite            the embedded PGlite (on disk) instead of Postgres
   --async-commit      Postgres synchronous_commit = off for the bench database (no WAL flush wait)
@@ -109,7 +111,7 @@ const { values: opts } = parseArgs({
     threads: { type: "string", default: "2" },
     entries: { type: "string", default: "500" },
     spacing: { type: "string", default: "5" },
-    only: { type: "string", default: "receiver,bare,webhook,router,watcher,steps,deploy,observability,dashboard,live-log,scale" },
+    only: { type: "string", default: "receiver,bare,webhook,router,watcher,steps,deploy,observability,dashboard,live-log,scale,fleet" },
     "watcher-samples": { type: "string", default: "200" },
     "watcher-drain": { type: "string", default: "5000" },
     "scale-sizes": { type: "string", default: "1,10,100,1000" },
@@ -122,6 +124,7 @@ const { values: opts } = parseArgs({
     "repo-files": { type: "string", default: "300" },
     "dashboard-requests": { type: "string", default: "300" },
     "log-lines": { type: "string", default: "1000" },
+    "fleet-pushes": { type: "string", default: "20" },
     pglite: { type: "boolean", default: false },
     "async-commit": { type: "boolean", default: false },
     "no-file-fsync": { type: "boolean", default: false },
@@ -1143,6 +1146,20 @@ async function main(): Promise<void> {
       progress: (line) => process.stderr.write(`${line}\n`),
     });
   }
+  let fleet: FleetFigures | undefined;
+  if (ONLY.has("fleet")) {
+    fleet = await runFleetBench({
+      workDir,
+      repoRoot: REPO_ROOT,
+      secret: SECRET,
+      pushes: Math.round(positive("fleet-pushes")),
+      createDatabase,
+      startChild,
+      childEnv,
+      addCleanup: (what, run) => void cleanups.push({ what, run }),
+      progress: (line) => process.stderr.write(`${line}\n`),
+    });
+  }
   console.log("");
   if (receiver || bare || webhook) {
     printHttp([receiver, bare, webhook].filter((x): x is HttpFigures => x !== undefined), payload);
@@ -1187,6 +1204,10 @@ async function main(): Promise<void> {
   }
   if (watcher) {
     console.log(watcherReport(watcher, table));
+    console.log("");
+  }
+  if (fleet) {
+    console.log(fleetReport(fleet, table));
     console.log("");
   }
   if (steps) {

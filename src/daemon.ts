@@ -232,7 +232,8 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
         (n) => n > 0 && logger.warn({ notifications: n }, "notifications to notifiers no longer configured were given up"),
         (err: unknown) => logger.warn({ err: errorMessage(err) }, "could not give up the notifications of notifiers no longer configured; the next start tries again"),
       );
-      router = createRouter({ settings, layout, db: database.db, locks, logger, events, watch: options.watch ?? true, ...(github ? { statuses: github.statuses } : {}), ...(notifications?.router ? { notify: notifications.router } : {}) });
+      let follower: FleetFollower | undefined;
+      router = createRouter({ settings, layout, db: database.db, locks, logger, events, watch: options.watch ?? true, onRollouts: () => void follower?.kick(), ...(github ? { statuses: github.statuses } : {}), ...(notifications?.router ? { notify: notifications.router } : {}) });
       const started = router;
       cleanups.push(() => started.close());
       // A fleet deployment that does not list this host is routed here, never deployed here.
@@ -264,9 +265,10 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
       for (const worker of deployments.values()) await worker.start();
       const fleet = here.filter(isFleet);
       if (fleet.length > 0) {
-        const follower = new FleetFollower({ database, layout, hostName: settings.hostName, deployments: fleet, pollIntervalMs: settings.rescanIntervalMs, logger });
-        await follower.start();
-        cleanups.push(() => follower.close());
+        const fleetFollower = new FleetFollower({ database, layout, hostName: settings.hostName, deployments: fleet, pollIntervalMs: settings.rescanIntervalMs, logger });
+        await fleetFollower.start();
+        follower = fleetFollower;
+        cleanups.push(() => fleetFollower.close());
       }
     }
     const routerStarted = router;

@@ -34,6 +34,8 @@ export interface RouterDeps {
   statuses?: ReadonlyMap<string, GithubReports>;
   /** [[notify]] without a deployments list: told of the entries router/ moves to dead-letter/. */
   notify?: DeploymentNotifier;
+  /** Called once rollouts are recorded: this host's follower takes them without waiting for NOTIFY (PGlite has none). */
+  onRollouts?: () => void;
 }
 
 /** Entries routed together: one database statement, one fsync per directory. */
@@ -118,6 +120,7 @@ export function createRouter(deps: RouterDeps): QueueWorker {
         await recordOutcomes(tx as unknown as Db, routed.map((r) => r.row));
         await recordRollouts(tx as unknown as Db, newRollouts);
       });
+      deps.onRollouts?.();
     }
     // Before the hand-over: the "queued" status is older than anything the deployment's worker writes.
     if (deps.statuses) {

@@ -1,9 +1,12 @@
-import { readFile, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, readlink, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type TestFleet, createFleet } from "../helpers/fleet.ts";
 import { until } from "../helpers/wait.ts";
 import { spawnDeployq } from "../helpers/processes.ts";
+import { createRepo } from "../helpers/git.ts";
+import { createWorkspace, followingDeployment, post, pushPayload, signedDelivery } from "../helpers/workspace.ts";
 import { seenHosts } from "../../src/fleet/rollouts.ts";
 import { eq } from "drizzle-orm";
 import { deploys } from "../../src/db/schema.ts";
@@ -126,5 +129,30 @@ describe("one deployment on three hosts (one Postgres, a three-node Redis quorum
     const [result] = await check(withWeb4);
     expect(result!.ok).toBe(false);
     expect(result!.detail).toBe("app: seen: web1, web2, web3; not seen in the last minute: web4 (never seen): start deployq's workers there (with this host_name), or remove the host from hosts; this host is web1");
+  });
+});
+
+describe("a fleet of one host on the embedded defaults (PGlite, in-process locks)", () => {
+  it("deploys a push through a rollout, with no DATABASE_URL or REDIS_URL", { timeout: 90_000 }, async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), "deployq-fleet-solo-"));
+    const repo = await createRepo(dir);
+    const ws = await createWorkspace({ topLevel: `host_name = "solo"`, deployments: followingDeployment("app", repo.bare, `hosts = ["solo"]\nrollout = { canary = "solo" }`) });
+    const serve = spawnDeployq(["serve"], { ...ws.env, DEPLOYQ_CONFIG: ws.configPath, DATABASE_URL: undefined, REDIS_URL: undefined, DEPLOYQ_LOG_LEVEL: "info" }, ws.dir);
+    try {
+      await serve.waitFor(/listening on (http:\/\/127\.0\.0\.1:\d+)/);
+      const url = /listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(serve.output())![1]!;
+      await serve.waitFor("deployq started");
+      const sha = await repo.commit({ "index.html": "solo" });
+      expect((await post(url, await signedDelivery(pushPayload({ repository: "octo-org/app", branch: "main", after: sha })))).status).toBe(202);
+      await until("the push to be live", async () => isReleaseOf(await readlink(path.join(ws.dir, "apps", "app", "current")).catch(() => undefined), sha));
+      await serve.waitFor("rollout taken into this host's queue");
+      serve.child.kill("SIGTERM");
+      expect((await serve.exited).signal).toBe("SIGTERM");
+    } finally {
+      serve.child.kill("SIGKILL");
+      await serve.exited;
+      await ws.dispose();
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
