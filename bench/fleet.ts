@@ -192,11 +192,12 @@ ${extra}
     }
     return times;
   };
-  const notifyLatencies = async (deployment: string) => {
+  /** The other hosts' hand-overs (the receiving host's own follower is kicked by its router, not notified). */
+  const notifyLatencies = async (deployment: string, receiving: string) => {
     const rows = await sql<Array<{ ms: number }>>`
       select extract(epoch from (h.handed_at - r.created_at)) * 1000 as ms
       from rollouts r join rollout_hosts h on h.rollout_id = r.id
-      where r.deployment = ${deployment} and h.host <> 'web1'`;
+      where r.deployment = ${deployment} and h.host <> ${receiving}`;
     return rows.map((r) => Number(r.ms));
   };
 
@@ -210,7 +211,7 @@ ${extra}
     const hosts = [];
     for (const host of ["web1", "web2", "web3"]) hosts.push(await startHost(`${host}-${name}`, name, `hosts = ["web1-${name}", "web2-${name}", "web3-${name}"]\nrollout = { parallel = ${parallel} }`));
     figures[name] = await measure(name, hosts[0]!.url, 3);
-    notify.push(...(await notifyLatencies(name)).filter(Number.isFinite));
+    notify.push(...(await notifyLatencies(name, `web1-${name}`)).filter(Number.isFinite));
     for (const h of hosts) await h.child.stop();
   }
   await single.child.stop();

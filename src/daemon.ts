@@ -208,7 +208,8 @@ export async function startDaemon(options: StartOptions): Promise<Daemon> {
       const baseLocks = options.locks ?? (redisUrls.length > 0 ? createRedlockLocks({ urls: redisUrls, ttlMs: settings.lockTtlMs, logger }) : createLocalLocks());
       const locks = withLockEvents(withLockPrefix(baseLocks, settings.lockPrefix), events);
       // A rollout's slots: names every host of the fleet shares (their queue roots, hence their default lock_prefix, differ).
-      const fleetLocks = withLockEvents(withLockPrefix(baseLocks, settings.fleetLockPrefix), events);
+      // Polled (one attempt at a time), so not told as lock events: a wait would be hundreds of them.
+      const fleetLocks = withLockPrefix(baseLocks, settings.fleetLockPrefix);
       if (!options.locks && redisUrls.length === 0) {
         // In-process locks protect nothing across processes: one workers process per queue root.
         const held = acquirePidLock(

@@ -11,7 +11,7 @@ export function withLockEvents(locks: LockService, events: Events): LockService 
     kind: locks.kind,
     health: () => locks.health(),
     close: () => locks.close(),
-    async using(name, fn) {
+    async using(name, fn, options) {
       // deployment:<name>, or deployment:<name>@<host> for a fleet deployment (lock.ts deploymentLockName).
       const deployment = name.startsWith("deployment:") ? name.slice("deployment:".length).split("@")[0] : undefined;
       const asked = Date.now();
@@ -27,7 +27,7 @@ export function withLockEvents(locks: LockService, events: Events): LockService 
           signal.removeEventListener("abort", onLost);
           events.emit({ kind: "lock", name: "released", lock: name, deployment, heldMs: Date.now() - acquired });
         }
-      });
+      }, options);
     },
   };
 }

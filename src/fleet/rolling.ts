@@ -69,7 +69,7 @@ export interface RollingContext {
  */
 export async function whenRolloutLets<T>(ctx: RollingContext, fn: () => Promise<T>): Promise<T> {
   const { db, hostName, rolloutId, log } = ctx;
-  const pollMs = ctx.pollMs ?? 250;
+  const pollMs = ctx.pollMs ?? 50;
   const running = async (): Promise<Rollout> => {
     const r = await readRollout(db, rolloutId);
     if (!r) throw new DeployqError("ROLLOUT", `rollout ${rolloutId} is not in the database (removed by hand?): this host does not switch`);
@@ -102,20 +102,25 @@ export async function whenRolloutLets<T>(ctx: RollingContext, fn: () => Promise<
       aborted();
       const slot = (first + i) % parallel;
       try {
-        return await ctx.locks.using(rolloutSlotLock(rollout.deployment, slot), async () => {
-          // A host may have failed the rollout while this one waited.
-          await running();
-          log.write(`rollout ${rollout.id}: holding slot ${slot}\n`);
-          await updateRolloutHost(db, rollout.id, hostName, { switchStartedAt: new Date() });
-          try {
-            return await fn();
-          } finally {
-            // What is live is done by now: a database that cannot be told must not turn it into a failure.
-            await updateRolloutHost(db, rollout.id, hostName, { switchEndedAt: new Date() }).catch((err: unknown) =>
-              log.write(`rollout ${rollout.id}: could not record the end of this host's switch (${errorMessage(err)})\n`),
-            );
-          }
-        });
+        return await ctx.locks.using(
+          rolloutSlotLock(rollout.deployment, slot),
+          async () => {
+            // A host may have failed the rollout while this one waited.
+            await running();
+            log.write(`rollout ${rollout.id}: holding slot ${slot}\n`);
+            await updateRolloutHost(db, rollout.id, hostName, { switchStartedAt: new Date() });
+            try {
+              return await fn();
+            } finally {
+              // What is live is done by now: a database that cannot be told must not turn it into a failure.
+              await updateRolloutHost(db, rollout.id, hostName, { switchEndedAt: new Date() }).catch((err: unknown) =>
+                log.write(`rollout ${rollout.id}: could not record the end of this host's switch (${errorMessage(err)})\n`),
+              );
+            }
+          },
+          // One attempt per slot and look: a slot is polled, so that it is taken soon after it is freed.
+          { wait: false },
+        );
       } catch (err) {
         if (!(err instanceof LockBusyError)) throw err;
       }

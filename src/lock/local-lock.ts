@@ -1,4 +1,4 @@
-import type { LockService } from "./lock.ts";
+import { LockBusyError, type LockService } from "./lock.ts";
 
 /**
  * In-process locks: enough when one workers process runs (the default without REDIS_URL).
@@ -8,7 +8,8 @@ export function createLocalLocks(): LockService {
   const tails = new Map<string, Promise<void>>();
   return {
     kind: "in-process",
-    async using(name, fn) {
+    async using(name, fn, options) {
+      if (options?.wait === false && tails.has(name)) throw new LockBusyError();
       const previous = tails.get(name) ?? Promise.resolve();
       let release!: () => void;
       const mine = new Promise<void>((resolve) => (release = resolve));

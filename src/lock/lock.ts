@@ -14,9 +14,14 @@ import { DeployqError, TransientError } from "../errors.ts";
  */
 export interface LockService {
   kind: string;
-  using<T>(name: string, fn: (signal: AbortSignal) => Promise<T>): Promise<T>;
+  /** `wait: false`: one attempt, LockBusyError at once if another process holds it (the caller polls). */
+  using<T>(name: string, fn: (signal: AbortSignal) => Promise<T>, options?: UsingOptions): Promise<T>;
   health(): { ok: true } | { ok: false; error: string };
   close(): Promise<void>;
+}
+
+export interface UsingOptions {
+  wait?: boolean;
 }
 
 export class LockBusyError extends DeployqError {
@@ -73,7 +78,7 @@ function realpathOfPath(p: string): string {
 export function withLockPrefix(locks: LockService, prefix: string): LockService {
   return {
     kind: locks.kind,
-    using: (name, fn) => locks.using(lockName(prefix, name), fn),
+    using: (name, fn, options) => locks.using(lockName(prefix, name), fn, options),
     health: () => locks.health(),
     close: () => locks.close(),
   };

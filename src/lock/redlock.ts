@@ -163,11 +163,11 @@ export function createRedlockLocks(options: RedlockOptions): LockService {
   let closing: Promise<void> | undefined;
   return {
     kind: `redlock (${clients.length} node${clients.length === 1 ? "" : "s"})`,
-    async using(name, fn) {
+    async using(name, fn, options) {
       await connected();
       let lock: Lock;
       try {
-        lock = await redlock.acquire([name], ttlMs);
+        lock = await redlock.acquire([name], ttlMs, options?.wait === false ? { retryCount: 0 } : undefined);
       } catch (err) {
         const classified = await classify(err);
         if (classified instanceof LockUnavailableError) reportOutage(classified.message);

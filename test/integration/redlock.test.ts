@@ -2,6 +2,7 @@ import { Writable } from "node:stream";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { LockBusyError, type LockService, LockUnavailableError, NGINX_LOCK, deploymentLockName, withLockPrefix } from "../../src/lock/lock.ts";
+import { createLocalLocks } from "../../src/lock/local-lock.ts";
 import { createRedlockLocks } from "../../src/lock/redlock.ts";
 import { type PrivateRedis, privateRedis } from "../helpers/redis.ts";
 import { createWorkspace } from "../helpers/workspace.ts";
@@ -79,6 +80,28 @@ describe("redlock locks", () => {
     release();
     await holding;
     await expect(b.locks.using(deploymentLockName("busy"), async () => "ran")).resolves.toBe("ran");
+  });
+
+  it("with wait: false, one attempt: busy at once while another holds it (redlock and in-process locks alike), free once released", async () => {
+    for (const [a, b] of [
+      [make(2000).locks, make(2000, 60_000).locks],
+      [createLocalLocks(), undefined],
+    ] as const) {
+      const other = b ?? a;
+      let release!: () => void;
+      let holds!: () => void;
+      const aHolds = new Promise<void>((r) => (holds = r));
+      const holding = a.using("rollout:app:0", () => {
+        holds();
+        return new Promise<void>((r) => (release = r));
+      });
+      await aHolds;
+      // b's acquisition window is a minute, far past the test's timeout: a refusal is the one attempt.
+      await expect(other.using("rollout:app:0", async () => "ran", { wait: false })).rejects.toBeInstanceOf(LockBusyError);
+      release();
+      await holding;
+      await expect(other.using("rollout:app:0", async () => "ran", { wait: false })).resolves.toBe("ran");
+    }
   });
 
   it("reports an outage of the lock service once, and recovers by itself", async () => {
