@@ -1,6 +1,7 @@
 import { and, desc, eq, inArray, sql } from "drizzle-orm";
 import type { Db } from "../db/client.ts";
 import { type Rollout, type RolloutHost, type RolloutHostState, fleetHosts, rolloutHosts, rollouts } from "../db/schema.ts";
+import { type GithubWrite, enqueueGithubWrites } from "../github/outbox.ts";
 
 /** Told (NOTIFY, with the deployment's name) when a rollout is recorded or changes state. */
 export const ROLLOUTS_CHANNEL = "deployq_rollouts";
@@ -119,40 +120,60 @@ export async function updateRolloutHost(db: Db, rolloutId: number, host: string,
     .onConflictDoUpdate({ target: [rolloutHosts.rolloutId, rolloutHosts.host], set: { ...patch, updatedAt: sql`now()` } });
 }
 
-/**
- * A host's deploy of a running rollout failed for good: the rollout is halted (the hosts
- * that have not switched skip it), or rolled back (those that switched go back too).
- */
-export async function failRollout(db: Db, id: number, host: string, step: string | undefined, reason: string): Promise<void> {
-  const updated = await db
-    .update(rollouts)
-    .set({
-      state: sql`case when ${rollouts.onFailure} = 'rollback' then 'rolled-back' else 'halted' end`,
-      failedHost: host,
-      failedStep: step ?? null,
-      reason: reason.slice(0, 2000),
-      finishedAt: sql`now()`,
-    })
-    .where(and(eq(rollouts.id, id), eq(rollouts.state, "running")))
-    .returning({ deployment: rollouts.deployment });
-  if (updated[0]) await notifyRollouts(db, updated[0].deployment);
+/** What the host that moves a rollout on tells GitHub (one commit status for the fleet), written in the same transaction. */
+export interface FleetReport {
+  progress(rollout: Rollout, live: string[]): GithubWrite[];
+  live(rollout: Rollout): GithubWrite[];
+  stopped(rollout: Rollout, host: string, step: string | undefined, rolledBack: boolean): GithubWrite[];
 }
 
-/** A running rollout whose every host has succeeded is done. */
-export async function finishRolloutIfDone(db: Db, id: number): Promise<void> {
-  const updated = await db
-    .update(rollouts)
-    .set({ state: "succeeded", finishedAt: sql`now()` })
-    .where(
-      and(
-        eq(rollouts.id, id),
-        eq(rollouts.state, "running"),
-        sql`not exists (select 1 from jsonb_array_elements_text(${rollouts.hosts}) as h(name)
-          where not exists (select 1 from ${rolloutHosts} rh where rh.rollout_id = ${rollouts.id} and rh.host = h.name and rh.state = 'succeeded'))`,
-      ),
-    )
-    .returning({ deployment: rollouts.deployment });
-  if (updated[0]) await notifyRollouts(db, updated[0].deployment);
+/** The rollout, locked until the transaction ends: the hosts that finish at once take turns, so the last one knows it is. */
+async function lockedRollout(tx: Db, id: number): Promise<Rollout | undefined> {
+  const [row] = await tx.select().from(rollouts).where(eq(rollouts.id, id)).for("update");
+  return row;
+}
+
+/**
+ * `host` is live on the rollout's commit: recorded, and when every listed host is, the
+ * rollout is done. GitHub hears of the fleet's progress (n of N hosts), then of its end.
+ */
+export async function hostSucceeded(db: Db, rolloutId: number, host: string, patch: HostPatch, report?: FleetReport): Promise<void> {
+  await db.transaction(async (t) => {
+    const tx = t as unknown as Db;
+    const rollout = await lockedRollout(tx, rolloutId);
+    await updateRolloutHost(tx, rolloutId, host, { ...patch, state: "succeeded" });
+    if (!rollout || rollout.state !== "running") return;
+    const rows = await rolloutHostRows(tx, rolloutId);
+    const live = rollout.hosts.filter((h) => rows.some((r) => r.host === h && r.state === "succeeded"));
+    if (live.length < rollout.hosts.length) {
+      if (report) await enqueueGithubWrites(tx, report.progress(rollout, live));
+      return;
+    }
+    await tx.update(rollouts).set({ state: "succeeded", finishedAt: sql`now()` }).where(eq(rollouts.id, rolloutId));
+    if (report) await enqueueGithubWrites(tx, report.live(rollout));
+    await notifyRollouts(tx, rollout.deployment);
+  });
+}
+
+/**
+ * `host`'s deploy of the rollout failed for good: recorded, and a running rollout is halted
+ * (the hosts that have not switched skip it) or rolled back (those that switched go back
+ * too), with the host, step and reason.
+ */
+export async function hostFailed(db: Db, rolloutId: number, host: string, step: string | undefined, error: string, report?: FleetReport): Promise<void> {
+  await db.transaction(async (t) => {
+    const tx = t as unknown as Db;
+    const rollout = await lockedRollout(tx, rolloutId);
+    await updateRolloutHost(tx, rolloutId, host, { state: "failed", step: step ?? null, error: error.slice(0, 2000) });
+    if (!rollout || rollout.state !== "running") return;
+    const rolledBack = rollout.onFailure === "rollback";
+    await tx
+      .update(rollouts)
+      .set({ state: rolledBack ? "rolled-back" : "halted", failedHost: host, failedStep: step ?? null, reason: error.slice(0, 2000), finishedAt: sql`now()` })
+      .where(eq(rollouts.id, rolloutId));
+    if (report) await enqueueGithubWrites(tx, report.stopped(rollout, host, step, rolledBack));
+    await notifyRollouts(tx, rollout.deployment);
+  });
 }
 
 /** This host's workers are alive (`deployq check` and `status` say who has been seen). */

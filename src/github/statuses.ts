@@ -123,6 +123,23 @@ export class StatusTexts {
     return this.row(sha, "error", `Cancelled by ${by}; the previous release is still serving`, deployId);
   }
 
+  /** A fleet rollout going on: the hosts it is live on so far (one status for the fleet, not one per host). */
+  fleetProgress(sha: string | undefined, live: readonly string[], total: number, deployId: number): StatusRow[] {
+    return this.row(sha, "pending", `Rolling out to ${this.deployment.name}: live on ${live.length} of ${total} hosts (${live.join(", ")})`, deployId);
+  }
+
+  /** A fleet rollout done: every host serves the commit. */
+  fleetLive(sha: string | undefined, total: number, deployId: number): StatusRow[] {
+    return this.row(sha, "success", `Live on ${this.deployment.name}: all ${total} host${total === 1 ? "" : "s"}`, deployId);
+  }
+
+  /** A fleet rollout a host failed: halted (the others keep what they serve), or rolled back. */
+  fleetStopped(sha: string | undefined, host: string, failedStep: StepKind | undefined, rolledBack: boolean, deployId: number): StatusRow[] {
+    const step = failedStep ? (COMMIT_STEPS[failedStep] ?? `${failedStep} step`) : "deploy";
+    const then = rolledBack ? "rolled back: the hosts that had switched went back" : "halted: the hosts that had not switched keep the previous release";
+    return this.row(sha, "failure", `The ${step} failed on ${host} (${this.deployment.name}); ${then}`, deployId);
+  }
+
   /** `deployq rollback`: the commit put back is live again; the one it replaced is not any more. */
   rolledBack(to: string, from: string | undefined, deployId: number): StatusRow[] {
     return [

@@ -35,7 +35,8 @@ import { type GithubWrite, enqueueGithubWrites } from "../github/outbox.ts";
 import type { GithubReports } from "../github/reports.ts";
 import { isCommitSha } from "../github/statuses.ts";
 import type { DeploymentNotifier, Happening } from "../notify/notify.ts";
-import { failRollout, finishRolloutIfDone, readRollout, updateRolloutHost } from "../fleet/rollouts.ts";
+import { type FleetReport, hostFailed, hostSucceeded, readRollout, updateRolloutHost } from "../fleet/rollouts.ts";
+import type { StatusRow } from "../github/statuses.ts";
 import { RolloutStopped, describeStop, stopsHost, whenRolloutLets } from "../fleet/rolling.ts";
 import type { Rollout } from "../db/schema.ts";
 
@@ -493,8 +494,9 @@ export class DeploymentWorker {
       host: this.hostName,
       pid: process.pid,
       fencingToken: token,
-    }, request.kind === "push" && this.deps.statuses ? (deployId) => this.deps.statuses!.started(name, request.sha, deployId, attempt) : undefined);
-    const texts = this.deps.statuses;
+    }, request.kind === "push" && this.deps.statuses && rolloutId === undefined ? (deployId) => this.deps.statuses!.started(name, request.sha, deployId, attempt) : undefined);
+    // A rollout's entry: GitHub hears of the fleet (one status, written as the rollout moves on), not of each host.
+    const texts = rolloutId === undefined ? this.deps.statuses : undefined;
     // The step that failed, for the commit status (not the rollback that followed it).
     let failedStep: StepKind | undefined;
     const report = async (ended: "retrying" | "failed" | "cancelled", by = "unknown", err?: unknown): Promise<GithubWrite[]> => {
@@ -603,8 +605,7 @@ export class DeploymentWorker {
         if (request.kind === "rollback") await updateRolloutHost(db, rolloutId, this.hostName, { state: "rolled-back", release: outcome.release ?? null });
         else {
           const switched = outcome.status === "succeeded";
-          await updateRolloutHost(db, rolloutId, this.hostName, { state: "succeeded", release: outcome.release ?? null, previousRelease: switched ? (outcome.previousRelease ?? null) : null });
-          await finishRolloutIfDone(db, rolloutId);
+          await hostSucceeded(db, rolloutId, this.hostName, { release: outcome.release ?? null, previousRelease: switched ? (outcome.previousRelease ?? null) : null }, this.fleetReport(id));
         }
       }
       tell(outcome.status, { sha: outcome.sha, release: outcome.release });
@@ -627,8 +628,8 @@ export class DeploymentWorker {
       const outcome = ended.outcome === "failed" && steps.ran("rollback") ? "rolled-back" : ended.outcome;
       if (rolloutId !== undefined && (ended.outcome === "failed" || ended.outcome === "cancelled")) {
         // This host failed the rollout: it stops the wave (and, with on_failure = "rollback", turns it back).
-        await updateRolloutHost(db, rolloutId, this.hostName, { state: "failed", step: failedStep ?? null, error: errorMessage(err).slice(0, 2000) });
-        if (request.kind !== "rollback") await failRollout(db, rolloutId, this.hostName, failedStep, errorMessage(err));
+        if (request.kind === "rollback") await updateRolloutHost(db, rolloutId, this.hostName, { state: "failed", step: failedStep ?? null, error: errorMessage(err).slice(0, 2000) });
+        else await hostFailed(db, rolloutId, this.hostName, failedStep, errorMessage(err), this.fleetReport(id));
       }
       tell(outcome, { sha, error: errorMessage(err).slice(0, 2000), nextAttemptAt: ended.nextAttemptAt });
     } finally {
@@ -663,6 +664,18 @@ export class DeploymentWorker {
     await removeEntry(path.join(this.deps.layout.deployment(this.name), name));
     await updateRolloutHost(this.deps.db, rollout.id, this.hostName, { state: superseded ? "superseded" : "halted", deployId: id, error: why });
     this.deps.logger.warn({ deployment: this.name, entry: name, rollout: rollout.id, state: rollout.state, failedHost: rollout.failedHost }, why);
+  }
+
+  /** What this host tells GitHub of the fleet when it moves a rollout on (GITHUB_TOKEN set). */
+  private fleetReport(deployId: number): FleetReport | undefined {
+    const texts = this.deps.statuses?.statuses;
+    if (!texts) return undefined;
+    const status = (rows: StatusRow[]): GithubWrite[] => rows.map((row) => ({ kind: "status", status: row }));
+    return {
+      progress: (r, live) => status(texts.fleetProgress(r.sha ?? undefined, live, r.hosts.length, deployId)),
+      live: (r) => status(texts.fleetLive(r.sha ?? undefined, r.hosts.length, deployId)),
+      stopped: (r, host, step, rolledBack) => status(texts.fleetStopped(r.sha ?? undefined, host, step as StepKind | undefined, rolledBack, deployId)),
+    };
   }
 
   /** The commit live now (after a failed deploy: the one that kept serving), if any can be read. */

@@ -7,6 +7,7 @@ import { eq } from "drizzle-orm";
 import { type RolloutHost, rolloutHosts, rollouts } from "../../src/db/schema.ts";
 import { type TestDatabase, createTestDatabase } from "./db.ts";
 import { type TestRepo, createRepo } from "./git.ts";
+import type { FakeGithub } from "./fake-github.ts";
 import { type Spawned, spawnDeployq } from "./processes.ts";
 import { type PrivateRedis, privateRedis } from "./redis.ts";
 import { type Workspace, createWorkspace, followingDeployment, post, pushPayload, signedDelivery } from "./workspace.ts";
@@ -50,7 +51,7 @@ export interface TestFleet {
  * servers. Each deploys deployment "app" (releases, a restart script that takes a moment,
  * a health check served by the test), with `rollout` as given.
  */
-export async function createFleet(options: { names?: string[]; rollout: string; redisNodes?: number; restartSeconds?: number }): Promise<TestFleet> {
+export async function createFleet(options: { names?: string[]; rollout: string; redisNodes?: number; restartSeconds?: number; github?: FakeGithub }): Promise<TestFleet> {
   const names = options.names ?? ["web1", "web2", "web3"];
   const dir = await mkdtemp(path.join(tmpdir(), "deployq-fleet-"));
   const repo = await createRepo(dir);
@@ -74,7 +75,7 @@ export async function createFleet(options: { names?: string[]; rollout: string; 
   const hosts: FleetHost[] = [];
   for (const name of names) {
     const ws = await createWorkspace({
-      topLevel: `host_name = "${name}"\nlock_ttl_ms = 2000`,
+      topLevel: `host_name = "${name}"\nlock_ttl_ms = 2000${options.github ? "\n[github]\nwrite_interval_ms = 0\ntimeout_ms = 2000" : ""}`,
       deployments: followingDeployment(
         "app",
         repo.bare,
@@ -87,7 +88,14 @@ health = { url = "http://127.0.0.1:${healthPort}/${name}", timeout_s = 1 }
 `,
       ),
     });
-    const env = { ...ws.env, DATABASE_URL: tdb.url, REDIS_URL: redis.map((r) => r.url).join(","), DEPLOYQ_CONFIG: ws.configPath, DEPLOYQ_LOG_LEVEL: "info" };
+    const env = {
+      ...ws.env,
+      DATABASE_URL: tdb.url,
+      REDIS_URL: redis.map((r) => r.url).join(","),
+      DEPLOYQ_CONFIG: ws.configPath,
+      DEPLOYQ_LOG_LEVEL: "info",
+      ...(options.github ? { GITHUB_TOKEN: options.github.token, GITHUB_API_URL: options.github.url } : {}),
+    };
     const host: FleetHost = {
       name,
       ws,

@@ -3,6 +3,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type TestFleet, createFleet } from "../helpers/fleet.ts";
+import { type FakeGithub, startFakeGithub } from "../helpers/fake-github.ts";
 import { until } from "../helpers/wait.ts";
 import { spawnDeployq } from "../helpers/processes.ts";
 import { createRepo } from "../helpers/git.ts";
@@ -16,11 +17,23 @@ const isReleaseOf = (release: string | undefined, sha: string) => release !== un
 
 describe("one deployment on three hosts (one Postgres, a three-node Redis quorum), parallel 1 with a canary", () => {
   let fleet: TestFleet;
+  let github: FakeGithub;
   beforeAll(async () => {
-    fleet = await createFleet({ rollout: `{ parallel = 1, canary = "web1" }` });
+    github = await startFakeGithub();
+    fleet = await createFleet({ rollout: `{ parallel = 1, canary = "web1" }`, github });
     await Promise.all(fleet.hosts.map((h) => h.start()));
   }, 120_000);
-  afterAll(() => fleet?.dispose(), 60_000);
+  afterAll(async () => {
+    await fleet?.dispose();
+    await github?.close();
+  }, 60_000);
+
+  /** The commit statuses GitHub got for `sha`, once the last one is `state` ("state: description" each). */
+  const statusesOnceFinal = (sha: string, state: string) =>
+    until(`GitHub to get a ${state} status on ${sha}`, async () => {
+      const got = github.statusesOf(sha, "deployq/app");
+      return got.at(-1)?.state === state ? got.map((s) => `${s.state}: ${s.description}`) : undefined;
+    });
 
   /** Waits until every host in `hosts` is done with the rollout of `sha` (its state one of `states`). */
   async function settled(sha: string, hosts: string[], states = ["succeeded"]) {
@@ -56,6 +69,18 @@ describe("one deployment on three hosts (one Postgres, a three-node Redis quorum
     // Each host deployed it once, uninterrupted: a fleet's hosts do not fence each other out (each fences only its own deploys).
     const deployed = await fleet.tdb.database.db.select({ host: deploys.host, status: deploys.status }).from(deploys).where(eq(deploys.sha, v1));
     expect(deployed.map((d) => `${d.host} ${d.status}`).sort()).toEqual(["web1 succeeded", "web2 succeeded", "web3 succeeded"]);
+    // GitHub hears of the fleet, one status for it, not one per host: queued, live on 1, then 2 of 3, then all (the
+    // sender sends only the newest of the statuses waiting for one commit, so a middle one may be skipped).
+    const got = await statusesOnceFinal(v1, "success");
+    const progress = [
+      "pending: Rolling out to app: live on 1 of 3 hosts (web1)",
+      `pending: Rolling out to app: live on 2 of 3 hosts (${intervals.slice(0, 2).map((i) => i.host).sort().join(", ")})`,
+    ];
+    expect(got[0]).toBe("pending: Queued for app");
+    expect(got.at(-1)).toBe("success: Live on app: all 3 hosts");
+    const middle = got.slice(1, -1);
+    expect(middle.length).toBeGreaterThan(0);
+    expect(progress.filter((p) => middle.includes(p))).toEqual(middle);
   });
 
   it("the canary's health check fails: no other host switches to that commit, each still serves the previous release, the rollout is halted with the canary's reason", { timeout: 120_000 }, async () => {
@@ -76,6 +101,10 @@ describe("one deployment on three hosts (one Postgres, a three-node Redis quorum
         expect(r.switchStartedAt, `${r.host} never took a slot`).toBeNull();
       }
       expect(await Promise.all(fleet.hosts.map((h) => h.current()))).toEqual(before);
+      expect(await statusesOnceFinal(bad, "failure")).toEqual([
+        "pending: Queued for app",
+        "failure: The health check failed on web1 (app); halted: the hosts that had not switched keep the previous release",
+      ]);
     } finally {
       fleet.unhealthy.delete("web1");
     }
