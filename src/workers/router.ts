@@ -126,7 +126,15 @@ export function createRouter(deps: RouterDeps): QueueWorker {
     if (deps.statuses) {
       const statuses = deps.statuses;
       const writes = routed.flatMap((r) =>
-        r.decision.kind === "deliver" && r.row.event === "push" ? r.decision.deployments.flatMap((d) => statuses.get(d)?.queued(r.name, r.decision.kind === "deliver" ? r.decision.after : undefined) ?? []) : [],
+        r.decision.kind === "deliver" && r.row.event === "push"
+          ? r.decision.deployments.flatMap((d) => {
+              const after = r.decision.kind === "deliver" ? r.decision.after : undefined;
+              const reports = statuses.get(d);
+              // A fleet deployment: the commit status only (no GitHub Deployment is written for a rollout yet: one left "queued" would stay so).
+              if (reports && isFleet(deps.settings.deployments.get(d)!)) return reports.statuses.queued(after).map((status) => ({ kind: "status" as const, status }));
+              return reports?.queued(r.name, after) ?? [];
+            })
+          : [],
       );
       if (writes.length > 0) await db.transaction((tx) => enqueueGithubWrites(tx as unknown as typeof db, writes));
     }
