@@ -75,7 +75,7 @@ export async function createFleet(options: { names?: string[]; rollout: string; 
   const hosts: FleetHost[] = [];
   for (const name of names) {
     const ws = await createWorkspace({
-      topLevel: `host_name = "${name}"\nlock_ttl_ms = 2000${options.github ? "\n[github]\nwrite_interval_ms = 0\ntimeout_ms = 2000" : ""}`,
+      topLevel: `host_name = "${name}"\nlock_ttl_ms = 2000${options.github ? "\n[github]\nwrite_interval_ms = 0\ntimeout_ms = 2000\ndeployments = true" : ""}`,
       deployments: followingDeployment(
         "app",
         repo.bare,

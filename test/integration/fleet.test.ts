@@ -81,6 +81,8 @@ describe("one deployment on three hosts (one Postgres, a three-node Redis quorum
     const middle = got.slice(1, -1);
     expect(middle.length).toBeGreaterThan(0);
     expect(progress.filter((p) => middle.includes(p))).toEqual(middle);
+    // With [github] deployments on, a rollout writes no GitHub Deployment (none would be left "queued").
+    expect(github.deployments).toEqual([]);
   });
 
   it("the canary's health check fails: no other host switches to that commit, each still serves the previous release, the rollout is halted with the canary's reason", { timeout: 120_000 }, async () => {
