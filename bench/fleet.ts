@@ -31,22 +31,14 @@ import { promisify } from "node:util";
 import { sign } from "@octokit/webhooks-methods";
 import postgres from "postgres";
 import { pushPayload } from "../src/push-payload.ts";
-import { type DeployBenchChild, type Distribution, distribution } from "./deploy.ts";
+import { type DeployBenchOptions, type Distribution, distribution } from "./deploy.ts";
 
 const run = promisify(execFile);
 
-export interface FleetBenchOptions {
-  workDir: string;
-  repoRoot: string;
-  secret: string;
+export type FleetBenchOptions = Pick<DeployBenchOptions, "workDir" | "repoRoot" | "secret" | "createDatabase" | "startChild" | "childEnv" | "addCleanup" | "progress"> & {
   /** Measured pushes per configuration. */
   pushes: number;
-  createDatabase(): Promise<{ url: string; name: string }>;
-  startChild(name: string, command: string, args: string[], env: NodeJS.ProcessEnv): DeployBenchChild;
-  childEnv(extra: NodeJS.ProcessEnv): NodeJS.ProcessEnv;
-  addCleanup(what: string, run: () => Promise<void>): void;
-  progress(line: string): void;
-}
+};
 
 export interface FleetFigures {
   pushes: number;
