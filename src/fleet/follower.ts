@@ -7,7 +7,7 @@ import { type QueueEntry, parseEntry } from "../queue/entry.ts";
 import { entryName } from "../queue/entry-name.ts";
 import type { QueueLayout } from "../queue/layout.ts";
 import { writeEntryDurably } from "../queue/write.ts";
-import { ROLLOUTS_CHANNEL, checkIn, markHandedOver, pendingHandOvers, rollbacksDue, updateRolloutHost } from "./rollouts.ts";
+import { ROLLOUTS_CHANNEL, checkIn, markHandedOver, pendingHandOvers, pruneRollouts, rollbacksDue, updateRolloutHost } from "./rollouts.ts";
 
 export interface FollowerDeps {
   database: Database;
@@ -37,6 +37,7 @@ export class FleetFollower {
   private again = false;
   private closed = false;
   private failing = false;
+  private prunedAt = 0;
 
   constructor(deps: FollowerDeps) {
     this.deps = deps;
@@ -102,6 +103,14 @@ export class FleetFollower {
         await writeEntryDurably(this.deps.layout, this.deps.layout.deployment(rollout.deployment), name, entry);
         await updateRolloutHost(db, rollout.id, hostName, { state: "rolling-back" });
         logger.warn({ deployment: rollout.deployment, rollout: rollout.id, failedHost: rollout.failedHost, to: mine.previousRelease }, "rollout rolled back: going back to the release before it");
+      }
+      // Old rollouts go once a minute (any host may: the newest keep_deploys of each deployment stay).
+      if (Date.now() - this.prunedAt > 60_000) {
+        this.prunedAt = Date.now();
+        for (const d of this.deps.deployments) {
+          const removed = await pruneRollouts(db, d.name, d.keep_deploys);
+          if (removed > 0) logger.debug({ deployment: d.name, removed }, "removed old rollouts");
+        }
       }
       if (this.failing) logger.info("rollouts are read again");
       this.failing = false;

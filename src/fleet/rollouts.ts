@@ -176,6 +176,24 @@ export async function hostFailed(db: Db, rolloutId: number, host: string, step: 
   });
 }
 
+/**
+ * Keeps the newest `keep` rollouts of a deployment (its keep_deploys) and any still
+ * running; older ones go, with their hosts' rows. Returns how many went.
+ */
+export async function pruneRollouts(db: Db, deployment: string, keep: number): Promise<number> {
+  const removed = await db
+    .delete(rollouts)
+    .where(
+      and(
+        eq(rollouts.deployment, deployment),
+        sql`${rollouts.state} <> 'running'`,
+        sql`${rollouts.id} < (select id from ${rollouts} where deployment = ${deployment} order by id desc offset ${keep - 1} limit 1)`,
+      ),
+    )
+    .returning({ id: rollouts.id });
+  return removed.length;
+}
+
 /** This host's workers are alive (`deployq check` and `status` say who has been seen). */
 export async function checkIn(db: Db, host: string, pid: number): Promise<void> {
   await db
