@@ -3,7 +3,7 @@ import { type LockState, lockStates } from "./locks.ts";
 import { type Running, readRunning } from "../../workers/cancel.ts";
 import { isProcessAlive } from "../../pid-lock.ts";
 import { open } from "node:fs/promises";
-import type { Settings } from "../../config/load.ts";
+import { type Deployment, type Settings, isFleet } from "../../config/load.ts";
 import type { Db } from "../../db/client.ts";
 import { recentAdminActions } from "../../db/queries/admin-actions.ts";
 import { deployById } from "../../db/queries/deploy-by-id.ts";
@@ -16,6 +16,8 @@ import { type EntryInfo, allQueues, listQueue, resolveQueue } from "../../queue/
 import { queueLayout } from "../../queue/layout.ts";
 import { type DeploymentStatus, type StatusReport, collectStatus } from "../../status.ts";
 import { type Release, deploymentPaths, listReleases } from "../../steps/release.ts";
+import { type RolloutDetail, type RolloutHostReport, type RolloutSummary, newestRollout, rolloutSummaries } from "../../fleet/rollout-report.ts";
+import { seenHosts } from "../../fleet/rollouts.ts";
 
 /** What the dashboard's pages show, read from the same places as `deployq status`, `releases`, `queue ls` and `deliveries`. */
 
@@ -23,6 +25,8 @@ import { type Release, deploymentPaths, listReleases } from "../../steps/release
 export const LOG_SHOWN_BYTES = 512 * 1024;
 const DELIVERIES_SHOWN = 25;
 const ENTRIES_SHOWN = 100;
+/** The rollouts a fleet deployment's page lists (`deployq rollout ls` lists more). */
+export const ROLLOUTS_SHOWN = 10;
 
 export interface LogText {
   text: string;
@@ -128,19 +132,60 @@ export interface DeploymentData {
   actions: AdminAction[];
   /** The deploy running on this host now, and whether it may still be cancelled. */
   running: Running | undefined;
+  /** A fleet deployment's (hosts) newest rollout, its hosts and its last rollouts; absent for any other. */
+  fleet?: FleetData;
+}
+
+export interface FleetHost {
+  host: string;
+  /** Its part in the newest rollout (state pending: listed, no row yet); undefined before the first rollout, or for a host the rollout does not list (configured since). */
+  part: RolloutHostReport | undefined;
+  /** When its workers last checked in (fleet_hosts); undefined: never. */
+  lastSeen: Date | undefined;
+}
+
+export interface FleetData {
+  /** This host's name (host_name): the one whose releases, queue and history the rest of the page shows. */
+  hostName: string;
+  /** The newest rollout; undefined before the first. */
+  newest: Omit<RolloutDetail, "hostDetails" | "hostStates"> | undefined;
+  /** The newest rollout's hosts in its order, then the configured hosts it does not list; before the first rollout, the configured ones. */
+  hosts: FleetHost[];
+  /** The last ROLLOUTS_SHOWN rollouts, newest first, each with its hosts' states. */
+  recent: RolloutSummary[];
+}
+
+function withoutHosts(detail: RolloutDetail): NonNullable<FleetData["newest"]> {
+  const { hostDetails: _details, hostStates: _states, ...rollout } = detail;
+  return rollout;
+}
+
+async function fleetData(settings: Settings, db: Db, d: Deployment): Promise<FleetData | undefined> {
+  if (!isFleet(d)) return undefined;
+  const [newest, recent, seen] = await Promise.all([newestRollout(db, d.name), rolloutSummaries(db, { deployment: d.name, limit: ROLLOUTS_SHOWN }), seenHosts(db)]);
+  const lastSeen = new Map(seen.map((h) => [h.host, h.lastSeen]));
+  const parts = newest?.hostDetails ?? [];
+  const names = [...parts.map((p) => p.host), ...d.hosts.filter((h) => !parts.some((p) => p.host === h))];
+  return {
+    hostName: settings.hostName,
+    newest: newest && withoutHosts(newest),
+    hosts: names.map((host) => ({ host, part: parts.find((p) => p.host === host), lastSeen: lastSeen.get(host) })),
+    recent,
+  };
 }
 
 export async function deploymentData(settings: Settings, db: Db, name: string): Promise<DeploymentData | undefined> {
   const d = settings.deployments.get(name);
   if (!d) return undefined;
   const layout = queueLayout(settings.queuesDir);
-  const [report, history, queued, deadLetters, releases, actions] = await Promise.all([
+  const [report, history, queued, deadLetters, releases, actions, fleet] = await Promise.all([
     collectStatus(settings, db, name),
     recentDeploys(db, name, 50),
     listQueue(resolveQueue(layout, name)),
     listQueue(resolveQueue(layout, `dead-letter/${name}`)),
     d.strategy === "releases" ? listReleases(deploymentPaths(d.path)) : Promise.resolve([]),
     recentAdminActions(db, name, 10),
+    fleetData(settings, db, d),
   ]);
   const running = await readRunning(settings.dataDir, name);
   return {
@@ -152,6 +197,7 @@ export async function deploymentData(settings: Settings, db: Db, name: string): 
     deadLetters: deadLetters.slice(0, ENTRIES_SHOWN),
     actions,
     running: running && isProcessAlive(running.pid) ? running : undefined,
+    ...(fleet ? { fleet } : {}),
   };
 }
 

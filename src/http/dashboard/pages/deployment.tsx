@@ -6,6 +6,7 @@ import type { Deploy } from "../../../db/schema.ts";
 import type { EntryInfo } from "../../../queue/admin.ts";
 import type { DeploymentData } from "../data.ts";
 import { Ago, Badge, Csrf, Layout, type PageContext, Sha, branchOf, formatAge, formatDuration, seg } from "./common.tsx";
+import { FleetSection } from "./fleet.tsx";
 
 const CHART_W = 600;
 const CHART_H = 120;
@@ -161,7 +162,8 @@ export function DeploymentPage(props: { ctx: PageContext; data: DeploymentData }
         {!s.enabled && " · disabled"}
       </p>
       <p>
-        Current: {s.current.sha ? <Sha sha={s.current.sha} /> : <span class="muted">nothing deployed</span>} <span class="ref">{s.current.ref ?? ""}</span>{" "}
+        {data.fleet ? `Current on ${data.fleet.hostName}: ` : "Current: "}
+        {s.current.sha ? <Sha sha={s.current.sha} /> : <span class="muted">nothing deployed</span>} <span class="ref">{s.current.ref ?? ""}</span>{" "}
         <span class="muted small">{s.current.release ?? ""}</span>
       </p>
 
@@ -212,6 +214,8 @@ export function DeploymentPage(props: { ctx: PageContext; data: DeploymentData }
           </form>
         )}
       </div>
+
+      {data.fleet && <FleetSection fleet={data.fleet} ctx={ctx} />}
 
       {data.strategy === "releases" && (
         <>

@@ -5,6 +5,7 @@
 import type { DeliveryRow, OverviewData, OverviewDeployment } from "../data.ts";
 import type { LockState } from "../locks.ts";
 import { Ago, Badge, Layout, type PageContext, Sha, formatAge, formatDuration, seg } from "./common.tsx";
+import { FleetSummary } from "./fleet.tsx";
 
 function DeploymentRow(props: { d: OverviewDeployment; ctx: PageContext }) {
   const { d, ctx } = props;
@@ -17,6 +18,7 @@ function DeploymentRow(props: { d: OverviewDeployment; ctx: PageContext }) {
         <div class="muted small">
           {d.repository} · {d.branch}
         </div>
+        {d.fleet && <FleetSummary fleet={d.fleet} deployment={d.deployment} ctx={ctx} />}
       </td>
       <td>
         {d.current.sha ? (

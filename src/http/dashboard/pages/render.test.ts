@@ -1,9 +1,11 @@
 import { describe, expect, it } from "vitest";
 import { h } from "preact";
 import type { Deploy } from "../../../db/schema.ts";
-import type { DeployData, OverviewData } from "../data.ts";
+import type { DeploymentStatus } from "../../../status.ts";
+import type { DeployData, DeploymentData, OverviewData } from "../data.ts";
 import type { PageContext } from "./common.tsx";
 import { DeployPage } from "./deploy.tsx";
+import { DeploymentPage } from "./deployment.tsx";
 import { OverviewPage } from "./overview.tsx";
 import { renderPage } from "./render.ts";
 
@@ -41,7 +43,7 @@ function tagsOf(html: string): Array<{ name: string; closing: boolean; attribute
   return tags;
 }
 
-const PAGE_TAGS = new Set(["!doctype", "html", "head", "meta", "title", "link", "script", "body", "header", "a", "nav", "form", "input", "button", "main", "h1", "h2", "p", "table", "thead", "tbody", "tr", "th", "td", "div", "span", "code", "time", "dl", "dt", "dd", "pre", "label", "section", "svg", "rect", "line", "text"]);
+const PAGE_TAGS = new Set(["!doctype", "html", "head", "meta", "title", "link", "script", "body", "header", "a", "nav", "form", "input", "button", "main", "h1", "h2", "p", "table", "thead", "tbody", "tr", "th", "td", "div", "span", "code", "time", "h3", "dl", "dt", "dd", "pre", "label", "section", "svg", "rect", "line", "text"]);
 
 /** Only the page's own elements and attributes: nothing the strings brought in became markup. */
 function expectInert(html: string, bad: string) {
@@ -155,6 +157,91 @@ describe("pages escape whatever came from a push", () => {
         log: { text: `== build\n${bad}\n`, skipped: 0, size: 10, missing: false },
       };
       expectInert(renderPage(h(DeployPage, { ctx, data })), bad);
+    }
+  });
+
+  it("shows a fleet's host names, failure reason and host errors (from the database) as text", () => {
+    for (const bad of HOSTILE) {
+      const status: DeploymentStatus = {
+        deployment: "app",
+        repository: "octo-org/app",
+        branch: "main",
+        strategy: "releases",
+        enabled: true,
+        current: { release: undefined, sha: undefined, ref: undefined },
+        queued: 0,
+        deadLetters: 0,
+        paused: undefined,
+        waitingForChecks: undefined,
+        last: undefined,
+        lastRun: undefined,
+        sites: [],
+      };
+      const rollout = {
+        id: 4,
+        deployment: "app",
+        entry: "e.json",
+        deliveryId: null,
+        ref: `refs/heads/${bad}`,
+        sha: "c".repeat(40),
+        hosts: ["web1", bad],
+        parallel: 1,
+        canary: bad,
+        onFailure: "halt",
+        state: "halted" as const,
+        supersededBy: null,
+        failedHost: bad,
+        failedStep: bad,
+        reason: bad,
+        createdAt: new Date().toISOString(),
+        finishedAt: null,
+      };
+      const part = (host: string) => ({
+        host,
+        state: "failed" as const,
+        deployId: 1,
+        release: bad,
+        previousRelease: null,
+        step: bad,
+        error: bad,
+        handedAt: null,
+        switchStartedAt: new Date().toISOString(),
+        switchEndedAt: null,
+        switchSeconds: null,
+      });
+      const data: DeploymentData = {
+        status,
+        strategy: "releases",
+        releases: [],
+        history: [],
+        queued: [],
+        deadLetters: [],
+        actions: [],
+        running: undefined,
+        fleet: {
+          hostName: bad,
+          newest: rollout,
+          hosts: [
+            { host: bad, part: part(bad), lastSeen: new Date() },
+            // Configured after the rollout was routed.
+            { host: "web4", part: undefined, lastSeen: undefined },
+          ],
+          recent: [{ ...rollout, hostStates: [{ host: bad, state: "failed" }] }],
+        },
+      };
+      const html = renderPage(h(DeploymentPage, { ctx, data }));
+      expect(html).toContain(`<section id="fleet"`);
+      expect(html).toContain("not in this rollout");
+      expectInert(html, bad);
+
+      const overview: OverviewData = {
+        router: { entries: 0, oldestAgeSeconds: null },
+        deployments: [{ ...status, releasedAt: undefined, running: undefined, lock: undefined, fleet: { rollout, hosts: [{ host: bad, state: "succeeded", release: bad, error: bad, lastSeen: null }] } }],
+        deliveries: [],
+      };
+      const page = renderPage(h(OverviewPage, { ctx, data: overview }));
+      expect(page).toContain("1/2 hosts live");
+      expectInert(page, "halted");
     }
   });
 
