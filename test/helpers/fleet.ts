@@ -12,6 +12,16 @@ import { type Spawned, spawnDeployq } from "./processes.ts";
 import { type PrivateRedis, privateRedis } from "./redis.ts";
 import { type Workspace, createWorkspace, followingDeployment, post, pushPayload, signedDelivery } from "./workspace.ts";
 
+/**
+ * The configuration of the tests that write a fleet's rows by hand (no hosts run): fleet
+ * deployments "app" (web1-3, a canary) and "shop" (s1, s2, parallel 2, rollback), and
+ * "plain", which is no fleet.
+ */
+export const FLEET_FIXTURE_DEPLOYMENTS =
+  followingDeployment("app", "/nonexistent/app.git", `hosts = ["web1", "web2", "web3"]\nrollout = { canary = "web1" }`) +
+  followingDeployment("shop", "/nonexistent/shop.git", `hosts = ["s1", "s2"]\nrollout = { parallel = 2, on_failure = "rollback" }`) +
+  followingDeployment("plain", "/nonexistent/plain.git");
+
 /** One deployq host of a test fleet: its own workspace (data dir, queue root, port), its `serve` process when running. */
 export interface FleetHost {
   name: string;

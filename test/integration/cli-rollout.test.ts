@@ -5,7 +5,8 @@ import { silentLogger } from "../../src/log.ts";
 import { queueLayout } from "../../src/queue/layout.ts";
 import { type TestDatabase, createTestDatabase } from "../helpers/db.ts";
 import { runDeployq } from "../helpers/processes.ts";
-import { type Workspace, createWorkspace, followingDeployment } from "../helpers/workspace.ts";
+import { type Workspace, createWorkspace } from "../helpers/workspace.ts";
+import { FLEET_FIXTURE_DEPLOYMENTS } from "../helpers/fleet.ts";
 
 const OLD_SHA = "a".repeat(40);
 const HALTED_SHA = "b1c2d3e4f5".repeat(4);
@@ -26,10 +27,7 @@ describe("deployq rollout ls | show", () => {
   beforeAll(async () => {
     ws = await createWorkspace({
       topLevel: `host_name = "web1"`,
-      deployments:
-        followingDeployment("app", "/nonexistent/app.git", `hosts = ["web1", "web2", "web3"]\nrollout = { canary = "web1" }`) +
-        followingDeployment("shop", "/nonexistent/shop.git", `hosts = ["s1", "s2"]\nrollout = { parallel = 2, on_failure = "rollback" }`) +
-        followingDeployment("plain", "/nonexistent/plain.git"),
+      deployments: FLEET_FIXTURE_DEPLOYMENTS,
     });
     tdb = await createTestDatabase("postgres");
     env = { ...ws.env, DATABASE_URL: tdb.url, DEPLOYQ_CONFIG: ws.configPath };

@@ -7,7 +7,8 @@ import { type Daemon, startDaemon } from "../../src/daemon.ts";
 import { fleetHosts, rolloutHosts, rollouts } from "../../src/db/schema.ts";
 import { silentLogger } from "../../src/log.ts";
 import { type TestDatabase, createTestDatabase } from "../helpers/db.ts";
-import { type Workspace, createWorkspace, followingDeployment } from "../helpers/workspace.ts";
+import { type Workspace, createWorkspace } from "../helpers/workspace.ts";
+import { FLEET_FIXTURE_DEPLOYMENTS } from "../helpers/fleet.ts";
 
 const TOKEN = "fleet-dashboard-token-0123456789abcdef";
 const SHOTS = path.resolve("test-output/dashboard");
@@ -54,10 +55,7 @@ describe("the dashboard shows a fleet deployment's rollouts and hosts", () => {
   beforeAll(async () => {
     ws = await createWorkspace({
       topLevel: `host_name = "web1"`,
-      deployments:
-        followingDeployment("app", "/nonexistent/app.git", `hosts = ["web1", "web2", "web3"]\nrollout = { canary = "web1" }`) +
-        followingDeployment("shop", "/nonexistent/shop.git", `hosts = ["s1", "s2"]\nrollout = { parallel = 2, on_failure = "rollback" }`) +
-        followingDeployment("plain", "/nonexistent/plain.git"),
+      deployments: FLEET_FIXTURE_DEPLOYMENTS,
       env: { DEPLOYQ_ADMIN_TOKEN: TOKEN },
     });
     tdb = await createTestDatabase("postgres");
