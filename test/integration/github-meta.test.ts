@@ -47,7 +47,8 @@ describe("GithubHookRanges", () => {
     ]);
     expect(r.allows("127.0.0.2")).toBe(true);
     expect(r.state()).toMatchObject({ known: true, ranges: 2, lastError: undefined });
-    // Written atomically: no temporary is left beside it.
+    // Written atomically: no temporary is left beside it (once the refresh under way, and its save, are done).
+    await r.close();
     expect(await readdir(dir)).toEqual([META_CACHE_FILE]);
   });
 
