@@ -82,7 +82,7 @@ program
   .description(
     "validate the configuration, reach the database (creating none), the lock service, each deployment's remote " +
       "(git ls-remote) and the queue root, and check that each configured step can run (pm2, sudo rights for nginx and " +
-      "certbot, conf_dir, webroot), changing nothing; exits 1 when something is wrong",
+      "certbot, conf_dir, webroot) and which hosts of each fleet deployment have checked in, changing nothing; exits 1 when something is wrong",
   )
   .option("--json", "machine-readable output")
   .action(async (o: { json?: boolean }) => {
