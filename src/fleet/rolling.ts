@@ -58,6 +58,8 @@ export interface RollingContext {
   signal: AbortSignal;
   /** How often the rollout is looked at while waiting (canary, slots). */
   pollMs?: number;
+  /** `fn` failed: called before the slot is let go, so that the rollout stops before another host can take the slot. */
+  failed?: (err: unknown) => Promise<void>;
 }
 
 /**
@@ -111,6 +113,10 @@ export async function whenRolloutLets<T>(ctx: RollingContext, fn: () => Promise<
             await updateRolloutHost(db, rollout.id, hostName, { switchStartedAt: new Date() });
             try {
               return await fn();
+            } catch (err) {
+              // (The worker records the failure again once it ends the deploy, should this fail.)
+              await ctx.failed?.(err).catch((recordErr: unknown) => log.write(`rollout ${rollout.id}: could not record this host's failure yet (${errorMessage(recordErr)})\n`));
+              throw err;
             } finally {
               // What is live is done by now: a database that cannot be told must not turn it into a failure.
               await updateRolloutHost(db, rollout.id, hostName, { switchEndedAt: new Date() }).catch((err: unknown) =>

@@ -579,7 +579,24 @@ export class DeploymentWorker {
           if (newer !== undefined) throw new LockLostError(`a newer deploy holds the lock (fencing token ${newer} > ${token})`);
         },
         ...(rolling && fleetLocks
-          ? { rolling: <T>(fn: () => Promise<T>) => whenRolloutLets({ db, locks: fleetLocks, hostName: this.hostName, rolloutId: rolling.id, log, signal }, fn) }
+          ? {
+              rolling: <T>(fn: () => Promise<T>) =>
+                whenRolloutLets(
+                  {
+                    db,
+                    locks: fleetLocks,
+                    hostName: this.hostName,
+                    rolloutId: rolling.id,
+                    log,
+                    signal,
+                    // Told while the slot is still held, so that no other host switches to a commit that just failed here.
+                    failed: async (err) => {
+                      if (!cancel.signal.aborted && this.verdict(err, attempt, lockSignal) === "final") await hostFailed(db, rolling.id, this.hostName, failedStep, errorMessage(err), this.fleetReport(id));
+                    },
+                  },
+                  fn,
+                ),
+            }
           : {}),
       });
       await steps.finish(true);
@@ -725,20 +742,19 @@ export class DeploymentWorker {
   ): Promise<{ outcome: DeployOutcomeName; nextAttemptAt?: string }> {
     const exec = err instanceof ExecError ? err : undefined;
     const base = { error: errorMessage(err).slice(0, 8000), exitCode: exec?.exitCode, signal: exec?.signal };
-    if (err instanceof LockLostError || lockSignal.aborted) {
+    const verdict = this.verdict(err, attempt, lockSignal);
+    if (verdict === "lock lost") {
       // Someone else may own this deployment now: touch neither `current` nor the queue.
       await finishDeploy(this.deps.db, id, { status: "interrupted", ...base });
       logger.warn({ err: base.error }, "deploy stopped: the lock was lost; whoever holds it now handles the queue");
       return { outcome: "interrupted" };
     }
-    // While draining, a command that died of a signal was most likely stopped with us (a
-    // process manager signalling the whole group): that is an interruption, not a failure.
-    if (this.abort.signal.aborted || (this.draining && exec?.signal !== undefined)) {
+    if (verdict === "shutdown") {
       await finishDeploy(this.deps.db, id, { status: "interrupted", ...base });
       logger.warn("deploy interrupted by shutdown; the entry stays queued and is redone at the next start");
       return { outcome: "interrupted" };
     }
-    if (err instanceof TransientError && attempt < this.deps.deployment.max_attempts) {
+    if (verdict === "retry") {
       await finishDeploy(this.deps.db, id, { status: "retrying", ...base }, await report("retrying", undefined, err));
       const at = await this.retryLater(name, entry, attempt, err);
       return { outcome: "retrying", ...(at ? { nextAttemptAt: new Date(at).toISOString() } : {}) };
@@ -746,6 +762,16 @@ export class DeploymentWorker {
     await finishDeploy(this.deps.db, id, { status: "failed", ...base }, await report("failed", undefined, err));
     await this.deadLetter(name, entry, errorMessage(err), attempt, true);
     return { outcome: "failed" };
+  }
+
+  /** What a deploy's failure is: an interruption (its lock lost, a shutdown), a transient one to retry, or final. */
+  private verdict(err: unknown, attempt: number, lockSignal: AbortSignal): "lock lost" | "shutdown" | "retry" | "final" {
+    if (err instanceof LockLostError || lockSignal.aborted) return "lock lost";
+    // While draining, a command that died of a signal was most likely stopped with us (a
+    // process manager signalling the whole group): that is an interruption, not a failure.
+    if (this.abort.signal.aborted || (this.draining && err instanceof ExecError && err.signal !== undefined)) return "shutdown";
+    if (err instanceof TransientError && attempt < this.deps.deployment.max_attempts) return "retry";
+    return "final";
   }
 
   /** A cancelled deploy: recorded as such, and its entry kept in dead-letter/ (requeue it to deploy it after all). */
