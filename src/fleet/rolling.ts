@@ -56,7 +56,7 @@ export interface RollingContext {
   log: Writable;
   /** The deploy's: a shutdown or a cancel ends the wait. */
   signal: AbortSignal;
-  /** How often the rollout is looked at while waiting (canary, slots). */
+  /** How often a free slot is looked for (a Redis attempt per slot); the database is read every fifth look. */
   pollMs?: number;
   /** `fn` failed: called before the slot is let go, so that the rollout stops before another host can take the slot. */
   failed?: (err: unknown) => Promise<void>;
@@ -78,7 +78,7 @@ export async function whenRolloutLets<T>(ctx: RollingContext, fn: () => Promise<
     if (await stopsHost(db, r, hostName)) throw new RolloutStopped(r);
     return r;
   };
-  const pause = () => sleep(pollMs, undefined, { signal: ctx.signal }).catch(() => {});
+  const pause = (ms = pollMs) => sleep(ms, undefined, { signal: ctx.signal }).catch(() => {});
   const aborted = () => {
     if (ctx.signal.aborted) throw new DeployqError("DEPLOY", "the deploy was cancelled (shutdown or lost lock) while it waited for its turn in the rollout; the entry stays queued");
   };
@@ -90,7 +90,7 @@ export async function whenRolloutLets<T>(ctx: RollingContext, fn: () => Promise<
       aborted();
       const canary = (await rolloutHostRows(db, rollout.id)).find((h) => h.host === rollout.canary);
       if (canary?.state === "succeeded") break;
-      await pause();
+      await pause(pollMs * 5);
       rollout = await running();
     }
     log.write(`rollout ${rollout.id}: the canary ${rollout.canary} is live\n`);
@@ -98,6 +98,7 @@ export async function whenRolloutLets<T>(ctx: RollingContext, fn: () => Promise<
   const parallel = Math.max(1, rollout.parallel);
   // Hosts start at different slots, so that with parallel > 1 they do not all queue for the first.
   const first = createHash("sha256").update(hostName).digest().readUInt32BE(0) % parallel;
+  let looks = 0;
   log.write(`rollout ${rollout.id}: waiting for one of its ${parallel} slot${parallel === 1 ? "" : "s"}\n`);
   for (;;) {
     for (let i = 0; i < parallel; i++) {
@@ -132,6 +133,7 @@ export async function whenRolloutLets<T>(ctx: RollingContext, fn: () => Promise<
       }
     }
     await pause();
-    rollout = await running();
+    // The slots are cheap to look at; the rollout's state (a halt, a newer push) is read every fifth look.
+    if (++looks % 5 === 0) rollout = await running();
   }
 }
