@@ -182,7 +182,7 @@ const GIT_ENV = {
 };
 
 /** The bench's own git (making commits): not timed. */
-async function git(cwd: string, ...args: string[]): Promise<string> {
+export async function git(cwd: string, ...args: string[]): Promise<string> {
   const { stdout } = await run("git", args, { cwd, env: { ...process.env, ...GIT_ENV }, maxBuffer: 64 * 1024 * 1024 });
   return stdout.trim();
 }
@@ -210,7 +210,7 @@ export function distribution(values: number[]): Distribution {
 }
 
 /** Polls `fn` until it returns something truthy. */
-async function until<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 30_000, everyMs = 10): Promise<T> {
+export async function until<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 30_000, everyMs = 10): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const value = await fn();
@@ -282,7 +282,7 @@ class SwitchWatcher {
 }
 
 /** A deterministic repository: `files` text files of 256 B to 8 KB in nested folders, plus version.txt. */
-async function createRepository(dir: string, files: number): Promise<{ origin: string; work: string; bytes: number }> {
+export async function createRepository(dir: string, files: number): Promise<{ origin: string; work: string; bytes: number }> {
   const origin = path.join(dir, "origin.git");
   const work = path.join(dir, "work");
   await mkdir(origin, { recursive: true });

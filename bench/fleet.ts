@@ -22,18 +22,14 @@
  *
  * It asserts nothing about time. Everything it starts is stopped through `addCleanup`.
  */
-import { execFile } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { createServer } from "node:net";
 import { mkdir, writeFile } from "node:fs/promises";
 import path from "node:path";
-import { promisify } from "node:util";
 import { sign } from "@octokit/webhooks-methods";
 import postgres from "postgres";
 import { pushPayload } from "../src/push-payload.ts";
-import { type DeployBenchOptions, type Distribution, distribution } from "./deploy.ts";
-
-const run = promisify(execFile);
+import { type DeployBenchOptions, type Distribution, createRepository, distribution, git, until } from "./deploy.ts";
 
 export type FleetBenchOptions = Pick<DeployBenchOptions, "workDir" | "repoRoot" | "secret" | "createDatabase" | "startChild" | "childEnv" | "addCleanup" | "progress"> & {
   /** Measured pushes per configuration. */
@@ -53,13 +49,6 @@ export interface FleetFigures {
 
 export const TARGET_NOTIFY_P99_MS = 100;
 
-const GIT_ENV = { GIT_AUTHOR_NAME: "Bench", GIT_AUTHOR_EMAIL: "bench@example.com", GIT_COMMITTER_NAME: "Bench", GIT_COMMITTER_EMAIL: "bench@example.com", GIT_CONFIG_NOSYSTEM: "1", HOME: "/nonexistent" };
-
-async function git(cwd: string, ...args: string[]): Promise<string> {
-  const { stdout } = await run("git", args, { cwd, env: { ...process.env, ...GIT_ENV } });
-  return stdout.trim();
-}
-
 async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const server = createServer();
@@ -71,33 +60,17 @@ async function freePort(): Promise<number> {
   });
 }
 
-async function until<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 60_000, everyMs = 10): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await fn();
-    if (value) return value;
-    if (Date.now() > deadline) throw new Error(`fleet bench: timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, everyMs));
-  }
-}
-
 export async function runFleetBench(o: FleetBenchOptions): Promise<FleetFigures> {
   const started = performance.now();
   const dir = path.join(o.workDir, "fleet");
   await mkdir(dir, { recursive: true });
-  const origin = path.join(dir, "origin.git");
-  const work = path.join(dir, "work");
-  await mkdir(origin, { recursive: true });
-  await git(origin, "init", "--bare", "--quiet", "--initial-branch=main");
-  await mkdir(work, { recursive: true });
-  await git(work, "init", "--quiet", "--initial-branch=main");
-  await git(work, "remote", "add", "origin", origin);
+  // The deploy bench's repository, with no files but version.txt: what is measured is coordination, not checkout size.
+  const { origin, work } = await createRepository(dir, 0);
   let count = 0;
   const commit = async (): Promise<string> => {
     count++;
     await writeFile(path.join(work, "version.txt"), `push ${count}\n`);
-    await git(work, "add", "version.txt");
-    await git(work, "commit", "--quiet", "-m", `push ${count}`);
+    await git(work, "commit", "--quiet", "-a", "-m", `push ${count}`);
     await git(work, "push", "--quiet", "origin", "HEAD:refs/heads/main");
     return git(work, "rev-parse", "HEAD");
   };
@@ -170,7 +143,7 @@ ${extra}
         select host, finished_at, status from deploys where deployment = ${deployment} and sha = ${sha} and status in ('succeeded', 'already-deployed', 'failed')`;
       if (rows.some((r) => r.status === "failed")) throw new Error(`fleet bench: a deploy of ${sha} failed`);
       return rows.length >= hosts ? Math.max(...rows.map((r) => r.finished_at!.getTime())) : undefined;
-    });
+    }, 60_000);
 
   const single = await startHost("solo", "solo", "");
   const measure = async (deployment: string, url: string, hosts: number) => {
